@@ -1,0 +1,14 @@
+"""Type aliases shared by every ntk_tf module (STYLE.md rule 7)."""
+
+from typing import Sequence, Union
+
+import numpy as np
+import tensorflow as tf
+
+# A batch of model inputs, `[N, H, W, C]` (or `[N, d]`), NumPy or TF.
+Inputs = Union[np.ndarray, tf.Tensor]
+# A host-side matrix or vector.
+Array = np.ndarray
+# A float dtype given as a name or a NumPy/TF dtype ("float32" | "float64").
+DType = Union[str, np.dtype, tf.DType]
+Shape = Sequence[int]
