@@ -18,6 +18,7 @@ Every array returned is raw: uint8 pixels `[N, H, W, C]` (MNIST gets C=1) and
 int64 labels `[N]`.
 """
 
+import functools
 import gzip
 import hashlib
 import io
@@ -96,12 +97,24 @@ def validate_arrays(name: str, arrays: Dict[str, np.ndarray], origin: str) -> Di
 
 
 def _load_npz(name: str, path: pathlib.Path) -> Dict[str, np.ndarray]:
+  stat = path.stat()
+  return _load_npz_cached(name, str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_npz_cached(name: str, path: str, mtime_ns: int, size: int) -> Dict[str, np.ndarray]:
+  """Reads and validates a .npz once per process (keyed by path, mtime and size)."""
+  del mtime_ns, size  # Only part of the cache key.
+  path = pathlib.Path(path)
   try:
     with np.load(path, allow_pickle=False) as npz:
       arrays = {k: npz[k] for k in npz.files}
   except Exception as e:  # zipfile.BadZipFile, OSError, ValueError, EOFError...
     raise ValueError(f"Corrupt or unreadable dataset file {path}: {e}") from e
-  return validate_arrays(name, arrays, str(path))
+  arrays = validate_arrays(name, arrays, str(path))
+  for a in arrays.values():
+    a.flags.writeable = False  # Shared between callers of the cache.
+  return arrays
 
 
 def _from_tfds(name: str, download: bool) -> Dict[str, np.ndarray]:

@@ -1,0 +1,49 @@
+"""Summarizes a `bazel test` log: test targets passed/failed, and test cases from test.xml.
+
+Prints the per-case totals, then the closing line "N passed, N failed[, N skipped]"
+counted over test targets. Exits 1 if any target failed or none ran.
+"""
+
+import pathlib
+import re
+import sys
+import xml.etree.ElementTree as ET
+
+_STATUS = re.compile(r"^(//\S+)\s+(?:\(cached\)\s+)?(PASSED|FAILED|TIMEOUT|FLAKY|NO STATUS|"
+                     r"FAILED TO BUILD|INCOMPLETE|SKIPPED)\b")
+
+
+def main(log_path: str, testlogs: str) -> int:
+  statuses = {}
+  for line in pathlib.Path(log_path).read_text(errors="replace").splitlines():
+    m = _STATUS.match(line.strip())
+    if m:
+      statuses[m.group(1)] = m.group(2)
+  passed = sum(s == "PASSED" for s in statuses.values())
+  skipped = sum(s == "SKIPPED" for s in statuses.values())
+  failed = len(statuses) - passed - skipped
+  cases = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+  for target in statuses:
+    xml = pathlib.Path(testlogs) / target.lstrip("/").replace(":", "/") / "test.xml"
+    if not xml.is_file():
+      continue
+    try:
+      root = ET.parse(xml).getroot()
+    except ET.ParseError:
+      continue
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    for suite in suites:
+      for key in cases:
+        cases[key] += int(suite.get(key, 0) or 0)
+      cases["skipped"] += len(suite.findall(".//skipped")) if not suite.get("skipped") else 0
+  for target, status in sorted(statuses.items()):
+    if status not in ("PASSED", "SKIPPED"):
+      print(f"[test] {status}: {target}")
+  print(f"[test] test cases: {cases['tests']} run, {cases['failures'] + cases['errors']} failed, "
+        f"{cases['skipped']} skipped (from test.xml)")
+  print(f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
+  return 0 if failed == 0 and passed > 0 else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1], sys.argv[2]))
