@@ -51,6 +51,7 @@ from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
 
 from ntk_tf.recipe import PAPER_SGD
 from ntk_tf.recipe import Recipe
@@ -226,6 +227,14 @@ class TrainResult:
     return self.history[-1]["cosine_distance"]
 
 
+def _write_scalar(tag: str, value: float, step: int) -> None:
+  """Writes a TensorBoard scalar with core TF only (`tf.summary.scalar` needs the tensorboard package)."""
+  metadata = summary_pb2.SummaryMetadata()
+  metadata.plugin_data.plugin_name = "scalars"  # what TensorBoard's scalar dashboard reads
+  tf.summary.write(tag, tf.constant(value, tf.float32), step=step,
+                   metadata=metadata.SerializeToString())
+
+
 def _write_csv(path: pathlib.Path, history: List[Dict[str, float]]) -> None:
   tmp = path.with_suffix(".tmp")
   with open(tmp, "w", newline="") as f:
@@ -361,7 +370,7 @@ def train(model: keras.Model, x_train: Array, y_train01: Array, *,
       return
     with writer.as_default(step=step):
       for key in HISTORY_FIELDS[2:]:
-        tf.summary.scalar(key, row[key])
+        _write_scalar(key, row[key], step)
     writer.flush()
     _write_csv(work / "metrics.csv", history)
     if epoch in checkpoint_epochs:
