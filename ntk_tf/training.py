@@ -53,6 +53,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from ntk_tf.linearize import linearize
 from ntk_tf.recipe import PAPER_SGD
 from ntk_tf.recipe import Recipe
 from ntk_tf.types import Array
@@ -417,3 +418,30 @@ def time_train_step(model: keras.Model, x: Array, y01: Array, *, recipe: Recipe 
     loss = train_step(xb, yb)
   loss.numpy()
   return (time.perf_counter() - start) / steps
+
+
+def compare_step_times(model: keras.Model, x: Array, y01: Array, *, recipe: Recipe = PAPER_SGD,
+                       steps: int = 10, warmup: int = 2, repeats: int = 3) -> Dict[str, float]:
+  """Returns the step times of `model` and of its linearization, and their ratio.
+
+      ratio = t_step(linearize(model)) / t_step(model),
+
+  each t_step the fastest of `repeats` alternating measurements of
+  `time_train_step` (the minimum is the least disturbed by other processes).
+  Both models train on the same batch (x `[B, ...]`, y01 `[B]`) in the same
+  process. `model` is trained in place; its linearization is taken first.
+
+  Returns:
+    {"network_ms", "linearized_ms", "ratio"}.
+  """
+  if repeats <= 0:
+    raise ValueError(f"repeats must be positive. Received: repeats={repeats}")
+  linearized = linearize(model)
+  network_s, linearized_s = [], []
+  for _ in range(repeats):
+    network_s.append(time_train_step(model, x, y01, recipe=recipe, steps=steps, warmup=warmup))
+    linearized_s.append(time_train_step(linearized, x, y01, recipe=recipe, steps=steps,
+                                        warmup=warmup))
+  network_ms, linearized_ms = 1e3 * min(network_s), 1e3 * min(linearized_s)
+  return {"network_ms": network_ms, "linearized_ms": linearized_ms,
+          "ratio": linearized_ms / network_ms}
