@@ -134,7 +134,7 @@ class FiniteDifferenceTest(Float64Test):
       ("mlp_origin", "mlp", (3, 3, 1), 0, None),
       ("mlp_sample", "mlp", (3, 3, 1), 5, 2),
       ("lenet_origin", "lenet", (4, 4, 1), 0, None),
-      ("lenet_sample", "lenet", (4, 4, 2), 3, 3),
+      ("lenet_sample", "lenet", (4, 4, 1), 3, 2),
   )
   def test_products_and_nads_match_finite_differences(self, name, shape, n, batch_size):
     model = ntk_tf.models.get(name, input_shape=shape, activation="gelu", seed=1)
@@ -152,35 +152,34 @@ class FiniteDifferenceTest(Float64Test):
     assert_close_rel(self, mixed_derivative_matvec(model, v.reshape(shape), x), m_fd @ v, 1e-6)
     assert_close_rel(self, mixed_derivative_rmatvec(model, w, x, batch_size=batch_size),
                      m_fd.T @ w, 1e-6)
-    assert_close_rel(self, mixed_derivative(model, x, block_size=4, batch_size=batch_size),
-                     m_fd, 1e-6)
-    assert_close_rel(self, mixed_derivative_gram(model, x, block_size=5), m_fd.T @ m_fd, 1e-6)
+    # One block size (not dividing d) for every blocked call: two traced block kernels.
+    blocks = dict(block_size=5, batch_size=batch_size)
+    assert_close_rel(self, mixed_derivative(model, x, **blocks), m_fd, 1e-6)
+    assert_close_rel(self, mixed_derivative_gram(model, x, **blocks), m_fd.T @ m_fd, 1e-6)
     _, s_fd, vh_fd = np.linalg.svd(m_fd, full_matrices=False)
-    values, directions = ntk_tf.nads(model, num=3, x=x, batch_size=batch_size)
+    values, directions = ntk_tf.nads(model, num=3, x=x, **blocks)
     np.testing.assert_allclose(values, s_fd[:3], rtol=1e-5)
     assert_same_directions(self, directions, vh_fd[:3], atol=1e-4)
     alignment_fd = np.sum((m_fd @ directions.reshape(3, d).T)**2, axis=0)  # [3]
-    np.testing.assert_allclose(ntk_tf.nad_alignment(model, directions, x), alignment_fd,
-                               rtol=1e-6)
+    np.testing.assert_allclose(ntk_tf.nad_alignment(model, directions, x, **blocks),
+                               alignment_fd, rtol=1e-6)
 
   def test_resnet_matvec_matches_directional_difference(self):
-    model = ntk_tf.models.resnet18((8, 8, 3), activation="gelu", width=2, seed=0)
+    model = ntk_tf.models.resnet18((8, 8, 1), activation="gelu", width=1, seed=0)
     rng = np.random.default_rng(0)
-    v = rng.standard_normal((8, 8, 3))
+    v = rng.standard_normal((8, 8, 1))
     step = 1e-4
     want = (per_example_grad(model, step * v) - per_example_grad(model, -step * v)) / (2 * step)
     assert_close_rel(self, mixed_derivative_matvec(model, v), want, 1e-6)
-    w = rng.standard_normal(want.size)
-    # <M^T w, v> = <w, M v> with M v from the finite difference.
-    self.assertAlmostEqual(float(mixed_derivative_rmatvec(model, w) @ v.ravel()),
-                           float(w @ want), delta=1e-6 * np.linalg.norm(w) * np.linalg.norm(want))
 
 
 class ConventionTest(parameterized.TestCase):
 
-  def setUp(self):
-    super().setUp()
-    self.model = ntk_tf.models.get("lenet", input_shape=(4, 4, 2), activation="gelu", seed=2)
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    # One model for the class, so the traced products are reused across tests.
+    cls.model = ntk_tf.models.get("lenet", input_shape=(4, 4, 2), activation="gelu", seed=2)
 
   @parameterized.product(method=METHODS, num=[1, 4])
   def test_shapes_order_and_sign(self, method, num):
