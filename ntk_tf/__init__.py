@@ -7,6 +7,10 @@ from ntk_tf import data
 from ntk_tf import models
 from ntk_tf.linearize import Linearized
 from ntk_tf.linearize import linearize
+from ntk_tf.nads import NadMethod
+from ntk_tf.nads import nad_alignment
+from ntk_tf.nads import nads
+from ntk_tf.nads import separable_dataset
 from ntk_tf.recipe import PAPER_ADAM
 from ntk_tf.recipe import PAPER_CIFAR2
 from ntk_tf.recipe import PAPER_SGD
@@ -19,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "data", "models",
     "Linearized", "linearize",
+    "NadMethod", "nad_alignment", "nads", "separable_dataset",
     "PAPER_ADAM", "PAPER_CIFAR2", "PAPER_SGD", "Recipe",
     "TrainResult", "train",
 ]
