@@ -352,6 +352,56 @@ class StructuredNtk:
                  jacobian_flops=p.jacobian_flops(n_a, n_b), choice=p.choice)
             for p in self.plans]
 
+  def forward_flops(self) -> int:
+    """Per-example forward FLOPs F: 2 P K C per Dense/Conv2D, 4 P C per BatchNorm,
+    2 p_layer per reference layer (parameter-free layers are not counted)."""
+    total = 0
+    for p in self.plans:
+      if p.kind in ("dense", "conv2d"):
+        total += 2 * p.positions * p.patch_len * p.channels
+      elif p.kind == "batch_norm":
+        total += 4 * p.positions * p.channels
+      else:
+        total += 2 * p.params
+    return total
+
+  def activation_size(self) -> int:
+    """Per-example number of floats in all layer outputs (the forward pass's activations)."""
+    total = 0
+    for nodes in self._graph._nodes_by_depth.values():  # pylint: disable=protected-access
+      for node in nodes:
+        for t in node.outputs:
+          total += int(np.prod([d for d in t.shape[1:] if d is not None]))
+    return total
+
+  def feature_size(self) -> int:
+    """Per-example floats of cached block features: products, positional terms, gradients."""
+    total = 0
+    for p in self.plans:
+      if p.kind == REFERENCE:
+        total += p.params
+      elif p.kind == "batch_norm":
+        total += p.channels * (p.gamma + p.beta)
+      else:
+        if p.kernel and p.choice == STRUCTURED and p.positions == 1:
+          total += p.patch_len + p.bias + p.channels
+          continue
+        if p.kernel:
+          total += (p.positions * (p.patch_len + p.channels) if p.choice == STRUCTURED
+                    else p.patch_len * p.channels)
+        total += p.channels * p.bias
+    return total
+
+  def transient_size(self) -> int:
+    """Per-example floats of the largest transient: conv patches [P, K] of one layer."""
+    return max([p.positions * p.patch_len for p in self.plans if p.kind == "conv2d"] + [0])
+
+  def positional_square(self) -> int:
+    """max P^2 over structured positional terms (their [Na, Nb, P, P] intermediates)."""
+    return max([p.positions ** 2 for p in self.plans
+                if p.kind in ("dense", "conv2d") and p.kernel and p.choice == STRUCTURED
+                and p.positions > 1] + [0])
+
   # ---------------------------------------------------------------- features
   def _features(self, x: tf.Tensor):
     """Returns (product terms, positional terms, per-example gradients [N, p_G])."""
