@@ -42,6 +42,8 @@ class _Products:
 
   def _logits(self, x):
     out = self.model(x, training=False)
+    if isinstance(out, (list, tuple)) and len(out) == 1:
+      out = out[0]  # [B, 1]
     if len(out.shape) != 2 or out.shape[-1] != 1:
       raise ValueError(f"NTK-vector products need a single-logit model, output [N, 1]. "
                        f"Received: output shape {tuple(out.shape)}")

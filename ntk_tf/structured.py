@@ -160,7 +160,10 @@ class _Recorder:
 
   def run(self, x: tf.Tensor) -> tf.Tensor:
     self.records = {}
-    return self._graph._run_through_graph(x, operation_fn=self._operation_fn)  # pylint: disable=protected-access
+    outputs = self._graph._run_through_graph(x, operation_fn=self._operation_fn)  # pylint: disable=protected-access
+    if isinstance(outputs, (list, tuple)) and len(outputs) == 1:
+      outputs = outputs[0]  # [N, 1]
+    return outputs
 
   def _operation_fn(self, op):
     kind = self._known.get(id(op))
@@ -206,6 +209,13 @@ def _conv_patches(layer, inputs: tf.Tensor) -> tf.Tensor:
       inputs, sizes=[1, kh, kw, 1], strides=[1, sh, sw, 1], rates=[1, dh, dw, 1],
       padding=layer.padding.upper())  # [N, H', W', K]
   return tf.reshape(patches, [tf.shape(inputs)[0], -1, patches.shape[-1]])  # [N, P, K]
+
+
+def _check_single_logit(outputs):
+  if len(outputs.shape) != 2 or outputs.shape[-1] != 1:
+    raise ValueError(f"The structured NTK needs a single-logit model, output [N, 1]. "
+                     f"Received: output shape {tuple(outputs.shape)}")
+  return outputs
 
 
 def _var_size(v) -> int:
@@ -310,7 +320,7 @@ class StructuredNtk:
     """Reads P, K, C of each known layer from one eager pass on a single zero input."""
     known = {id(p.layer): p.kind for p in plans if p.kind != REFERENCE}
     recorder = _Recorder(self._graph, known)
-    recorder.run(tf.zeros((1,) + self.input_shape, self.dtype))
+    _check_single_logit(recorder.run(tf.zeros((1,) + self.input_shape, self.dtype)))
     for plan in plans:
       if plan.kind == REFERENCE:
         continue
@@ -408,10 +418,7 @@ class StructuredNtk:
     needs_reference = bool(self._reference_vars)
     with tf.GradientTape(persistent=needs_reference) as tape:
       tape.watch(x)
-      outputs = self._recorder.run(x)
-      if len(outputs.shape) > 2 or (len(outputs.shape) == 2 and outputs.shape[-1] != 1):
-        raise ValueError(f"The structured NTK needs a single-logit model, output [N, 1]. "
-                         f"Received: output shape {tuple(outputs.shape)}")
+      outputs = _check_single_logit(self._recorder.run(x))
       logits = tf.reshape(outputs, [-1])  # [N]
       total = tf.reduce_sum(logits)
     records = self._recorder.records
