@@ -503,6 +503,7 @@ class StructuredNtk:
       products, positional, gradient = self._features_fn(tf.constant(x))
     if self.matmul_engine == "numpy":
       products = [(l.numpy()[:n], r.numpy()[:n]) for l, r in products]
+      positional = [(p.numpy()[:n], d.numpy()[:n]) for p, d in positional]
       gradient = gradient.numpy()[:n]
     entry = (n, products, positional, gradient)
     size = sum(_nbytes(t) for pair in products + positional for t in pair) + _nbytes(gradient)
@@ -525,15 +526,17 @@ class StructuredNtk:
       n_b, products_b, positional_b, grad_b = self.features(x_b)
     with precision.tf32_matmuls(self.allow_tf32):
       if self.matmul_engine == "numpy":
-        theta = self._contract_numpy(products_a, products_b, grad_a, grad_b, x_b is None)
+        theta = self._contract_numpy(products_a, products_b, positional_a, positional_b,
+                                     grad_a, grad_b, x_b is None)
       else:
         theta = self._contract_xla(products_a, products_b, grad_a, grad_b)[:n_a, :n_b]
-      for (patches_a, cot_a), (patches_b, cot_b) in zip(positional_a, positional_b):
-        term = structured_blocks.positional_gram_product(patches_a, cot_a, patches_b, cot_b)
-        theta += term.numpy()[:n_a, :n_b].astype(self.accumulate_dtype)
+        for (patches_a, cot_a), (patches_b, cot_b) in zip(positional_a, positional_b):
+          term = structured_blocks.positional_gram_product(patches_a, cot_a, patches_b, cot_b)
+          theta += term.numpy()[:n_a, :n_b].astype(self.accumulate_dtype)
     return theta
 
-  def _contract_numpy(self, products_a, products_b, grad_a, grad_b, diagonal):
+  def _contract_numpy(self, products_a, products_b, positional_a, positional_b, grad_a, grad_b,
+                      diagonal):
     theta = np.zeros((grad_a.shape[0], grad_b.shape[0]), self.accumulate_dtype)
     # On a diagonal block `x @ x.T` of one array lets NumPy call SYRK (half the FLOPs).
     gram = (lambda u, v: u @ u.T) if diagonal else (lambda u, v: u @ v.T)
@@ -541,6 +544,12 @@ class StructuredNtk:
       theta += gram(left_a, left_b) * gram(right_a, right_b)  # [Na, Nb]
     if grad_a.shape[1]:
       theta += gram(grad_a, grad_b)  # [Na, Nb]
+    for (patches_a, cot_a), (patches_b, cot_b) in zip(positional_a, positional_b):
+      (n_a, p, k), c = patches_a.shape, cot_a.shape[-1]
+      n_b = patches_b.shape[0]
+      patch_gram = gram(patches_a.reshape(n_a * p, k), patches_b.reshape(n_b * p, k))  # [Na P, Nb P]
+      cotangent_gram = gram(cot_a.reshape(n_a * p, c), cot_b.reshape(n_b * p, c))  # [Na P, Nb P]
+      theta += (patch_gram * cotangent_gram).reshape(n_a, p, n_b, p).sum(axis=(1, 3))  # [Na, Nb]
     return theta
 
   def _contract_xla(self, products_a, products_b, grad_a, grad_b):
