@@ -20,6 +20,7 @@ _MEMORY_BUDGET = flags.DEFINE_integer("memory_budget", None,
 _NAIVE_MAX_N = flags.DEFINE_integer("naive_max_n", None,
                                     "Time the naive/reference paths on at most this many "
                                     "examples and extrapolate as N^2 (default: per model).")
+_MODELS = flags.DEFINE_list("models", None, "Subset of the config's models (default: all).")
 _OUT = flags.DEFINE_string("out", None, "Optional folder for config.json and table.txt.")
 
 flags.register_validator("memory_budget", lambda v: v is None or v > 0,
@@ -36,6 +37,8 @@ def main(argv):
     config["memory_budget"] = _MEMORY_BUDGET.value
   if _NAIVE_MAX_N.value:
     config["naive_max_n"] = {name: _NAIVE_MAX_N.value for name in config["naive_max_n"]}
+  if _MODELS.value:
+    config["cases"] = [case for case in config["cases"] if case[0] in _MODELS.value]
   logging.info("config: %s", config)
   table = benchmark.format_table(benchmark.run(config))
   print(table)

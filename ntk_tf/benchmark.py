@@ -106,9 +106,13 @@ def naive_gram(model: keras.Model, x: np.ndarray) -> np.ndarray:
   return tf.matmul(jac, jac, transpose_b=True).numpy()  # [N, N]
 
 
-def gemm_seconds(flops: int, n: int, repeats: int = 3) -> float:
-  """Seconds of the fastest float32 GEMM [n, k] x [k, n] with 2 n^2 k = flops."""
-  k = max(1, int(round(flops / (2 * n * n))))
+def gemm_seconds(flops: int, n: int, repeats: int = 3, max_bytes: int = 1 << 26) -> float:
+  """Seconds of the fastest float32 GEMM [n, k] x [k, n] with 2 n^2 k = flops.
+
+  k is capped so each operand stays under `max_bytes`; the time is then
+  scaled linearly to `flops` (GEMM time is linear in k at fixed n).
+  """
+  k = max(1, min(int(round(flops / (2 * n * n))), max_bytes // (4 * n)))
   rng = np.random.default_rng(0)
   a = rng.normal(size=(n, k)).astype(np.float32)
   b = rng.normal(size=(n, k)).astype(np.float32)
@@ -197,9 +201,11 @@ def run(config) -> List[Row]:
     rows.append(bench_model(name, n, memory_budget=config["memory_budget"],
                             naive_max_n=config["naive_max_n"][name],
                             data_dir=config.get("data_dir")))
+    logging.info("row: %s", rows[-1])
   for n in config["scaling_ns"]:
     rows.append(bench_model("mlp", n, memory_budget=config["memory_budget"],
                             data_dir=config.get("data_dir"), paths=("auto",)))
+    logging.info("row: %s", rows[-1])
   return rows
 
 
