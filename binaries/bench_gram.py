@@ -1,0 +1,54 @@
+"""Benchmarks the NTK Gram paths and prints one table (see ntk_tf/benchmark.py).
+
+    bazel run //binaries:bench_gram -- --data_dir=/work/shared/data [--smoke]
+"""
+
+import json
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from configs import bench_gram
+from ntk_tf import benchmark
+
+_SMOKE = flags.DEFINE_bool("smoke", False, "Tiny sizes (seconds) instead of the issue's.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder with cifar10.npz (else Gaussian inputs).")
+_MEMORY_BUDGET = flags.DEFINE_integer("memory_budget", None,
+                                      "Bytes per Gram block (default: the config's).")
+_NAIVE_MAX_N = flags.DEFINE_integer("naive_max_n", None,
+                                    "Time the naive/reference paths on at most this many "
+                                    "examples and extrapolate as N^2 (default: per model).")
+_MODELS = flags.DEFINE_list("models", None, "Subset of the config's models (default: all).")
+_OUT = flags.DEFINE_string("out", None, "Optional folder for config.json and table.txt.")
+
+flags.register_validator("memory_budget", lambda v: v is None or v > 0,
+                         "--memory_budget must be a positive number of bytes")
+flags.register_validator("naive_max_n", lambda v: v is None or v > 0,
+                         "--naive_max_n must be positive")
+
+
+def main(argv):
+  del argv
+  config = bench_gram.get_config(smoke=_SMOKE.value)
+  config["data_dir"] = _DATA_DIR.value
+  if _MEMORY_BUDGET.value:
+    config["memory_budget"] = _MEMORY_BUDGET.value
+  if _NAIVE_MAX_N.value:
+    config["naive_max_n"] = {name: _NAIVE_MAX_N.value for name in config["naive_max_n"]}
+  if _MODELS.value:
+    config["cases"] = [case for case in config["cases"] if case[0] in _MODELS.value]
+  logging.info("config: %s", config)
+  table = benchmark.format_table(benchmark.run(config))
+  print(table)
+  if _OUT.value:
+    os.makedirs(_OUT.value, exist_ok=True)
+    with open(os.path.join(_OUT.value, "config.json"), "w") as f:
+      json.dump(config, f, indent=2)
+    with open(os.path.join(_OUT.value, "table.txt"), "w") as f:
+      f.write(table + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,249 @@
+"""Gram-matrix benchmark: naive, reference, structured and auto paths vs the GEMM bound.
+
+For each model and N (float32, CIFAR-10 inputs, or Gaussian inputs of the same
+shape when the data is absent), in one process and one run:
+
+  naive       tape.jacobian (pfor) of the N logits, then J J^T (one matmul);
+              timed on min(N, naive_max_n) examples and, if smaller, scaled by
+              (N / n)^2 (both its pfor Jacobian and its matmul grow as N^2)
+  reference   ntk_tf.gram.ntk_gram(implementation="jacobian"), when that module exists
+  structured  ntk_tf.structured, per-layer cheaper form, block size from the budget
+  auto        ntk_tf.auto's choice
+  bound       the cheapest exact contraction's FLOPs, sum_l min(structured_l,
+              jacobian_l) counted for the N (N + 1) / 2 distinct entries, timed as
+              one general GEMM [N, k] x [k, N] of the same FLOPs with the fastest
+              matmul here (min over NumPy BLAS, TF and XLA)
+
+Fast paths are timed after one untimed warm-up run on the same data (tracing
+excluded) with their feature caches cleared. Peak memory is the largest rise of
+the process' resident set during a run above its level before it (sampled
+every 5 ms), so memory freed to the allocator but kept by it is not counted twice.
+"""
+
+import dataclasses
+import os
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ntk_tf import auto
+from ntk_tf import block_size
+from ntk_tf import models
+from ntk_tf import structured
+
+
+@dataclasses.dataclass
+class Row:
+  model: str
+  n: int
+  seconds: Dict[str, Optional[float]]
+  notes: Dict[str, str]
+  peak_bytes: Dict[str, Optional[int]]
+  contraction_flops: int
+  gemm_bound_seconds: float
+  block_size: int
+
+
+class _PeakRss:
+  """Samples /proc/self/statm; `.peak` = max resident bytes above the start level."""
+
+  def __enter__(self):
+    self._page = os.sysconf("SC_PAGE_SIZE")
+    self._start = self._rss()
+    self.peak = 0
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._poll, daemon=True)
+    self._thread.start()
+    return self
+
+  def _rss(self):
+    with open("/proc/self/statm") as f:
+      return int(f.read().split()[1]) * self._page
+
+  def _poll(self):
+    while not self._stop.is_set():
+      self.peak = max(self.peak, self._rss() - self._start)
+      time.sleep(0.005)
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join()
+    self.peak = max(self.peak, self._rss() - self._start)
+
+
+def _timed(fn: Callable[[], object]):
+  with _PeakRss() as rss:
+    start = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - start
+  return seconds, rss.peak
+
+
+def full_gram(block_fn, x: np.ndarray, block: int) -> np.ndarray:
+  """Returns Theta(x, x) [N, N] from diagonal and upper BlockFn calls, mirrored."""
+  n = len(x)
+  theta = np.empty((n, n), np.float32)
+  for i in range(0, n, block):
+    for j in range(i, n, block):
+      xa, xb = x[i:i + block], x[j:j + block]
+      out = block_fn(xa) if i == j else block_fn(xa, xb)
+      theta[i:i + len(xa), j:j + len(xb)] = out
+      theta[j:j + len(xb), i:i + len(xa)] = out.T
+  return theta
+
+
+def naive_gram(model: keras.Model, x: np.ndarray) -> np.ndarray:
+  """The naive baseline: J = tape.jacobian(f(x), theta) with pfor, then J J^T."""
+  with tf.GradientTape() as tape:
+    logits = tf.reshape(model(x, training=False), [-1])  # [N]
+  jac = tape.jacobian(logits, model.trainable_variables, experimental_use_pfor=True)
+  jac = tf.concat([tf.reshape(j, [len(x), -1]) for j in jac], axis=1)  # [N, P]
+  return tf.matmul(jac, jac, transpose_b=True).numpy()  # [N, N]
+
+
+def gemm_seconds(flops: int, n: int, repeats: int = 3, max_bytes: int = 1 << 26) -> float:
+  """Seconds of the fastest float32 GEMM [n, k] x [k, n] with 2 n^2 k = flops.
+
+  k is capped so each operand stays under `max_bytes`; the time is then
+  scaled linearly to `flops` (GEMM time is linear in k at fixed n).
+  """
+  k = max(1, min(int(round(flops / (2 * n * n))), max_bytes // (4 * n)))
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=(n, k)).astype(np.float32)
+  b = rng.normal(size=(n, k)).astype(np.float32)
+  ta, tb = tf.constant(a), tf.constant(b)
+  xla = tf.function(lambda u, v: tf.matmul(u, v, transpose_b=True), jit_compile=True)
+  engines = {
+      "numpy": lambda: a @ b.T,
+      "tf": lambda: tf.matmul(ta, tb, transpose_b=True).numpy(),
+      "xla": lambda: xla(ta, tb).numpy(),
+  }
+  best = float("inf")
+  for fn in engines.values():
+    fn()  # Warm-up (and XLA compile).
+    for _ in range(repeats):
+      start = time.perf_counter()
+      fn()
+      best = min(best, time.perf_counter() - start)
+  return best * (2 * n * n * k) / flops  # Scaled to exactly `flops`.
+
+
+def _inputs(input_shape: Sequence[int], n: int, data_dir: Optional[str]) -> np.ndarray:
+  if data_dir:
+    try:
+      from ntk_tf import data  # pylint: disable=g-import-not-at-top
+      return data.load("cifar10", data_dir=data_dir, train_size=n, test_size=10).x_train[:n] \
+          .astype(np.float32)
+    except Exception as err:  # pylint: disable=broad-except
+      logging.warning("CIFAR-10 not loaded (%s); using Gaussian inputs.", err)
+  return np.random.default_rng(0).normal(size=(n,) + tuple(input_shape)).astype(np.float32)
+
+
+def _reference_fn():
+  try:
+    from ntk_tf import gram  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  return lambda model, x, block: gram.ntk_gram(model, x, block_size=block,
+                                                implementation="jacobian", dtype="float32",
+                                                progress=False)
+
+
+def bench_model(name: str, n: int, *, input_shape=(32, 32, 3), memory_budget: int = 4 << 30,
+                naive_max_n: int = 500, data_dir: Optional[str] = None,
+                paths: Sequence[str] = ("naive", "reference", "structured", "auto")) -> Row:
+  """Times every path for one model and N; returns one table row."""
+  model = models.get(name, input_shape=input_shape)
+  x = _inputs(input_shape, n, data_dir)
+  block = block_size.block_size_for_budget(model, input_shape, memory_budget, "structured")
+  block = min(block, n)
+  report = structured.flop_report(model, input_shape, n, n)
+  flops = structured.contraction_flops(report, symmetric=True)
+  seconds, notes, peak = {}, {}, {}
+  for path in paths:
+    logging.info("%s N=%d: %s", name, n, path)
+    if path == "naive":
+      m = min(n, naive_max_n)
+      t, peak[path] = _timed(lambda: naive_gram(model, x[:m]))
+      seconds[path] = t * (n / m) ** 2
+      if m < n:
+        notes[path] = f"extrapolated from N={m}"
+    elif path == "reference":
+      ref = _reference_fn()
+      if ref is None:
+        seconds[path], peak[path], notes[path] = None, None, "n/a (missing)"
+        continue
+      m = min(n, naive_max_n)
+      t, peak[path] = _timed(lambda: ref(model, x[:m], min(block, m)))
+      seconds[path] = t * (n / m) ** 2
+      if m < n:
+        notes[path] = f"extrapolated from N={m}"
+    else:
+      block_fn = (structured.make_block_fn(model, "float32") if path == "structured"
+                  else auto.make_block_fn(model, "float32", nominal_block=block))
+      full_gram(block_fn, x, block)  # Warm-up: traces the block shapes.
+      getattr(block_fn, "_cache", {}).clear()
+      seconds[path], peak[path] = _timed(lambda: full_gram(block_fn, x, block))
+  return Row(model=name, n=n, seconds=seconds, notes=notes, peak_bytes=peak,
+             contraction_flops=flops, gemm_bound_seconds=gemm_seconds(flops, n),
+             block_size=block)
+
+
+def run(config) -> List[Row]:
+  """Runs the benchmark described by `config` (see configs/bench_gram.py)."""
+  rows = []
+  for name, n in config["cases"]:
+    rows.append(bench_model(name, n, memory_budget=config["memory_budget"],
+                            naive_max_n=config["naive_max_n"][name],
+                            data_dir=config.get("data_dir")))
+    logging.info("row: %s", rows[-1])
+  for n in config["scaling_ns"]:
+    rows.append(bench_model("mlp", n, memory_budget=config["memory_budget"],
+                            data_dir=config.get("data_dir"), paths=("auto",)))
+    logging.info("row: %s", rows[-1])
+  return rows
+
+
+def format_table(rows: Sequence[Row]) -> str:
+  """Returns the benchmark table (and the auto path's N-scaling) as text."""
+  paths = ("naive", "reference", "structured", "auto")
+  lines = ["model     N     block | " + " | ".join(f"{p:>11s} s (x naive)" for p in paths)
+           + " | contraction GFLOP | GEMM bound s | structured/bound | auto/bound | "
+           "peak MB (naive/ref/struct/auto)"]
+  scaling = []
+  for row in rows:
+    if set(row.seconds) == {"auto"}:
+      scaling.append(row)
+      continue
+    naive = row.seconds.get("naive")
+    cells = []
+    for p in paths:
+      t = row.seconds.get(p)
+      if t is None:
+        cells.append(f"{row.notes.get(p, 'n/a'):>23s}")
+      else:
+        star = "*" if p in row.notes else " "
+        cells.append(f"{t:10.3f}{star} ({naive / t:7.1f}x)" if naive else f"{t:10.3f}{star}")
+    ratio = lambda p: (f"{row.seconds[p] / row.gemm_bound_seconds:16.2f}"
+                       if row.seconds.get(p) else f"{'n/a':>16s}")
+    mem = "/".join("n/a" if row.peak_bytes.get(p) is None else f"{row.peak_bytes[p] / 2**20:.0f}"
+                   for p in paths)
+    lines.append(f"{row.model:8s} {row.n:5d} {row.block_size:5d} | " + " | ".join(cells)
+                 + f" | {row.contraction_flops / 1e9:17.2f} | {row.gemm_bound_seconds:12.3f} | "
+                 + ratio("structured") + " | " + ratio("auto")[6:] + " | " + mem)
+  lines.append("* extrapolated quadratically from a subset (see notes): "
+               + "; ".join(f"{r.model} {p}: {r.notes[p]}" for r in rows for p in r.notes))
+  if scaling:
+    lines.append("auto path, MLP, growth with N:")
+    previous = None
+    for row in scaling:
+      t = row.seconds["auto"]
+      growth = f"  x{t / previous:.2f} vs N/2 (N^2 would be x4)" if previous else ""
+      lines.append(f"  N={row.n:5d}  {t:8.3f} s  bound {row.gemm_bound_seconds:7.3f} s{growth}")
+      previous = t
+  return "\n".join(lines)

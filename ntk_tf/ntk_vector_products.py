@@ -1,0 +1,155 @@
+"""Matrix-free NTK-vector products: K v = J (J^T v) without storing K or J.
+
+    u = J^T v = d/dtheta sum_i v_i f(x_i)        (one VJP pass over the data)
+    K v = J u = d/dt f(x; theta + t u) |_{t=0}   (one JVP pass, ForwardAccumulator)
+
+Shapes: data x [N, ...], J [N, P], v [N], V [N, k]. Each product costs about
+one forward+backward and one forward-mode pass over the N examples (~6 N F
+FLOPs for a model of F forward FLOPs per example) and O(P + batch activations)
+memory, so the top-k eigenvectors of K (Lanczos, k + O(10) products) never
+need the N x N matrix. A full Gram this way costs N products, ~6 N^2 F, so it
+is only the cheapest path when few products are needed.
+
+Paper: Sec. 3 (the NTK Gram matrix and its spectrum).
+"""
+
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ntk_tf import precision
+from ntk_tf.types import Array, DType, Inputs
+
+
+def _check_batch_size(batch_size: int) -> int:
+  if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+    raise ValueError(f"batch_size must be a positive int. Received: batch_size={batch_size!r}")
+  return batch_size
+
+
+class _Products:
+  """Batched VJP / JVP of a single-logit model with static (padded) batch shapes."""
+
+  def __init__(self, model: keras.Model, dtype: str):
+    self.model = precision.cast_model(model, dtype)
+    self.dtype = dtype
+    # The tf.Variables under Keras' variables: ForwardAccumulator needs TF's own.
+    self.variables = [getattr(v, "value", v) for v in self.model.trainable_variables]
+    self._vjp = tf.function(self._vjp_batch)
+    self._jvp = tf.function(self._jvp_batch)
+
+  def _logits(self, x):
+    out = self.model(x, training=False)
+    if isinstance(out, (list, tuple)) and len(out) == 1:
+      out = out[0]  # [B, 1]
+    if len(out.shape) != 2 or out.shape[-1] != 1:
+      raise ValueError(f"NTK-vector products need a single-logit model, output [N, 1]. "
+                       f"Received: output shape {tuple(out.shape)}")
+    return out[:, 0]  # [B]
+
+  def _vjp_batch(self, x, v):
+    """Returns J_B^T v_B as a list shaped like the variables; x [B, ...], v [B]."""
+    with tf.GradientTape() as tape:
+      total = tf.reduce_sum(self._logits(x) * v)
+    return tape.gradient(total, self.variables,
+                         unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+  def _jvp_batch(self, x, tangents):
+    """Returns J_B u [B] for u given as a list shaped like the variables."""
+    with tf.autodiff.ForwardAccumulator(self.variables, tangents) as acc:
+      logits = self._logits(x)
+    return acc.jvp(logits, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+def _batches(x: np.ndarray, batch_size: int):
+  """Yields (start, padded batch [batch_size, ...], true size)."""
+  for start in range(0, len(x), batch_size):
+    batch = x[start:start + batch_size]
+    n = len(batch)
+    if n < batch_size:
+      batch = np.concatenate([batch, np.zeros((batch_size - n,) + batch.shape[1:], batch.dtype)])
+    yield start, batch, n
+
+
+class NtkOperator:
+  """The NTK Gram matrix K = J J^T [N, N] of `model` on x, as a linear operator.
+
+  `matvec(v)` = K v by one VJP and one JVP pass over x; `matmat(V)` applies it
+  to each column. Use `as_linear_operator()` for scipy (e.g. `eigsh`).
+
+  Memory: O(P) for the tangent plus one batch of activations (x2 for forward
+  mode); K is never stored.
+  """
+
+  def __init__(self, model: keras.Model, x: Inputs, *, batch_size: int = 256,
+               dtype: DType = "float32"):
+    self.dtype = np.dtype(precision.canonical_dtype(dtype))
+    self.batch_size = _check_batch_size(batch_size)
+    self._x = np.asarray(x, dtype=self.dtype)
+    self._products = _Products(model, self.dtype.name)
+    self.shape = (len(self._x), len(self._x))
+
+  def transposed_jacobian_product(self, v: Array) -> list:
+    """Returns u = J^T v, a list of tensors shaped like the trainable variables."""
+    total = [tf.zeros_like(w) for w in self._products.variables]
+    for start, batch, n in _batches(self._x, self.batch_size):
+      v_batch = np.zeros(self.batch_size, self.dtype)
+      v_batch[:n] = v[start:start + n]
+      grads = self._products._vjp(tf.constant(batch), tf.constant(v_batch))
+      total = [t + g for t, g in zip(total, grads)]
+    return total
+
+  def jacobian_product(self, tangents: list) -> Array:
+    """Returns J u [N] for u a list shaped like the trainable variables."""
+    out = np.empty(self.shape[0], self.dtype)
+    for start, batch, n in _batches(self._x, self.batch_size):
+      out[start:start + n] = self._products._jvp(tf.constant(batch), tangents).numpy()[:n]
+    return out
+
+  def matvec(self, v: Array) -> Array:
+    """Returns K v [N] for v [N]."""
+    v = np.asarray(v, self.dtype).reshape(-1)
+    if v.shape[0] != self.shape[0]:
+      raise ValueError(f"v must have shape [{self.shape[0]}]. Received: shape={v.shape}")
+    return self.jacobian_product(self.transposed_jacobian_product(v))
+
+  def matmat(self, matrix: Array) -> Array:
+    """Returns K V [N, k] for V [N, k]."""
+    matrix = np.asarray(matrix, self.dtype)
+    if matrix.ndim != 2 or matrix.shape[0] != self.shape[0]:
+      raise ValueError(f"V must have shape [{self.shape[0]}, k]. Received: shape={matrix.shape}")
+    return np.stack([self.matvec(matrix[:, j]) for j in range(matrix.shape[1])], axis=1)
+
+  def as_linear_operator(self):
+    """Returns a `scipy.sparse.linalg.LinearOperator` view (symmetric)."""
+    from scipy.sparse import linalg  # pylint: disable=g-import-not-at-top
+    return linalg.LinearOperator(self.shape, matvec=self.matvec, rmatvec=self.matvec,
+                                 matmat=self.matmat, dtype=self.dtype)
+
+
+class NtkVectorProductBlockFn:
+  """BlockFn Theta(x_a, x_b) [Na, Nb] by NTK-vector products (column j = J_a J_b^T e_j).
+
+  Matrix-free: forms one per-example gradient at a time (O(P) memory), at the
+  cost of Nb VJP and Nb JVP passes; meant for checks and tiny blocks.
+  """
+
+  def __init__(self, model: keras.Model, dtype: DType = "float32"):
+    self.dtype = np.dtype(precision.canonical_dtype(dtype))
+    self._products = _Products(model, self.dtype.name)
+
+  def __call__(self, x_a: Inputs, x_b: Optional[Inputs] = None) -> Array:
+    x_a = tf.constant(np.asarray(x_a, self.dtype))
+    x_b = x_a if x_b is None else tf.constant(np.asarray(x_b, self.dtype))
+    columns = []
+    for j in range(x_b.shape[0]):
+      grads = self._products._vjp(x_b[j:j + 1], tf.ones([1], self.dtype))  # J_b^T e_j
+      columns.append(self._products._jvp(x_a, grads).numpy())  # [Na]
+    return np.stack(columns, axis=1)  # [Na, Nb]
+
+
+def make_block_fn(model: keras.Model, dtype: DType = "float32") -> NtkVectorProductBlockFn:
+  """Returns the NTK-vector-product BlockFn `(x_a, x_b=None) -> [Na, Nb]`."""
+  return NtkVectorProductBlockFn(model, dtype)

@@ -1,0 +1,1 @@
+"""XLA-compiled block operations; the only place ntk_tf uses `jit_compile=True`."""

@@ -1,0 +1,38 @@
+"""Smoke test of binaries/bench_gram.py on the smoke config, plus the benchmark's GEMM bound."""
+
+import os
+
+from absl.testing import absltest
+from absl.testing import flagsaver
+import numpy as np
+
+from tests import test_util  # pylint: disable=unused-import
+from binaries import bench_gram
+from ntk_tf import benchmark
+from ntk_tf import structured
+import ntk_tf
+
+
+class BenchGramTest(absltest.TestCase):
+
+  def test_full_gram_matches_naive(self):
+    model = ntk_tf.models.mlp((4, 4, 3))
+    x = np.random.default_rng(0).normal(size=(7, 4, 4, 3)).astype(np.float32)
+    block_fn = structured.make_block_fn(model, "float32")
+    np.testing.assert_allclose(benchmark.full_gram(block_fn, x, 3),
+                               benchmark.naive_gram(model, x), rtol=2e-5, atol=1e-5)
+
+  def test_smoke_main_writes_table(self):
+    out = self.create_tempdir().full_path
+    with flagsaver.flagsaver(smoke=True, out=out, data_dir=test_util.data_dir()):
+      bench_gram.main([])
+    with open(os.path.join(out, "table.txt")) as f:
+      table = f.read()
+    self.assertIn("mlp", table)
+    self.assertIn("lenet", table)
+    self.assertIn("growth with N", table)
+    self.assertTrue(os.path.exists(os.path.join(out, "config.json")))
+
+
+if __name__ == "__main__":
+  absltest.main()
