@@ -97,6 +97,10 @@ class _JacobianBlockFn:
 
 
 # The registry: one factory per implemented member (others add theirs).
+# factory(model, dtype) gets the model as the caller gave it and must compute in
+# `dtype` (tf.float32 | tf.float64; see precision.model_for_dtype). Its BlockFn
+# always receives zero-padded blocks of exactly block_size rows (one static
+# shape) and x_b=None for diagonal blocks; padding rows are cropped afterwards.
 _BLOCK_FN_FACTORIES: Dict[NtkImplementation, Callable[[keras.Model, tf.DType], BlockFn]] = {
     NtkImplementation.JACOBIAN: _JacobianBlockFn,
 }

@@ -108,6 +108,10 @@ class GramStoreTest(absltest.TestCase):
     self.assertEqual((matrix.shape, matrix.dtype), ((_N, _N), np.float64))
     self.assertFalse(matrix.flags.writeable)
     np.testing.assert_array_equal(matrix, matrix.T)
+    eigvals, eigvecs = ntk_tf.eigen(store, 3, method="lanczos")  # Reads the memory map.
+    np.testing.assert_allclose(eigvals, np.linalg.eigvalsh(np.array(matrix))[::-1][:3],
+                               rtol=1e-10)
+    self.assertEqual(eigvecs.shape, (_N, 3))
 
   def test_mismatched_job_refused(self):
     path = self.create_tempdir().full_path
