@@ -19,7 +19,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ntk_tf import jacobian as jacobian_lib
+# From-import of the submodule: `ntk_tf.jacobian` is the function once ntk_tf is imported.
+from ntk_tf.jacobian import check_single_logit
 from ntk_tf import precision
 from ntk_tf import types
 from ntk_tf import validation
@@ -57,7 +58,7 @@ def alignment(model: keras.Model, x: types.Inputs, y: types.Array, *, batch_size
   """
   dtype = precision.canonical_dtype(dtype)
   batch_size = validation.check_positive_int(batch_size, "batch_size")
-  jacobian_lib.check_single_logit(model)
+  check_single_logit(model)
   validation.check_finite_weights(model)
   x = validation.check_inputs(model, x, "x")
   n = x.shape[0]

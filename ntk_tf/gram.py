@@ -23,7 +23,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ntk_tf import jacobian as jacobian_lib
+# From-imports of the submodule: `ntk_tf.jacobian` is the function once ntk_tf is imported.
+from ntk_tf.jacobian import check_single_logit
+from ntk_tf.jacobian import jacobian_fn
 from ntk_tf import precision
 from ntk_tf import progress as progress_lib
 from ntk_tf import types
@@ -80,7 +82,7 @@ class _JacobianBlockFn:
   def __init__(self, model: keras.Model, dtype: tf.DType):
     self._model = precision.model_for_dtype(model, dtype.name)
     self._dtype = dtype
-    self._block_jacobian = jacobian_lib.jacobian_fn(self._model)
+    self._block_jacobian = jacobian_fn(self._model)
     self._cached_x = None
     self._cached_jac = None
 
@@ -172,7 +174,7 @@ def prepare(model: keras.Model, x1: types.Inputs, x2: Optional[types.Inputs],
   """Validates the arguments of a Gram job; returns (x1, x2, block_size, dtype name)."""
   block_size = validation.check_positive_int(block_size, "block_size")
   dtype = precision.canonical_dtype(dtype)
-  jacobian_lib.check_single_logit(model)
+  check_single_logit(model)
   validation.check_finite_weights(model)
   x1 = validation.check_inputs(model, x1, "x1")
   x2 = None if x2 is None else validation.check_inputs(model, x2, "x2")
