@@ -84,7 +84,7 @@ class GramStore:
   Reopening a store with different weights, data, block size, dtype or
   implementation raises ValueError naming the field.
 
-  Peak memory: that of one `ntk_gram` block, about (2 * B * P + 2 * B^2) * bytes;
+  Peak memory: that of one `ntk_gram` block, about (3 * B * P + 2 * B^2) * bytes;
   the matrix itself stays on disk (N^2 * bytes, e.g. 14.4 GB for N = 60,000 in
   float32).
 
