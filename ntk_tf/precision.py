@@ -1,68 +1,102 @@
-"""Numerical precision controls: model dtype casts and the TF32 matmul switch.
+"""Numerical precision controls: float64 (or float32) copies of Keras models, TF32 switch.
 
-`cast_model(model, "float64")` rebuilds a Keras functional model with every
-layer computing in float64 and the same (upcast) weights, so float64 NTKs are
-exact to ~1e-15 rather than float32's ~1e-7. `tf32_matmuls(enabled)` scopes
-TensorFloat-32 matmuls on Ampere+ GPUs; it is off by default, and the
-reference "jacobian" path never turns it on (TF32 keeps a 10-bit mantissa, so
-a TF32 Gram is not exact).
+A float32 model cast "on the fly" still computes in float32; the only way to
+get truly float64 Jacobians is a model whose variables *and* layer compute
+dtypes are float64. `cast_model(model, dtype)` rebuilds the architecture from
+its config with every dtype policy set to `dtype` and copies the weights,
+cast; `as_float64_model` is its float64 case. Float64 NTKs are then exact to
+~1e-15 rather than float32's ~1e-7.
+
+`tf32_matmuls(enabled)` scopes TensorFloat-32 matmuls on Ampere+ GPUs; it is off
+by default, and the reference "jacobian" path never turns it on (TF32 keeps a
+10-bit mantissa, so a TF32 Gram is not exact).
 """
 
 import contextlib
-from typing import Iterator
+from typing import Any, Iterator
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from ntk_tf.types import DType
+from ntk_tf import types
 
 FLOAT_DTYPES = ("float32", "float64")
 
 
-def canonical_dtype(dtype: DType) -> str:
-  """Returns "float32" or "float64" for a dtype given as name, NumPy or TF dtype."""
-  name = tf.as_dtype(dtype).name if not isinstance(dtype, str) else dtype
+def canonical_dtype(dtype: types.DType) -> str:
+  """Returns "float32" or "float64" for any spelling of those dtypes, else raises."""
+  try:
+    name = np.dtype(getattr(dtype, "as_numpy_dtype", dtype)).name
+  except TypeError:
+    name = None
   if name not in FLOAT_DTYPES:
-    raise ValueError(f"dtype must be one of {FLOAT_DTYPES}. Received: dtype={dtype!r}")
+    raise ValueError(f"dtype must be float32 or float64. Received: dtype={dtype!r}")
   return name
 
 
 def model_dtype(model: keras.Model) -> str:
-  """Returns the compute dtype shared by the model's trainable weights."""
+  """Returns the dtype shared by the model's trainable weights."""
   dtypes = {tf.as_dtype(v.dtype).name for v in model.trainable_variables}
   if len(dtypes) > 1:
     raise ValueError(f"model weights have mixed dtypes. Received: dtypes={sorted(dtypes)}")
   return dtypes.pop() if dtypes else keras.config.floatx()
 
 
-def cast_model(model: keras.Model, dtype: DType) -> keras.Model:
-  """Returns `model` itself if it already computes in `dtype`, else a float copy.
+def _with_dtype(config: Any, dtype: str) -> Any:
+  """Returns `config` with every "dtype" entry (layer policies, inputs) set to `dtype`."""
+  if isinstance(config, dict):
+    return {key: (dtype if key == "dtype" else _with_dtype(value, dtype))
+            for key, value in config.items()}
+  if isinstance(config, list):
+    return [_with_dtype(value, dtype) for value in config]
+  return config
 
-  The copy is `keras.models.clone_model` with each layer rebuilt from its
-  config with `dtype=dtype`, then the original weights cast to `dtype`.
+
+def cast_model(model: keras.Model, dtype: types.DType) -> keras.Model:
+  """Returns `model` itself if it already computes in `dtype`, else a copy in `dtype`.
+
+  Same architecture, same weights (trainable and non-trainable, e.g. BatchNorm
+  moving statistics) cast to `dtype`, so `copy(x) == model(x)` up to float32
+  round-off. The copy is independent: later changes to `model` do not reach it.
+  Call it with `training=False` for inference-mode BatchNorm (as every ntk_tf
+  function does).
 
   Args:
-    model: a functional or sequential Keras model.
+    model: a functional or Sequential Keras model (anything with
+      `get_config`/`from_config`).
     dtype: "float32" or "float64".
   """
   dtype = canonical_dtype(dtype)
-  if model_dtype(model) == dtype and tf.as_dtype(model.inputs[0].dtype).name == dtype:
+  if all(v.dtype == dtype for v in model.weights) and model.compute_dtype == dtype:
     return model
-
-  def clone_layer(layer):
-    config = layer.get_config()
-    config["dtype"] = dtype
-    return layer.__class__.from_config(config)
-
-  input_tensors = [keras.Input(shape=t.shape[1:], dtype=dtype, name=getattr(t, "name", None))
-                   for t in model.inputs]
-  clone = keras.models.clone_model(
-      model, input_tensors=input_tensors if len(input_tensors) > 1 else input_tensors[0],
-      clone_function=clone_layer)
+  try:
+    config = model.get_config()
+    clone = model.__class__.from_config(_with_dtype(config, dtype))
+  except (NotImplementedError, TypeError, ValueError) as err:
+    raise ValueError(
+        "cast_model needs a model that round-trips through get_config/from_config "
+        f"(functional or Sequential). Received: model={model.name!r} "
+        f"({type(model).__name__}): {err}") from err
+  source_weights = model.get_weights()
+  if len(source_weights) != len(clone.weights):
+    raise ValueError(
+        f"{dtype} clone of model={model.name!r} has {len(clone.weights)} weights, the model "
+        f"has {len(source_weights)}; cannot copy them.")
   clone.set_weights([np.asarray(w).astype(dtype) if np.issubdtype(np.asarray(w).dtype, np.floating)
-                     else w for w in model.get_weights()])
+                     else w for w in source_weights])
   return clone
+
+
+def as_float64_model(model: keras.Model) -> keras.Model:
+  """Returns a float64 copy of `model` (or `model` itself if already float64)."""
+  return cast_model(model, "float64")
+
+
+def model_for_dtype(model: keras.Model, dtype: types.DType) -> keras.Model:
+  """Returns `model` itself for float32 and its float64 copy for float64."""
+  name = canonical_dtype(dtype)
+  return as_float64_model(model) if name == "float64" else model
 
 
 @contextlib.contextmanager
