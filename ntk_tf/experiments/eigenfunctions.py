@@ -136,7 +136,7 @@ def _spectrum(config: Mapping[str, Any], name: str, model, x_all: np.ndarray,
                     implementation=gram["implementation"])
   logging.info("%s: NTK Gram on %d samples, %d/%d blocks done (%s)", name, len(x_all),
                store.num_done, store.num_blocks, store.path)
-  store.compute(progress=config["progress"])
+  store.compute(progress=True)  # One log line per 30 s: blocks done, rate, ETA.
   logging.info("%s: top %d eigenpairs (%s)", name, config["num_eigenvectors"],
                config["eigen_method"])
   eigvals, eigvecs = eigen(store, config["num_eigenvectors"],
@@ -233,7 +233,10 @@ def write_table(work: pathlib.Path, rows: List[Dict[str, Any]]) -> Tuple[pathlib
   """Writes results.csv and results.json holding exactly `rows` (this config's tasks)."""
   import pandas as pd  # Heavy import; only where tables are written.
   csv_path, json_path = work / "results.csv", work / "results.json"
-  workdir_lib.atomic_write_text(csv_path, pd.DataFrame(rows, columns=TABLE_FIELDS).to_csv(index=False))
+  table = pd.DataFrame(rows, columns=TABLE_FIELDS)
+  table["index"] = table["index"].astype("Int64")  # j, empty for the baseline tasks
+  table["steps_to_loss"] = table["steps_to_loss"].astype("Int64")  # empty: never reached
+  workdir_lib.atomic_write_text(csv_path, table.to_csv(index=False))
   workdir_lib.atomic_write_json(json_path, rows)
   return csv_path, json_path
 
