@@ -303,6 +303,9 @@ def plot_training_metrics(rows: List[Dict[str, Any]], path: pathlib.Path) -> pat
              ("cosine_distance", "Cosine distance to theta0"))
   for row_axes, name in zip(axes, model_names):
     for ax, (field, label) in zip(row_axes, columns):
+      reached = [common.nan_if_none(r[field]) for r in rows
+                 if r["model"] == name and r["index"] is not None]
+      top = 1.05 * np.nanmax(reached) if np.isfinite(reached).any() else 1.0
       for kind, style in _STYLE.items():
         picked = _eigen_rows(rows, name, kind)
         if not picked:
@@ -312,8 +315,7 @@ def plot_training_metrics(rows: List[Dict[str, Any]], path: pathlib.Path) -> pat
         ax.plot(xs, ys, **style)
         missing = ~np.isfinite(ys)
         if field == "steps_to_loss" and missing.any():
-          top = np.nanmax(ys) if np.isfinite(ys).any() else 1.0
-          ax.plot(xs[missing], np.full(missing.sum(), top * 1.05), linestyle="none",
+          ax.plot(xs[missing], np.full(missing.sum(), top), linestyle="none",
                   marker=style["marker"], markerfacecolor="none", color=style["color"],
                   label=f"{style['label']}: not reached")
       ax.set_xscale("log")
