@@ -12,7 +12,7 @@ import math
 import pathlib
 import shutil
 import time
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from absl import logging
 import keras
@@ -106,7 +106,8 @@ def build_model(config: Mapping[str, Any], name: str, input_shape: Sequence[int]
                     seed=seed, **model_kwargs(config, name))
 
 
-def check_model_kwargs(config: Mapping[str, Any], model_names: Iterable[str]) -> None:
+def check_model_kwargs(config: Mapping[str, Any]) -> None:
+  """Raises ValueError unless model_kwargs is keyed by model names and the activation is known."""
   extras = as_dict(config.get("model_kwargs"))
   bad = sorted(set(extras) - set(models.MODEL_NAMES))
   if bad:
@@ -115,7 +116,6 @@ def check_model_kwargs(config: Mapping[str, Any], model_names: Iterable[str]) ->
   if config["activation"] not in models.ACTIVATIONS:
     raise ValueError(f"activation must be one of {list(models.ACTIVATIONS)}. "
                      f"Received: activation={config['activation']!r}")
-  del model_names
 
 
 def saturation_epoch(test_acc: Sequence[float], tolerance: float) -> int:

@@ -33,7 +33,7 @@ Task keys: `<model>_phi<j:04d>_<kind>` and `<model>_<baseline>_<kind>`
 import json
 import math
 import pathlib
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 from absl import logging
 import numpy as np
@@ -72,7 +72,7 @@ def validate_config(config: Mapping[str, Any]) -> None:
   """Raises ValueError naming the first bad value; runs before any heavy work."""
   names = common.as_name_list(config["models"], "models")
   common.check_names(names, models.MODEL_NAMES, "models")
-  common.check_model_kwargs(config, names)
+  common.check_model_kwargs(config)
   if config["dataset"] not in DATASETS:
     raise ValueError(f"dataset must be one of {DATASETS}. Received: dataset={config['dataset']!r}")
   _, _, full_train, full_test = sources.RAW_SPECS[config["dataset"]]
