@@ -126,10 +126,14 @@ class EigenfunctionsSmokeTest(absltest.TestCase):
     pd.testing.assert_frame_equal(_table(resumed / "results.csv"), _table(fresh / "results.csv"))
     self.assertLen(pd.read_csv(resumed / "results.csv"), 2)
 
-    # A third run does no work and keeps the table.
-    with mock.patch.object(common, "train_task") as third:
+    # A third run does no work (no training, no Gram block, no eigensolve) and keeps the table.
+    with mock.patch.object(common, "train_task") as third, \
+        mock.patch.object(eigenfunctions.GramStore, "compute") as gram_compute, \
+        mock.patch.object(eigenfunctions, "eigen") as eigensolve:
       eigenfunctions.run(config, resumed)
     third.assert_not_called()
+    gram_compute.assert_not_called()
+    eigensolve.assert_not_called()
     pd.testing.assert_frame_equal(_table(resumed / "results.csv"), _table(fresh / "results.csv"))
 
 
