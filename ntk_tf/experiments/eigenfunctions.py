@@ -201,7 +201,9 @@ def run(config: Mapping[str, Any], workdir: pathlib.Path) -> Dict[str, Any]:
       for kind in target_kinds:
         key = task_key(name, target, kind)
         keys.append(key)
-        settings = {**model_settings, "spectrum": spectrum_fp, "target": target, "kind": kind,
+        # A baseline task depends on the data, not on the spectrum.
+        labels_source = {"spectrum": spectrum_fp} if j is not None else data_settings
+        settings = {**model_settings, **labels_source, "target": target, "kind": kind,
                     "recipe": recipe.to_dict(), "train_seed": config["train_seed"]}
         fp = workdir_lib.fingerprint(settings)
         if store.get(key, fp) is not None:
