@@ -1,0 +1,410 @@
+"""Training a network or its linearization with the paper's recipe, and its metrics.
+
+    loss(theta) = mean_i BCE(sigmoid(f(x_i; theta)), y_i),   y_i in {0, 1},
+
+minimized with the optimizer of a `Recipe` (SGD with momentum 0.9 and a linear
+learning-rate decay in the paper, App. A). `train` treats a `keras.Model` and
+a `ntk_tf.Linearized` identically: it updates `model.trainable_weights`, calls
+the model with `training=True` (a network's BatchNorm then updates its moving
+statistics; a linearized model ignores the flag) and evaluates with
+`training=False`.
+
+Metrics (Sec. 3.2, Fig. 3), one row per epoch (row 0 = initialization):
+  train_loss, train_acc  the full training set, evaluated in inference mode
+                         at the end of the epoch (not a running minibatch
+                         mean; that one is `batch_loss`).
+  test_acc, test_loss    the test set, likewise (NaN without a test set).
+  steps to 0.01          the optimizer step count at the end of the first
+                         epoch whose `train_loss` is <= 0.01 (so it has the
+                         resolution of one epoch); None if never reached.
+  l2_distance            ||theta_t - theta_0||_2,
+  cosine_distance        1 - <theta_t, theta_0> / (||theta_t|| ||theta_0||),
+                         theta = all trainable weights flattened into one
+                         vector of P numbers.
+Accuracy predicts label 1 when the logit is > 0.
+
+Outputs under `workdir`: `metrics.csv` (the history), `tensorboard/`
+(scalars per epoch, x axis = step), `checkpoints/epoch_XXXX.weights.h5` at the
+requested epochs (0 = initialization), and `state/`, the state after the last
+finished epoch. If `state/` exists when `train` starts, the run resumes from
+it (same recipe, seed and data size are required) and ends with the same
+weights as an uninterrupted run.
+
+Determinism: epoch e visits the samples in the order
+`np.random.default_rng([seed, e]).permutation(N)`; the weights come from the
+model passed in. Two runs with the same seed on the same machine give identical
+weights on CPU (on GPU, also call `tf.config.experimental.enable_op_determinism()`).
+
+Shapes: x `[N, ...]`, y01 `[N]` in {0, 1}, logits `[N, 1]`.
+"""
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import time
+from typing import Dict, List, Optional, Sequence
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ntk_tf.recipe import PAPER_SGD
+from ntk_tf.recipe import Recipe
+from ntk_tf.types import Array
+
+HISTORY_FIELDS = ("epoch", "step", "learning_rate", "batch_loss", "train_loss", "train_acc",
+                  "test_loss", "test_acc", "l2_distance", "cosine_distance", "seconds")
+
+
+# ----------------------------------------------------------------------------
+# Pure metric functions.
+
+def steps_to_threshold(losses: Sequence[float], steps: Sequence[int],
+                       threshold: float = 0.01) -> Optional[int]:
+  """Returns the first step whose loss is <= threshold, or None (Fig. 3).
+
+      steps_to_threshold = min { steps[k] : losses[k] <= threshold }
+
+  Args:
+    losses: `[K]` training losses, in time order.
+    steps: `[K]` the step count at which each loss was measured.
+    threshold: e.g. 0.01.
+  """
+  if len(losses) != len(steps):
+    raise ValueError(f"losses and steps must have equal lengths. Received: {len(losses)} and {len(steps)}")
+  for loss, step in zip(losses, steps):
+    if loss <= threshold:
+      return int(step)
+  return None
+
+
+def _flatten(theta: Sequence[Array]) -> np.ndarray:
+  """All arrays of `theta` as one float64 vector, `[P]`."""
+  if len(theta) == 0:
+    raise ValueError("theta must hold at least one array. Received: []")
+  return np.concatenate([np.asarray(t, np.float64).ravel() for t in theta])  # [P]
+
+
+def _check_pair(theta_a: Sequence[Array], theta_b: Sequence[Array]) -> None:
+  shapes_a = [np.shape(t) for t in theta_a]
+  shapes_b = [np.shape(t) for t in theta_b]
+  if shapes_a != shapes_b:
+    raise ValueError(f"theta_a and theta_b must have equal shapes. Received: {shapes_a} and {shapes_b}")
+
+
+def l2_distance(theta_a: Sequence[Array], theta_b: Sequence[Array]) -> float:
+  """Returns ||theta_a - theta_b||_2 over all parameters flattened (Fig. 3)."""
+  _check_pair(theta_a, theta_b)
+  return float(np.linalg.norm(_flatten(theta_a) - _flatten(theta_b)))
+
+
+def cosine_distance(theta_a: Sequence[Array], theta_b: Sequence[Array]) -> float:
+  """Returns 1 - <theta_a, theta_b> / (||theta_a|| ||theta_b||) (Fig. 3); in [0, 2]."""
+  _check_pair(theta_a, theta_b)
+  a, b = _flatten(theta_a), _flatten(theta_b)
+  norms = np.linalg.norm(a) * np.linalg.norm(b)
+  if norms == 0:
+    raise ValueError("cosine_distance is undefined for a zero vector. Received a zero theta.")
+  return float(1.0 - np.dot(a, b) / norms)
+
+
+# ----------------------------------------------------------------------------
+# Optimizer and steps.
+
+def learning_rate_schedule(recipe: Recipe, total_steps: int):
+  """Returns eta(k): eta_0 (1 - k / T) for "linear_decay" (0 at k = T), eta_0 for "constant"."""
+  if recipe.schedule == "constant":
+    return recipe.learning_rate
+  return keras.optimizers.schedules.PolynomialDecay(
+      initial_learning_rate=recipe.learning_rate, decay_steps=total_steps,
+      end_learning_rate=0.0, power=1.0)
+
+
+def make_optimizer(recipe: Recipe, total_steps: int) -> keras.optimizers.Optimizer:
+  """Returns the recipe's optimizer with its learning-rate schedule over `total_steps`."""
+  lr = learning_rate_schedule(recipe, total_steps)
+  if recipe.optimizer == "sgd":
+    return keras.optimizers.SGD(learning_rate=lr, momentum=recipe.momentum)
+  return keras.optimizers.Adam(learning_rate=lr)
+
+
+def bce_with_logits(y01: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+  """mean_i [softplus(f_i) - y_i f_i], the binary cross-entropy of one logit. `[B, 1]` -> `[]`."""
+  return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y01, logits=logits))
+
+
+def _make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer):
+  params = model.trainable_weights
+
+  @tf.function
+  def train_step(x, y01):
+    with tf.GradientTape() as tape:
+      logits = model(x, training=True)  # [B, 1]
+      loss = bce_with_logits(y01, logits)
+    grads = tape.gradient(loss, params)
+    optimizer.apply_gradients(zip(grads, params))
+    return loss
+
+  return train_step
+
+
+def _make_eval_step(model: keras.Model):
+  @tf.function
+  def eval_step(x, y01):
+    logits = model(x, training=False)  # [B, 1]
+    loss_sum = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=y01, logits=logits))
+    correct = tf.reduce_sum(tf.cast(tf.equal(tf.cast(logits > 0, y01.dtype), y01), tf.float64))
+    return loss_sum, correct
+
+  return eval_step
+
+
+def _evaluate(eval_step, x: np.ndarray, y01: np.ndarray, batch_size: int, dtype) -> Dict[str, float]:
+  """Mean loss and accuracy over all of (x, y01)."""
+  loss_sum, correct = 0.0, 0.0
+  for start in range(0, len(x), batch_size):
+    xb = tf.constant(x[start:start + batch_size], dtype)
+    yb = tf.constant(y01[start:start + batch_size], dtype)
+    l, c = eval_step(xb, yb)
+    loss_sum += float(l)
+    correct += float(c)
+  return {"loss": loss_sum / len(x), "acc": correct / len(x)}
+
+
+def _model_dtype(model: keras.Model):
+  return tf.as_dtype(model.compute_dtype)
+
+
+def _labels01(y01: Array, name: str) -> np.ndarray:
+  y = np.asarray(y01).reshape(-1, 1)  # [N, 1]
+  bad = ~np.isin(y, (0, 1))
+  if bad.any():
+    raise ValueError(f"{name} must hold labels in {{0, 1}}. Received: {name} containing "
+                     f"{np.unique(y[bad])[:5].tolist()}")
+  return y
+
+
+# ----------------------------------------------------------------------------
+# Results and the state of a run.
+
+@dataclasses.dataclass
+class TrainResult:
+  """What `train` measured.
+
+  Attributes:
+    history: one dict per epoch (keys `HISTORY_FIELDS`), row 0 = initialization.
+    recipe: the recipe used.
+    seed: the shuffling seed.
+  """
+  history: List[Dict[str, float]]
+  recipe: Recipe
+  seed: int
+
+  def steps_to_loss(self, threshold: Optional[float] = None) -> Optional[int]:
+    """The step count at the end of the first epoch with train_loss <= threshold (default: the recipe's)."""
+    threshold = self.recipe.loss_threshold if threshold is None else threshold
+    return steps_to_threshold([r["train_loss"] for r in self.history],
+                              [r["step"] for r in self.history], threshold)
+
+  @property
+  def final(self) -> Dict[str, float]:
+    """The last row of the history (train/test metrics and distances after training)."""
+    return dict(self.history[-1])
+
+  @property
+  def l2_distance(self) -> float:
+    """||theta_T - theta_0||_2."""
+    return self.history[-1]["l2_distance"]
+
+  @property
+  def cosine_distance(self) -> float:
+    """1 - cos(theta_T, theta_0)."""
+    return self.history[-1]["cosine_distance"]
+
+
+def _write_csv(path: pathlib.Path, history: List[Dict[str, float]]) -> None:
+  tmp = path.with_suffix(".tmp")
+  with open(tmp, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+    writer.writeheader()
+    writer.writerows(history)
+  os.replace(tmp, path)
+
+
+def _save_state(state_dir: pathlib.Path, model, optimizer, theta0, history, meta) -> None:
+  """Writes the state after an epoch; `state.json` last, so a partial write is ignored."""
+  state_dir.mkdir(parents=True, exist_ok=True)
+  np.savez(state_dir / "weights.npz", *model.get_weights())
+  np.savez(state_dir / "optimizer.npz", *[v.numpy() for v in optimizer.variables])
+  np.savez(state_dir / "theta0.npz", *theta0)
+  tmp = state_dir / "state.json.tmp"
+  tmp.write_text(json.dumps({"meta": meta, "history": history}))
+  os.replace(tmp, state_dir / "state.json")
+
+
+def _load_arrays(path: pathlib.Path) -> List[np.ndarray]:
+  with np.load(path) as data:
+    return [data[f"arr_{i}"] for i in range(len(data.files))]
+
+
+# ----------------------------------------------------------------------------
+# Training.
+
+def train(model: keras.Model, x_train: Array, y_train01: Array, *,
+          x_test: Optional[Array] = None, y_test01: Optional[Array] = None,
+          recipe: Recipe = PAPER_SGD, seed: int = 0, workdir: Optional[str] = None,
+          checkpoint_epochs: Sequence[int] = (), progress: bool = True) -> TrainResult:
+  """Trains `model` in place with `recipe` and returns its per-epoch metrics.
+
+      theta_{k+1} = optimizer step on mean_{i in batch_k} BCE(f(x_i; theta_k), y_i)
+
+  Works identically for a network and its `ntk_tf.linearize`d model.
+
+  Args:
+    model: a built Keras model, `[N, ...] -> [N, 1]` logits.
+    x_train: `[N, ...]` inputs (cast to the model's compute dtype).
+    y_train01: `[N]` labels in {0, 1}.
+    x_test, y_test01: optional test set, `[M, ...]` and `[M]`.
+    recipe: hyperparameters (`ntk_tf.recipe.PAPER_SGD` by default).
+    seed: shuffling seed.
+    workdir: folder for metrics.csv, tensorboard/, checkpoints/ and the
+      resumable state/; None keeps everything in memory.
+    checkpoint_epochs: epochs after which to save the weights to
+      `checkpoints/epoch_XXXX.weights.h5` (0 = before training); needs workdir.
+    progress: show a progress bar per epoch.
+  Returns:
+    A TrainResult; `steps_to_loss(0.01)`, `l2_distance`, `cosine_distance`
+    and `final` give the Fig. 3 metrics.
+  Paper: App. A (recipe), Sec. 3.2 and Fig. 3 (metrics).
+  """
+  if not isinstance(recipe, Recipe):
+    raise ValueError(f"recipe must be a ntk_tf.Recipe. Received: recipe={recipe!r}")
+  if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    raise ValueError(f"seed must be a non-negative int. Received: seed={seed!r}")
+  checkpoint_epochs = sorted(set(int(e) for e in checkpoint_epochs))
+  if any(e < 0 or e > recipe.epochs for e in checkpoint_epochs):
+    raise ValueError(f"checkpoint_epochs must lie in [0, {recipe.epochs}]. "
+                     f"Received: checkpoint_epochs={checkpoint_epochs}")
+  if checkpoint_epochs and workdir is None:
+    raise ValueError(f"checkpoint_epochs needs a workdir. Received: workdir=None, "
+                     f"checkpoint_epochs={checkpoint_epochs}")
+  dtype = _model_dtype(model)
+  x_train = np.asarray(x_train)
+  y_train = _labels01(y_train01, "y_train01")
+  if len(x_train) != len(y_train):
+    raise ValueError(f"x_train and y_train01 must have equal lengths. "
+                     f"Received: {len(x_train)} and {len(y_train)}")
+  has_test = x_test is not None
+  if has_test:
+    x_test = np.asarray(x_test)
+    y_test = _labels01(y_test01, "y_test01")
+    if len(x_test) != len(y_test):
+      raise ValueError(f"x_test and y_test01 must have equal lengths. "
+                       f"Received: {len(x_test)} and {len(y_test)}")
+
+  num_train = len(x_train)
+  steps_per_epoch = recipe.steps_per_epoch(num_train)
+  batch = min(recipe.batch_size, num_train)
+  total_steps = steps_per_epoch * recipe.epochs
+  optimizer = make_optimizer(recipe, total_steps)
+  params = model.trainable_weights
+  optimizer.build(params)
+  train_step = _make_train_step(model, optimizer)
+  eval_step = _make_eval_step(model)
+  meta = {"recipe": recipe.to_dict(), "seed": seed, "num_train": num_train,
+          "num_weights": len(model.weights)}
+
+  work = pathlib.Path(workdir) if workdir is not None else None
+  state_dir = work / "state" if work else None
+  history: List[Dict[str, float]] = []
+  theta0 = [v.numpy() for v in params]
+  if state_dir is not None and (state_dir / "state.json").is_file():
+    saved = json.loads((state_dir / "state.json").read_text())
+    if saved["meta"] != meta:
+      raise ValueError(f"workdir {workdir} holds a run with different settings; use a new workdir. "
+                       f"Saved: {saved['meta']}. Received: {meta}")
+    model.set_weights(_load_arrays(state_dir / "weights.npz"))
+    for v, value in zip(optimizer.variables, _load_arrays(state_dir / "optimizer.npz")):
+      v.assign(value)
+    theta0 = _load_arrays(state_dir / "theta0.npz")
+    history = saved["history"]
+    logging.info("Resuming %s after epoch %d.", workdir, history[-1]["epoch"])
+  writer = None
+  if work is not None:
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "recipe.json").write_text(json.dumps(meta, indent=2))
+    writer = tf.summary.create_file_writer(str(work / "tensorboard"))
+
+  def record(epoch: int, batch_loss: float, seconds: float) -> None:
+    train_metrics = _evaluate(eval_step, x_train, y_train, recipe.eval_batch_size, dtype)
+    test_metrics = (_evaluate(eval_step, x_test, y_test, recipe.eval_batch_size, dtype)
+                    if has_test else {"loss": math.nan, "acc": math.nan})
+    theta = [v.numpy() for v in params]
+    step = int(optimizer.iterations.numpy())
+    lr = optimizer.learning_rate
+    row = {
+        "epoch": epoch, "step": step, "learning_rate": float(lr),
+        "batch_loss": batch_loss, "train_loss": train_metrics["loss"],
+        "train_acc": train_metrics["acc"], "test_loss": test_metrics["loss"],
+        "test_acc": test_metrics["acc"], "l2_distance": l2_distance(theta, theta0),
+        "cosine_distance": cosine_distance(theta, theta0), "seconds": seconds,
+    }
+    history.append(row)
+    logging.info("epoch %d step %d: train loss %.4g acc %.4f, test acc %.4f, l2 %.4g, cos %.4g",
+                 epoch, step, row["train_loss"], row["train_acc"], row["test_acc"],
+                 row["l2_distance"], row["cosine_distance"])
+    if work is None:
+      return
+    with writer.as_default(step=step):
+      for key in HISTORY_FIELDS[2:]:
+        tf.summary.scalar(key, row[key])
+    writer.flush()
+    _write_csv(work / "metrics.csv", history)
+    if epoch in checkpoint_epochs:
+      (work / "checkpoints").mkdir(exist_ok=True)
+      model.save_weights(str(work / "checkpoints" / f"epoch_{epoch:04d}.weights.h5"))
+    _save_state(state_dir, model, optimizer, theta0, history, meta)
+
+  if not history:
+    record(0, math.nan, 0.0)
+  for epoch in range(history[-1]["epoch"] + 1, recipe.epochs + 1):
+    start = time.time()
+    order = np.random.default_rng([seed, epoch]).permutation(num_train)  # [N]
+    bar = keras.utils.Progbar(steps_per_epoch, verbose=1) if progress else None
+    losses = []
+    for k in range(steps_per_epoch):
+      idx = order[k * batch:(k + 1) * batch]  # [B]
+      loss = train_step(tf.constant(x_train[idx], dtype), tf.constant(y_train[idx], dtype))
+      losses.append(float(loss))
+      if bar is not None:
+        bar.update(k + 1, values=[("loss", losses[-1])])
+    record(epoch, float(np.mean(losses)), time.time() - start)
+  return TrainResult(history=history, recipe=recipe, seed=seed)
+
+
+def time_train_step(model: keras.Model, x: Array, y01: Array, *, recipe: Recipe = PAPER_SGD,
+                    steps: int = 20, warmup: int = 3) -> float:
+  """Returns the mean wall time in seconds of one `train` step of `model` on (x, y01).
+
+  The step is the one `train` runs (forward, backward, optimizer update) on
+  the batch `[B, ...]` = (x, y01), compiled once and run `warmup` times first.
+  It trains `model` in place.
+  """
+  if steps <= 0 or warmup < 0:
+    raise ValueError(f"steps must be positive and warmup non-negative. Received: steps={steps}, warmup={warmup}")
+  dtype = _model_dtype(model)
+  optimizer = make_optimizer(recipe, steps + warmup)
+  train_step = _make_train_step(model, optimizer)
+  xb = tf.constant(np.asarray(x), dtype)
+  yb = tf.constant(_labels01(y01, "y01"), dtype)
+  for _ in range(max(1, warmup)):
+    train_step(xb, yb).numpy()
+  start = time.perf_counter()
+  for _ in range(steps):
+    loss = train_step(xb, yb)
+  loss.numpy()
+  return (time.perf_counter() - start) / steps
