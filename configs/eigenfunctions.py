@@ -1,0 +1,92 @@
+"""Learning NTK eigenfunctions: paper Sec. 3.1, Figs. 2 and 3 (App. E.1: Figs. 11-14).
+
+Variants (`--config=configs/eigenfunctions.py:<variant>`):
+  smoke  a narrow MLP, a 64-sample Gram, 3 indices, 2 epochs; well under a minute on a CPU.
+  quick  the README's main job: the paper's MLP, a Gram on 2,500 CIFAR-10 images
+         (2,000 train + 500 test), j in {1, 2, 5, 10, 50}, network and linearization
+         trained for 20 epochs; a few minutes on 2 CPU cores.
+  paper  Fig. 2 / Fig. 3 exactly: MLP, LeNet and ResNet18, the Gram on all 60,000
+         CIFAR-10 images (App. B), 1,000 eigenvectors, j up to 1,000, the recipe of
+         App. A (SGD, 100 epochs). Meant for a GPU; the ResNet18 Gram took the authors
+         32 hours on 4 V100s.
+  paper_adam   Fig. 11: as `paper` with Adam (ntk_tf.recipe.PAPER_ADAM).
+  paper_mnist  Fig. 12: as `paper` on MNIST (70,000 images), MLP and LeNet only.
+
+Commands (from the repository root):
+  bazel run //binaries:eigenfunctions -- --config=configs/eigenfunctions.py:quick --workdir=runs/quickstart
+  bazel run //binaries:eigenfunctions -- --config=configs/eigenfunctions.py:paper --workdir=runs/eig_paper
+  bazel run //binaries:eigenfunctions -- --config=configs/eigenfunctions.py:paper_adam --workdir=runs/eig_adam
+  bazel run //binaries:eigenfunctions -- --config=configs/eigenfunctions.py:paper_mnist --workdir=runs/eig_mnist
+
+Any value can be overridden, e.g. `--config.epochs=5 --config.indices="(1,10,100)"
+--config.models="('mlp','lenet')" --config.data_dir=/path/to/npz`. The training
+recipe (learning rate, momentum, batch size, epochs) comes from ntk_tf/recipe.py;
+`epochs`, `learning_rate` and `batch_size` override it only when set.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+VARIANTS = ("smoke", "quick", "paper", "paper_adam", "paper_mnist")
+# Fig. 2's indices "up to 1000", spaced about evenly in log j.
+PAPER_INDICES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
+  """The config of `variant` (one of VARIANTS)."""
+  if variant not in VARIANTS:
+    raise ValueError(f"Unknown variant. Expected one of {VARIANTS}. Received: variant={variant!r}")
+  c = ml_collections.ConfigDict()
+  c.variant = variant
+  # Models and data.
+  c.models = ("mlp", "lenet", "resnet18")
+  c.model_kwargs = ml_collections.ConfigDict()  # per model, e.g. {"resnet18": {"width": 4}}
+  c.activation = "relu"
+  c.dataset = "cifar10"  # "cifar10" | "mnist"
+  c.data_dir = config_dict.placeholder(str)  # None: $NTK_TF_DATA_DIR, caches (ntk_tf.data)
+  c.allow_download = False  # set by the binary's --download
+  c.train_size = config_dict.placeholder(int)  # None: the whole train split
+  c.test_size = config_dict.placeholder(int)  # None: the whole test split
+  c.data_seed = 0  # stratified subsampling
+  c.model_seed = 0  # theta0, shared by every task of a model
+  c.train_seed = 0  # minibatch order
+  # The Gram at initialization and its eigenvectors (App. B).
+  c.gram = ml_collections.ConfigDict()
+  c.gram.block_size = 256
+  c.gram.dtype = "float32"
+  c.gram.implementation = "auto"
+  c.num_eigenvectors = 1000
+  c.eigen_method = "auto"
+  c.indices = PAPER_INDICES
+  # Training (App. A; None keeps the value of ntk_tf.recipe.PAPER_SGD / PAPER_ADAM).
+  c.kinds = ("network", "linearized")
+  c.optimizer = "sgd"  # "sgd" | "adam" (Fig. 11)
+  c.epochs = config_dict.placeholder(int)
+  c.learning_rate = config_dict.placeholder(float)
+  c.batch_size = config_dict.placeholder(int)
+  # Fig. 2's reference: the network trained on CIFAR2 (MNIST2) labels of the same samples.
+  c.baseline = True
+  c.baseline_kinds = ("network",)
+  c.progress = False  # per-epoch progress bars (the log has one line per epoch anyway)
+
+  if variant == "smoke":
+    c.models = ("mlp",)
+    c.model_kwargs = ml_collections.ConfigDict({"mlp": {"width": 16}})
+    c.train_size, c.test_size = 48, 16  # N = 64
+    c.gram.block_size = 32
+    c.num_eigenvectors = 16
+    c.indices = (1, 4, 16)
+    c.epochs = 2
+    c.batch_size = 16
+  elif variant == "quick":
+    c.models = ("mlp",)
+    c.train_size, c.test_size = 2000, 500  # N = 2,500: the Gram is 6.25M entries
+    c.num_eigenvectors = 100
+    c.indices = (1, 2, 5, 10, 50)
+    c.epochs = 20  # 15 steps of 128 per epoch; enough to fit the low j (see README)
+  elif variant == "paper_adam":
+    c.optimizer = "adam"
+  elif variant == "paper_mnist":
+    c.dataset = "mnist"
+    c.models = ("mlp", "lenet")  # App. E.1 footnote 9: no ResNet18 on MNIST
+  return c

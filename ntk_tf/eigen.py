@@ -1,0 +1,184 @@
+"""Eigenpairs of an NTK Gram matrix, descending, with a fixed sign convention.
+
+    Theta = sum_j lambda_j phi_j phi_j^T,   lambda_1 >= lambda_2 >= ...,  ||phi_j|| = 1
+
+Shapes: Gram `[N, N]`; eigenvalues `[k]` (float64, descending); eigenvectors
+`[N, k]` (float64, column j-1 is phi_j).
+
+Sign convention: each phi_j is flipped so that its entry of largest absolute
+value is positive (ties: the first such index). The same matrix therefore gives
+the same eigenvectors, and the same binarized tasks sign(phi_j), on every machine.
+
+Methods:
+  dense       numpy.linalg.eigh in float64 (O(N^2) memory, O(N^3) time); refused
+              for N >= 32,767 (use top-k).
+  lanczos     scipy.sparse.linalg.eigsh (implicitly restarted Lanczos) on
+              matrix-vector products; good for small k.
+  randomized  block subspace iteration with Rayleigh-Ritz (Halko et al. 2011,
+              Alg. 4.4/5.3), one pass over the matrix per iteration, reading a
+              memory-mapped store in row blocks; good for large k (e.g. 1000 at
+              N = 60,000).
+
+Paper: Sec. 4 (eigenfunctions of the NTK as tasks), App. B.
+"""
+
+from typing import Any, Callable, Optional, Tuple
+
+import numpy as np
+from scipy.sparse import linalg as sparse_linalg
+
+from ntk_tf import types
+
+# Dense eigh is refused from this size on (int16 max; ~8.6 GB in float64).
+DENSE_MAX_N = 32_767
+# `auto` uses dense eigh up to this size, a top-k method above.
+_AUTO_DENSE_MAX_N = 4_096
+# Rows of a memory-mapped matrix read at once in a matrix product.
+_ROW_CHUNK = 2_048
+METHODS = ("auto", "dense", "lanczos", "randomized")
+
+
+def apply_sign_convention(eigvecs: np.ndarray) -> np.ndarray:
+  """Returns `eigvecs [N, k]` with each column's largest-|entry| made positive (ties: first)."""
+  eigvecs = np.array(eigvecs, dtype=np.float64, copy=True)
+  if eigvecs.size == 0:
+    return eigvecs
+  pivots = np.argmax(np.abs(eigvecs), axis=0)  # [k] first index of max |phi_j|
+  signs = np.sign(eigvecs[pivots, np.arange(eigvecs.shape[1])])  # [k]
+  signs[signs == 0] = 1.0
+  return eigvecs * signs[None, :]  # [N, k]
+
+
+class _Operator:
+  """Matrix products with a dense array, a memory map or a LinearOperator-like object."""
+
+  def __init__(self, source: Any):
+    # A GramStore (or anything with `.matrix`) is read through its memory map.
+    if hasattr(source, "matrix") and hasattr(source, "is_complete"):
+      source = source.matrix
+    self.dense = None
+    self.linear_operator = None
+    if isinstance(source, np.ndarray) or hasattr(source, "__array__") and not hasattr(
+        source, "matvec"):
+      array = source if isinstance(source, np.ndarray) else np.asarray(source)
+      if array.ndim != 2 or array.shape[0] != array.shape[1]:
+        raise ValueError(f"eigen needs a square matrix. Received: shape={array.shape}")
+      self.dense = array
+    elif hasattr(source, "matvec") and hasattr(source, "shape"):
+      self.linear_operator = source
+    else:
+      raise TypeError("eigen needs an [N, N] array, a GramStore or an object with .matvec and "
+                      f".shape. Received: {type(source).__name__}")
+    self.shape = tuple(int(s) for s in (self.dense if self.dense is not None
+                                        else self.linear_operator).shape)
+    if len(self.shape) != 2 or self.shape[0] != self.shape[1]:
+      raise ValueError(f"eigen needs a square matrix. Received: shape={self.shape}")
+    self.n = self.shape[0]
+
+  def matmat(self, v: np.ndarray) -> np.ndarray:
+    """Returns Theta V, `[N, N] x [N, m] -> [N, m]`, in float64."""
+    if self.dense is not None:
+      out = np.empty((self.n, v.shape[1]), dtype=np.float64)
+      for r0 in range(0, self.n, _ROW_CHUNK):  # Row chunks keep a memmap's pages streaming.
+        rows = np.asarray(self.dense[r0:r0 + _ROW_CHUNK], dtype=np.float64)  # [R, N]
+        out[r0:r0 + rows.shape[0]] = rows @ v  # [R, m]
+      return out
+    matmat = getattr(self.linear_operator, "matmat", None)
+    if matmat is not None:
+      return np.asarray(matmat(v), dtype=np.float64).reshape(self.n, v.shape[1])
+    return np.stack([np.asarray(self.linear_operator.matvec(v[:, c]), dtype=np.float64)
+                     .reshape(self.n) for c in range(v.shape[1])], axis=1)  # [N, m]
+
+
+def _check_k(k: Optional[int], n: int) -> int:
+  if k is None:
+    return n
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
+    raise ValueError(f"k must be an int in [1, N={n}]. Received: k={k!r}")
+  return int(k)
+
+
+def _dense(op: _Operator, k: int) -> Tuple[np.ndarray, np.ndarray]:
+  if op.n >= DENSE_MAX_N:
+    raise ValueError(
+        f"Dense eigh is refused for N >= {DENSE_MAX_N} (O(N^3) time, N^2 float64 memory); "
+        f"use a top-k method: eigen(..., k=1000, method='randomized' or 'lanczos'). "
+        f"Received: N={op.n}")
+  if op.dense is not None:
+    matrix = np.array(op.dense, dtype=np.float64)  # [N, N]
+  else:
+    matrix = op.matmat(np.eye(op.n))  # [N, N]
+  matrix = 0.5 * (matrix + matrix.T)
+  eigvals, eigvecs = np.linalg.eigh(matrix)  # ascending
+  return eigvals[::-1][:k], eigvecs[:, ::-1][:, :k]
+
+
+def _lanczos(op: _Operator, k: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+  if k >= op.n - 1:  # ARPACK needs k < N - 1; such k is a dense problem anyway.
+    return _dense(op, k)
+  operator = sparse_linalg.LinearOperator(
+      op.shape, matvec=lambda v: op.matmat(np.reshape(v, (-1, 1)))[:, 0],
+      matmat=op.matmat, dtype=np.float64)
+  v0 = np.random.default_rng(seed).standard_normal(op.n)
+  eigvals, eigvecs = sparse_linalg.eigsh(operator, k=k, which="LA", v0=v0)
+  order = np.argsort(eigvals)[::-1]
+  return eigvals[order], eigvecs[:, order]
+
+
+def _randomized(op: _Operator, k: int, seed: int, oversample: Optional[int], n_iter: int
+                ) -> Tuple[np.ndarray, np.ndarray]:
+  """Block subspace iteration: Q <- orth(Theta Q), n_iter times, then Rayleigh-Ritz."""
+  width = min(op.n, k + (oversample if oversample is not None else max(20, k // 2)))
+  rng = np.random.default_rng(seed)
+  basis, _ = np.linalg.qr(op.matmat(rng.standard_normal((op.n, width))))  # [N, k+p]
+  for _ in range(n_iter):
+    basis, _ = np.linalg.qr(op.matmat(basis))  # [N, k+p]
+  theta_basis = op.matmat(basis)  # [N, k+p]
+  projected = basis.T @ theta_basis  # [k+p, k+p]
+  ritz_vals, ritz_vecs = np.linalg.eigh(0.5 * (projected + projected.T))
+  order = np.argsort(ritz_vals)[::-1][:k]
+  return ritz_vals[order], basis @ ritz_vecs[:, order]  # [k], [N, k]
+
+
+def eigen(matrix_or_store: Any, k: Optional[int] = None, *, method: str = "auto",
+          seed: int = 0, oversample: Optional[int] = None,
+          n_iter: int = 8) -> Tuple[np.ndarray, np.ndarray]:
+  """Returns the top-k eigenvalues (descending) and unit eigenvectors of a Gram.
+
+      Theta phi_j = lambda_j phi_j,  lambda_1 >= ... >= lambda_k,  ||phi_j||_2 = 1,
+      sign: the largest-|entry| of each phi_j is positive (ties: first index).
+
+  Args:
+    matrix_or_store: a symmetric `[N, N]` array (or memory map), a complete
+      `GramStore`, or a LinearOperator-like object with `.shape` and `.matvec`
+      (and optionally `.matmat`) for matrix-free top-k.
+    k: number of eigenpairs, 1 <= k <= N; None means all N (dense only).
+    method: "auto" (dense for k=None or N <= 4096, else lanczos for k <= 64 and
+      randomized above), "dense", "lanczos" or "randomized".
+    seed: seed of the random start vectors (lanczos, randomized).
+    oversample: randomized only, extra basis columns p (default max(20, k/2)).
+    n_iter: randomized only, power iterations (passes over the matrix).
+
+  Returns:
+    (eigvals `[k]` float64 descending, eigvecs `[N, k]` float64, orthonormal columns).
+
+  Paper: Sec. 4, App. B (top eigenfunctions of the NTK of 60,000 images).
+  """
+  if method not in METHODS:
+    raise ValueError(f"method must be one of {METHODS}. Received: method={method!r}")
+  op = _Operator(matrix_or_store)
+  k = _check_k(k, op.n)
+  if method == "auto":
+    if k == op.n or op.n <= _AUTO_DENSE_MAX_N:
+      method = "dense"
+    else:
+      method = "lanczos" if k <= 64 else "randomized"
+  if method != "dense" and k == op.n and op.n >= DENSE_MAX_N:
+    raise ValueError(f"All N={op.n} eigenpairs need dense eigh; pass k. Received: k=None")
+  if method == "dense":
+    eigvals, eigvecs = _dense(op, k)
+  elif method == "lanczos":
+    eigvals, eigvecs = _lanczos(op, k, seed)
+  else:
+    eigvals, eigvecs = _randomized(op, k, seed, oversample, n_iter)
+  return np.asarray(eigvals, dtype=np.float64), apply_sign_convention(eigvecs)
