@@ -14,6 +14,10 @@ from ntk_tf.gram_store import GramStore
 from ntk_tf.jacobian import jacobian
 from ntk_tf.linearize import Linearized
 from ntk_tf.linearize import linearize
+from ntk_tf.nads import NadMethod
+from ntk_tf.nads import nad_alignment
+from ntk_tf.nads import nads
+from ntk_tf.nads import separable_dataset
 from ntk_tf.precision import as_float64_model
 from ntk_tf.recipe import PAPER_ADAM
 from ntk_tf.recipe import PAPER_CIFAR2
@@ -28,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "GramStore",
     "Linearized",
+    "NadMethod",
     "NtkImplementation",
     "PAPER_ADAM",
     "PAPER_CIFAR2",
@@ -43,6 +48,9 @@ __all__ = [
     "jacobian",
     "linearize",
     "models",
+    "nad_alignment",
+    "nads",
     "ntk_gram",
+    "separable_dataset",
     "train",
 ]
