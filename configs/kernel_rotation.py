@@ -81,7 +81,7 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
     c.test_size = 16
     c.epochs = 2
     c.batch_size = 16
-    c.measure_epochs = (0, 1, 2)
+    c.measure_epochs = (0, 2)
     c.top_k = 5
     c.num_alignment = 8
     c.progress = False
@@ -89,5 +89,5 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
     if variant == "smoke_eigenfunction":
       c.task = "eigenfunction"
       c.dataset = "cifar10"
-      c.eigenfunction_indices = (2, 5)
+      c.eigenfunction_indices = (3,)
   return c

@@ -57,7 +57,7 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
     c.model = "mlp"
     c.model_kwargs = ml_collections.ConfigDict({"mlp": {"width": 16}})
     c.input_shape = (8, 8, 1)  # d = 64.
-    c.nad_indices = (1, 8, 64)
+    c.nad_indices = (1, 64)
     c.num_images = 4
     c.train_size = 64
     c.test_size = 64

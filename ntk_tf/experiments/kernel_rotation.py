@@ -197,12 +197,19 @@ def run(config: Any, workdir: pathlib.Path) -> List[Dict[str, Any]]:
       run_dir = workdir / model_name / target
       settings = {"model": model_name, "target": target, "activation": config.activation,
                   "model_kwargs": runs.model_kwargs(config, model_name),
-                  "model_seed": config.model_seed, "train_seed": config.train_seed, "data_seed": config.data_seed, "dataset": config.dataset,
+                  "model_seed": config.model_seed, "train_seed": config.train_seed,
+                  "data_seed": config.data_seed, "dataset": config.dataset,
                   "train_size": config.train_size, "test_size": config.test_size,
                   "recipe": recipe.to_dict(), "top_k": config.top_k,
                   "num_alignment": config.num_alignment, "gram": config.gram.to_dict()}
       fp = workdir_lib.fingerprint(settings)
+      runs.fresh_dir(run_dir, fp)
       key = f"{model_name}_{target}"
+      run_keys = [f"{key}_epoch{e:04d}" for e in sorted(config.measure_epochs)] + [f"{key}_summary"]
+      keys += run_keys
+      if all(store.get(k, fp) is not None for k in run_keys):
+        logging.info("%s: finished earlier; skipped.", key)
+        continue
       if basis is None:
         y_train01 = data_lib.to_01(dataset.y_train)
         y_test01 = data_lib.to_01(dataset.y_test)
@@ -219,7 +226,6 @@ def run(config: Any, workdir: pathlib.Path) -> List[Dict[str, Any]]:
           checkpoint_epochs=config.measure_epochs, progress=progress)
       for epoch in sorted(config.measure_epochs):
         ekey = f"{key}_epoch{epoch:04d}"
-        keys.append(ekey)
         if store.get(ekey, fp) is not None:
           continue
         if phi_basis is None and epoch > 0:
@@ -245,7 +251,6 @@ def run(config: Any, workdir: pathlib.Path) -> List[Dict[str, Any]]:
         alpha_end = _read_column_csv(run_dir / f"alignment_epoch_{last:04d}.csv")
         summary.update(single_axis(alpha_init, alpha_end, target_j))
       store.put(f"{key}_summary", summary, fp)
-      keys.append(f"{key}_summary")
   rows = store.rows(keys)
   write_table1(config, rows, workdir / "table1.md")
   plot_all(config, rows, workdir)

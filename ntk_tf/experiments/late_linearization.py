@@ -73,7 +73,8 @@ def run(config: Any, workdir: pathlib.Path) -> List[Dict[str, Any]]:
   task = tasks.eigenfunction_task(
       model, dataset, [j], workdir / "eigen_init", block_size=config.gram.block_size,
       implementation=config.gram.implementation, dtype=config.gram.dtype, progress=progress)[j]
-  base = {"model": config.model, "activation": config.activation, "model_seed": config.model_seed, "train_seed": config.train_seed,
+  base = {"model": config.model, "activation": config.activation,
+          "model_seed": config.model_seed, "train_seed": config.train_seed,
           "model_kwargs": runs.model_kwargs(config, config.model),
           "data_seed": config.data_seed, "dataset": config.dataset,
           "train_size": config.train_size, "test_size": config.test_size,
@@ -83,40 +84,35 @@ def run(config: Any, workdir: pathlib.Path) -> List[Dict[str, Any]]:
   runs_dir = workdir / "runs"
   task_info = {"eigenfunction_index": j, "eigenvalue": task.eigenvalue, "overlap": task.overlap}
 
-  def train(name: str, net, kind: str, pretrain_epoch: float, checkpoints=()) -> Dict[str, Any]:
+  def train(name: str, net, kind: str, pretrain_epoch: float, checkpoints=()) -> None:
+    fp = workdir_lib.fingerprint({**base, "run": name})
+    runs.fresh_dir(runs_dir / name, fp)
     result = runs.train_run(net, data["x_train"], data["y_train01"], data["x_test"],
                               data["y_test01"], recipe=recipe, seed=config.train_seed,
                               train_dir=runs_dir / name, checkpoint_epochs=checkpoints,
                               progress=progress)
     row = {"run": name, "kind": kind, "pretrain_epoch": pretrain_epoch, **task_info,
            **runs.history_summary(result)}
-    store.put(name, row, workdir_lib.fingerprint({**base, "run": name}))
-    return row
+    store.put(name, row, fp)
 
-  rows = []
+  keys = ["network"] + [f"linear_t{t:04d}" for t in _linear_epochs(config)] + ["linear_star"]
   # (i) the network, with the checkpoints the linear runs expand around.
   net_checkpoints = sorted(set(_linear_epochs(config)) | {recipe.epochs})
-  net_row = store.get("network", workdir_lib.fingerprint({**base, "run": "network"}))
-  if net_row is None:
-    net_row = train("network", runs.clone_with_weights(model), "network", np.nan,
-                    net_checkpoints)
-  rows.append(net_row)
+  if store.get("network", workdir_lib.fingerprint({**base, "run": "network"})) is None:
+    train("network", runs.clone_with_weights(model), "network", np.nan, net_checkpoints)
   # (ii) and Fig. 9: linearizations at theta_t.
   for t in _linear_epochs(config):
     name = f"linear_t{t:04d}"
-    row = store.get(name, workdir_lib.fingerprint({**base, "run": name}))
-    if row is None:
+    if store.get(name, workdir_lib.fingerprint({**base, "run": name})) is None:
       theta_t_model = runs.load_checkpoint(model, runs_dir / "network", t)
-      row = train(name, ntk_tf.linearize(theta_t_model), "linear_pretrained", t)
-    rows.append(row)
+      train(name, ntk_tf.linearize(theta_t_model), "linear_pretrained", t)
   # (iii) the unbiased linearization around the trained theta_star, starting at theta0.
-  row = store.get("linear_star", workdir_lib.fingerprint({**base, "run": "linear_star"}))
-  if row is None:
+  if store.get("linear_star", workdir_lib.fingerprint({**base, "run": "linear_star"})) is None:
     theta_star = runs.load_checkpoint(model, runs_dir / "network", recipe.epochs)
     lin = ntk_tf.linearize(runs.clone_with_weights(model), expansion_point=theta_star,
                            offset=False)
-    row = train("linear_star", lin, "linear_star_unbiased", np.nan)
-  rows.append(row)
+    train("linear_star", lin, "linear_star_unbiased", np.nan)
+  rows = store.rows(keys)
   plot_all(config, rows, workdir)
   return rows
 

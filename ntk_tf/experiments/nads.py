@@ -30,7 +30,6 @@ import numpy as np
 
 import ntk_tf
 from ntk_tf import data as data_lib
-from ntk_tf import nads as nads_lib
 from ntk_tf.experiments import runs
 from ntk_tf.experiments import workdir as workdir_lib
 
@@ -80,7 +79,8 @@ def validate_config(config: Any) -> ntk_tf.Recipe:
 
 
 def _nad_settings(config: Any) -> Dict[str, Any]:
-  return {"model": config.model, "activation": config.activation, "model_seed": config.model_seed, "train_seed": config.train_seed,
+  return {"model": config.model, "activation": config.activation,
+          "model_seed": config.model_seed, "train_seed": config.train_seed,
           "model_kwargs": runs.model_kwargs(config, config.model),
           "input_shape": list(config.input_shape), "num_nads": _num_nads(config),
           "nad_method": config.nad_method, "nad_sample_size": config.nad_sample_size,
@@ -99,7 +99,7 @@ def compute_nads(config: Any, model, workdir: pathlib.Path) -> Tuple[np.ndarray,
     rng = np.random.default_rng([config.data_seed, 7])
     x = rng.standard_normal((config.nad_sample_size,) + tuple(config.input_shape)).astype(np.float32)
   logging.info("Computing %d NADs of %s (%s).", _num_nads(config), config.model, config.nad_method)
-  singular_values, directions = nads_lib.nads(model, num=_num_nads(config), x=x,
+  singular_values, directions = ntk_tf.nads(model, num=_num_nads(config), x=x,
                                               method=config.nad_method)
   np.savez(cache, singular_values=singular_values, directions=directions)
   workdir_lib.atomic_write_json(meta, {"fingerprint": fp})
@@ -145,20 +145,20 @@ def run(config: Any, workdir: pathlib.Path) -> List[Dict[str, Any]]:
       continue
     v = directions[j - 1]  # [H, W, C]
     train_seed, test_seed = _data_seeds(config, j)
-    x_train, y_train = nads_lib.separable_dataset(v, config.train_size, eps=config.eps,
+    x_train, y_train = ntk_tf.separable_dataset(v, config.train_size, eps=config.eps,
                                                 sigma=config.sigma, seed=train_seed)
-    x_test, y_test = nads_lib.separable_dataset(v, config.test_size, eps=config.eps,
+    x_test, y_test = ntk_tf.separable_dataset(v, config.test_size, eps=config.eps,
                                               sigma=config.sigma, seed=test_seed)
     y_train01, y_test01 = data_lib.to_01(y_train), data_lib.to_01(y_test)
     # Theorem 1 recomputed for this direction (a check of s_j^2 by another path).
-    alpha_j = float(nads_lib.nad_alignment(model, v[None])[0])
+    alpha_j = float(ntk_tf.nad_alignment(model, v[None])[0])
     row = {"j": j, "singular_value": float(singular_values[j - 1]),
            "alignment": float(alignment[j - 1]), "alignment_recomputed": alpha_j}
     for prefix, net in (("network", runs.clone_with_weights(model)),
                         ("linear", ntk_tf.linearize(model))):
+      train_dir = runs.fresh_dir(workdir / "runs" / f"{key}_{prefix}", fp)
       result = runs.train_run(net, x_train, y_train01, x_test, y_test01, recipe=recipe,
-                                seed=config.train_seed, train_dir=workdir / "runs" / f"{key}_{prefix}",
-                                progress=progress)
+                              seed=config.train_seed, train_dir=train_dir, progress=progress)
       row.update(runs.history_summary(result, prefix))
     store.put(key, row, fp)
   rows = store.rows(keys)

@@ -18,6 +18,7 @@ Validation helpers raise ValueError naming the config field and the bad value.
 import contextlib
 import math
 import pathlib
+import shutil
 from unittest import mock
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
@@ -143,6 +144,22 @@ def clone_with_weights(model: keras.Model, weights: Optional[List[np.ndarray]] =
   copy = keras.models.clone_model(model)
   copy.set_weights(model.get_weights() if weights is None else weights)
   return copy
+
+
+def fresh_dir(path: pathlib.Path, fingerprint: str) -> pathlib.Path:
+  """`path`, emptied first if it was made for other settings (its fingerprint.txt differs).
+
+  Keeps a run's resumable state, checkpoints and Grams when the settings are the
+  same, and never resumes a run of other settings (e.g. another model seed).
+  """
+  path = pathlib.Path(path)
+  stamp = path / "fingerprint.txt"
+  if path.exists() and (not stamp.is_file() or stamp.read_text() != fingerprint):
+    logging.info("Clearing %s, left by a run with other settings.", path)
+    shutil.rmtree(path)
+  path.mkdir(parents=True, exist_ok=True)
+  stamp.write_text(fingerprint)
+  return path
 
 
 def checkpoint_path(train_dir: pathlib.Path, epoch: int) -> pathlib.Path:

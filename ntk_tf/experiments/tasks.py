@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 from typing import Dict, Optional, Sequence
 
 from absl import logging
@@ -103,6 +104,12 @@ def eigen_basis(model: keras.Model, dataset: data_lib.Dataset, k: int,
   if cache.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == fingerprints:
     with np.load(cache) as saved:
       return EigenBasis(saved["eigvals"], saved["eigvecs"], dataset.is_train)
+  # A Gram left by other weights or data is cleared (GramStore refuses to mix them).
+  stamp = root / "gram_fingerprints.json"
+  if (root / "gram").exists() and (
+      not stamp.is_file() or json.loads(stamp.read_text()) != fingerprints):
+    shutil.rmtree(root / "gram")
+  workdir_lib.atomic_write_json(stamp, fingerprints)
   store = ntk_tf.GramStore(root / "gram", model, x_all, block_size=block_size, dtype=dtype,
                            implementation=implementation)
   store.compute(progress=progress)
