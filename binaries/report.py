@@ -12,8 +12,7 @@ from absl import flags
 from ntk_tf.experiments import report
 from ntk_tf.experiments import workdir
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Root folder to scan for experiment workdirs.",
-                               required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Root folder to scan for experiment workdirs.")
 
 
 def main(argv):
@@ -27,4 +26,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  flags.mark_flags_as_required(["workdir"])
   app.run(main)

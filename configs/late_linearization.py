@@ -56,7 +56,7 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
     c.train_size = 2000
     c.test_size = 1000
     c.epochs = 20
-    c.pretrain_epochs = (0, 1, 2, 5, 10)
+    c.pretrain_epochs = (0, 1, 2, 5)
   elif variant == "smoke":
     c.model = "mlp"
     c.model_kwargs = ml_collections.ConfigDict({"mlp": {"width": 16}})
