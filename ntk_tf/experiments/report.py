@@ -269,14 +269,25 @@ def table1_side_by_side(experiments: Sequence[Experiment]) -> List[List[str]]:
 
 
 def overlap_summary(experiments: Sequence[Experiment]) -> List[List[str]]:
-  """Per experiment with an overlap column: count, mean, min, max of <sign(phi_j), phi_j>."""
+  """Per experiment with an overlap column: count, mean, min, max of <sign(phi_j), phi_j>.
+
+  One value per task: rows repeating a task (e.g. one row per epoch) count once, a task
+  being identified by its model and index columns (model, target / eigenfunction_index / j).
+  """
   out = []
   for exp in experiments:
     column = next((c for c in OVERLAP_COLUMNS if c in exp.columns), None)
     if column is None:
       continue
-    values = [float(r[column]) for r in exp.rows
-              if r.get(column) is not None and not math.isnan(float(r[column]))]
+    per_task = {}
+    for r in exp.rows:
+      value = r.get(column)
+      if value is None or math.isnan(float(value)):
+        continue
+      task = tuple(str(r.get(c)) for c in ("model", "target", "eigenfunction_index", "j", "index")
+                   if c in r)
+      per_task[task] = float(value)
+    values = list(per_task.values())
     if not values:
       continue
     n = "?"
