@@ -102,6 +102,9 @@ class Linearized(keras.Model):
       raise ValueError(f"offset must be a bool. Received: offset={offset!r}")
     self.network = network
     self.network.trainable = False
+    # A functional model casts its inputs to its own dtype policy, which is not
+    # serialized (a float64 model reloads as float32): keep it equal to ours.
+    self.network.dtype_policy = self.dtype_policy
     self.parameter_indices = indices
     self.offset = offset
     star_shapes = [tuple(self._theta_star()[k].shape) for k in range(len(indices))]
@@ -220,4 +223,4 @@ def linearize(model: keras.Model, *, expansion_point: Optional[ExpansionPoint] =
   network = keras.models.clone_model(model)
   network.set_weights(all_weights if expansion_point is None else _weights_of(expansion_point, model))
   return Linearized(network, parameter_indices=indices, theta_origin=theta_origin, offset=offset,
-                    name=f"{model.name}_linearized")
+                    dtype=model.dtype_policy, name=f"{model.name}_linearized")

@@ -51,7 +51,9 @@ from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
 
+from ntk_tf.linearize import linearize
 from ntk_tf.recipe import PAPER_SGD
 from ntk_tf.recipe import Recipe
 from ntk_tf.types import Array
@@ -226,6 +228,14 @@ class TrainResult:
     return self.history[-1]["cosine_distance"]
 
 
+def _write_scalar(tag: str, value: float, step: int) -> None:
+  """Writes a TensorBoard scalar with core TF only (`tf.summary.scalar` needs the tensorboard package)."""
+  metadata = summary_pb2.SummaryMetadata()
+  metadata.plugin_data.plugin_name = "scalars"  # what TensorBoard's scalar dashboard reads
+  tf.summary.write(tag, tf.constant(value, tf.float32), step=step,
+                   metadata=metadata.SerializeToString())
+
+
 def _write_csv(path: pathlib.Path, history: List[Dict[str, float]]) -> None:
   tmp = path.with_suffix(".tmp")
   with open(tmp, "w", newline="") as f:
@@ -361,7 +371,7 @@ def train(model: keras.Model, x_train: Array, y_train01: Array, *,
       return
     with writer.as_default(step=step):
       for key in HISTORY_FIELDS[2:]:
-        tf.summary.scalar(key, row[key])
+        _write_scalar(key, row[key], step)
     writer.flush()
     _write_csv(work / "metrics.csv", history)
     if epoch in checkpoint_epochs:
@@ -408,3 +418,30 @@ def time_train_step(model: keras.Model, x: Array, y01: Array, *, recipe: Recipe 
     loss = train_step(xb, yb)
   loss.numpy()
   return (time.perf_counter() - start) / steps
+
+
+def compare_step_times(model: keras.Model, x: Array, y01: Array, *, recipe: Recipe = PAPER_SGD,
+                       steps: int = 10, warmup: int = 2, repeats: int = 3) -> Dict[str, float]:
+  """Returns the step times of `model` and of its linearization, and their ratio.
+
+      ratio = t_step(linearize(model)) / t_step(model),
+
+  each t_step the fastest of `repeats` alternating measurements of
+  `time_train_step` (the minimum is the least disturbed by other processes).
+  Both models train on the same batch (x `[B, ...]`, y01 `[B]`) in the same
+  process. `model` is trained in place; its linearization is taken first.
+
+  Returns:
+    {"network_ms", "linearized_ms", "ratio"}.
+  """
+  if repeats <= 0:
+    raise ValueError(f"repeats must be positive. Received: repeats={repeats}")
+  linearized = linearize(model)
+  network_s, linearized_s = [], []
+  for _ in range(repeats):
+    network_s.append(time_train_step(model, x, y01, recipe=recipe, steps=steps, warmup=warmup))
+    linearized_s.append(time_train_step(linearized, x, y01, recipe=recipe, steps=steps,
+                                        warmup=warmup))
+  network_ms, linearized_ms = 1e3 * min(network_s), 1e3 * min(linearized_s)
+  return {"network_ms": network_ms, "linearized_ms": linearized_ms,
+          "ratio": linearized_ms / network_ms}
