@@ -29,6 +29,7 @@ value (first such entry in row-major order) is positive.
 """
 
 import enum
+import weakref
 from typing import Callable, List, Optional, Tuple, Union
 
 from absl import logging
@@ -75,58 +76,19 @@ class NadMethod(enum.Enum):
   LANCZOS = "lanczos"
 
 
-class _Mixed:
-  """Products with M for one model and one sample; holds the traced functions."""
+class _Kernels:
+  """The traced products with M for one model (cached per model; inputs are arguments)."""
 
-  def __init__(self, model: keras.Model, x: Optional[Inputs], batch_size: Optional[int]):
-    if not isinstance(model, keras.Model):
-      raise TypeError(f"model must be a keras.Model. Received: model={model!r}")
-    input_shape = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
-    if input_shape is None or any(s is None for s in input_shape):
-      raise ValueError("model must have one input with a fully defined shape. "
-                       f"Received: model.input_shape={model.input_shape}")
-    output_shape = model.output_shape
-    if isinstance(output_shape, list) or tuple(output_shape[1:]) != (1,):
-      raise ValueError("model must have a single output logit, shape [N, 1]. "
-                       f"Received: model.output_shape={output_shape}")
+  def __init__(self, model: keras.Model, variables: List[tf.Variable],
+               input_shape: Tuple[int, ...]):
     self.model = model
-    self.variables: List[tf.Variable] = [v.value for v in model.trainable_variables]
-    if not self.variables:
-      raise ValueError(f"model has no trainable variables. Received: model={model.name!r}")
-    self.dtype = self.variables[0].dtype
+    self.variables = variables
     self.input_shape = input_shape
     self.d = int(np.prod(input_shape))
-    self.num_params = int(sum(np.prod(v.shape) for v in self.variables))
-
-    if x is None:
-      x = np.zeros((1,) + input_shape)
-    x = np.asarray(x)
-    if x.ndim != len(input_shape) + 1 or tuple(x.shape[1:]) != input_shape or x.shape[0] < 1:
-      raise ValueError(f"x must have shape [N, {', '.join(map(str, input_shape))}] with N >= 1 "
-                       f"(the model input). Received: x.shape={x.shape}")
-    n = x.shape[0]
-    if batch_size is None:
-      batch_size = min(n, _DEFAULT_BATCH_SIZE)
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-      raise ValueError(f"batch_size must be a positive int. Received: batch_size={batch_size!r}")
-    batch_size = min(int(batch_size), n)
-    # Chunks of `batch_size` samples, the last padded with zeros of weight 0 (no retracing).
-    num_chunks = -(-n // batch_size)
-    padded = np.zeros((num_chunks * batch_size,) + input_shape, x.dtype)
-    padded[:n] = x
-    weights = np.zeros(num_chunks * batch_size)
-    weights[:n] = 1.0 / n  # The mean over the sample: E_x.
-    np_dtype = self.dtype.as_numpy_dtype
-    self.chunks = [(tf.constant(padded[i:i + batch_size], self.dtype),
-                    tf.constant(weights[i:i + batch_size], self.dtype))
-                   for i in range(0, len(padded), batch_size)]
-    self._np_dtype = np_dtype
-    self._m_block = tf.function(self._m_block_impl, reduce_retracing=False)
-    self._mt_block = tf.function(self._mt_block_impl, reduce_retracing=False)
-    self._matvec = tf.function(self._matvec_impl)
-    self._rmatvec = tf.function(self._rmatvec_impl)
-
-  # -- the scalar whose derivatives give M ---------------------------------------------------
+    self.m_block = tf.function(self._m_block_impl)
+    self.mt_block = tf.function(self._mt_block_impl)
+    self.matvec = tf.function(self._matvec_impl)
+    self.rmatvec = tf.function(self._rmatvec_impl)
 
   def _weighted_logit_sum(self, x_chunk: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
     """sum_n weights_n f(x_n); summed over chunks, its derivatives are the E_x of M."""
@@ -136,7 +98,7 @@ class _Mixed:
   def _flat(self, per_variable: List[tf.Tensor], lead: Tuple = ()) -> tf.Tensor:
     return tf.concat([tf.reshape(g, lead + (-1,)) for g in per_variable], axis=-1)
 
-  # -- traced kernels (one chunk; callers sum over chunks) -----------------------------------
+  # Each kernel handles one chunk of samples; callers sum over chunks.
 
   def _m_block_impl(self, x_chunk, weights, v_block):
     """`[B, P]` rows (M v_b)^T, by reverse-over-reverse: grad_theta <grad_x f, v_b>."""
@@ -183,6 +145,66 @@ class _Mixed:
     grad_x = outer.gradient(s, x_chunk, unconnected_gradients=_ZERO)  # [n, H, W, C]
     return tf.reduce_sum(tf.reshape(grad_x, [-1, self.d]), axis=0)  # [d]
 
+
+# model -> {ids of its trainable variables: _Kernels}; traces are reused across calls.
+_KERNELS: "weakref.WeakKeyDictionary[keras.Model, dict]" = weakref.WeakKeyDictionary()
+
+
+def _kernels(model: keras.Model, variables: List[tf.Variable],
+             input_shape: Tuple[int, ...]) -> _Kernels:
+  per_model = _KERNELS.setdefault(model, {})
+  key = tuple(id(v) for v in variables)
+  if key not in per_model:
+    per_model[key] = _Kernels(model, variables, input_shape)
+  return per_model[key]
+
+
+class _Mixed:
+  """Products with M for one model and one sample `x` (chunked, zero-weight padded)."""
+
+  def __init__(self, model: keras.Model, x: Optional[Inputs], batch_size: Optional[int]):
+    if not isinstance(model, keras.Model):
+      raise TypeError(f"model must be a keras.Model. Received: model={model!r}")
+    input_shape = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
+    if input_shape is None or any(s is None for s in input_shape):
+      raise ValueError("model must have one input with a fully defined shape. "
+                       f"Received: model.input_shape={model.input_shape}")
+    output_shape = model.output_shape
+    if isinstance(output_shape, list) or tuple(output_shape[1:]) != (1,):
+      raise ValueError("model must have a single output logit, shape [N, 1]. "
+                       f"Received: model.output_shape={output_shape}")
+    variables: List[tf.Variable] = [v.value for v in model.trainable_variables]
+    if not variables:
+      raise ValueError(f"model has no trainable variables. Received: model={model.name!r}")
+    self.kernels = _kernels(model, variables, input_shape)
+    self.dtype = variables[0].dtype
+    self.input_shape = input_shape
+    self.d = int(np.prod(input_shape))
+    self.num_params = int(sum(np.prod(v.shape) for v in variables))
+
+    if x is None:
+      x = np.zeros((1,) + input_shape)
+    x = np.asarray(x)
+    if x.ndim != len(input_shape) + 1 or tuple(x.shape[1:]) != input_shape or x.shape[0] < 1:
+      raise ValueError(f"x must have shape [N, {', '.join(map(str, input_shape))}] with N >= 1 "
+                       f"(the model input). Received: x.shape={x.shape}")
+    n = x.shape[0]
+    if batch_size is None:
+      batch_size = min(n, _DEFAULT_BATCH_SIZE)
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+      raise ValueError(f"batch_size must be a positive int. Received: batch_size={batch_size!r}")
+    batch_size = min(int(batch_size), n)
+    # Chunks of `batch_size` samples, the last padded with zeros of weight 0 (no retracing).
+    num_chunks = -(-n // batch_size)
+    padded = np.zeros((num_chunks * batch_size,) + input_shape, x.dtype)
+    padded[:n] = x
+    weights = np.zeros(num_chunks * batch_size)
+    weights[:n] = 1.0 / n  # The mean over the sample: E_x.
+    self.chunks = [(tf.constant(padded[i:i + batch_size], self.dtype),
+                    tf.constant(weights[i:i + batch_size], self.dtype))
+                   for i in range(0, len(padded), batch_size)]
+    self.np_dtype = self.dtype.as_numpy_dtype
+
   # -- public-facing products (host arrays, summed over chunks) ------------------------------
 
   def _sum_chunks(self, fn: Callable, arg: Array) -> Array:
@@ -194,16 +216,16 @@ class _Mixed:
     return total
 
   def matvec(self, v: Array) -> Array:
-    return self._sum_chunks(self._matvec, v)
+    return self._sum_chunks(self.kernels.matvec, v)
 
   def rmatvec(self, w: Array) -> Array:
-    return self._sum_chunks(self._rmatvec, w)
+    return self._sum_chunks(self.kernels.rmatvec, w)
 
   def m_block(self, v_block: Array) -> Array:
-    return self._sum_chunks(self._m_block, v_block)
+    return self._sum_chunks(self.kernels.m_block, v_block)
 
   def mt_block(self, w_block: Array) -> Array:
-    return self._sum_chunks(self._mt_block, w_block)
+    return self._sum_chunks(self.kernels.mt_block, w_block)
 
   def block_size(self, block_size: Optional[int]) -> int:
     if block_size is None:
@@ -216,7 +238,7 @@ class _Mixed:
     """Yields (start, stop, V) with V `[B, d]` rows e_start..e_stop-1, zero-padded to B rows."""
     for start in range(0, self.d, block_size):
       stop = min(start + block_size, self.d)
-      v_block = np.zeros((block_size, self.d), self._np_dtype)
+      v_block = np.zeros((block_size, self.d), self.np_dtype)
       v_block[np.arange(stop - start), np.arange(start, stop)] = 1.0
       yield start, stop, v_block
 
@@ -299,7 +321,7 @@ def _dense_m(mixed: _Mixed, block_size: int) -> Array:
   if entries > _DENSE_MAX_ENTRIES:
     raise ValueError(f"Dense M needs P * d <= {_DENSE_MAX_ENTRIES} entries; use "
                      f"NadMethod.GRAM. Received: P * d = {mixed.num_params} * {mixed.d} = {entries}")
-  m_transposed = np.zeros((mixed.d, mixed.num_params), mixed._np_dtype)  # [d, P]
+  m_transposed = np.zeros((mixed.d, mixed.num_params), mixed.np_dtype)  # [d, P]
   for start, stop, v_block in mixed.identity_blocks(block_size):
     m_transposed[start:stop] = mixed.m_block(v_block)[:stop - start]  # [B, P]
   return m_transposed.T  # [P, d]
@@ -455,7 +477,7 @@ def nad_alignment(model: keras.Model, directions: Inputs, x: Optional[Inputs] = 
   block_size = mixed.block_size(block_size)
   alignment = np.zeros(len(unit))
   for start in range(0, len(unit), block_size):
-    v_block = np.zeros((block_size, mixed.d), mixed._np_dtype)  # [B, d], zero-padded
+    v_block = np.zeros((block_size, mixed.d), mixed.np_dtype)  # [B, d], zero-padded
     rows = unit[start:start + block_size]
     v_block[:len(rows)] = rows
     m_v = mixed.m_block(v_block)[:len(rows)].astype(np.float64)  # [b, P]
