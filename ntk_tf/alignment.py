@@ -76,9 +76,14 @@ def alignment(model: keras.Model, x: types.Inputs, y: types.Array, *, batch_size
                           unconnected_gradients=tf.UnconnectedGradients.ZERO)  # m VJPs
     return tf.concat([tf.reshape(g, [tf.shape(y_b)[1], -1]) for g in grads], axis=1)  # [m, P]
 
-  x = x.astype(dtype)
+  # Pad to a whole number of batches with zero labels (zero contribution), so
+  # every call has one shape and batch_vjps is traced once.
+  num_batches = -(-n // batch_size)
+  padded = num_batches * batch_size
+  x = np.pad(x.astype(dtype), [(0, padded - n)] + [(0, 0)] * (x.ndim - 1))  # [N', ...]
+  labels_2d = np.pad(labels_2d, [(0, padded - n), (0, 0)])  # [N', m]
   total = None
-  for start in range(0, n, batch_size):
+  for start in range(0, padded, batch_size):
     vjps = batch_vjps(tf.constant(x[start:start + batch_size]),
                       tf.constant(labels_2d[start:start + batch_size], dtype=tf_dtype))
     total = vjps if total is None else total + vjps  # [m, P]

@@ -12,7 +12,7 @@ import math
 import pathlib
 import shutil
 import time
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from absl import logging
 import keras
@@ -21,7 +21,6 @@ import numpy as np
 from ntk_tf import models
 from ntk_tf import recipe as recipe_lib
 from ntk_tf import training
-from ntk_tf.experiments import workdir as workdir_lib
 from ntk_tf.linearize import linearize
 
 KINDS = ("network", "linearized")
@@ -107,7 +106,8 @@ def build_model(config: Mapping[str, Any], name: str, input_shape: Sequence[int]
                     seed=seed, **model_kwargs(config, name))
 
 
-def check_model_kwargs(config: Mapping[str, Any], model_names: Iterable[str]) -> None:
+def check_model_kwargs(config: Mapping[str, Any]) -> None:
+  """Raises ValueError unless model_kwargs is keyed by model names and the activation is known."""
   extras = as_dict(config.get("model_kwargs"))
   bad = sorted(set(extras) - set(models.MODEL_NAMES))
   if bad:
@@ -116,7 +116,6 @@ def check_model_kwargs(config: Mapping[str, Any], model_names: Iterable[str]) ->
   if config["activation"] not in models.ACTIVATIONS:
     raise ValueError(f"activation must be one of {list(models.ACTIVATIONS)}. "
                      f"Received: activation={config['activation']!r}")
-  del model_names
 
 
 def saturation_epoch(test_acc: Sequence[float], tolerance: float) -> int:
@@ -174,17 +173,11 @@ def train_task(network: keras.Model, kind: str, x_train: np.ndarray, y_train01: 
   stamp.write_text(fingerprint)
   model = network if kind == "network" else linearize(network)
   start = time.time()
-  # `training.train(workdir=...)` writes TensorBoard scalars, which need the
-  # tensorboard package; without it the task trains in memory (task-level resume only).
-  resumable = _has_tensorboard()
   result = training.train(model, x_train, y_train01, x_test=x_test, y_test01=y_test01,
-                          recipe=recipe, seed=seed, workdir=str(task_dir) if resumable else None,
-                          progress=progress)
+                          recipe=recipe, seed=seed, workdir=str(task_dir), progress=progress)
   final = result.final
   steps = result.steps_to_loss(recipe.loss_threshold)
   shutil.rmtree(task_dir / "state", ignore_errors=True)
-  if not resumable:
-    _write_history(task_dir / "metrics.csv", result.history)
   return {
       "test_acc": final["test_acc"],
       "train_acc": final["train_acc"],
@@ -196,19 +189,6 @@ def train_task(network: keras.Model, kind: str, x_train: np.ndarray, y_train01: 
       "seconds": time.time() - start,
       "history": result.history,
   }
-
-
-def _has_tensorboard() -> bool:
-  try:
-    import tensorboard  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    return False
-  return True
-
-
-def _write_history(path: pathlib.Path, history: List[Dict[str, Any]]) -> None:
-  import pandas as pd  # Heavy import; only where tables are written.
-  workdir_lib.atomic_write_text(path, pd.DataFrame(history).to_csv(index=False))
 
 
 def nan_if_none(value: Optional[float]) -> float:

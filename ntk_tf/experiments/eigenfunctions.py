@@ -33,7 +33,7 @@ Task keys: `<model>_phi<j:04d>_<kind>` and `<model>_<baseline>_<kind>`
 import json
 import math
 import pathlib
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 from absl import logging
 import numpy as np
@@ -72,7 +72,7 @@ def validate_config(config: Mapping[str, Any]) -> None:
   """Raises ValueError naming the first bad value; runs before any heavy work."""
   names = common.as_name_list(config["models"], "models")
   common.check_names(names, models.MODEL_NAMES, "models")
-  common.check_model_kwargs(config, names)
+  common.check_model_kwargs(config)
   if config["dataset"] not in DATASETS:
     raise ValueError(f"dataset must be one of {DATASETS}. Received: dataset={config['dataset']!r}")
   _, _, full_train, full_test = sources.RAW_SPECS[config["dataset"]]
@@ -136,7 +136,7 @@ def _spectrum(config: Mapping[str, Any], name: str, model, x_all: np.ndarray,
                     implementation=gram["implementation"])
   logging.info("%s: NTK Gram on %d samples, %d/%d blocks done (%s)", name, len(x_all),
                store.num_done, store.num_blocks, store.path)
-  store.compute(progress=config["progress"])
+  store.compute(progress=True)  # One log line per 30 s: blocks done, rate, ETA.
   logging.info("%s: top %d eigenpairs (%s)", name, config["num_eigenvectors"],
                config["eigen_method"])
   eigvals, eigvecs = eigen(store, config["num_eigenvectors"],
@@ -233,7 +233,10 @@ def write_table(work: pathlib.Path, rows: List[Dict[str, Any]]) -> Tuple[pathlib
   """Writes results.csv and results.json holding exactly `rows` (this config's tasks)."""
   import pandas as pd  # Heavy import; only where tables are written.
   csv_path, json_path = work / "results.csv", work / "results.json"
-  workdir_lib.atomic_write_text(csv_path, pd.DataFrame(rows, columns=TABLE_FIELDS).to_csv(index=False))
+  table = pd.DataFrame(rows, columns=TABLE_FIELDS)
+  table["index"] = table["index"].astype("Int64")  # j, empty for the baseline tasks
+  table["steps_to_loss"] = table["steps_to_loss"].astype("Int64")  # empty: never reached
+  workdir_lib.atomic_write_text(csv_path, table.to_csv(index=False))
   workdir_lib.atomic_write_json(json_path, rows)
   return csv_path, json_path
 
@@ -300,6 +303,9 @@ def plot_training_metrics(rows: List[Dict[str, Any]], path: pathlib.Path) -> pat
              ("cosine_distance", "Cosine distance to theta0"))
   for row_axes, name in zip(axes, model_names):
     for ax, (field, label) in zip(row_axes, columns):
+      reached = [common.nan_if_none(r[field]) for r in rows
+                 if r["model"] == name and r["index"] is not None]
+      top = 1.05 * np.nanmax(reached) if np.isfinite(reached).any() else 1.0
       for kind, style in _STYLE.items():
         picked = _eigen_rows(rows, name, kind)
         if not picked:
@@ -309,8 +315,7 @@ def plot_training_metrics(rows: List[Dict[str, Any]], path: pathlib.Path) -> pat
         ax.plot(xs, ys, **style)
         missing = ~np.isfinite(ys)
         if field == "steps_to_loss" and missing.any():
-          top = np.nanmax(ys) if np.isfinite(ys).any() else 1.0
-          ax.plot(xs[missing], np.full(missing.sum(), top * 1.05), linestyle="none",
+          ax.plot(xs[missing], np.full(missing.sum(), top), linestyle="none",
                   marker=style["marker"], markerfacecolor="none", color=style["color"],
                   label=f"{style['label']}: not reached")
       ax.set_xscale("log")

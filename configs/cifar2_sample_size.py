@@ -1,0 +1,66 @@
+"""The non-linear advantage depends on the sample size: paper Sec. 4.1, Fig. 5.
+
+Variants (`--config=configs/cifar2_sample_size.py:<variant>`):
+  smoke  a narrow MLP, 2 training sizes x 2 seeds, 2 epochs; well under a minute on a CPU.
+  quick  MLP and LeNet, n in {500, 1000, 2000, 5000}, 2 seeds, 20 epochs, 2,000 test
+         images; tens of minutes on 2 CPU cores.
+  paper  Fig. 5: MLP, LeNet and ResNet18 on CIFAR2, n from 500 to the whole train split
+         (50,000), 5 seeds, the CIFAR2 recipe of App. A (SGD, 200 epochs), the whole
+         test split. The paper does not list its grid of n; ours is about evenly
+         spaced in log n. Meant for a GPU.
+
+Commands (from the repository root):
+  bazel run //binaries:cifar2_sample_size -- --config=configs/cifar2_sample_size.py:quick --workdir=runs/cifar2_quick
+  bazel run //binaries:cifar2_sample_size -- --config=configs/cifar2_sample_size.py:paper --workdir=runs/cifar2_paper
+
+Any value can be overridden, e.g. `--config.train_sizes="(500,5000)" --config.seeds="(0,1)"
+--config.epochs=50`. The training recipe comes from ntk_tf/recipe.py (PAPER_CIFAR2);
+`epochs`, `learning_rate` and `batch_size` override it only when set.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+VARIANTS = ("smoke", "quick", "paper")
+
+
+def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
+  """The config of `variant` (one of VARIANTS)."""
+  if variant not in VARIANTS:
+    raise ValueError(f"Unknown variant. Expected one of {VARIANTS}. Received: variant={variant!r}")
+  c = ml_collections.ConfigDict()
+  c.variant = variant
+  c.models = ("mlp", "lenet", "resnet18")
+  c.model_kwargs = ml_collections.ConfigDict()  # per model, e.g. {"resnet18": {"width": 4}}
+  c.activation = "relu"
+  c.dataset = "cifar2"  # "cifar2" | "mnist2" (classes 0-4 vs 5-9)
+  c.data_dir = config_dict.placeholder(str)  # None: $NTK_TF_DATA_DIR, caches (ntk_tf.data)
+  c.allow_download = False  # set by the binary's --download
+  c.train_sizes = (500, 1000, 2000, 5000, 10000, 20000, 50000)
+  c.test_size = config_dict.placeholder(int)  # None: the whole test split (10,000)
+  c.seeds = (0, 1, 2, 3, 4)  # "average over five different random seeds" (Fig. 5)
+  c.kinds = ("network", "linearized")
+  # Training (App. A; None keeps the value of ntk_tf.recipe.PAPER_CIFAR2, i.e. 200 epochs).
+  c.optimizer = "sgd"
+  c.epochs = config_dict.placeholder(int)
+  c.learning_rate = config_dict.placeholder(float)
+  c.batch_size = config_dict.placeholder(int)
+  # Saturation: the first epoch after which test accuracy stays within this of its final value.
+  c.saturation_tolerance = 0.01
+  c.progress = False
+
+  if variant == "smoke":
+    c.models = ("mlp",)
+    c.model_kwargs = ml_collections.ConfigDict({"mlp": {"width": 16}})
+    c.train_sizes = (32, 64)
+    c.test_size = 32
+    c.seeds = (0, 1)
+    c.epochs = 2
+    c.batch_size = 16
+  elif variant == "quick":
+    c.models = ("mlp", "lenet")
+    c.train_sizes = (500, 1000, 2000, 5000)
+    c.test_size = 2000
+    c.seeds = (0, 1)
+    c.epochs = 20
+  return c
