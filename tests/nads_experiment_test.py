@@ -51,18 +51,6 @@ class ValidationTest(parameterized.TestCase):
       nads.validate_config(nads_config.get_config(variant))
 
 
-class FourierTest(absltest.TestCase):
-
-  def test_magnitude_of_a_plane_wave(self):
-    # cos(2 pi (3 h) / 8) on an 8 x 8 grid: |DFT| = 32 at rows +-3 of the centred spectrum.
-    h = np.arange(8)[:, None, None]
-    wave = np.cos(2 * np.pi * 3 * h / 8) * np.ones((8, 8, 1))
-    mag = nads.nad_fourier_magnitude(wave)
-    want = np.zeros((8, 8))
-    want[4 + 3, 4] = want[4 - 3, 4] = 32.0
-    np.testing.assert_allclose(mag, want, atol=1e-9)
-
-
 class SmokeTest(absltest.TestCase):
 
   def test_binary_smoke_then_rerun(self):

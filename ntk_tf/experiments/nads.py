@@ -30,6 +30,7 @@ import numpy as np
 
 import ntk_tf
 from ntk_tf import data as data_lib
+from ntk_tf import nad_plots
 from ntk_tf.experiments import runs
 from ntk_tf.experiments import workdir as workdir_lib
 
@@ -162,27 +163,17 @@ def run(config: Any, workdir: pathlib.Path) -> List[Dict[str, Any]]:
       row.update(runs.history_summary(result, prefix))
     store.put(key, row, fp)
   rows = store.rows(keys)
-  plot_all(config, rows, alignment, directions, workdir)
+  plot_all(config, rows, singular_values, directions, workdir)
   return rows
 
 
 # ----------------------------------------------------------------------------
 # Figures.
 
-def nad_fourier_magnitude(direction: np.ndarray) -> np.ndarray:
-  """|DFT2| of a NAD, centred (fftshift), summed in magnitude over channels: `[H, W, C]` -> `[H, W]`."""
-  spectrum = np.fft.fftshift(np.fft.fft2(direction, axes=(0, 1)), axes=(0, 1))  # [H, W, C]
-  return np.abs(spectrum).sum(axis=-1)  # [H, W]
-
-
-def _to_image(direction: np.ndarray) -> np.ndarray:
-  """A NAD scaled to [0, 1] for display, `[H, W, C]` (C = 1 squeezed by the caller)."""
-  lo, hi = direction.min(), direction.max()
-  return (direction - lo) / (hi - lo) if hi > lo else np.zeros_like(direction)
-
-
-def plot_all(config: Any, rows: List[Dict[str, Any]], alignment: np.ndarray,
+def plot_all(config: Any, rows: List[Dict[str, Any]], singular_values: np.ndarray,
              directions: np.ndarray, workdir: pathlib.Path) -> None:
+  """fig4_accuracy.png, fig4_alignment.png (alpha_j = s_j^2) and fig10_nads.png."""
+  alignment = singular_values.astype(np.float64)**2  # [k]
   plt = runs.pyplot()
   rows = sorted(rows, key=lambda r: r["j"])
   js = [r["j"] for r in rows]
@@ -204,18 +195,6 @@ def plot_all(config: Any, rows: List[Dict[str, Any]], alignment: np.ndarray,
   runs.save_figure(fig, workdir / "fig4_alignment.png")
 
   num = min(config.num_images, len(directions))
-  fig, axes = plt.subplots(2, num, figsize=(1.3 * num, 2.8), squeeze=False)
-  for i in range(num):
-    v = directions[i]  # [H, W, C]
-    spatial = _to_image(v)
-    axes[0, i].imshow(spatial[..., 0] if v.shape[-1] == 1 else spatial,
-                      cmap="gray" if v.shape[-1] == 1 else None)
-    axes[1, i].imshow(nad_fourier_magnitude(v), cmap="magma")
-    axes[0, i].set_title(f"v_{i + 1}", fontsize=8)
-    for ax in axes[:, i]:
-      ax.set_xticks([])
-      ax.set_yticks([])
-  axes[0, 0].set_ylabel("spatial", fontsize=8)
-  axes[1, 0].set_ylabel("|DFT|", fontsize=8)
-  fig.suptitle(f"First NADs of {config.model} ({config.activation}) (Fig. 10)", fontsize=9)
-  runs.save_figure(fig, workdir / "fig10_nads.png")
+  nad_plots.plot_nads(directions[:num], workdir / "fig10_nads.png",
+                      singular_values=singular_values[:num],
+                      title=f"First NADs of {config.model} ({config.activation}) (Fig. 10)")

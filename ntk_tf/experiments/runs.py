@@ -15,11 +15,9 @@ with configs/eigenfunctions.py where the fields overlap):
 Validation helpers raise ValueError naming the config field and the bad value.
 """
 
-import contextlib
 import math
 import pathlib
 import shutil
-from unittest import mock
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from absl import logging
@@ -105,7 +103,7 @@ def check_common(config: Any, *, models_field: str = "model") -> recipe_lib.Reci
   names = config[models_field]
   for name in ([names] if isinstance(names, str) else list(names)):
     check_model(name, models_field)
-  common.check_model_kwargs(config, ())
+  common.check_model_kwargs(config)
   return recipe_from_config(config)
 
 
@@ -183,29 +181,9 @@ def train_run(model: keras.Model, x_train: np.ndarray, y_train01: np.ndarray,
               progress: bool = False) -> training.TrainResult:
   """`ntk_tf.train` in `train_dir` (resumes a killed run; a finished run returns at once)."""
   logging.info("Training %s in %s (%d epochs).", model.name, train_dir, recipe.epochs)
-  with _scalars_without_tensorboard():
-    return training.train(model, x_train, y_train01, x_test=x_test, y_test01=y_test01,
-                          recipe=recipe, seed=seed, workdir=str(train_dir),
-                          checkpoint_epochs=checkpoint_epochs, progress=progress)
-
-
-@contextlib.contextmanager
-def _scalars_without_tensorboard():
-  """Makes `tf.summary.scalar` a no-op while `ntk_tf.train` runs, if tensorboard is absent.
-
-  Workaround: `ntk_tf.training.train(workdir=...)` writes TensorBoard scalars
-  unconditionally and TF raises TBNotInstalledError without the tensorboard
-  package (absent from the shared virtualenv). Checkpoints, metrics.csv and the
-  resumable state are still written. Remove once training.py guards the summaries.
-  """
-  try:
-    import tensorboard  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    with mock.patch.object(tf.summary, "scalar", lambda *args, **kwargs: None):
-      yield
-    return
-  yield
+  return training.train(model, x_train, y_train01, x_test=x_test, y_test01=y_test01,
+                        recipe=recipe, seed=seed, workdir=str(train_dir),
+                        checkpoint_epochs=checkpoint_epochs, progress=progress)
 
 
 def history_summary(result: training.TrainResult, prefix: Optional[str] = None) -> Dict[str, Any]:
