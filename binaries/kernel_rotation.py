@@ -1,6 +1,7 @@
 r"""Kernel rotation (Sec. 4.2, Figs. 6, 7, 15, 16, Table 1).
 
-  bazel run //binaries:kernel_rotation -- --config=configs/kernel_rotation.py:smoke --workdir=/tmp/ntk_tf/kernel_rotation
+  bazel run //binaries:kernel_rotation -- \
+      --config=configs/kernel_rotation.py:smoke --workdir=/tmp/ntk_tf/kernel_rotation
 
 The config variants and the exact paper commands are in configs/kernel_rotation.py.
 """
@@ -14,8 +15,10 @@ from ntk_tf.experiments import kernel_rotation
 from ntk_tf.experiments import workdir
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/kernel_rotation.py:smoke", "Config file and variant (configs/kernel_rotation.py:<variant>).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (created; a rerun resumes it).")
+    "config", "configs/kernel_rotation.py:smoke",
+    "Config file and variant (configs/kernel_rotation.py:<variant>).")
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                               "Output folder (created; a rerun resumes it).")
 _DOWNLOAD = flags.DEFINE_bool("download", False, "Allow fetching data (npm registry / TFDS).")
 
 

@@ -1,6 +1,7 @@
 r"""Late linearization (Sec. 4.3, Figs. 8, 9).
 
-  bazel run //binaries:late_linearization -- --config=configs/late_linearization.py:smoke --workdir=/tmp/ntk_tf/late_linearization
+  bazel run //binaries:late_linearization -- \
+      --config=configs/late_linearization.py:smoke --workdir=/tmp/ntk_tf/late_linearization
 
 The config variants and the exact paper commands are in configs/late_linearization.py.
 """
@@ -14,7 +15,8 @@ from ntk_tf.experiments import late_linearization
 from ntk_tf.experiments import workdir
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/late_linearization.py:smoke", "Config file and variant (configs/late_linearization.py:<variant>).")
+    "config", "configs/late_linearization.py:smoke",
+    "Config file and variant (configs/late_linearization.py:<variant>).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (created; a rerun resumes it).")
 _DOWNLOAD = flags.DEFINE_bool("download", False, "Allow fetching data (npm registry / TFDS).")
 

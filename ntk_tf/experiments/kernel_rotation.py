@@ -112,7 +112,8 @@ def alignment_from_gram(gram: np.ndarray, functions: np.ndarray) -> np.ndarray:
   return np.einsum("nm,nm->m", scaled, theta_f) / n**2  # [m]
 
 
-def single_axis(alpha_init: np.ndarray, alpha_end: np.ndarray, target_index: int) -> Dict[str, float]:
+def single_axis(alpha_init: np.ndarray, alpha_end: np.ndarray,
+                target_index: int) -> Dict[str, float]:
   """The growth ratio alpha_T / alpha_0 of the target eigenfunction against the others (Fig. 7).
 
   Args:
@@ -192,7 +193,8 @@ def run(config: Any, workdir: pathlib.Path) -> List[Dict[str, Any]]:
     basis = None
     if config.task == "eigenfunction":
       k = max(config.num_alignment, max(config.eigenfunction_indices))
-      basis = tasks.eigen_basis(model, dataset, k, workdir / model_name / "eigen_init", **gram_kwargs)
+      basis = tasks.eigen_basis(model, dataset, k, workdir / model_name / "eigen_init",
+                                **gram_kwargs)
     for target in _targets(config):
       run_dir = workdir / model_name / target
       settings = {"model": model_name, "target": target, "activation": config.activation,
@@ -242,7 +244,8 @@ def run(config: Any, workdir: pathlib.Path) -> List[Dict[str, Any]]:
       first, last = min(config.measure_epochs), max(config.measure_epochs)
       rows = {r["epoch"]: r for r in store.rows([f"{key}_epoch{e:04d}" for e in (first, last)])}
       summary = {"kind": "summary", "model": model_name, "target": target,
-                 "energy_init": rows[first]["energy_top_k"], "energy_end": rows[last]["energy_top_k"],
+                 "energy_init": rows[first]["energy_top_k"],
+                 "energy_end": rows[last]["energy_top_k"],
                  "test_acc": result.final["test_acc"], "train_loss": result.final["train_loss"],
                  "alpha_labels_ratio": rows[last]["alpha_labels"] / rows[first]["alpha_labels"],
                  "overlap": overlap, "epoch": last}
@@ -318,6 +321,7 @@ def plot_all(config: Any, rows: List[Dict[str, Any]], workdir: pathlib.Path) -> 
         ax.semilogy([jt], [alpha_end[jt - 1]], "r*", ms=12, label=f"trained on phi_{jt}")
       ax.set_xlabel("eigenfunction index j")
       ax.set_ylabel("alignment alpha(phi_j)")
-      ax.set_title(f"{model_name}, trained on {target} (Fig. 7)")
+      figure = " (Figs. 7, 15, 16)" if target.startswith("phi") else ""
+      ax.set_title(f"{model_name}, trained on {target}{figure}")
       ax.legend(fontsize=7)
       runs.save_figure(fig, workdir / f"alignment_{model_name}_{target}.png")

@@ -142,7 +142,8 @@ def plot_all(config: Any, rows: List[Dict[str, Any]], workdir: pathlib.Path) -> 
   ax_acc.legend(fontsize=7)
   runs.save_figure(fig, workdir / "fig8_training.png")
 
-  lin = sorted((r["pretrain_epoch"], r["test_acc"]) for r in rows if r["kind"] == "linear_pretrained")
+  lin = sorted((r["pretrain_epoch"], r["test_acc"]) for r in rows
+               if r["kind"] == "linear_pretrained")
   net = [r for r in rows if r["kind"] == "network"][0]
   fig, ax = plt.subplots(figsize=(5, 3.5))
   ax.plot(*zip(*lin), "o-", label="linearized at theta_t")

@@ -74,7 +74,8 @@ def validate_config(config: Any) -> ntk_tf.Recipe:
   runs.check_non_negative_int(config.data_seed, "data_seed")
   for name in ("eps", "sigma"):
     value = config[name]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+        or not np.isfinite(value) or value <= 0):
       raise ValueError(f"config.{name} must be a positive number. Received: {name}={value!r}")
   return recipe
 

@@ -169,7 +169,8 @@ def load_checkpoint(model: keras.Model, train_dir: pathlib.Path, epoch: int) -> 
   """A copy of `model` holding the weights saved after `epoch` of the run in `train_dir`."""
   path = checkpoint_path(train_dir, epoch)
   if not path.is_file():
-    raise FileNotFoundError(f"No checkpoint for epoch {epoch} in {train_dir}. Received: path={path}")
+    raise FileNotFoundError(f"No checkpoint for epoch {epoch} in {train_dir}. "
+                            f"Received: path={path}")
   copy = clone_with_weights(model)
   copy.load_weights(str(path))
   return copy
