@@ -2,7 +2,7 @@
 
 Discovery (the contract between experiment modules and the report): an experiment workdir
 is any folder under the root holding `config.json` with a key `experiment` (e.g.
-"kernel_rotation", "nads", "late_linearization", "eigenfunctions", "cifar2"). Its
+"kernel_rotation", "nads", "late_linearization", "eigenfunctions", "cifar2_sample_size"). Its
 `results.csv` (ResultStore), its `*.md` tables and its `*.png` figures (the folder's own,
 not those of nested workdirs) are collected. Folders without the key are listed as skipped.
 
@@ -62,7 +62,8 @@ PAPER_SCALE = {
              ("M evaluated at", "x = 0 (App. C.2)", "nad_sample_size")],
     "eigenfunctions": [("train / test samples", "50,000 / 10,000 (Gram on 60,000)",
                         "train_size,test_size"), ("epochs", "100", "epochs")],
-    "cifar2": [("epochs", "200", "epochs")],
+    "cifar2_sample_size": [("epochs", "200", "epochs"),
+                           ("training set sizes", "several, up to 50,000 (Fig. 5)", "train_sizes")],
 }
 
 
@@ -218,13 +219,13 @@ def _lookup(config: Dict[str, Any], dotted: str) -> Any:
 def recipe_epochs(config: Dict[str, Any]) -> Optional[int]:
   """The epochs the run trained for: config.epochs, else those of its recipe preset.
 
-  The preset is config.recipe when present, else PAPER_CIFAR2 for the "cifar2"
+  The preset is config.recipe when present, else PAPER_CIFAR2 for the "cifar2_sample_size"
   experiment and PAPER_SGD otherwise (App. A).
   """
   if config.get("epochs") is not None:
     return int(config["epochs"])
   from ntk_tf import recipe as recipe_lib  # pylint: disable=g-import-not-at-top
-  default = "PAPER_CIFAR2" if config.get("experiment") == "cifar2" else "PAPER_SGD"
+  default = ("PAPER_CIFAR2" if config.get("experiment") == "cifar2_sample_size" else "PAPER_SGD")
   preset = getattr(recipe_lib, str(config.get("recipe") or default), None)
   return preset.epochs if isinstance(preset, recipe_lib.Recipe) else None
 
