@@ -1,0 +1,93 @@
+"""Kernel rotation (Sec. 4.2): energy concentration and alignment of Theta_t during training.
+
+Reproduces Fig. 6 and Table 1 (App. E.2) with task "cifar2", and Figs. 7, 15, 16 (App. E.3)
+with task "eigenfunction". Exact commands (from the repository root):
+
+  # Table 1 / Fig. 6: MLP, LeNet, ResNet18 on CIFAR2, 12,000 training samples, 200 epochs.
+  bazel run //binaries:kernel_rotation -- \
+      --config=configs/kernel_rotation.py:paper --workdir=/tmp/ntk_tf/kernel_rotation_cifar2
+  # Fig. 7 (ResNet18 on sign(phi_500)); Figs. 15, 16: --config.models='("mlp",)' and
+  # --config.eigenfunction_indices='(20, 100, 800)' (MLP) / '("lenet",)' ... for LeNet.
+  bazel run //binaries:kernel_rotation -- \
+      --config=configs/kernel_rotation.py:paper_eigenfunction --workdir=/tmp/ntk_tf/kernel_rotation_phi
+  # Beyond smoke on CPU (LeNet and MLP, 2,000 CIFAR2 samples, 20 epochs):
+  bazel run //binaries:kernel_rotation -- \
+      --config=configs/kernel_rotation.py:small --workdir=/tmp/ntk_tf/kernel_rotation_small
+  # Smoke (seconds): --config=configs/kernel_rotation.py:smoke (or smoke_eigenfunction).
+
+Any value can be overridden, e.g. --config.epochs=5.
+"""
+
+import ml_collections
+
+VARIANTS = ("smoke", "smoke_eigenfunction", "small", "paper", "paper_eigenfunction")
+
+
+def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
+  if variant not in VARIANTS:
+    raise ValueError(f"Unknown variant. Expected one of {VARIANTS}. Received: variant={variant!r}")
+  c = ml_collections.ConfigDict()
+  c.experiment = "kernel_rotation"
+  c.variant = variant
+  c.data_dir = ml_collections.config_dict.placeholder(str)  # None: NTK_TF_DATA_DIR.
+  c.allow_download = False  # set by the binary's --download
+  c.models = ("mlp", "lenet", "resnet18")  # Table 1 columns.
+  c.model_kwargs = ml_collections.ConfigDict()  # e.g. {"resnet18": {"width": 4}}
+  c.activation = "relu"
+  c.model_seed = 0  # theta0
+  c.train_seed = 0  # minibatch order
+  # None = the whole split; placeholders keep them overridable from the command line.
+  c.train_size = ml_collections.config_dict.placeholder(int)
+  c.test_size = ml_collections.config_dict.placeholder(int)
+  c.data_seed = 0
+  c.task = "cifar2"
+  c.dataset = "cifar2"
+  c.eigenfunction_indices = (500,)  # Fig. 7; used with task "eigenfunction".
+  c.train_size = 12_000  # Table 1 caption: "computed on 12,000 training samples".
+  c.test_size = 10_000  # Not stated in the paper; the full CIFAR-10 test split.
+  c.recipe = "PAPER_CIFAR2"  # App. A: 200 epochs on CIFAR2 (Theta_200 in Table 1).
+  c.optimizer = "sgd"  # "adam": ntk_tf.recipe.PAPER_ADAM with the preset's epochs.
+  # Overrides of the recipe (None keeps the value of ntk_tf/recipe.py).
+  c.epochs = ml_collections.config_dict.placeholder(int)
+  c.learning_rate = ml_collections.config_dict.placeholder(float)
+  c.batch_size = ml_collections.config_dict.placeholder(int)
+  c.measure_epochs = (0, 1, 2, 5, 10, 20, 50, 100, 150, 200)  # must hold 0 and the last epoch.
+  c.top_k = 50  # Table 1: "topK = 50".
+  c.num_alignment = 1000  # Sec. 4.2: "the first 1,000 eigenfunctions of Theta_0".
+  c.keep_grams = False  # Theta_t of 12,000 samples is 576 MB per epoch on disk.
+  c.progress = True
+  c.gram = ml_collections.ConfigDict(
+      {"block_size": 256, "implementation": "auto", "dtype": "float32"})
+
+  if variant == "paper_eigenfunction":
+    c.task = "eigenfunction"
+    c.dataset = "cifar10"
+    c.models = ("resnet18",)  # Fig. 7.
+    c.train_size = None  # App. B: eigenfunctions of the Gram of all 60,000 CIFAR-10 images.
+    c.test_size = None
+    c.recipe = "PAPER_SGD"  # 100 epochs: alpha_100 in Fig. 7.
+    c.measure_epochs = (0, 100)
+  elif variant == "small":
+    c.models = ("mlp", "lenet")
+    c.train_size = 2000
+    c.test_size = 2000
+    c.epochs = 20
+    c.measure_epochs = (0, 1, 5, 20)
+    c.num_alignment = 200
+  elif variant.startswith("smoke"):
+    c.models = ("mlp",)
+    c.model_kwargs = ml_collections.ConfigDict({"mlp": {"width": 16}})
+    c.train_size = 32
+    c.test_size = 16
+    c.epochs = 2
+    c.batch_size = 16
+    c.measure_epochs = (0, 2)
+    c.top_k = 5
+    c.num_alignment = 8
+    c.progress = False
+    c.gram.block_size = 16
+    if variant == "smoke_eigenfunction":
+      c.task = "eigenfunction"
+      c.dataset = "cifar10"
+      c.eigenfunction_indices = (3,)
+  return c

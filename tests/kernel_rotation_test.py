@@ -1,0 +1,167 @@
+"""Tests of the kernel-rotation experiment (ntk_tf/experiments/kernel_rotation.py, its binary)."""
+
+import os
+import pathlib
+from unittest import mock
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import flags
+from absl.testing import absltest
+from absl.testing import flagsaver
+from absl.testing import parameterized
+import numpy as np
+import tensorflow as tf
+
+from binaries import kernel_rotation as kernel_rotation_main
+from configs import kernel_rotation as kr_config
+from ntk_tf import models
+from ntk_tf.experiments import kernel_rotation
+from ntk_tf.experiments import runs
+from tests import test_util
+
+
+def _per_example_jacobian(model, x):
+  """`[n, P]` rows grad_theta f(x_i), one GradientTape per example (independent of ntk_tf)."""
+  rows = []
+  for i in range(len(x)):
+    with tf.GradientTape() as tape:
+      out = model(x[i:i + 1], training=False)[0, 0]
+    grads = tape.gradient(out, model.trainable_variables)
+    rows.append(np.concatenate([g.numpy().ravel() for g in grads]))
+  return np.stack(rows).astype(np.float64)
+
+
+def _parse_config_flag(spec, **overrides):
+  """Sets --config=spec as the binary would parse it, then applies `overrides` to it."""
+  flags.FLAGS["config"].parse(spec)
+  for name, value in overrides.items():
+    flags.FLAGS["config"].value[name] = value
+
+
+class ValidationTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(
+      ("empty_models", "models", (), "models"),
+      ("unknown_model", "models", ("vgg",), "vgg"),
+      ("unknown_task", "task", "mnist_digits", "mnist_digits"),
+      ("epochs_without_init", "measure_epochs", (1, 2), "measure_epochs"),
+      ("epochs_without_end", "measure_epochs", (0, 1), "measure_epochs"),
+      ("epoch_past_end", "measure_epochs", (0, 2, 7), "7"),
+      ("top_k_too_large", "top_k", 33, "top_k=33"),
+      ("zero_top_k", "top_k", 0, "top_k=0"),
+      ("num_alignment_too_large", "num_alignment", 33, "num_alignment=33"),
+      ("bad_block_size", "gram.block_size", 0, "block_size=0"),
+      ("bad_recipe", "recipe", "PAPER_FAST", "PAPER_FAST"),
+      ("bad_optimizer", "optimizer", "rmsprop", "rmsprop"),
+  )
+  def test_bad_value_is_named(self, field, value, fragment):
+    config = kr_config.get_config("smoke")
+    parent, _, name = field.rpartition(".")
+    (config[parent] if parent else config)[name] = value
+    with self.assertRaisesRegex(ValueError, fragment):
+      kernel_rotation.validate_config(config)
+
+  def test_eigenfunction_index_beyond_alignment_count(self):
+    config = kr_config.get_config("smoke_eigenfunction")
+    config.eigenfunction_indices = (9,)  # num_alignment = 8
+    with self.assertRaisesRegex(ValueError, "eigenfunction_indices"):
+      kernel_rotation.validate_config(config)
+
+  def test_every_variant_validates(self):
+    for variant in kr_config.VARIANTS:
+      kernel_rotation.validate_config(kr_config.get_config(variant))
+
+  def test_binary_rejects_bad_flag_before_work(self):
+    workdir = self.create_tempdir().full_path
+    with flagsaver.flagsaver(workdir=workdir):
+      _parse_config_flag("configs/kernel_rotation.py:smoke", top_k=1000)
+      with self.assertRaisesRegex(Exception, "top_k=1000"):
+        kernel_rotation_main.main(["kernel_rotation"])
+    self.assertEmpty(os.listdir(workdir))  # Nothing was written.
+
+
+class MathTest(absltest.TestCase):
+
+  def test_alignment_from_gram_matches_jacobian_average(self):
+    # alpha(f) = ||(1/n) sum_i f_i grad f(x_i)||^2 with mean(f^2) = 1, from per-example grads.
+    model = models.get("mlp", input_shape=(3, 3, 1), seed=1, width=6)
+    x = np.random.default_rng(0).standard_normal((10, 3, 3, 1)).astype(np.float32)
+    jac = _per_example_jacobian(model, x)  # [n, P]
+    gram = jac @ jac.T
+    functions = np.random.default_rng(1).standard_normal((10, 3))  # [n, m]
+    got = kernel_rotation.alignment_from_gram(gram, functions)
+    for c in range(3):
+      f = functions[:, c] * np.sqrt(10) / np.linalg.norm(functions[:, c])
+      want = np.sum((f @ jac / 10)**2)
+      self.assertAlmostEqual(got[c], want, delta=1e-9 * want)
+
+  def test_single_axis(self):
+    alpha0 = np.array([4.0, 2.0, 1.0, 0.5])
+    alpha_t = np.array([8.0, 2.0, 10.0, 1.0])  # ratios 2, 1, 10, 2
+    out = kernel_rotation.single_axis(alpha0, alpha_t, target_index=3)
+    self.assertEqual(out["ratio_target"], 10.0)
+    self.assertEqual(out["ratio_others_median"], 2.0)
+    self.assertEqual(out["ratio_others_max"], 2.0)
+    self.assertEqual(out["target_rank"], 1)
+    self.assertEqual(kernel_rotation.single_axis(alpha0, alpha_t, 2)["target_rank"], 4)
+
+
+class SmokeTest(absltest.TestCase):
+
+  def test_binary_smoke_then_rerun(self):
+    data_dir = test_util.require_data(self)
+    workdir = pathlib.Path(self.create_tempdir().full_path)
+    with flagsaver.flagsaver(workdir=str(workdir)):
+      _parse_config_flag("configs/kernel_rotation.py:smoke", data_dir=data_dir)
+      kernel_rotation_main.main(["kernel_rotation"])
+    for name in ("config.json", "results.csv", "table1.md", "energy_concentration.png",
+                 "alignment_mlp_cifar2.png", "mlp/cifar2/alignment_epoch_0000.csv",
+                 "mlp/cifar2/alignment_epoch_0002.csv", "mlp/cifar2/eigvals_epoch_0002.csv"):
+      self.assertTrue((workdir / name).is_file(), name)
+    self.assertFalse((workdir / "mlp/cifar2/gram_epoch_0000").exists())  # keep_grams=False
+    table = (workdir / "results.csv").read_text()
+    rows = {r["task"]: r for r in runs_rows(workdir)}
+    self.assertLen(rows, 3)
+    summary = rows["mlp_cifar2_summary"]
+    for key in ("energy_init", "energy_end", "test_acc"):
+      self.assertBetween(summary[key], 0.0, 1.0)
+    self.assertIn("| Energy conc. (init) |", (workdir / "table1.md").read_text())
+    # At init the phi_j are the eigenvectors of the same Gram: alpha_0(phi_j) = lambda_j / n.
+    eigvals = np.loadtxt(workdir / "mlp/cifar2/eigvals_epoch_0000.csv", delimiter=",", skiprows=1)
+    alpha0 = np.loadtxt(workdir / "mlp/cifar2/alignment_epoch_0000.csv", delimiter=",", skiprows=1)
+    np.testing.assert_allclose(alpha0[:5, 1], eigvals[:, 1] / 32, rtol=1e-4)
+
+    # Rerun: nothing is trained or recomputed and the table is identical.
+    config = kr_config.get_config("smoke")
+    config.data_dir = data_dir
+    with mock.patch.object(runs, "train_run", side_effect=AssertionError("retrained")):
+      kernel_rotation.run(config, workdir)
+    self.assertEqual((workdir / "results.csv").read_text(), table)
+    # "Killed" after the first epoch row: the rest is recomputed to the same table.
+    for task in ("mlp_cifar2_epoch0002", "mlp_cifar2_summary"):
+      (workdir / "results" / f"{task}.json").unlink()
+    kernel_rotation.run(config, workdir)
+    self.assertEqual((workdir / "results.csv").read_text(), table)
+
+  def test_eigenfunction_smoke(self):
+    data_dir = test_util.require_data(self)
+    workdir = pathlib.Path(self.create_tempdir().full_path)
+    config = kr_config.get_config("smoke_eigenfunction")
+    config.data_dir = data_dir
+    kernel_rotation.run(config, workdir)
+    rows = {r["task"]: r for r in runs_rows(workdir)}
+    summary = rows["mlp_phi3_summary"]
+    self.assertBetween(summary["target_rank"], 1, config.num_alignment)
+    self.assertGreater(summary["ratio_target"], 0.0)
+    self.assertBetween(summary["overlap"], 0.0, 1.0)
+    self.assertTrue((workdir / "alignment_mlp_phi3.png").is_file())
+
+
+def runs_rows(workdir):
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  return pd.read_csv(workdir / "results.csv").to_dict("records")
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -1,0 +1,103 @@
+"""Tests of the report (ntk_tf/experiments/report.py) and its binary."""
+
+import json
+import os
+import pathlib
+import re
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import flags
+from absl.testing import absltest
+from absl.testing import flagsaver
+
+from binaries import report as report_main
+from ntk_tf.experiments import report
+
+# The paper's text beside the source tree (shared/paper.txt), when present.
+_PAPER = next((p / "shared" / "paper.txt" for p in pathlib.Path(__file__).resolve().parents
+               if (p / "shared" / "paper.txt").is_file()), pathlib.Path("shared/paper.txt"))
+_PNG = bytes.fromhex("89504e470d0a1a0a")  # A PNG signature is enough for discovery.
+
+
+def _experiment(root: pathlib.Path, rel: str, config: dict, csv: str, pngs=()) -> pathlib.Path:
+  path = root / rel
+  path.mkdir(parents=True)
+  (path / "config.json").write_text(json.dumps(config))
+  if csv:
+    (path / "results.csv").write_text(csv)
+  for name in pngs:
+    (path / name).write_bytes(_PNG)
+  return path
+
+
+def _fake_root(root: pathlib.Path) -> None:
+  _experiment(root, "kr", {"experiment": "kernel_rotation", "variant": "small", "task": "cifar2",
+                           "train_size": 2000, "top_k": 50, "recipe": "PAPER_CIFAR2", "epochs": 20,
+                           "models": ["mlp", "lenet"], "num_alignment": 200},
+              "kind,model,target,epoch,energy_init,energy_end,test_acc,energy_top_k\n"
+              "summary,mlp,cifar2,20,0.25,0.5,0.6,\n"
+              "summary,lenet,cifar2,20,0.2,0.75,0.7,\n"
+              "epoch,mlp,cifar2,0,,,0.5,0.25\n",
+              pngs=("energy_concentration.png",))
+  _experiment(root, "eig", {"experiment": "eigenfunctions", "variant": "quick",
+                            "train_size": 2000, "test_size": 500},
+              "j,overlap,test_acc\n1,0.8,0.9\n2,0.7,0.8\n", pngs=("fig2.png",))
+  _experiment(root, "eig/train_run", {"not_an_experiment": 1}, "")  # skipped
+
+
+class ReportTest(absltest.TestCase):
+
+  def test_discovery(self):
+    root = pathlib.Path(self.create_tempdir().full_path)
+    _fake_root(root)
+    found, skipped = report.discover(root)
+    self.assertEqual([e.name for e in found], ["eigenfunctions", "kernel_rotation"])
+    self.assertEqual([p.relative_to(root).as_posix() for p in skipped], ["eig/train_run/config.json"])
+    self.assertEqual([f.name for f in found[0].figures], ["fig2.png"])  # not the nested folder's
+
+  def test_side_by_side_numbers(self):
+    root = pathlib.Path(self.create_tempdir().full_path)
+    _fake_root(root)
+    found, _ = report.discover(root)
+    rows = report.table1_side_by_side(found)
+    ours = {r[1]: r[2:] for r in rows if r[0].startswith("ours")}
+    self.assertEqual(ours["Energy conc. (end)"], ["50.0%", "75.0%", "not run"])
+    paper = {r[1]: r[2:] for r in rows if r[0] == "paper"}
+    self.assertEqual(paper["Energy conc. (init)"], ["26.0%", "25.8%", "22.7%"])
+    overlap = report.overlap_summary(found)
+    self.assertEqual(overlap, [["eigenfunctions (eig)", "2,500", "2", "0.750", "0.700", "0.800"]])
+
+  def test_binary_writes_markdown_and_html(self):
+    root = pathlib.Path(self.create_tempdir().full_path)
+    _fake_root(root)
+    with flagsaver.flagsaver(workdir=str(root)):
+      report_main.main(["report"])
+    text = (root / "report.md").read_text()
+    self.assertIn("![kernel_rotation: energy_concentration.png](kr/energy_concentration.png)", text)
+    self.assertIn("| ours (kr) | Test accuracy | 60.0% | 70.0% | not run |", text)
+    self.assertIn("n = 2000 training samples (paper 12,000)", text)
+    self.assertIn("20 epochs (paper 200)", text)
+    self.assertIn("~0.78", text)
+    html = (root / "report.html").read_text()
+    self.assertIn("<img src='kr/energy_concentration.png'", html)
+    self.assertIn("<td>26.0%</td>", html)
+
+  def test_missing_root_is_named(self):
+    with self.assertRaisesRegex(ValueError, "root="):
+      report.discover("/nonexistent/ntk_tf_report_root")
+
+  def test_paper_values_are_quoted_exactly(self):
+    if not _PAPER.is_file():
+      self.skipTest(f"paper text not found at {_PAPER}")
+    text = _PAPER.read_text()
+    for label, field in report.TABLE1_ROWS:
+      values = " ".join(report.PAPER_TABLE1[m][field] for m in ("mlp", "lenet", "resnet18"))
+      self.assertTrue(f"{label} {values}" in text, f"{label} {values}")
+    self.assertTrue(re.search(r"inner product of approximately\s+0\.78", text), "0.78")
+    self.assertTrue("computed on 12, 000 training samples" in text, "12,000")
+    self.assertTrue("topK = 50" in text, "topK")
+
+
+if __name__ == "__main__":
+  absltest.main()
