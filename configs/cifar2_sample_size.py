@@ -29,6 +29,7 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
   if variant not in VARIANTS:
     raise ValueError(f"Unknown variant. Expected one of {VARIANTS}. Received: variant={variant!r}")
   c = ml_collections.ConfigDict()
+  c.experiment = "cifar2_sample_size"  # how binaries/report finds this workdir
   c.variant = variant
   c.models = ("mlp", "lenet", "resnet18")
   c.model_kwargs = ml_collections.ConfigDict()  # per model, e.g. {"resnet18": {"width": 4}}

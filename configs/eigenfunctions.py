@@ -37,6 +37,7 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
   if variant not in VARIANTS:
     raise ValueError(f"Unknown variant. Expected one of {VARIANTS}. Received: variant={variant!r}")
   c = ml_collections.ConfigDict()
+  c.experiment = "eigenfunctions"  # how binaries/report finds this workdir
   c.variant = variant
   # Models and data.
   c.models = ("mlp", "lenet", "resnet18")
