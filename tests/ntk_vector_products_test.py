@@ -4,7 +4,7 @@ from absl.testing import absltest
 import numpy as np
 
 from tests import test_util  # pylint: disable=unused-import
-from tests import ntk_brute_force as brute
+from tests import ntk_reference as brute
 import ntk_tf
 from ntk_tf import ntk_vector_products
 

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from tests import test_util  # pylint: disable=unused-import
-from tests import ntk_brute_force as brute
+from tests import ntk_reference as brute
 import ntk_tf
 from ntk_tf import structured
 
