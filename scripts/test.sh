@@ -5,7 +5,12 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-source scripts/setup.sh || { echo "setup failed"; echo "0 passed, 1 failed"; exit 1; }
+if ! bash scripts/setup.sh; then
+  echo "[test] setup failed"
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+source scripts/data_dir.sh
 export TF_CPP_MIN_LOG_LEVEL=2
 if [ -n "${NTK_TF_DATA_DIR:-}" ]; then
   echo "[test] real data: $NTK_TF_DATA_DIR"

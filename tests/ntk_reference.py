@@ -77,17 +77,20 @@ def randomize_batch_norm(model: keras.Model, seed: int = 0) -> None:
 
 @contextlib.contextmanager
 def floatx(dtype: str):
-  """Builds models in `dtype` inside the block (Keras' global dtype policy), restoring it after.
+  """Builds models in `dtype` inside the block (floatx and dtype policy), restoring both after.
 
-  Sets the dtype policy rather than floatx: once any code has set a policy
-  explicitly, floatx no longer reaches new layers.
+  Sets the dtype policy as well as floatx: once any code has set a policy
+  explicitly, floatx alone no longer reaches new layers; and floatx alone
+  sets the dtype of `keras.Input`.
   """
-  previous = keras.config.dtype_policy()
+  previous_floatx, previous_policy = keras.config.floatx(), keras.config.dtype_policy()
+  keras.config.set_floatx(dtype)
   keras.config.set_dtype_policy(dtype)
   try:
     yield
   finally:
-    keras.config.set_dtype_policy(previous)
+    keras.config.set_floatx(previous_floatx)
+    keras.config.set_dtype_policy(previous_policy)
 
 
 def rel_error(actual: np.ndarray, expected: np.ndarray) -> float:

@@ -1,0 +1,6 @@
+# Sourced by scripts/test.sh and scripts/main.sh: prefer ../shared/data (lossless CIFAR-10 and
+# MNIST, see its README) as the local data folder when it exists and nothing else was set.
+_NTK_TF_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ -z "${NTK_TF_DATA_DIR:-}" ] && [ -f "$_NTK_TF_ROOT/../shared/data/cifar10.npz" ]; then
+  export NTK_TF_DATA_DIR="$(cd "$_NTK_TF_ROOT/../shared/data" && pwd)"
+fi
