@@ -106,6 +106,14 @@ def naive_gram(model: keras.Model, x: np.ndarray) -> np.ndarray:
   return tf.matmul(jac, jac, transpose_b=True).numpy()  # [N, N]
 
 
+def scale_to_flops(seconds: float, n: int, k: int, flops: int) -> float:
+  """Time of a GEMM of `flops`, from `seconds` measured for [n, k] x [k, n] (2 n^2 k FLOPs).
+
+  GEMM time is linear in k at fixed n, so the time scales by flops / (2 n^2 k).
+  """
+  return seconds * flops / (2 * n * n * k)
+
+
 def gemm_seconds(flops: int, n: int, repeats: int = 3, max_bytes: int = 1 << 26) -> float:
   """Seconds of the fastest float32 GEMM [n, k] x [k, n] with 2 n^2 k = flops.
 
@@ -130,7 +138,7 @@ def gemm_seconds(flops: int, n: int, repeats: int = 3, max_bytes: int = 1 << 26)
       start = time.perf_counter()
       fn()
       best = min(best, time.perf_counter() - start)
-  return best * (2 * n * n * k) / flops  # Scaled to exactly `flops`.
+  return scale_to_flops(best, n, k, flops)
 
 
 def _inputs(input_shape: Sequence[int], n: int, data_dir: Optional[str]) -> np.ndarray:

@@ -22,6 +22,14 @@ class BenchGramTest(absltest.TestCase):
     np.testing.assert_allclose(benchmark.full_gram(block_fn, x, 3),
                                benchmark.naive_gram(model, x), rtol=2e-5, atol=1e-5)
 
+  def test_capped_gemm_time_scales_up_to_the_full_flops(self):
+    # Measured [2, 3] x [3, 2]: 2 * 2^2 * 3 = 24 FLOPs in 1 s; 48 FLOPs take 2 s.
+    self.assertEqual(benchmark.scale_to_flops(1.0, n=2, k=3, flops=48), 2.0)
+    # A GEMM bound may not beat the measured matmul rate: capping k never lowers the time.
+    flops = 2 * 64 * 64 * (1 << 20)  # k = 2^20, capped to k = 64 by max_bytes.
+    capped = benchmark.gemm_seconds(flops, 64, repeats=1, max_bytes=64 * 4 * 64)
+    self.assertLess(flops / capped, 1e13)  # The implied FLOP/s: no CPU reaches 1e13.
+
   def test_smoke_main_writes_table(self):
     out = self.create_tempdir().full_path
     with flagsaver.flagsaver(smoke=True, out=out, data_dir=test_util.data_dir()):
