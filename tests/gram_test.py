@@ -11,26 +11,13 @@ import ntk_tf
 from ntk_tf import gram as gram_lib
 from ops import gram_block
 
-_SHAPE = (8, 8, 3)
-_MODELS = {"mlp": dict(), "lenet": dict(), "resnet18": dict(width=4)}
-
-
-def _model_and_twin(name, activation):
-  kwargs = dict(input_shape=_SHAPE, activation=activation, seed=1, **_MODELS[name])
-  model = ntk_tf.models.get(name, **kwargs)
-  return model, ntk_reference.float64_twin(name, model, **kwargs)
-
-
-def _inputs(n, seed=0):
-  return np.random.RandomState(seed).randn(n, *_SHAPE).astype(np.float32)
-
 
 class GramValueTest(parameterized.TestCase):
 
-  @parameterized.product(name=list(_MODELS), activation=["relu", "gelu"])
+  @parameterized.product(name=list(ntk_reference.SMALL_MODELS), activation=["relu", "gelu"])
   def test_float64_matches_loop(self, name, activation):
-    model, twin = _model_and_twin(name, activation)
-    x = _inputs(7)
+    model, twin = ntk_reference.model_and_twin(name, activation, seed=1)
+    x = ntk_reference.inputs(7)
     jac = ntk_reference.loop_jacobian(twin, x)  # [7, P]
     jac1, jac2 = jac, jac[:5]
     # 7 and 5 are not multiples of block_size=3: partial last blocks.
@@ -44,24 +31,24 @@ class GramValueTest(parameterized.TestCase):
       self.assertLessEqual(ntk_reference.rel_error(theta, jac1 @ jac2.T), 1e-10)
 
   def test_float32_matches_loop(self):
-    model, twin = _model_and_twin("lenet", "relu")
-    x = _inputs(6, seed=2)
+    model, twin = ntk_reference.model_and_twin("lenet", "relu", seed=1)
+    x = ntk_reference.inputs(6, seed=2)
     jac = ntk_reference.loop_jacobian(twin, x)
     theta = ntk_tf.ntk_gram(model, x, block_size=4, progress=False)
     self.assertEqual(theta.dtype, np.float32)
     self.assertLessEqual(ntk_reference.rel_error(theta, jac @ jac.T), 1e-5)
 
   def test_symmetric_and_psd(self):
-    model, _ = _model_and_twin("resnet18", "gelu")
-    theta = ntk_tf.ntk_gram(model, _inputs(9, seed=3), block_size=4, dtype="float64",
-                            progress=False)
+    model, _ = ntk_reference.model_and_twin("resnet18", "gelu", seed=1)
+    x = ntk_reference.inputs(9, seed=3)
+    theta = ntk_tf.ntk_gram(model, x, block_size=4, dtype="float64", progress=False)
     np.testing.assert_array_equal(theta, theta.T)  # Mirrored blocks: exactly symmetric.
     eigvals = np.linalg.eigvalsh(theta)
     self.assertGreaterEqual(eigvals.min(), -1e-12 * eigvals.max())
 
   def test_block_size_does_not_change_result(self):
-    model, _ = _model_and_twin("mlp", "relu")
-    x = _inputs(10)
+    model, _ = ntk_reference.model_and_twin("mlp", "relu", seed=1)
+    x = ntk_reference.inputs(10)
     whole = ntk_tf.ntk_gram(model, x, block_size=10, dtype="float64", progress=False)
     for block_size in (1, 3, 16):
       np.testing.assert_allclose(
@@ -121,26 +108,26 @@ class BadInputTest(parameterized.TestCase):
 
   def setUp(self):
     super().setUp()
-    self.model = ntk_tf.models.get("mlp", input_shape=_SHAPE)
+    self.model = ntk_tf.models.get("mlp", input_shape=ntk_reference.SHAPE)
 
   @parameterized.parameters(0, -3)
   def test_block_size(self, block_size):
     with self.assertRaisesRegex(ValueError, f"block_size={block_size}"):
-      ntk_tf.ntk_gram(self.model, _inputs(3), block_size=block_size)
+      ntk_tf.ntk_gram(self.model, ntk_reference.inputs(3), block_size=block_size)
 
   def test_wrong_shape_x2(self):
     with self.assertRaisesRegex(ValueError, r"x2.shape=\(2, 4, 4, 3\)"):
-      ntk_tf.ntk_gram(self.model, _inputs(3), np.zeros((2, 4, 4, 3), np.float32))
+      ntk_tf.ntk_gram(self.model, ntk_reference.inputs(3), np.zeros((2, 4, 4, 3), np.float32))
 
   def test_nan_x1(self):
-    x = _inputs(3)
+    x = ntk_reference.inputs(3)
     x[0, 1, 1, 1] = np.inf
     with self.assertRaisesRegex(ValueError, "x1 must be finite"):
       ntk_tf.ntk_gram(self.model, x)
 
   def test_unknown_implementation(self):
     with self.assertRaisesRegex(ValueError, "implementation='fast'"):
-      ntk_tf.ntk_gram(self.model, _inputs(3), implementation="fast")
+      ntk_tf.ntk_gram(self.model, ntk_reference.inputs(3), implementation="fast")
 
 
 if __name__ == "__main__":

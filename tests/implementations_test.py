@@ -16,18 +16,12 @@ from tests import test_util  # pylint: disable=unused-import
 from tests import ntk_reference
 import ntk_tf
 
-_SHAPE = (8, 8, 3)
-_MODELS = {"mlp": dict(), "lenet": dict(), "resnet18": dict(width=4)}
 _FAST = ("structured", "ntk_vector_products", "auto")
-
-
-def _inputs(n, seed=0):
-  return np.random.RandomState(seed).randn(n, *_SHAPE).astype(np.float32)
 
 
 def _unknown_layers_model():
   """LayerNormalization and DepthwiseConv2D: layer types with no structured rule."""
-  inputs = keras.Input(_SHAPE)
+  inputs = keras.Input(ntk_reference.SHAPE)
   h = keras.layers.DepthwiseConv2D(3, padding="same")(inputs)
   h = keras.layers.Activation("gelu")(h)
   h = keras.layers.Flatten()(h)
@@ -38,12 +32,10 @@ def _unknown_layers_model():
 
 class ImplementationsTest(parameterized.TestCase):
 
-  @parameterized.product(name=list(_MODELS), activation=["relu", "gelu"])
+  @parameterized.product(name=list(ntk_reference.SMALL_MODELS), activation=["relu", "gelu"])
   def test_all_implementations_match_reference(self, name, activation):
-    kwargs = dict(input_shape=_SHAPE, activation=activation, seed=2, **_MODELS[name])
-    model = ntk_tf.models.get(name, **kwargs)
-    twin = ntk_reference.float64_twin(name, model, **kwargs)
-    x = _inputs(7)
+    model, twin = ntk_reference.model_and_twin(name, activation, seed=2)
+    x = ntk_reference.inputs(7)
     jac = ntk_reference.loop_jacobian(twin, x)  # [7, P]
     loop_square, loop_rect = jac @ jac.T, jac @ jac[:5].T  # [7, 7], [7, 5]
     gram = lambda impl, x2=None: ntk_tf.ntk_gram(model, x, x2, block_size=3, dtype="float64",
@@ -67,7 +59,7 @@ class ImplementationsTest(parameterized.TestCase):
     finally:
       keras.config.set_dtype_policy(old_policy)
     self.assertTrue(all(v.dtype == "float64" for v in model.weights))
-    x = _inputs(5)
+    x = ntk_reference.inputs(5)
     jac = ntk_reference.loop_jacobian(model, x)
     for impl in ("jacobian",) + _FAST:
       with self.subTest(implementation=impl):

@@ -8,40 +8,22 @@ from tests import test_util  # pylint: disable=unused-import
 from tests import ntk_reference
 import ntk_tf
 
-# Small inputs: 8x8x3 images (the narrow ResNet18 needs >= 8).
-_SHAPE = (8, 8, 3)
-_MODELS = {
-    "mlp": dict(),
-    "lenet": dict(),
-    "resnet18": dict(width=4),
-}
-
-
-def _model_and_twin(name, activation):
-  kwargs = dict(input_shape=_SHAPE, activation=activation, seed=3, **_MODELS[name])
-  model = ntk_tf.models.get(name, **kwargs)
-  return model, ntk_reference.float64_twin(name, model, **kwargs)
-
-
-def _inputs(n, seed=0):
-  return np.random.RandomState(seed).randn(n, *_SHAPE).astype(np.float32)
-
 
 class JacobianValueTest(parameterized.TestCase):
 
-  @parameterized.product(name=list(_MODELS), activation=["relu", "gelu"])
+  @parameterized.product(name=list(ntk_reference.SMALL_MODELS), activation=["relu", "gelu"])
   def test_float64_matches_loop(self, name, activation):
-    model, twin = _model_and_twin(name, activation)
-    x = _inputs(7)
+    model, twin = ntk_reference.model_and_twin(name, activation, seed=3)
+    x = ntk_reference.inputs(7)
     expected = ntk_reference.loop_jacobian(twin, x)  # [N, P]
     actual = ntk_tf.jacobian(model, x, dtype="float64", block_size=3)
     self.assertEqual(actual.dtype, np.float64)
     self.assertLessEqual(ntk_reference.rel_error(actual, expected), 1e-10)
 
-  @parameterized.product(name=list(_MODELS))
+  @parameterized.product(name=list(ntk_reference.SMALL_MODELS))
   def test_float32_matches_loop(self, name):
-    model, twin = _model_and_twin(name, "relu")
-    x = _inputs(5, seed=1)
+    model, twin = ntk_reference.model_and_twin(name, "relu", seed=3)
+    x = ntk_reference.inputs(5, seed=1)
     expected = ntk_reference.loop_jacobian(twin, x)
     actual = ntk_tf.jacobian(model, x)
     self.assertEqual(actual.dtype, np.float32)
@@ -53,13 +35,13 @@ class JacobianValueTest(parameterized.TestCase):
     inputs = keras.Input(shape=(2, 3, 1))
     logit = keras.layers.Dense(1)(keras.layers.Flatten()(inputs))
     model = keras.Model(inputs, logit)
-    x = _inputs(4)[:, :2, :3, :1]
+    x = ntk_reference.inputs(4)[:, :2, :3, :1]
     expected = np.concatenate([x.reshape(4, -1), np.ones((4, 1))], axis=1)
     np.testing.assert_allclose(ntk_tf.jacobian(model, x, dtype="float64"), expected, rtol=1e-7)
 
   def test_batchnorm_inference_mode_samples_do_not_interact(self):
-    model, _ = _model_and_twin("resnet18", "relu")
-    x = _inputs(6)
+    model, _ = ntk_reference.model_and_twin("resnet18", "relu", seed=3)
+    x = ntk_reference.inputs(6)
     together = ntk_tf.jacobian(model, x, dtype="float64")
     alone = ntk_tf.jacobian(model, x[2:3], dtype="float64")
     np.testing.assert_allclose(together[2:3], alone, rtol=1e-10, atol=1e-14)
@@ -69,8 +51,8 @@ class JacobianShapeTest(parameterized.TestCase):
 
   @parameterized.parameters(("mlp", 1), ("mlp", 4), ("resnet18", 1))
   def test_shape(self, name, n):
-    model, _ = _model_and_twin(name, "relu")
-    jac = ntk_tf.jacobian(model, _inputs(n), block_size=3)
+    model, _ = ntk_reference.model_and_twin(name, "relu", seed=3)
+    jac = ntk_tf.jacobian(model, ntk_reference.inputs(n), block_size=3)
     self.assertEqual(jac.shape, (n, model.count_params() - sum(
         int(np.prod(v.shape)) for v in model.non_trainable_variables)))
 
@@ -78,10 +60,10 @@ class JacobianShapeTest(parameterized.TestCase):
 class PrecisionTest(absltest.TestCase):
 
   def test_float64_copy(self):
-    model, twin = _model_and_twin("resnet18", "gelu")
+    model, twin = ntk_reference.model_and_twin("resnet18", "gelu", seed=3)
     copy = ntk_tf.as_float64_model(model)
     self.assertTrue(all(v.dtype == "float64" for v in copy.weights))
-    x = _inputs(3)
+    x = ntk_reference.inputs(3)
     out = copy(x.astype(np.float64), training=False)
     self.assertEqual(out.dtype, "float64")
     np.testing.assert_allclose(out, twin(x.astype(np.float64), training=False), rtol=1e-12)
@@ -91,14 +73,14 @@ class BadInputTest(absltest.TestCase):
 
   def setUp(self):
     super().setUp()
-    self.model = ntk_tf.models.get("mlp", input_shape=_SHAPE)
+    self.model = ntk_tf.models.get("mlp", input_shape=ntk_reference.SHAPE)
 
   def test_wrong_input_shape(self):
     with self.assertRaisesRegex(ValueError, r"x.shape=\(3, 8, 8, 4\)"):
       ntk_tf.jacobian(self.model, np.zeros((3, 8, 8, 4), np.float32))
 
   def test_nan_input(self):
-    x = _inputs(3)
+    x = ntk_reference.inputs(3)
     x[1, 0, 0, 0] = np.nan
     with self.assertRaisesRegex(ValueError, "1 NaN/inf"):
       ntk_tf.jacobian(self.model, x)
@@ -108,11 +90,11 @@ class BadInputTest(absltest.TestCase):
     weights[0][0, 0] = np.nan
     self.model.set_weights(weights)
     with self.assertRaisesRegex(ValueError, "dense_0/kernel"):
-      ntk_tf.jacobian(self.model, _inputs(2))
+      ntk_tf.jacobian(self.model, ntk_reference.inputs(2))
 
   def test_bad_dtype(self):
     with self.assertRaisesRegex(ValueError, "dtype='float16'"):
-      ntk_tf.jacobian(self.model, _inputs(2), dtype="float16")
+      ntk_tf.jacobian(self.model, ntk_reference.inputs(2), dtype="float16")
 
   def test_multi_output_model_refused(self):
     import keras  # pylint: disable=g-import-not-at-top

@@ -15,6 +15,24 @@ import tensorflow as tf
 import ntk_tf
 
 
+# The small test fixture shared by the NTK tests: 8x8x3 images (the narrow
+# ResNet18 needs >= 8) and the three paper models, ResNet18 at width 4.
+SHAPE = (8, 8, 3)
+SMALL_MODELS = {"mlp": dict(), "lenet": dict(), "resnet18": dict(width=4)}
+
+
+def inputs(n: int, seed: int = 0) -> np.ndarray:
+  """`[n, *SHAPE]` float32 Gaussian inputs."""
+  return np.random.RandomState(seed).randn(n, *SHAPE).astype(np.float32)
+
+
+def model_and_twin(name: str, activation: str, seed: int):
+  """The small model `name` (float32) and its independent float64 twin."""
+  kwargs = dict(input_shape=SHAPE, activation=activation, seed=seed, **SMALL_MODELS[name])
+  model = ntk_tf.models.get(name, **kwargs)
+  return model, float64_twin(name, model, **kwargs)
+
+
 def float64_twin(name: str, model: keras.Model, **build_kwargs) -> keras.Model:
   """Rebuilds `name` with float64 layers and copies `model`'s weights into it."""
   old_policy = keras.config.dtype_policy()
