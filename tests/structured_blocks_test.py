@@ -21,6 +21,10 @@ class StructuredBlocksTest(parameterized.TestCase):
     expected = (la.numpy() @ lb.numpy().T) * (ra.numpy() @ rb.numpy().T)
     np.testing.assert_allclose(structured_blocks.gram_product(la, lb, ra, rb), expected,
                                rtol=1e-12)
+    ones = lambda t: np.concatenate([t.numpy(), np.ones((len(t), 1))], axis=1)  # The bias column.
+    with_bias = (ones(la) @ ones(lb).T) * (ra.numpy() @ rb.numpy().T)
+    np.testing.assert_allclose(structured_blocks.gram_product(la, lb, ra, rb, 1.0), with_bias,
+                               rtol=1e-12)
 
   def test_positional_forms_agree_with_a_loop(self):
     pa, da, pb, db = _random((3, 4, 6), (3, 4, 2), (2, 4, 6), (2, 4, 2), seed=1)
@@ -28,6 +32,7 @@ class StructuredBlocksTest(parameterized.TestCase):
                                    for i in range(len(p))])  # [N, K*C]
     ga, gb = grads(pa.numpy(), da.numpy()), grads(pb.numpy(), db.numpy())
     np.testing.assert_allclose(structured_blocks.positional_gradient(pa, da), ga, rtol=1e-12)
+    np.testing.assert_allclose(structured_blocks.positional_gradient_tf(pa, da), ga, rtol=1e-12)
     np.testing.assert_allclose(structured_blocks.gradient_gram(tf.constant(ga), tf.constant(gb)),
                                ga @ gb.T, rtol=1e-12)
     np.testing.assert_allclose(structured_blocks.positional_gram_product(pa, da, pb, db),

@@ -4,6 +4,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tests import test_util  # pylint: disable=unused-import
 from tests import ntk_reference as brute
@@ -57,7 +58,51 @@ def _unknown_layers_model():
   return model
 
 
+def _conv_geometry_model(kernel, strides, padding, dilation, shape=(9, 8, 2)):
+  """A float64 Conv2D -> tanh -> Dense model of one conv geometry."""
+  with brute.floatx("float64"):
+    inputs = keras.Input(shape)
+    h = keras.layers.Conv2D(3, kernel, strides=strides, padding=padding, dilation_rate=dilation,
+                            activation="tanh", name="conv")(inputs)
+    logit = keras.layers.Dense(1, name="logit")(keras.layers.Flatten()(h))
+    return keras.Model(inputs, logit)
+
+
+_GEOMETRIES = [
+    dict(kernel=3, strides=1, padding="same", dilation=1),
+    dict(kernel=(2, 4), strides=(2, 1), padding="same", dilation=1),
+    dict(kernel=3, strides=2, padding="valid", dilation=1),
+    dict(kernel=(3, 2), strides=(1, 3), padding="same", dilation=1),
+    dict(kernel=3, strides=1, padding="same", dilation=2),
+    dict(kernel=1, strides=2, padding="valid", dilation=1),
+]
+
+
 class StructuredTest(parameterized.TestCase):
+
+  @parameterized.parameters(*_GEOMETRIES)
+  def test_conv_patches_match_extract_patches(self, kernel, strides, padding, dilation):
+    model = _conv_geometry_model(kernel, strides, padding, dilation)
+    layer = model.get_layer("conv")
+    x = np.random.default_rng(0).normal(size=(4, 9, 8, 2))
+    kh, kw = layer.kernel_size
+    expected = tf.image.extract_patches(  # [N, H', W', kh * kw * C_in]
+        x, sizes=[1, kh, kw, 1], strides=[1, *layer.strides, 1],
+        rates=[1, *layer.dilation_rate, 1], padding=padding.upper()).numpy()
+    self.assertEqual(expected.shape[1:3], tuple(layer(x).shape[1:3]))
+    paddings, index = structured.patch_indices(layer, (9, 8))
+    actual = structured._conv_patches(layer, tf.constant(x), paddings, index).numpy()
+    np.testing.assert_array_equal(actual, expected.reshape(4, -1, kh * kw * 2))
+
+  @parameterized.parameters(*[dict(g, choices=c) for g in _GEOMETRIES
+                              for c in ("structured", "jacobian")])
+  def test_conv_geometries_match_reference(self, kernel, strides, padding, dilation, choices):
+    model = _conv_geometry_model(kernel, strides, padding, dilation)
+    x = np.random.default_rng(1).normal(size=(5, 9, 8, 2))
+    expected = brute.brute_force_gram(model, x)
+    block_fn = structured.make_block_fn(model, "float64", choices=choices)
+    actual = brute.gram_by_blocks(block_fn, x, None, block_size=3)
+    self.assertLessEqual(brute.rel_error(actual, expected), 1e-10)
 
   @parameterized.product(name=["mlp", "lenet", "resnet18"], activation=["relu", "gelu"])
   def test_square_gram_matches_reference(self, name, activation):
