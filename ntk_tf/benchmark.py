@@ -15,7 +15,7 @@ shape when the data is absent), in one process and one run:
               matmul here (min over NumPy BLAS, TF and XLA)
 
 Fast paths are timed after one untimed warm-up run on the same data (tracing
-excluded) with their feature caches cleared. Peak memory is the largest rise of
+excluded), as the best of `repeats` runs, each with the feature cache cleared. Peak memory is the largest rise of
 the process' resident set during a run above its level before it (sampled
 every 5 ms), so memory freed to the allocator but kept by it is not counted twice.
 """
@@ -93,7 +93,8 @@ def full_gram(block_fn, x: np.ndarray, block: int) -> np.ndarray:
       xa, xb = x[i:i + block], x[j:j + block]
       out = block_fn(xa) if i == j else block_fn(xa, xb)
       theta[i:i + len(xa), j:j + len(xb)] = out
-      theta[j:j + len(xb), i:i + len(xa)] = out.T
+      if i != j:
+        theta[j:j + len(xb), i:i + len(xa)] = out.T
   return theta
 
 
@@ -164,7 +165,8 @@ def _reference_fn():
 
 def bench_model(name: str, n: int, *, input_shape=(32, 32, 3), memory_budget: int = 4 << 30,
                 naive_max_n: int = 500, data_dir: Optional[str] = None,
-                paths: Sequence[str] = ("naive", "reference", "structured", "auto")) -> Row:
+                paths: Sequence[str] = ("naive", "reference", "structured", "auto"),
+                repeats: int = 3) -> Row:
   """Times every path for one model and N; returns one table row."""
   model = models.get(name, input_shape=input_shape)
   x = _inputs(input_shape, n, data_dir)
@@ -195,8 +197,12 @@ def bench_model(name: str, n: int, *, input_shape=(32, 32, 3), memory_budget: in
       block_fn = (structured.make_block_fn(model, "float32") if path == "structured"
                   else auto.make_block_fn(model, "float32", nominal_block=block))
       full_gram(block_fn, x, block)  # Warm-up: traces the block shapes.
-      getattr(block_fn, "_cache", {}).clear()
-      seconds[path], peak[path] = _timed(lambda: full_gram(block_fn, x, block))
+      runs = []
+      for _ in range(repeats):
+        getattr(block_fn, "_cache", {}).clear()
+        runs.append(_timed(lambda: full_gram(block_fn, x, block)))
+      seconds[path] = min(t for t, _ in runs)
+      peak[path] = max(p for _, p in runs)
   return Row(model=name, n=n, seconds=seconds, notes=notes, peak_bytes=peak,
              contraction_flops=flops, gemm_bound_seconds=gemm_seconds(flops, n),
              block_size=block)
@@ -208,11 +214,12 @@ def run(config) -> List[Row]:
   for name, n in config["cases"]:
     rows.append(bench_model(name, n, memory_budget=config["memory_budget"],
                             naive_max_n=config["naive_max_n"][name],
-                            data_dir=config.get("data_dir")))
+                            data_dir=config.get("data_dir"), repeats=config["repeats"]))
     logging.info("row: %s", rows[-1])
   for n in config["scaling_ns"]:
     rows.append(bench_model("mlp", n, memory_budget=config["memory_budget"],
-                            data_dir=config.get("data_dir"), paths=("auto",)))
+                            data_dir=config.get("data_dir"), paths=("auto",),
+                            repeats=config["repeats"]))
     logging.info("row: %s", rows[-1])
   return rows
 
