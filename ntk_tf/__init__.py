@@ -2,18 +2,21 @@
 
 The public surface; each object lives in its own module.
 
-Importing ntk_tf before TensorFlow turns on TF's oneDNN CPU kernels
-(TF_ENABLE_ONEDNN_OPTS=1) unless the variable is already set: TF leaves them
-off on CPUs without AVX-512, where its default convolutions are ~7x slower
-(LeNet conv, 1000 CIFAR images: 0.27 s default, 0.04 s oneDNN). Set
-TF_ENABLE_ONEDNN_OPTS=0 to keep TF's default.
+Do not run ntk_tf with TF_ENABLE_ONEDNN_OPTS=1 on CPUs where TensorFlow
+leaves oneDNN off (no AVX-512): TF 2.21's oneDNN Conv2DBackpropFilter returns
+wrong kernel gradients for 1x1 stride-2 convolutions (relative error ~0.5
+against float64; ResNet18's projection shortcuts), so Jacobians, the
+reference NTK and training would be silently wrong. Importing ntk_tf with
+that setting logs a warning.
 """
 
 import os as _os
-import sys as _sys
 
-if "tensorflow" not in _sys.modules:
-  _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+if _os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "1":
+  import logging as _logging
+  _logging.getLogger("ntk_tf").warning(
+      "TF_ENABLE_ONEDNN_OPTS=1: TF 2.21's oneDNN conv filter gradients are wrong for 1x1 "
+      "stride-2 convolutions (see ntk_tf/__init__.py); unset it for exact NTKs.")
 
 from ntk_tf import data
 from ntk_tf import models
