@@ -3,11 +3,13 @@
 Peak memory of one [B, B] Gram block (s = bytes per float, F_act = floats of
 all layer outputs per example, P = trainable parameters):
 
-  structured:          s * [ 3 B F_act + B F_patch + 2 B F_feat + B^2 (3 + P2) ]
+  structured:          s * [ 3 B F_act + B F_patch + 2 B F_feat + B^2 (7 + P2) ]
       (forward activations and their cotangents and the recorded copies;
        the largest conv patch tensor F_patch = P_l K_l; features of both
-       blocks, F_feat per example; the two factor Grams and the result, plus
-       the [B, B, P_l, P_l] intermediate of a structured conv, P2 = max P_l^2)
+       blocks, F_feat per example; the NumPy engine's kept Gram buffers, two
+       block shapes of three [B, B] each (the sum and two factor Grams), and
+       the result, plus the [B, B, P_l, P_l] intermediate of a structured
+       conv, P2 = max P_l^2)
   jacobian:            s * [ 2 B P + 3 B F_act + B^2 ]
       (both Jacobian blocks, activations/cotangents, the result)
   ntk_vector_products: s * [ 4 B F_act + 4 P ]
@@ -46,7 +48,7 @@ def peak_memory_bytes(model: keras.Model, block_size: int, implementation: str,
   params = sum(p.params for p in ntk.plans)
   if implementation in ("structured", "auto"):
     floats = (3 * b * act + b * ntk.transient_size() + 2 * b * ntk.feature_size()
-              + b * b * (3 + ntk.positional_square()))
+              + b * b * (7 + ntk.positional_square()))
   elif implementation == "jacobian":
     floats = 2 * b * params + 3 * b * act + b * b
   else:

@@ -180,13 +180,15 @@ def compute_block(fn: BlockFn, x1: np.ndarray, x2: Optional[np.ndarray], block: 
   """Returns Theta(x1[i0:i1], x2[j0:j1]) `[i1 - i0, j1 - j0]` for one block.
 
   `x2=None` means the symmetric Gram of x1; its diagonal blocks are made exactly
-  symmetric ((G + G^T) / 2), so the whole matrix is.
+  symmetric ((G + G^T) / 2), so the whole matrix is, unless `fn` says its
+  diagonal blocks already are (attribute `exactly_symmetric`).
   """
   i0, i1, j0, j1 = block
   x_a = _pad_rows(x1[i0:i1], block_size)  # [B, ...]
   if x2 is None and i0 == j0:
     theta = fn(x_a, None)  # [B, B]
-    theta = 0.5 * (theta + theta.T)
+    if not getattr(fn, "exactly_symmetric", False):
+      theta = 0.5 * (theta + theta.T)
   else:
     x_b = _pad_rows((x1 if x2 is None else x2)[j0:j1], block_size)  # [B, ...]
     theta = fn(x_a, x_b)  # [B, B]

@@ -55,7 +55,7 @@ JACOBIAN = "jacobian"
 REFERENCE = "reference"
 CHOICES = (STRUCTURED, JACOBIAN)
 MATMUL_ENGINES = ("auto", "xla", "numpy")
-_WORKSPACES = 4  # Gram-buffer shapes kept by the NumPy engine (see `_workspace`).
+_WORKSPACES = 2  # Gram-buffer shapes kept by the NumPy engine (see `_workspace`).
 
 
 @dataclasses.dataclass
@@ -265,6 +265,9 @@ def _var_size(v) -> int:
 class StructuredNtk:
   """The structured NTK of one model: a per-layer plan plus block features.
 
+  Diagonal blocks Theta(x_a, x_a) are exactly symmetric (`exactly_symmetric`):
+  the NumPy engine mirrors one triangle and the XLA engine symmetrizes.
+
   Call it as a BlockFn: `ntk(x_a, x_b=None) -> [Na, Nb]` (x_b None: the
   diagonal block Theta(x_a, x_a)).
 
@@ -273,6 +276,8 @@ class StructuredNtk:
   per-example gradient width p_G (jacobian-form kernels, biases, BatchNorm,
   reference layers); see `ntk_tf.block_size` for the peak-memory formula.
   """
+
+  exactly_symmetric = True  # Diagonal blocks: see the class docstring.
 
   def __init__(self, model: keras.Model, dtype: DType = "float32", *,
                choices: Union[None, str, Mapping[str, str]] = None,
@@ -586,6 +591,8 @@ class StructuredNtk:
         for (patches_a, cot_a), (patches_b, cot_b) in zip(positional_a, positional_b):
           term = structured_blocks.positional_gram_product(patches_a, cot_a, patches_b, cot_b)
           theta += term.numpy()[:n_a, :n_b].astype(self.accumulate_dtype)
+        if x_b is None:
+          theta = 0.5 * (theta + theta.T)  # Device matmuls need not be exactly symmetric.
     return theta
 
   def _contract_numpy(self, products_a, products_b, positional_a, positional_b, grad_a, grad_b,
@@ -628,7 +635,8 @@ class StructuredNtk:
       n_b = patches_b.shape[0]
       patch_gram = patches_a.reshape(n_a * p, k) @ patches_b.reshape(n_b * p, k).T  # [Na P, Nb P]
       patch_gram *= cot_a.reshape(n_a * p, c) @ cot_b.reshape(n_b * p, c).T  # [Na P, Nb P]
-      result += patch_gram.reshape(n_a, p, n_b, p).sum(axis=(1, 3))  # [Na, Nb]
+      term = patch_gram.reshape(n_a, p, n_b, p).sum(axis=(1, 3))  # [Na, Nb]
+      result += 0.5 * (term + term.T) if diagonal else term  # Summation order breaks symmetry.
     return result
 
   def _workspace(self, n_a: int, n_b: int, dtype,

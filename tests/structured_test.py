@@ -121,6 +121,16 @@ class StructuredTest(parameterized.TestCase):
     actual = brute.gram_by_blocks(block_fn, x[:7], x[7:], block_size=3)
     self.assertLessEqual(brute.rel_error(actual, expected[:7, 7:]), 1e-10)
 
+  @parameterized.product(name=["mlp", "lenet"], choices=[None, "structured"],
+                         engine=["numpy", "xla"])
+  def test_diagonal_blocks_are_exactly_symmetric(self, name, choices, engine):
+    model, x, expected = _model_and_reference(name, "relu")
+    block_fn = structured.make_block_fn(model, "float64", choices=choices, matmul_engine=engine)
+    self.assertTrue(block_fn.exactly_symmetric)
+    theta = block_fn(x)
+    np.testing.assert_array_equal(theta, theta.T)
+    self.assertLessEqual(brute.rel_error(theta, expected), 1e-10)
+
   def test_unknown_layers_fall_back_to_reference(self):
     model = _unknown_layers_model()
     x = np.random.default_rng(2).normal(size=(9,) + SHAPE)
