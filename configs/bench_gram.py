@@ -13,7 +13,7 @@ def get_config(smoke: bool = False) -> dict:
   if smoke:
     return dict(cases=[("mlp", 40), ("lenet", 20)], scaling_ns=[20, 40],
                 naive_max_n={"mlp": 20, "lenet": 10, "resnet18": 4},
-                memory_budget=1 << 28, repeats=1)
+                memory_budget=1 << 28, repeats=1, measure_memory=False)
   return dict(
       cases=[("mlp", 2000), ("lenet", 1000), ("resnet18", 128)],
       scaling_ns=[500, 1000, 2000, 4000],
@@ -21,4 +21,5 @@ def get_config(smoke: bool = False) -> dict:
       naive_max_n={"mlp": 500, "lenet": 250, "resnet18": 8},
       memory_budget=4 << 30,
       repeats=5,  # Fast paths: best of this many timed runs.
+      measure_memory=True,  # Peak memory of each path, in a fresh process each.
   )

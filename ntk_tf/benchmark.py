@@ -15,14 +15,15 @@ shape when the data is absent), in one process and one run:
               matmul here (min over NumPy BLAS, TF and XLA)
 
 Fast paths are timed after one untimed warm-up run on the same data (tracing
-excluded), as the best of `repeats` runs, each with the feature cache cleared. Peak memory is the largest rise of
-the process' resident set during a run above its level before it (sampled
-every 5 ms), so memory freed to the allocator but kept by it is not counted twice.
+excluded), as the best of `repeats` runs, each with the feature cache cleared.
+Peak memory is the rise of the peak resident set (VmHWM) during one more run,
+in a fresh process, above the resident set just before it: tracing and the
+result included, model and data excluded. A fresh process, because one that
+already ran a path keeps freed memory in its allocator, which hides the rise.
 """
 
 import dataclasses
-import os
-import threading
+import multiprocessing
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -49,39 +50,10 @@ class Row:
   block_size: int
 
 
-class _PeakRss:
-  """Samples /proc/self/statm; `.peak` = max resident bytes above the start level."""
-
-  def __enter__(self):
-    self._page = os.sysconf("SC_PAGE_SIZE")
-    self._start = self._rss()
-    self.peak = 0
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._poll, daemon=True)
-    self._thread.start()
-    return self
-
-  def _rss(self):
-    with open("/proc/self/statm") as f:
-      return int(f.read().split()[1]) * self._page
-
-  def _poll(self):
-    while not self._stop.is_set():
-      self.peak = max(self.peak, self._rss() - self._start)
-      time.sleep(0.005)
-
-  def __exit__(self, *exc):
-    self._stop.set()
-    self._thread.join()
-    self.peak = max(self.peak, self._rss() - self._start)
-
-
-def _timed(fn: Callable[[], object]):
-  with _PeakRss() as rss:
-    start = time.perf_counter()
-    fn()
-    seconds = time.perf_counter() - start
-  return seconds, rss.peak
+def _seconds(fn: Callable[[], object]) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
 
 
 def full_gram(block_fn, x: np.ndarray, block: int) -> np.ndarray:
@@ -163,46 +135,110 @@ def _reference_fn():
                                                 progress=False)
 
 
-def bench_model(name: str, n: int, *, input_shape=(32, 32, 3), memory_budget: int = 4 << 30,
-                naive_max_n: int = 500, data_dir: Optional[str] = None,
-                paths: Sequence[str] = ("naive", "reference", "structured", "auto"),
-                repeats: int = 3) -> Row:
-  """Times every path for one model and N; returns one table row."""
+def _setup(name: str, n: int, input_shape, memory_budget: int, data_dir: Optional[str]):
+  """Returns (model, inputs x [n, ...], block size) of one benchmark case."""
   model = models.get(name, input_shape=input_shape)
   x = _inputs(input_shape, n, data_dir)
   block = block_size.block_size_for_budget(model, input_shape, memory_budget, "structured")
-  block = min(block, n)
+  return model, x, min(block, n)
+
+
+def _path_fn(path: str, model, x: np.ndarray, block: int, naive_max_n: int):
+  """Returns (run, m): `run()` computes the path's Gram on m <= N examples.
+
+  The fast paths return their BlockFn's Gram of all N; `run.block_fn` lets
+  the caller clear its feature cache.
+  """
+  n = len(x)
+  if path == "naive":
+    m = min(n, naive_max_n)
+    return (lambda: naive_gram(model, x[:m])), m
+  if path == "reference":
+    ref = _reference_fn()
+    if ref is None:
+      return None, n
+    m = min(n, naive_max_n)
+    return (lambda: ref(model, x[:m], min(block, m))), m
+  block_fn = (structured.make_block_fn(model, "float32") if path == "structured"
+              else auto.make_block_fn(model, "float32", nominal_block=block))
+  run = lambda: full_gram(block_fn, x, block)
+  run.block_fn = block_fn
+  return run, n
+
+
+def _path_peak_child(name, n, path, input_shape, memory_budget, naive_max_n, data_dir):
+  """The resident-memory rise of one run of `path` (tracing included, setup excluded)."""
+  model, x, block = _setup(name, n, input_shape, memory_budget, data_dir)
+  run, _ = _path_fn(path, model, x, block, naive_max_n)
+  return None if run is None else peak_rss_of_call(run)
+
+
+def _status_kib(field: str) -> int:
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith(field + ":"):
+        return int(line.split()[1])
+  raise KeyError(field)
+
+
+def peak_rss_of_call(fn: Callable, *args) -> Optional[int]:
+  """Returns how many bytes the peak resident set rose above its level before `fn(*args)`.
+
+  Resets the kernel's high-water mark (VmHWM) first; None without Linux /proc.
+  In a process that already ran similar work, freed memory kept by the
+  allocator hides part of the rise: use `run_in_fresh_process`.
+  """
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")  # Resets VmHWM to the current resident set (Linux >= 4.0).
+    before = _status_kib("VmRSS")
+  except (OSError, KeyError):
+    return None
+  fn(*args)
+  return (_status_kib("VmHWM") - before) * 1024
+
+
+def run_in_fresh_process(fn: Callable, *args):
+  """Returns `fn(*args)` computed in a newly spawned Python process (fn module-level)."""
+  context = multiprocessing.get_context("spawn")
+  with context.Pool(1) as pool:
+    return pool.apply(fn, args)
+
+
+def bench_model(name: str, n: int, *, input_shape=(32, 32, 3), memory_budget: int = 4 << 30,
+                naive_max_n: int = 500, data_dir: Optional[str] = None,
+                paths: Sequence[str] = ("naive", "reference", "structured", "auto"),
+                repeats: int = 3, measure_memory: bool = True) -> Row:
+  """Times every path for one model and N; returns one table row.
+
+  With `measure_memory`, each path's peak memory is measured by one more run
+  in a fresh process (`run_in_fresh_process`, `peak_rss_of_call`), on the same
+  examples as its timing (naive and reference: the subset they are timed on).
+  """
+  model, x, block = _setup(name, n, input_shape, memory_budget, data_dir)
   report = structured.flop_report(model, input_shape, n, n)
   flops = structured.contraction_flops(report, symmetric=True)
   seconds, notes, peak = {}, {}, {}
   for path in paths:
     logging.info("%s N=%d: %s", name, n, path)
-    if path == "naive":
-      m = min(n, naive_max_n)
-      t, peak[path] = _timed(lambda: naive_gram(model, x[:m]))
-      seconds[path] = t * (n / m) ** 2
-      if m < n:
-        notes[path] = f"extrapolated from N={m}"
-    elif path == "reference":
-      ref = _reference_fn()
-      if ref is None:
-        seconds[path], peak[path], notes[path] = None, None, "n/a (missing)"
-        continue
-      m = min(n, naive_max_n)
-      t, peak[path] = _timed(lambda: ref(model, x[:m], min(block, m)))
-      seconds[path] = t * (n / m) ** 2
+    run, m = _path_fn(path, model, x, block, naive_max_n)
+    if run is None:
+      seconds[path], peak[path], notes[path] = None, None, "n/a (missing)"
+      continue
+    if path in ("naive", "reference"):
+      seconds[path] = _seconds(run) * (n / m) ** 2
       if m < n:
         notes[path] = f"extrapolated from N={m}"
     else:
-      block_fn = (structured.make_block_fn(model, "float32") if path == "structured"
-                  else auto.make_block_fn(model, "float32", nominal_block=block))
-      full_gram(block_fn, x, block)  # Warm-up: traces the block shapes.
-      runs = []
+      run()  # Warm-up: traces the block shapes.
+      times = []
       for _ in range(repeats):
-        getattr(block_fn, "_cache", {}).clear()
-        runs.append(_timed(lambda: full_gram(block_fn, x, block)))
-      seconds[path] = min(t for t, _ in runs)
-      peak[path] = max(p for _, p in runs)
+        run.block_fn._cache.clear()  # pylint: disable=protected-access
+        times.append(_seconds(run))
+      seconds[path] = min(times)
+    peak[path] = (run_in_fresh_process(_path_peak_child, name, n, path, tuple(input_shape),
+                                       memory_budget, naive_max_n, data_dir)
+                  if measure_memory else None)
   return Row(model=name, n=n, seconds=seconds, notes=notes, peak_bytes=peak,
              contraction_flops=flops, gemm_bound_seconds=gemm_seconds(flops, n),
              block_size=block)
@@ -214,12 +250,13 @@ def run(config) -> List[Row]:
   for name, n in config["cases"]:
     rows.append(bench_model(name, n, memory_budget=config["memory_budget"],
                             naive_max_n=config["naive_max_n"][name],
-                            data_dir=config.get("data_dir"), repeats=config["repeats"]))
+                            data_dir=config.get("data_dir"), repeats=config["repeats"],
+                            measure_memory=config["measure_memory"]))
     logging.info("row: %s", rows[-1])
   for n in config["scaling_ns"]:
     rows.append(bench_model("mlp", n, memory_budget=config["memory_budget"],
                             data_dir=config.get("data_dir"), paths=("auto",),
-                            repeats=config["repeats"]))
+                            repeats=config["repeats"], measure_memory=False))
     logging.info("row: %s", rows[-1])
   return rows
 

@@ -30,6 +30,14 @@ class BenchGramTest(absltest.TestCase):
     capped = benchmark.gemm_seconds(flops, 64, repeats=1, max_bytes=64 * 4 * 64)
     self.assertLess(flops / capped, 1e13)  # The implied FLOP/s: no CPU reaches 1e13.
 
+  def test_peak_memory_of_a_known_allocation(self):
+    nbytes = 400 << 20  # np.ones writes every page: the resident set rises by nbytes.
+    peak = benchmark.run_in_fresh_process(benchmark.peak_rss_of_call, np.ones, nbytes // 8)
+    if peak is None:
+      self.skipTest("no /proc/self/clear_refs here")
+    # The kernel's RSS counters are batched per CPU (up to ~64 pages each): 1 MiB slack below.
+    self.assertBetween(peak, nbytes - (1 << 20), nbytes + (32 << 20))
+
   def test_smoke_main_writes_table(self):
     out = self.create_tempdir().full_path
     with flagsaver.flagsaver(smoke=True, out=out, data_dir=test_util.data_dir()):
