@@ -251,6 +251,47 @@ def _conv_patches(layer, inputs: tf.Tensor, paddings, index: np.ndarray) -> tf.T
   return tf.reshape(patches, [n, -1, kh * kw * c_in])  # [N, P, K]
 
 
+def host_patches(layer, inputs: np.ndarray) -> np.ndarray:
+  """Returns the conv's input patches [N, P, K] on the host (NumPy), as `_conv_patches`.
+
+  Strided windows of the padded input, copied once into [N, H', W', kh, kw, C_in].
+  """
+  (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.strides, layer.dilation_rate
+  paddings, _ = patch_indices(layer, inputs.shape[1:3])
+  padded = np.pad(inputs, paddings) if any(map(sum, paddings)) else inputs  # [N, Hp, Wp, C_in]
+  span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+  windows = np.lib.stride_tricks.sliding_window_view(padded, (span_h, span_w), axis=(1, 2))
+  windows = windows[:, ::sh, ::sw, :, ::dh, ::dw]  # [N, H', W', C_in, kh, kw] (a view)
+  n, out_h, out_w, c_in = windows.shape[:4]
+  patches = np.ascontiguousarray(windows.transpose(0, 1, 2, 4, 5, 3))  # [N, H', W', kh, kw, C_in]
+  return patches.reshape(n, out_h * out_w, kh * kw * c_in)  # [N, P, K]
+
+
+def host_conv_gradient(layer, inputs: np.ndarray, cot: np.ndarray,
+                       chunk_bytes: int = 32 << 20) -> np.ndarray:
+  """Returns the per-example kernel gradients g_i = sum_p X_i[p]^T D_i[p] [N, K*C] on the host.
+
+  Patches are formed for chunks of examples of at most `chunk_bytes` each, so
+  they stay small and their buffer is reused instead of page-faulted anew.
+
+  Args:
+    layer: the Conv2D.
+    inputs: [N, H, W, C_in] its inputs.
+    cot: [N, P, C] the cotangents of its pre-activation output.
+    chunk_bytes: patch bytes per chunk.
+  Returns:
+    [N, K*C], flattened like the kernel [kh, kw, C_in, C] (as `positional_gradient`).
+  """
+  n, p, c = cot.shape
+  k = int(np.prod(layer.kernel.shape[:-1]))
+  grads = np.empty((n, k, c), cot.dtype)  # [N, K, C]
+  step = max(1, chunk_bytes // (p * k * cot.itemsize))
+  for i in range(0, n, step):
+    patches = host_patches(layer, inputs[i:i + step])  # [n_i, P, K]
+    np.matmul(patches.transpose(0, 2, 1), cot[i:i + step], out=grads[i:i + step])
+  return grads.reshape(n, k * c)  # [N, K*C]
+
+
 def _check_single_logit(outputs):
   if len(outputs.shape) != 2 or outputs.shape[-1] != 1:
     raise ValueError(f"The structured NTK needs a single-logit model, output [N, 1]. "
@@ -324,10 +365,10 @@ class StructuredNtk:
     self._product_offsets = [float(p.bias) for p in self.plans
                              if p.kind in ("dense", "conv2d") and p.kernel
                              and p.choice == STRUCTURED and p.positions == 1]
-    # XLA's CPU batched dot is ~4x slower than TF's kernel for [K, P] x [P, C] per example.
-    self._positional_gradient = (structured_blocks.positional_gradient_tf
-                                 if self.matmul_engine == "numpy"
-                                 else structured_blocks.positional_gradient)
+    # On CPU (NumPy engine) jacobian-form conv kernels form their per-example
+    # gradients on the host (`host_conv_gradient`): NumPy's strided patches and
+    # batched BLAS are ~3x faster here than TF's gather and batched matmul.
+    self._host_convs = self.matmul_engine == "numpy"
     self._features_fn = tf.function(self._features)
     self._cache: "OrderedDict[bytes, Tuple]" = OrderedDict()
     self._cache_size = 0
@@ -472,7 +513,12 @@ class StructuredNtk:
 
   # ---------------------------------------------------------------- features
   def _features(self, x: tf.Tensor):
-    """Returns (product terms, positional terms, per-example gradients [N, p_G])."""
+    """Returns (product terms, positional terms, per-example gradients [N, p_G'], host terms).
+
+    Host terms: (conv inputs [N, H, W, C_in], cotangents [N, P, C]) of the
+    jacobian-form conv kernels whose gradients `features` forms on the host
+    (NumPy engine), in `_host_plans` order; their columns join the gradient there.
+    """
     needs_reference = bool(self._reference_vars)
     with tf.GradientTape(persistent=needs_reference) as tape:
       tape.watch(x)
@@ -484,11 +530,17 @@ class StructuredNtk:
     cotangents = tape.gradient(total, [records[p.name][1] for p in planned],
                                unconnected_gradients=tf.UnconnectedGradients.ZERO)
     n = tf.shape(x)[0]
-    products, positional, grads = [], [], []
+    products, positional, grads, host = [], [], [], []
     for plan, cot in zip(planned, cotangents):
       inputs = records[plan.name][0]
       if plan.kind == "batch_norm":
         grads.extend(self._batch_norm_grads(plan, inputs, cot))
+        continue
+      if plan in self._host_plans:
+        cot = tf.reshape(cot, [n, plan.positions, plan.channels])  # [N, P, C]
+        host.append((inputs, cot))
+        if plan.bias:
+          grads.append(tf.reduce_sum(cot, axis=1))  # [N, C]
         continue
       if plan.kind == "conv2d":
         patches = _conv_patches(plan.layer, inputs, *plan.patches)  # [N, P, K]
@@ -505,7 +557,7 @@ class StructuredNtk:
         elif plan.choice == STRUCTURED:
           positional.append((patches, cot))
         else:
-          grads.append(self._positional_gradient(patches, cot))  # [N, K*C]
+          grads.append(structured_blocks.positional_gradient(patches, cot))  # [N, K*C]
       if plan.bias and not bias_merged:
         grads.append(tf.reduce_sum(cot, axis=1))  # [N, C]
     if needs_reference:
@@ -515,8 +567,16 @@ class StructuredNtk:
         logging.warning("pfor failed for the reference layers (%s); using a while loop.", err)
         jac = tape.jacobian(logits, self._reference_vars, experimental_use_pfor=False)
       grads.extend(tf.reshape(j, [n, -1]) for j in jac)  # [N, p_v] each
-    gradient = tf.concat(grads, axis=1) if grads else tf.zeros([n, 0], x.dtype)  # [N, p_G]
-    return products, positional, gradient
+    gradient = tf.concat(grads, axis=1) if grads else tf.zeros([n, 0], x.dtype)  # [N, p_G']
+    return products, positional, gradient, host
+
+  @property
+  def _host_plans(self) -> List[LayerPlan]:
+    """The jacobian-form conv kernels whose per-example gradients the host forms."""
+    if not self._host_convs:
+      return []
+    return [p for p in self.plans
+            if p.kind == "conv2d" and p.kernel and p.choice == JACOBIAN]
 
   @staticmethod
   def _batch_norm_grads(plan, inputs, cot):
@@ -558,11 +618,14 @@ class StructuredNtk:
     if padded > n:
       x = np.concatenate([x, np.zeros((padded - n,) + x.shape[1:], x.dtype)])
     with precision.tf32_matmuls(self.allow_tf32):
-      products, positional, gradient = self._features_fn(tf.constant(x))
+      products, positional, gradient, host = self._features_fn(tf.constant(x))
     if self.matmul_engine == "numpy":
       products = [(l.numpy()[:n], r.numpy()[:n]) for l, r in products]
       positional = [(p.numpy()[:n], d.numpy()[:n]) for p, d in positional]
-      gradient = gradient.numpy()[:n]
+      pieces = [gradient.numpy()[:n]] + [
+          host_conv_gradient(plan.layer, inputs.numpy()[:n], cot.numpy()[:n])
+          for plan, (inputs, cot) in zip(self._host_plans, host)]  # [N, K*C] each
+      gradient = np.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0]  # [N, p_G]
     entry = (n, products, positional, gradient)
     size = sum(_nbytes(t) for pair in products + positional for t in pair) + _nbytes(gradient)
     if size <= self.feature_cache_bytes:

@@ -9,9 +9,11 @@ to a fixed block size, so each function traces once per block shape.
 
 Engines. On GPU every contraction runs here under XLA. On CPU, XLA's and TF's
 matmuls reach ~25-30 GFLOP/s on this machine while NumPy's BLAS (OpenBLAS)
-reaches ~100 GFLOP/s, so `ntk_tf.structured` may run the large final GEMMs
-(`gram_product`, `gradient_gram`) in NumPy instead (`matmul_engine="numpy"`);
-both are exact float32/float64 matmuls, only the summation order differs.
+reaches ~100-140 GFLOP/s, so with `matmul_engine="numpy"` (the CPU default)
+`ntk_tf.structured` runs the final GEMMs (`gram_product`, `gradient_gram`) as
+BLAS SYRK/GEMM and forms per-example conv gradients (`positional_gradient`)
+with NumPy instead; all are exact float32/float64 products, only the
+summation order differs.
 """
 
 import tensorflow as tf
@@ -75,12 +77,11 @@ def positional_gram_product(patches_a: tf.Tensor, cot_a: tf.Tensor, patches_b: t
   return tf.reduce_sum(patch_gram * cotangent_gram, axis=[2, 3])  # [Na, Nb]
 
 
-def positional_gradient_tf(patches: tf.Tensor, cot: tf.Tensor) -> tf.Tensor:
+@tf.function(jit_compile=True)
+def positional_gradient(patches: tf.Tensor, cot: tf.Tensor) -> tf.Tensor:
   """Returns the per-example kernel gradients g_i = sum_p X_i[p]^T D_i[p], flattened.
 
-  Plain TF kernels (no XLA): on CPU TF's batched matmul (oneDNN) is ~4x faster
-  than XLA's for these [K, P] x [P, C] per-example products. `positional_gradient`
-  is the XLA-compiled form.
+  (On CPU, `ntk_tf.structured.host_conv_gradient` forms them with NumPy instead.)
 
   Args:
     patches: [N, P, K].
@@ -90,7 +91,3 @@ def positional_gradient_tf(patches: tf.Tensor, cot: tf.Tensor) -> tf.Tensor:
   """
   grads = tf.einsum("npk,npc->nkc", patches, cot)  # [N, K, C]
   return tf.reshape(grads, [tf.shape(grads)[0], -1])  # [N, K*C]
-
-
-positional_gradient = tf.function(positional_gradient_tf, jit_compile=True)
-positional_gradient.__doc__ = "XLA-compiled `positional_gradient_tf`: [N, P, K], [N, P, C] -> [N, K*C]."

@@ -32,7 +32,6 @@ class StructuredBlocksTest(parameterized.TestCase):
                                    for i in range(len(p))])  # [N, K*C]
     ga, gb = grads(pa.numpy(), da.numpy()), grads(pb.numpy(), db.numpy())
     np.testing.assert_allclose(structured_blocks.positional_gradient(pa, da), ga, rtol=1e-12)
-    np.testing.assert_allclose(structured_blocks.positional_gradient_tf(pa, da), ga, rtol=1e-12)
     np.testing.assert_allclose(structured_blocks.gradient_gram(tf.constant(ga), tf.constant(gb)),
                                ga @ gb.T, rtol=1e-12)
     np.testing.assert_allclose(structured_blocks.positional_gram_product(pa, da, pb, db),

@@ -93,6 +93,8 @@ class StructuredTest(parameterized.TestCase):
     paddings, index = structured.patch_indices(layer, (9, 8))
     actual = structured._conv_patches(layer, tf.constant(x), paddings, index).numpy()
     np.testing.assert_array_equal(actual, expected.reshape(4, -1, kh * kw * 2))
+    np.testing.assert_array_equal(structured.host_patches(layer, x),
+                                  expected.reshape(4, -1, kh * kw * 2))
 
   @parameterized.parameters(*[dict(g, choices=c) for g in _GEOMETRIES
                               for c in ("structured", "jacobian")])
@@ -100,9 +102,10 @@ class StructuredTest(parameterized.TestCase):
     model = _conv_geometry_model(kernel, strides, padding, dilation)
     x = np.random.default_rng(1).normal(size=(5, 9, 8, 2))
     expected = brute.brute_force_gram(model, x)
-    block_fn = structured.make_block_fn(model, "float64", choices=choices)
-    actual = brute.gram_by_blocks(block_fn, x, None, block_size=3)
-    self.assertLessEqual(brute.rel_error(actual, expected), 1e-10)
+    for engine in ("numpy", "xla"):  # Host and XLA per-example conv gradients.
+      block_fn = structured.make_block_fn(model, "float64", choices=choices, matmul_engine=engine)
+      actual = brute.gram_by_blocks(block_fn, x, None, block_size=3)
+      self.assertLessEqual(brute.rel_error(actual, expected), 1e-10, msg=engine)
 
   @parameterized.product(name=["mlp", "lenet", "resnet18"], activation=["relu", "gelu"])
   def test_square_gram_matches_reference(self, name, activation):
