@@ -13,13 +13,16 @@ def get_config(smoke: bool = False) -> dict:
   if smoke:
     return dict(cases=[("mlp", 40), ("lenet", 20)], scaling_ns=[20, 40],
                 naive_max_n={"mlp": 20, "lenet": 10, "resnet18": 4},
-                memory_budget=1 << 28, repeats=1, measure_memory=False)
+                memory_budget=1 << 28, repeats={"mlp": 1, "lenet": 1},
+                measure_memory=False, fresh_process=False)
   return dict(
       cases=[("mlp", 2000), ("lenet", 1000), ("resnet18", 128)],
       scaling_ns=[500, 1000, 2000, 4000],
       # The naive pfor Jacobian holds N x N x activations: ResNet18 needs a small subset.
       naive_max_n={"mlp": 500, "lenet": 250, "resnet18": 8},
       memory_budget=4 << 30,
-      repeats=5,  # Fast paths: best of this many timed runs.
-      measure_memory=True,  # Peak memory of each path, in a fresh process each.
+      # Fast paths: best of this many timed runs (a ResNet18 Gram takes ~20 s here).
+      repeats={"mlp": 5, "lenet": 5, "resnet18": 2},
+      measure_memory=True,  # Peak memory of each path (VmHWM).
+      fresh_process=True,  # Each path in its own spawned process.
   )

@@ -1,7 +1,7 @@
 """Gram-matrix benchmark: naive, reference, structured and auto paths vs the GEMM bound.
 
 For each model and N (float32, CIFAR-10 inputs, or Gaussian inputs of the same
-shape when the data is absent), in one process and one run:
+shape when the data is absent), in one run, each path in a fresh process:
 
   naive       tape.jacobian (pfor) of the N logits, then J J^T (one matmul);
               timed on min(N, naive_max_n) examples and, if smaller, scaled by
@@ -14,12 +14,12 @@ shape when the data is absent), in one process and one run:
               one general GEMM [N, k] x [k, N] of the same FLOPs with the fastest
               matmul here (min over NumPy BLAS, TF and XLA)
 
-Fast paths are timed after one untimed warm-up run on the same data (tracing
+Fast paths are timed after one untimed first run on the same data (tracing
 excluded), as the best of `repeats` runs, each with the feature cache cleared.
-Peak memory is the rise of the peak resident set (VmHWM) during one more run,
-in a fresh process, above the resident set just before it: tracing and the
-result included, model and data excluded. A fresh process, because one that
-already ran a path keeps freed memory in its allocator, which hides the rise.
+Peak memory is the rise of the peak resident set (VmHWM) during the first run
+above the resident set just before it: tracing and the result included, model
+and data excluded. A fresh process per path, because one that already ran a
+path keeps freed memory in its allocator (hiding the rise) and runs slower.
 """
 
 import dataclasses
@@ -166,11 +166,34 @@ def _path_fn(path: str, model, x: np.ndarray, block: int, naive_max_n: int):
   return run, n
 
 
-def _path_peak_child(name, n, path, input_shape, memory_budget, naive_max_n, data_dir):
-  """The resident-memory rise of one run of `path` (tracing included, setup excluded)."""
+def measure_path(name: str, n: int, path: str, input_shape, memory_budget: int,
+                 naive_max_n: int, data_dir: Optional[str], repeats: int,
+                 measure_memory: bool):
+  """Times one path of one case; returns (seconds of each timed run, m, peak bytes or None).
+
+  naive / reference: one run on m = min(N, naive_max_n) examples, timed (and
+  its peak memory measured) as is. Fast paths: a first run on all N (tracing;
+  its peak memory is the one reported), then `repeats` timed runs, each with
+  the feature cache cleared. Runs this process; `bench_model` calls it in a
+  fresh one per path.
+  """
   model, x, block = _setup(name, n, input_shape, memory_budget, data_dir)
-  run, _ = _path_fn(path, model, x, block, naive_max_n)
-  return None if run is None else peak_rss_of_call(run)
+  run, m = _path_fn(path, model, x, block, naive_max_n)
+  if run is None:
+    return None, m, None
+  if path in ("naive", "reference"):
+    times = []
+    timed = lambda: times.append(_seconds(run))
+    peak = peak_rss_of_call(timed) if measure_memory else timed()  # timed() returns None.
+    return times, m, peak
+  peak = peak_rss_of_call(run) if measure_memory else None
+  if not measure_memory:
+    run()  # The first run: tracing.
+  times = []
+  for _ in range(repeats):
+    run.block_fn._cache.clear()  # pylint: disable=protected-access
+    times.append(_seconds(run))
+  return times, m, peak
 
 
 def _status_kib(field: str) -> int:
@@ -184,7 +207,8 @@ def _status_kib(field: str) -> int:
 def peak_rss_of_call(fn: Callable, *args) -> Optional[int]:
   """Returns how many bytes the peak resident set rose above its level before `fn(*args)`.
 
-  Resets the kernel's high-water mark (VmHWM) first; None without Linux /proc.
+  Resets the kernel's high-water mark (VmHWM) first; None without Linux /proc
+  (fn still runs).
   In a process that already ran similar work, freed memory kept by the
   allocator hides part of the rise: use `run_in_fresh_process`.
   """
@@ -193,6 +217,7 @@ def peak_rss_of_call(fn: Callable, *args) -> Optional[int]:
       f.write("5")  # Resets VmHWM to the current resident set (Linux >= 4.0).
     before = _status_kib("VmRSS")
   except (OSError, KeyError):
+    fn(*args)
     return None
   fn(*args)
   return (_status_kib("VmHWM") - before) * 1024
@@ -208,37 +233,30 @@ def run_in_fresh_process(fn: Callable, *args):
 def bench_model(name: str, n: int, *, input_shape=(32, 32, 3), memory_budget: int = 4 << 30,
                 naive_max_n: int = 500, data_dir: Optional[str] = None,
                 paths: Sequence[str] = ("naive", "reference", "structured", "auto"),
-                repeats: int = 3, measure_memory: bool = True) -> Row:
-  """Times every path for one model and N; returns one table row.
+                repeats: int = 3, measure_memory: bool = True,
+                fresh_process: bool = True) -> Row:
+  """Times every path for one model and N (`measure_path`); returns one table row.
 
-  With `measure_memory`, each path's peak memory is measured by one more run
-  in a fresh process (`run_in_fresh_process`, `peak_rss_of_call`), on the same
-  examples as its timing (naive and reference: the subset they are timed on).
+  With `fresh_process`, each path runs in its own newly spawned process, so no
+  path runs in the allocator and thread state another left behind (the fast
+  paths measured 10-30% slower after the naive one in the same process).
   """
-  model, x, block = _setup(name, n, input_shape, memory_budget, data_dir)
+  model, _, block = _setup(name, n, input_shape, memory_budget, data_dir)
   report = structured.flop_report(model, input_shape, n, n)
   flops = structured.contraction_flops(report, symmetric=True)
   seconds, notes, peak = {}, {}, {}
   for path in paths:
     logging.info("%s N=%d: %s", name, n, path)
-    run, m = _path_fn(path, model, x, block, naive_max_n)
-    if run is None:
-      seconds[path], peak[path], notes[path] = None, None, "n/a (missing)"
+    args = (name, n, path, tuple(input_shape), memory_budget, naive_max_n, data_dir, repeats,
+            measure_memory)
+    times, m, peak[path] = (run_in_fresh_process(measure_path, *args) if fresh_process
+                            else measure_path(*args))
+    if times is None:
+      seconds[path], notes[path] = None, "n/a (missing)"
       continue
-    if path in ("naive", "reference"):
-      seconds[path] = _seconds(run) * (n / m) ** 2
-      if m < n:
-        notes[path] = f"extrapolated from N={m}"
-    else:
-      run()  # Warm-up: traces the block shapes.
-      times = []
-      for _ in range(repeats):
-        run.block_fn._cache.clear()  # pylint: disable=protected-access
-        times.append(_seconds(run))
-      seconds[path] = min(times)
-    peak[path] = (run_in_fresh_process(_path_peak_child, name, n, path, tuple(input_shape),
-                                       memory_budget, naive_max_n, data_dir)
-                  if measure_memory else None)
+    seconds[path] = min(times) * (n / m) ** 2
+    if m < n:
+      notes[path] = f"extrapolated from N={m}"
   return Row(model=name, n=n, seconds=seconds, notes=notes, peak_bytes=peak,
              contraction_flops=flops, gemm_bound_seconds=gemm_seconds(flops, n),
              block_size=block)
@@ -250,13 +268,15 @@ def run(config) -> List[Row]:
   for name, n in config["cases"]:
     rows.append(bench_model(name, n, memory_budget=config["memory_budget"],
                             naive_max_n=config["naive_max_n"][name],
-                            data_dir=config.get("data_dir"), repeats=config["repeats"],
-                            measure_memory=config["measure_memory"]))
+                            data_dir=config.get("data_dir"), repeats=config["repeats"][name],
+                            measure_memory=config["measure_memory"],
+                            fresh_process=config["fresh_process"]))
     logging.info("row: %s", rows[-1])
   for n in config["scaling_ns"]:
     rows.append(bench_model("mlp", n, memory_budget=config["memory_budget"],
                             data_dir=config.get("data_dir"), paths=("auto",),
-                            repeats=config["repeats"], measure_memory=False))
+                            repeats=config["repeats"]["mlp"], measure_memory=False,
+                            fresh_process=config["fresh_process"]))
     logging.info("row: %s", rows[-1])
   return rows
 

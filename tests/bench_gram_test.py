@@ -38,6 +38,17 @@ class BenchGramTest(absltest.TestCase):
     # The kernel's RSS counters are batched per CPU (up to ~64 pages each): 1 MiB slack below.
     self.assertBetween(peak, nbytes - (1 << 20), nbytes + (32 << 20))
 
+  def test_bench_model_in_fresh_processes(self):
+    row = benchmark.bench_model("mlp", 24, input_shape=(4, 4, 3), memory_budget=1 << 26,
+                                naive_max_n=12, paths=("naive", "structured"), repeats=2,
+                                measure_memory=True, fresh_process=True)
+    self.assertEqual(row.notes, {"naive": "extrapolated from N=12"})
+    self.assertGreater(row.seconds["structured"], 0)
+    self.assertGreater(row.seconds["naive"], 0)
+    for path in ("naive", "structured"):
+      if row.peak_bytes[path] is not None:  # None without /proc/self/clear_refs.
+        self.assertGreater(row.peak_bytes[path], 0)
+
   def test_smoke_main_writes_table(self):
     out = self.create_tempdir().full_path
     with flagsaver.flagsaver(smoke=True, out=out, data_dir=test_util.data_dir()):
