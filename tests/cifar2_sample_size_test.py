@@ -11,6 +11,7 @@ import os
 import pathlib
 from unittest import mock
 
+from absl import app
 from absl import flags
 from absl.testing import absltest
 from absl.testing import flagsaver
@@ -60,7 +61,7 @@ class Cifar2SmokeTest(absltest.TestCase):
     config = cifar2_config.get_config("smoke")
     with flagsaver.flagsaver(workdir=out):
       flags.FLAGS["config"].parse("configs/cifar2_sample_size.py:smoke")
-      cifar2_main._CONFIG.value.data_dir = data_dir  # as --config.data_dir=...
+      cifar2_main._FLAGS.config.value.data_dir = data_dir  # as --config.data_dir=...
       cifar2_main.main(["cifar2_sample_size"])
     root = pathlib.Path(out)
     for name in ("config.json", "results.csv", "results.json", "summary.csv",
@@ -179,9 +180,9 @@ class Cifar2ConfigTest(absltest.TestCase):
     out = os.path.join(self.create_tempdir().full_path, "never_made")
     with flagsaver.flagsaver(workdir=out):
       flags.FLAGS["config"].parse("configs/cifar2_sample_size.py:smoke")
-      cifar2_main._CONFIG.value.train_sizes = ()  # as --config.train_sizes="()"
-      cifar2_main._CONFIG.value.data_dir = "/nonexistent"
-      with self.assertRaisesRegex(ValueError, "train_sizes"):
+      cifar2_main._FLAGS.config.value.train_sizes = ()  # as --config.train_sizes="()"
+      cifar2_main._FLAGS.config.value.data_dir = "/nonexistent"
+      with self.assertRaisesRegex(app.UsageError, "train_sizes"):
         cifar2_main.main(["cifar2_sample_size"])
     self.assertFalse(os.path.exists(out))
 

@@ -10,6 +10,7 @@ import os
 import pathlib
 from unittest import mock
 
+from absl import app
 from absl import flags
 from absl.testing import absltest
 from absl.testing import flagsaver
@@ -52,7 +53,7 @@ class EigenfunctionsSmokeTest(absltest.TestCase):
     config = eigenfunctions_config.get_config("smoke")
     with flagsaver.flagsaver(workdir=out):
       flags.FLAGS["config"].parse("configs/eigenfunctions.py:smoke")
-      eigenfunctions_main._CONFIG.value.data_dir = data_dir  # as --config.data_dir=...
+      eigenfunctions_main._FLAGS.config.value.data_dir = data_dir  # as --config.data_dir=...
       eigenfunctions_main.main(["eigenfunctions"])
     root = pathlib.Path(out)
     for name in ("config.json", "results.csv", "results.json", eigenfunctions.FIG2,
@@ -189,9 +190,9 @@ class EigenfunctionsConfigTest(absltest.TestCase):
     with flagsaver.flagsaver(workdir=out):
       flags.FLAGS["config"].parse("configs/eigenfunctions.py:smoke")
       # As --config.models=mlp,resnet50 --config.data_dir=/nonexistent.
-      eigenfunctions_main._CONFIG.value.models = ("mlp,resnet50",)
-      eigenfunctions_main._CONFIG.value.data_dir = "/nonexistent"
-      with self.assertRaisesRegex(ValueError, r"Unknown models \['resnet50'\]"):
+      eigenfunctions_main._FLAGS.config.value.models = ("mlp,resnet50",)
+      eigenfunctions_main._FLAGS.config.value.data_dir = "/nonexistent"
+      with self.assertRaisesRegex(app.UsageError, r"Unknown models \['resnet50'\]"):
         eigenfunctions_main.main(["eigenfunctions"])
     self.assertFalse(os.path.exists(out))
 

@@ -6,6 +6,7 @@ from unittest import mock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from absl import app
 from absl import flags
 from absl.testing import absltest
 from absl.testing import flagsaver
@@ -76,7 +77,7 @@ class ValidationTest(parameterized.TestCase):
     workdir = self.create_tempdir().full_path
     with flagsaver.flagsaver(workdir=workdir):
       _parse_config_flag("configs/kernel_rotation.py:smoke", top_k=1000)
-      with self.assertRaisesRegex(Exception, "top_k=1000"):
+      with self.assertRaisesRegex(app.UsageError, "top_k=1000"):
         kernel_rotation_main.main(["kernel_rotation"])
     self.assertEmpty(os.listdir(workdir))  # Nothing was written.
 
