@@ -56,6 +56,7 @@ REFERENCE = "reference"
 CHOICES = (STRUCTURED, JACOBIAN)
 MATMUL_ENGINES = ("auto", "xla", "numpy")
 _WORKSPACES = 2  # Gram-buffer shapes kept by the NumPy engine (see `_workspace`).
+_MIN_CONV_CHANNELS = 8  # CPU: convs with fewer input channels run zero-padded (`_Recorder`).
 
 
 @dataclasses.dataclass
@@ -156,9 +157,10 @@ def _known_kind(layer) -> Optional[str]:
 class _Recorder:
   """Runs the model's graph, recording (A, z) for the planned layers."""
 
-  def __init__(self, graph, known: Mapping[int, str]):
+  def __init__(self, graph, known: Mapping[int, str], pad_channels: bool = False):
     self._graph = graph
     self._known = known  # id(layer) -> kind
+    self.pad_channels = pad_channels
     self.records: Dict[str, Tuple[tf.Tensor, tf.Tensor]] = {}
 
   def run(self, x: tf.Tensor) -> tf.Tensor:
@@ -191,7 +193,17 @@ class _Recorder:
     return layer.activation(z) if layer.activation is not None else z
 
   def _conv(self, layer, inputs):
-    z = layer.convolution_op(inputs, layer.kernel)  # [N, H', W', C]
+    c_in = inputs.shape[-1]
+    if self.pad_channels and c_in < _MIN_CONV_CHANNELS:
+      # TF's CPU (Eigen) conv is ~2x faster with 8 input channels than with 3
+      # (LeNet conv 1, 1000 CIFAR images: 0.20 s vs 0.11 s); zero channels and
+      # zero kernel rows add exact zeros, and the gradient of the pad is a slice.
+      extra = _MIN_CONV_CHANNELS - c_in
+      padded_inputs = tf.pad(inputs, [[0, 0]] * 3 + [[0, extra]])
+      kernel = tf.pad(layer.kernel, [[0, 0]] * 2 + [[0, extra], [0, 0]])
+      z = layer.convolution_op(padded_inputs, kernel)  # [N, H', W', C]
+    else:
+      z = layer.convolution_op(inputs, layer.kernel)  # [N, H', W', C]
     if layer.use_bias:
       z = keras.ops.add(z, keras.ops.reshape(layer.bias, (1, 1, 1, layer.filters)))
     self.records[layer.name] = (inputs, z)
@@ -359,7 +371,7 @@ class StructuredNtk:
     self.input_shape = tuple(self.model.inputs[0].shape[1:])
     self.plans = self._make_plans(choices, nominal_block)
     known = {id(p.layer): p.kind for p in self.plans if p.kind != REFERENCE}
-    self._recorder = _Recorder(self._graph, known)
+    self._recorder = _Recorder(self._graph, known, pad_channels=self.matmul_engine == "numpy")
     self._reference_vars = [v for p in self.plans if p.kind == REFERENCE for v in p.variables]
     # Per product term (structured kernels with one position): 1.0 adds the bias.
     self._product_offsets = [float(p.bias) for p in self.plans
