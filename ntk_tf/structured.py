@@ -222,14 +222,8 @@ def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> Tuple[i
   return total // 2, total - total // 2
 
 
-def patch_indices(layer, input_hw: Tuple[int, int]) -> Tuple[Tuple, np.ndarray]:
-  """Returns (paddings, index [P * kh * kw]) that gather a conv's input patches.
-
-  The padded input, flattened to [N, Hp * Wp, C_in], gathered at `index` and
-  reshaped to [N, P, kh * kw * C_in], holds the patch of every output position
-  p = (oh, ow) in the kernel's (kh, kw, C_in) order: row oh * sh + i * dh,
-  column ow * sw + j * dw of the padded input for kernel offset (i, j).
-  """
+def conv_paddings(layer, input_hw: Tuple[int, int]) -> Tuple:
+  """Returns the [N, H, W, C] paddings of a Conv2D's input ('same' or 'valid')."""
   (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.strides, layer.dilation_rate
   h, w = input_hw
   if layer.padding == "same":
@@ -239,13 +233,25 @@ def patch_indices(layer, input_hw: Tuple[int, int]) -> Tuple[Tuple, np.ndarray]:
   else:
     raise NotImplementedError(f"Conv2D padding must be 'same' or 'valid'. "
                               f"Received: padding={layer.padding!r} in layer {layer.name!r}")
-  hp, wp = h + sum(pad_h), w + sum(pad_w)
+  return ((0, 0), pad_h, pad_w, (0, 0))
+
+
+def patch_indices(layer, input_hw: Tuple[int, int]) -> Tuple[Tuple, np.ndarray]:
+  """Returns (paddings, index [P * kh * kw]) that gather a conv's input patches.
+
+  The padded input, flattened to [N, Hp * Wp, C_in], gathered at `index` and
+  reshaped to [N, P, kh * kw * C_in], holds the patch of every output position
+  p = (oh, ow) in the kernel's (kh, kw, C_in) order: row oh * sh + i * dh,
+  column ow * sw + j * dw of the padded input for kernel offset (i, j).
+  """
+  (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.strides, layer.dilation_rate
+  paddings = conv_paddings(layer, input_hw)
+  hp, wp = (size + sum(pad) for size, pad in zip(input_hw, paddings[1:3]))
   out_h = (hp - (kh - 1) * dh - 1) // sh + 1
   out_w = (wp - (kw - 1) * dw - 1) // sw + 1
   rows = (np.arange(out_h)[:, None, None, None] * sh + np.arange(kh)[None, None, :, None] * dh)
   cols = (np.arange(out_w)[None, :, None, None] * sw + np.arange(kw)[None, None, None, :] * dw)
   index = (rows * wp + cols).reshape(-1).astype(np.int32)  # [out_h * out_w * kh * kw]
-  paddings = ((0, 0), pad_h, pad_w, (0, 0))
   return paddings, index
 
 
@@ -269,7 +275,7 @@ def host_patches(layer, inputs: np.ndarray) -> np.ndarray:
   Strided windows of the padded input, copied once into [N, H', W', kh, kw, C_in].
   """
   (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.strides, layer.dilation_rate
-  paddings, _ = patch_indices(layer, inputs.shape[1:3])
+  paddings = conv_paddings(layer, inputs.shape[1:3])
   padded = np.pad(inputs, paddings) if any(map(sum, paddings)) else inputs  # [N, Hp, Wp, C_in]
   span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
   windows = np.lib.stride_tricks.sliding_window_view(padded, (span_h, span_w), axis=(1, 2))
@@ -381,7 +387,9 @@ class StructuredNtk:
     # On CPU (NumPy engine) jacobian-form conv kernels form their per-example
     # gradients on the host (`host_conv_gradient`): NumPy's strided patches and
     # batched BLAS are ~3x faster here than TF's gather and batched matmul.
-    self._host_convs = self.matmul_engine == "numpy"
+    self._host_plans = ([p for p in self.plans
+                         if p.kind == "conv2d" and p.kernel and p.choice == JACOBIAN]
+                        if self.matmul_engine == "numpy" else [])
     self._features_fn = tf.function(self._features)
     self._cache: "OrderedDict[bytes, Tuple]" = OrderedDict()
     self._cache_size = 0
@@ -544,12 +552,13 @@ class StructuredNtk:
                                unconnected_gradients=tf.UnconnectedGradients.ZERO)
     n = tf.shape(x)[0]
     products, positional, grads, host = [], [], [], []
+    host_ids = {id(p) for p in self._host_plans}
     for plan, cot in zip(planned, cotangents):
       inputs = records[plan.name][0]
       if plan.kind == "batch_norm":
         grads.extend(self._batch_norm_grads(plan, inputs, cot))
         continue
-      if plan in self._host_plans:
+      if id(plan) in host_ids:
         cot = tf.reshape(cot, [n, plan.positions, plan.channels])  # [N, P, C]
         host.append((inputs, cot))
         if plan.bias:
@@ -583,13 +592,6 @@ class StructuredNtk:
     gradient = tf.concat(grads, axis=1) if grads else tf.zeros([n, 0], x.dtype)  # [N, p_G']
     return products, positional, gradient, host
 
-  @property
-  def _host_plans(self) -> List[LayerPlan]:
-    """The jacobian-form conv kernels whose per-example gradients the host forms."""
-    if not self._host_convs:
-      return []
-    return [p for p in self.plans
-            if p.kind == "conv2d" and p.kernel and p.choice == JACOBIAN]
 
   @staticmethod
   def _batch_norm_grads(plan, inputs, cot):
@@ -685,7 +687,7 @@ class StructuredNtk:
     theta, first, second = self._workspace(n_a, n_b, grad_a.dtype, diagonal)  # [Na, Nb], F order.
     gram = _syrk_upper if diagonal else _gemm_nt
     # The lower triangles of the SYRK buffers stay zero: every update below keeps them so.
-    terms = 0
+    theta.fill(0)
     for (left_a, right_a), (left_b, right_b), offset in zip(products_a, products_b,
                                                             self._product_offsets):
       inputs_gram = gram(left_a, left_b, out=first)  # [Na, Nb]
@@ -693,14 +695,9 @@ class StructuredNtk:
       inputs_gram *= cotangent_gram
       if offset:
         inputs_gram += cotangent_gram  # The bias: (A_a . A_b + 1)(D_a . D_b).
-      _accumulate(theta, inputs_gram, terms)
-      terms += 1
+      theta += inputs_gram
     if grad_a.shape[1]:
-      grad_gram = gram(grad_a, grad_b, out=first)  # [Na, Nb]
-      _accumulate(theta, grad_gram, terms)
-      terms += 1
-    if terms == 0:
-      theta[...] = 0
+      theta += gram(grad_a, grad_b, out=first)  # [Na, Nb]
     if diagonal:
       theta[np.diag_indices(n_a)] *= 0.5
       result = theta + theta.T  # [Na, Na], symmetric.
@@ -743,14 +740,6 @@ class StructuredNtk:
     if grad_a.shape[1]:
       theta += structured_blocks.gradient_gram(grad_a, grad_b).numpy()
     return theta
-
-
-def _accumulate(theta: np.ndarray, term: np.ndarray, terms_so_far: int) -> None:
-  """theta = term for the first term, else theta += term (in place)."""
-  if terms_so_far == 0:
-    np.copyto(theta, term)
-  else:
-    theta += term
 
 
 def _syrk_upper(u: np.ndarray, _=None, *, out: np.ndarray) -> np.ndarray:
