@@ -135,12 +135,11 @@ def _reference_fn():
                                                 progress=False)
 
 
-def _setup(name: str, n: int, input_shape, memory_budget: int, data_dir: Optional[str]):
-  """Returns (model, inputs x [n, ...], block size) of one benchmark case."""
+def _model_and_block(name: str, n: int, input_shape, memory_budget: int):
+  """Returns (model, Gram block size) of one benchmark case."""
   model = models.get(name, input_shape=input_shape)
-  x = _inputs(input_shape, n, data_dir)
   block = block_size.block_size_for_budget(model, input_shape, memory_budget, "structured")
-  return model, x, min(block, n)
+  return model, min(block, n)
 
 
 def _path_fn(path: str, model, x: np.ndarray, block: int, naive_max_n: int):
@@ -177,22 +176,22 @@ def measure_path(name: str, n: int, path: str, input_shape, memory_budget: int,
   the feature cache cleared. Runs this process; `bench_model` calls it in a
   fresh one per path.
   """
-  model, x, block = _setup(name, n, input_shape, memory_budget, data_dir)
+  model, block = _model_and_block(name, n, input_shape, memory_budget)
+  x = _inputs(input_shape, n, data_dir)
   run, m = _path_fn(path, model, x, block, naive_max_n)
   if run is None:
     return None, m, None
-  if path in ("naive", "reference"):
-    times = []
-    timed = lambda: times.append(_seconds(run))
-    peak = peak_rss_of_call(timed) if measure_memory else timed()  # timed() returns None.
-    return times, m, peak
-  peak = peak_rss_of_call(run) if measure_memory else None
-  if not measure_memory:
-    run()  # The first run: tracing.
   times = []
-  for _ in range(repeats):
-    run.block_fn._cache.clear()  # pylint: disable=protected-access
-    times.append(_seconds(run))
+  timed = lambda: times.append(_seconds(run))
+  slow = path in ("naive", "reference")
+  first = timed if slow else run  # Fast paths: the first run traces, untimed.
+  peak = peak_rss_of_call(first) if measure_memory else None
+  if not measure_memory:
+    first()
+  if not slow:
+    for _ in range(repeats):
+      run.block_fn._cache.clear()  # pylint: disable=protected-access
+      timed()
   return times, m, peak
 
 
@@ -241,7 +240,7 @@ def bench_model(name: str, n: int, *, input_shape=(32, 32, 3), memory_budget: in
   path runs in the allocator and thread state another left behind (the fast
   paths measured 10-30% slower after the naive one in the same process).
   """
-  model, _, block = _setup(name, n, input_shape, memory_budget, data_dir)
+  model, block = _model_and_block(name, n, input_shape, memory_budget)
   report = structured.flop_report(model, input_shape, n, n)
   flops = structured.contraction_flops(report, symmetric=True)
   seconds, notes, peak = {}, {}, {}
