@@ -5,10 +5,10 @@ finite differences of the network, closed-form kernel dynamics and models that
 are linear in their parameters.
 """
 
-import contextlib
 import os
 
 from tests import test_util  # pylint: disable=unused-import  (quiet TF)
+from tests import ntk_reference
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -20,21 +20,8 @@ import ntk_tf
 from ntk_tf.linearize import Linearized
 
 
-@contextlib.contextmanager
-def _floatx(dtype: str):
-  """Builds layers in `dtype` (Keras caches a global dtype policy, so set both)."""
-  old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
-  keras.config.set_floatx(dtype)
-  keras.config.set_dtype_policy(dtype)
-  try:
-    yield
-  finally:
-    keras.config.set_floatx(old_floatx)
-    keras.config.set_dtype_policy(old_policy)
-
-
 def _tiny(name: str, dtype: str = "float32", activation: str = "tanh", seed: int = 0) -> keras.Model:
-  with _floatx(dtype):
+  with ntk_reference.floatx(dtype):
     if name == "mlp":
       return ntk_tf.models.mlp((3, 3, 1), activation=activation, width=16, seed=seed)
     if name == "lenet":
@@ -154,7 +141,7 @@ class LinearizeValueTest(parameterized.TestCase):
 
   def test_linear_in_parameters_model_is_its_own_linearization(self):
     # f(x; w, b) = w . tanh(x) + b: linear in (w, b), J = [tanh(x), 1].
-    with _floatx("float64"):
+    with ntk_reference.floatx("float64"):
       inputs = keras.Input((4,))
       features = keras.layers.Activation("tanh")(inputs)  # fixed features, [N, 4]
       model = keras.Model(inputs, keras.layers.Dense(1)(features))
