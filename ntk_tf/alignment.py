@@ -20,7 +20,6 @@ import numpy as np
 import tensorflow as tf
 
 # From-import of the submodule: `ntk_tf.jacobian` is the function once ntk_tf is imported.
-from ntk_tf.jacobian import check_single_logit
 from ntk_tf import precision
 from ntk_tf import types
 from ntk_tf import validation
@@ -58,7 +57,7 @@ def alignment(model: keras.Model, x: types.Inputs, y: types.Array, *, batch_size
   """
   dtype = precision.canonical_dtype(dtype)
   batch_size = validation.check_positive_int(batch_size, "batch_size")
-  check_single_logit(model)
+  validation.check_single_logit(model)
   validation.check_finite_weights(model)
   x = validation.check_inputs(model, x, "x")
   n = x.shape[0]

@@ -30,6 +30,7 @@ import numpy as np
 from scipy.sparse import linalg as sparse_linalg
 
 from ntk_tf import types
+from ntk_tf import validation
 
 # Dense eigh is refused from this size on (int16 max; ~8.6 GB in float64).
 DENSE_MAX_N = 32_767
@@ -42,13 +43,7 @@ METHODS = ("auto", "dense", "lanczos", "randomized")
 
 def apply_sign_convention(eigvecs: np.ndarray) -> np.ndarray:
   """Returns `eigvecs [N, k]` with each column's largest-|entry| made positive (ties: first)."""
-  eigvecs = np.array(eigvecs, dtype=np.float64, copy=True)
-  if eigvecs.size == 0:
-    return eigvecs
-  pivots = np.argmax(np.abs(eigvecs), axis=0)  # [k] first index of max |phi_j|
-  signs = np.sign(eigvecs[pivots, np.arange(eigvecs.shape[1])])  # [k]
-  signs[signs == 0] = 1.0
-  return eigvecs * signs[None, :]  # [N, k]
+  return validation.sign_convention(eigvecs, axis=0)
 
 
 class _Operator:
@@ -90,14 +85,6 @@ class _Operator:
       return np.asarray(matmat(v), dtype=np.float64).reshape(self.n, v.shape[1])
     return np.stack([np.asarray(self.linear_operator.matvec(v[:, c]), dtype=np.float64)
                      .reshape(self.n) for c in range(v.shape[1])], axis=1)  # [N, m]
-
-
-def _check_k(k: Optional[int], n: int) -> int:
-  if k is None:
-    return n
-  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
-    raise ValueError(f"k must be an int in [1, N={n}]. Received: k={k!r}")
-  return int(k)
 
 
 def _dense(op: _Operator, k: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -186,7 +173,7 @@ def eigen(matrix_or_store: Any, k: Optional[int] = None, *, method: str = "auto"
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}. Received: method={method!r}")
   op = _Operator(matrix_or_store)
-  k = _check_k(k, op.n)
+  k = validation.check_k(k, op.n)
   if method == "auto":
     if k == op.n or op.n <= _AUTO_DENSE_MAX_N:
       method = "dense"

@@ -24,7 +24,6 @@ import numpy as np
 import tensorflow as tf
 
 # From-imports of the submodule: `ntk_tf.jacobian` is the function once ntk_tf is imported.
-from ntk_tf.jacobian import check_single_logit
 from ntk_tf.jacobian import jacobian_fn
 from ntk_tf import auto
 from ntk_tf import ntk_vector_products
@@ -200,7 +199,7 @@ def prepare(model: keras.Model, x1: types.Inputs, x2: Optional[types.Inputs],
   """Validates the arguments of a Gram job; returns (x1, x2, block_size, dtype name)."""
   block_size = validation.check_positive_int(block_size, "block_size")
   dtype = precision.canonical_dtype(dtype)
-  check_single_logit(model)
+  validation.check_single_logit(model)
   validation.check_finite_weights(model)
   x1 = validation.check_inputs(model, x1, "x1")
   x2 = None if x2 is None else validation.check_inputs(model, x2, "x2")

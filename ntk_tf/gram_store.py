@@ -27,6 +27,7 @@ from typing import Optional, Union
 import keras
 import numpy as np
 
+from ntk_tf import atomic
 from ntk_tf import gram as gram_lib
 from ntk_tf import progress as progress_lib
 from ntk_tf import types
@@ -59,21 +60,6 @@ def data_fingerprint(x: np.ndarray) -> str:
   digest = hashlib.sha256(f"{x.shape}|{x.dtype}|".encode())
   digest.update(x.tobytes())
   return digest.hexdigest()
-
-
-def _write_atomically(path: pathlib.Path, text: str) -> None:
-  """Replaces `path` by `text` so a reader sees the old or the new file, never a mix."""
-  tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-  dir_fd = os.open(path.parent, os.O_RDONLY)
-  try:
-    os.fsync(dir_fd)
-  finally:
-    os.close(dir_fd)
 
 
 class GramStore:
@@ -166,7 +152,7 @@ class GramStore:
   def _write_manifest(self, done: set) -> None:
     manifest = dict(self._identity, format=_FORMAT_VERSION, num_blocks=len(self._blocks),
                     done=sorted(done))
-    _write_atomically(self.manifest_path, json.dumps(manifest))
+    atomic.write_text(self.manifest_path, json.dumps(manifest))
 
   def _write_block(self, fd: int, offset: int, row0: int, col0: int,
                    values: np.ndarray) -> None:

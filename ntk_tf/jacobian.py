@@ -25,18 +25,9 @@ from ntk_tf import validation
 _PARALLEL_EXAMPLES = 16
 
 
-def num_parameters(model: keras.Model) -> int:
-  """Returns P, the number of trainable scalars of `model`."""
-  return int(sum(np.prod(v.shape) for v in model.trainable_variables))
-
-
-def check_single_logit(model: keras.Model) -> None:
-  """Raises ValueError unless `model` maps `[N, ...]` to `[N, 1]` (or `[N]`)."""
-  shape = tuple(model.outputs[0].shape) if getattr(model, "outputs", None) else None
-  if shape is not None and not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
-    raise ValueError(
-        f"ntk_tf needs a model with a single output logit, [N, 1]. Received: model "
-        f"{model.name!r} with output shape {shape}")
+# Kept for callers of the old names; the checks live in ntk_tf.validation.
+num_parameters = validation.parameter_count
+check_single_logit = validation.check_single_logit
 
 
 def jacobian_fn(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
@@ -49,7 +40,7 @@ def jacobian_fn(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
   plus one example's activations per concurrent example.
   """
   variables = model.trainable_variables
-  num_params = num_parameters(model)
+  num_params = validation.parameter_count(model)
   dtype = tf.as_dtype(variables[0].dtype)
 
   def example_gradient(x_i):  # x_i [...] -> [P]
@@ -90,7 +81,7 @@ def jacobian(model: keras.Model, x: types.Inputs, *, dtype: types.DType = "float
   """
   dtype = precision.canonical_dtype(dtype)
   block_size = validation.check_positive_int(block_size, "block_size")
-  check_single_logit(model)
+  validation.check_single_logit(model)
   validation.check_finite_weights(model)
   x = validation.check_inputs(model, x, "x")
   work_model = precision.model_for_dtype(model, dtype)

@@ -38,6 +38,7 @@ import numpy as np
 import scipy.sparse.linalg
 import tensorflow as tf
 
+from ntk_tf import validation
 from ntk_tf.types import Array, Inputs
 
 # Activation for NAD models, as in App. C.2 (`ntk_tf.models.get(..., activation=NAD_ACTIVATION)`).
@@ -252,9 +253,7 @@ def _check_vector(name: str, value: Inputs, size: int, ndims: Tuple[int, ...],
   return value.reshape(size)
 
 
-def parameter_count(model: keras.Model) -> int:
-  """P, the number of trainable parameters: the row count of M."""
-  return int(sum(np.prod(v.shape) for v in model.trainable_variables))
+parameter_count = validation.parameter_count  # The old name of this module.
 
 
 def mixed_derivative_matvec(model: keras.Model, v: Inputs, x: Optional[Inputs] = None, *,
@@ -359,13 +358,6 @@ def _gram(mixed: _Mixed, block_size: int) -> Array:
   return 0.5 * (gram + gram.T)
 
 
-def _fix_signs(directions: Array) -> Array:
-  """Flips each row `[k, d]` so that its first largest-|.| entry is positive."""
-  peak = np.argmax(np.abs(directions), axis=1)  # [k]
-  signs = np.where(directions[np.arange(len(directions)), peak] < 0, -1.0, 1.0)
-  return directions * signs[:, None]
-
-
 def _check_num(num: Optional[int], d: int, method: NadMethod) -> int:
   if num is None:
     num = d
@@ -438,7 +430,7 @@ def nads(model: keras.Model, *, num: Optional[int] = None, x: Optional[Inputs] =
     order = np.argsort(eigvals)[::-1]
     singular_values = np.sqrt(np.clip(eigvals[order], 0.0, None))
     directions = eigvecs[:, order].T  # [k, d]
-  directions = _fix_signs(np.asarray(directions, np.float64))
+  directions = validation.sign_convention(directions, axis=1)  # [k, d] rows
   return singular_values, directions.reshape((num,) + mixed.input_shape)  # [k, H, W, C]
 
 

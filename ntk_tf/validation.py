@@ -1,6 +1,6 @@
 """Argument checks shared by the NTK modules; every error names the bad value."""
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import keras
 import numpy as np
@@ -53,3 +53,71 @@ def check_finite_weights(model: keras.Model) -> None:
       raise ValueError(
           f"model {model.name!r} has non-finite weights. Received: variable "
           f"{variable.path!r} with NaN/inf entries")
+
+
+def check_non_negative_int(value, name: str) -> int:
+  """Returns `value` as an int if it is an integer >= 0, else raises ValueError."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+    raise ValueError(f"{name} must be a non-negative int. Received: {name}={value!r}")
+  return int(value)
+
+
+def check_k(k: Optional[int], n: int, name: str = "k") -> int:
+  """Returns the count `k` (of eigenpairs or directions) checked to lie in [1, n]; None means n."""
+  if k is None:
+    return int(n)
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
+    raise ValueError(f"{name} must be an int in [1, {n}]. Received: {name}={k!r}")
+  return int(k)
+
+
+def check_choice(value, name: str, choices: Sequence) -> object:
+  """Returns `value` if it is one of `choices`, else raises ValueError listing them."""
+  if value not in tuple(choices):
+    raise ValueError(f"{name} must be one of {tuple(choices)}. Received: {name}={value!r}")
+  return value
+
+
+def parameter_count(model: keras.Model) -> int:
+  """Returns P, the number of trainable scalars of `model` (the NTK's parameter dimension)."""
+  return int(sum(int(np.prod(v.shape)) for v in model.trainable_variables))
+
+
+def check_single_logit(model: keras.Model) -> None:
+  """Raises ValueError unless `model` has one output `[N, 1]` (or `[N]`) and trainable weights.
+
+  Every NTK in ntk_tf is the kernel of a single scalar logit (Sec. 2 of the
+  paper: binary classification, f: R^d -> R).
+  """
+  outputs = getattr(model, "outputs", None)
+  if outputs is not None and len(outputs) != 1:
+    raise ValueError(
+        f"ntk_tf needs a model with a single output logit, [N, 1]. Received: model "
+        f"{model.name!r} with {len(outputs)} outputs")
+  shape = tuple(outputs[0].shape) if outputs else None
+  if shape is not None and not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+    raise ValueError(
+        f"ntk_tf needs a model with a single output logit, [N, 1]. Received: model "
+        f"{model.name!r} with output shape {shape}")
+  if model.built and not model.trainable_variables:
+    raise ValueError(
+        f"the NTK needs trainable parameters. Received: model {model.name!r} with 0 trainable "
+        "variables")
+
+
+def sign_convention(vectors: np.ndarray, axis: int = 0) -> np.ndarray:
+  """Returns float64 `vectors` with each vector's largest-|entry| made positive (ties: first).
+
+  The one sign convention of ntk_tf for eigenvectors and NADs: a vector v and
+  -v span the same eigenspace, so each is reported with
+  v[argmax |v|] > 0. `axis` is the axis that runs along one vector: 0 for
+  columns `[N, k]` (eigenvectors), 1 for rows `[k, d]`.
+  """
+  vectors = np.array(vectors, dtype=np.float64, copy=True)
+  if vectors.size == 0:
+    return vectors
+  pivots = np.argmax(np.abs(vectors), axis=axis)  # one index per vector
+  pivot_values = np.take_along_axis(vectors, np.expand_dims(pivots, axis), axis=axis)
+  signs = np.sign(pivot_values)
+  signs[signs == 0] = 1.0
+  return vectors * signs

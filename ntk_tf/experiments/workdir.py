@@ -14,25 +14,14 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-import numpy as np
 from absl import logging
 
+from ntk_tf import atomic
 
-def _jsonable(value: Any) -> Any:
-  if hasattr(value, "to_dict"):  # ml_collections.ConfigDict
-    value = value.to_dict()
-  if isinstance(value, Mapping):
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, np.generic):
-    return value.item()
-  if isinstance(value, np.ndarray):
-    return value.tolist()
-  return value
+
+_jsonable = atomic.jsonable
 
 
 def fingerprint(settings: Mapping[str, Any]) -> str:
@@ -41,25 +30,8 @@ def fingerprint(settings: Mapping[str, Any]) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def atomic_write_text(path: os.PathLike, text: str) -> None:
-  """Writes `text` to `path` so readers see the old or the new file, never a partial one."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def atomic_write_json(path: os.PathLike, obj: Any) -> None:
-  atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
+atomic_write_text = atomic.write_text
+atomic_write_json = atomic.write_json
 
 
 def resolve_workdir(workdir: str) -> pathlib.Path:

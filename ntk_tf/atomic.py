@@ -1,0 +1,150 @@
+"""Atomic, durable file writes: a reader sees the old file or the new one, never a mix.
+
+    write to a unique temporary file in the target's folder -> fsync it ->
+    os.replace onto the target -> fsync the folder
+
+Every file ntk_tf writes for a user (configs, result tables, manifests, eigen
+metadata, training state) goes through this module. Files get the usual
+permissions of a new file under the process umask (0644 under the common umask
+022), not the 0600 of `tempfile.mkstemp`, so other users of a shared run folder
+can read them. A directory is replaced as a whole by `replace_dir`: the new
+directory is written and fsynced under a temporary name, then renamed, so a
+kill leaves the complete old directory or the complete new one (as seen through
+`recover_dir`), never a mix.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+import uuid
+from typing import Any, Callable, Mapping, Union
+
+import numpy as np
+
+PathLike = Union[str, os.PathLike]
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+def fsync_dir(path: PathLike) -> None:
+  """fsyncs the directory `path`, so a rename inside it survives a power loss."""
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def write_bytes(path: PathLike, data: bytes) -> pathlib.Path:
+  """Atomically replaces `path` by `data` (mode 0666 & ~umask); returns the path."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fchmod(f.fileno(), 0o666 & ~_umask())
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  fsync_dir(path.parent)
+  return path
+
+
+def write_text(path: PathLike, text: str) -> pathlib.Path:
+  """Atomically replaces `path` by the UTF-8 `text`; returns the path."""
+  return write_bytes(path, text.encode("utf-8"))
+
+
+def jsonable(value: Any) -> Any:
+  """`value` with ConfigDicts, tuples and NumPy scalars/arrays turned into JSON types."""
+  if hasattr(value, "to_dict"):  # ml_collections.ConfigDict
+    value = value.to_dict()
+  if isinstance(value, Mapping):
+    return {str(k): jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [jsonable(v) for v in value]
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  return value
+
+
+def write_json(path: PathLike, obj: Any) -> pathlib.Path:
+  """Atomically writes `obj` as indented, key-sorted JSON (see `jsonable`); returns the path."""
+  return write_text(path, json.dumps(jsonable(obj), indent=2, sort_keys=True) + "\n")
+
+
+def _old_dir(path: pathlib.Path) -> pathlib.Path:
+  return path.parent / f".{path.name}.old"
+
+
+def recover_dir(path: PathLike) -> pathlib.Path:
+  """Undoes a `replace_dir` killed between its two renames; returns `path`.
+
+  Call before reading a directory that `replace_dir` writes: if `path` is
+  missing but its moved-aside previous version exists, that version is put
+  back; leftovers of killed writes are removed.
+  """
+  path = pathlib.Path(path)
+  old = _old_dir(path)
+  if old.exists():
+    if path.exists():
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(old, path)
+      fsync_dir(path.parent)
+  if path.parent.exists():
+    for stray in path.parent.glob(f".{path.name}.*.partial"):
+      shutil.rmtree(stray, ignore_errors=True)
+  return path
+
+
+def replace_dir(path: PathLike, fill: Callable[[pathlib.Path], None]) -> pathlib.Path:
+  """Atomically replaces the directory `path` by one that `fill(tmp_dir)` writes.
+
+  `fill` writes plain files into the empty `tmp_dir`; each is fsynced, then the
+  directory is renamed onto `path` (the old one is first moved aside to
+  `.<name>.old`, then removed) and the parent fsynced. A kill at any point
+  leaves the complete old directory or the complete new one, as seen through
+  `recover_dir` (which this function also runs first).
+
+  Returns:
+    `path` as a `pathlib.Path`.
+  """
+  path = recover_dir(path)
+  parent = path.parent
+  parent.mkdir(parents=True, exist_ok=True)
+  tmp = parent / f".{path.name}.{uuid.uuid4().hex}.partial"
+  tmp.mkdir(mode=0o777)
+  try:
+    fill(tmp)
+    for child in tmp.iterdir():
+      if child.is_file():
+        fd = os.open(child, os.O_RDONLY)
+        try:
+          os.fsync(fd)
+        finally:
+          os.close(fd)
+    fsync_dir(tmp)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  old = _old_dir(path)
+  if path.exists():
+    os.rename(path, old)
+  os.rename(tmp, path)
+  fsync_dir(parent)
+  shutil.rmtree(old, ignore_errors=True)
+  return path

@@ -1,0 +1,69 @@
+"""Tests for ntk_tf.atomic: permissions, no partial files, directory replacement and recovery."""
+
+import os
+import pathlib
+import stat
+
+from absl.testing import absltest
+
+from ntk_tf import atomic
+
+
+def _mode(path) -> int:
+  return stat.S_IMODE(os.stat(path).st_mode)
+
+
+class AtomicTest(absltest.TestCase):
+
+  def test_files_follow_the_umask_not_mkstemp(self):
+    root = pathlib.Path(self.create_tempdir().full_path)
+    old = os.umask(0o022)
+    try:
+      path = atomic.write_json(root / "a" / "r.json", {"x": (1, 2)})
+      self.assertEqual(_mode(path), 0o644)
+      os.umask(0o077)
+      self.assertEqual(_mode(atomic.write_text(root / "b.txt", "hi")), 0o600)
+    finally:
+      os.umask(old)
+    self.assertEqual(path.read_text(), '{\n  "x": [\n    1,\n    2\n  ]\n}\n')
+    self.assertEqual(sorted(p.name for p in (root / "a").iterdir()), ["r.json"])
+
+  def test_failed_write_keeps_the_old_file(self):
+    root = pathlib.Path(self.create_tempdir().full_path)
+    atomic.write_text(root / "f", "old")
+    with self.assertRaises(TypeError):
+      atomic.write_bytes(root / "f", "not bytes")
+    self.assertEqual((root / "f").read_text(), "old")
+    self.assertEqual(sorted(p.name for p in root.iterdir()), ["f"])
+
+  def test_replace_dir_swaps_whole_directories(self):
+    root = pathlib.Path(self.create_tempdir().full_path)
+    target = root / "ckpt"
+    atomic.replace_dir(target, lambda d: (d / "a").write_text("1"))
+    atomic.replace_dir(target, lambda d: (d / "b").write_text("2"))
+    self.assertEqual(sorted(p.name for p in target.iterdir()), ["b"])
+    self.assertEqual(sorted(p.name for p in root.iterdir()), ["ckpt"])
+
+    def fail(d):
+      (d / "c").write_text("3")
+      raise RuntimeError("killed")
+    with self.assertRaises(RuntimeError):
+      atomic.replace_dir(target, fail)
+    self.assertEqual(sorted(p.name for p in target.iterdir()), ["b"])
+    self.assertEqual(sorted(p.name for p in root.iterdir()), ["ckpt"])
+
+  def test_recover_dir_undoes_a_kill_between_the_renames(self):
+    root = pathlib.Path(self.create_tempdir().full_path)
+    target = root / "ckpt"
+    atomic.replace_dir(target, lambda d: (d / "a").write_text("1"))
+    # The state a kill leaves after the old directory was moved aside and before
+    # the new one was renamed into place.
+    os.rename(target, root / ".ckpt.old")
+    (root / ".ckpt.0123.partial").mkdir()
+    atomic.recover_dir(target)
+    self.assertEqual((target / "a").read_text(), "1")
+    self.assertEqual(sorted(p.name for p in root.iterdir()), ["ckpt"])
+
+
+if __name__ == "__main__":
+  absltest.main()
