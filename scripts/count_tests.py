@@ -1,7 +1,9 @@
 """Summarizes a `bazel test` log: test targets passed/failed, and test cases from test.xml.
 
-Prints the per-case totals, then the closing line "N passed, N failed[, N skipped]"
-counted over test targets. Exits 1 if any target failed or none ran.
+Prints one line per target that did not pass, the target totals, then the closing line
+"N passed, N failed, N skipped" counted over test cases (from each target's test.xml;
+a target that failed without writing test cases counts as one failed case). Exits 1 if any
+target failed or none ran.
 """
 
 import pathlib
@@ -41,10 +43,18 @@ def main(log_path: str, testlogs: str) -> int:
   for target, status in sorted(statuses.items()):
     if status not in ("PASSED", "SKIPPED"):
       print(f"[test] {status}: {target}")
-  print(f"[test] test cases: {cases['tests']} run, {cases['failures'] + cases['errors']} failed, "
-        f"{cases['skipped']} skipped (from test.xml)")
-  print(f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
+      if status not in ("FAILED", "TIMEOUT", "FLAKY") or not _has_cases(testlogs, target):
+        cases["errors"] += 1  # A target that broke before writing its test cases.
+  print(f"[test] test targets: {passed} passed, {failed} failed, {skipped} skipped")
+  case_failed = cases["failures"] + cases["errors"]
+  case_passed = max(cases["tests"] - cases["failures"] - cases["skipped"] - cases["errors"], 0)
+  print(f"{case_passed} passed, {case_failed} failed, {cases['skipped']} skipped")
   return 0 if failed == 0 and passed > 0 else 1
+
+
+def _has_cases(testlogs: str, target: str) -> bool:
+  xml = pathlib.Path(testlogs) / target.lstrip("/").replace(":", "/") / "test.xml"
+  return xml.is_file() and "<testcase" in xml.read_text(errors="replace")
 
 
 if __name__ == "__main__":
