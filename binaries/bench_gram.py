@@ -1,19 +1,23 @@
-"""Benchmarks the NTK Gram paths and prints one table (see ntk_tf/benchmark.py).
+"""Benchmarks the NTK Gram paths; prints this machine's features and one table.
+
+See benchmarks/gram_paths.py (the paths and what is timed) and
+benchmarks/machine.py (the features printed beside the table).
 
     bazel run //binaries:bench_gram -- --data_dir=/work/shared/data [--smoke]
 """
 
-import json
 import os
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from benchmarks import gram_paths
+from benchmarks import machine
 from configs import bench_gram
-from ntk_tf import benchmark
+from ntk_tf import atomic
 
-_SMOKE = flags.DEFINE_bool("smoke", False, "Tiny sizes (seconds) instead of the issue's.")
+_SMOKE = flags.DEFINE_bool("smoke", False, "Tiny sizes (seconds) instead of the full config.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder with cifar10.npz (else Gaussian inputs).")
 _MEMORY_BUDGET = flags.DEFINE_integer("memory_budget", None,
                                       "Bytes per Gram block (default: the config's).")
@@ -40,14 +44,13 @@ def main(argv):
   if _MODELS.value:
     config["cases"] = [case for case in config["cases"] if case[0] in _MODELS.value]
   logging.info("config: %s", config)
-  table = benchmark.format_table(benchmark.run(config))
+  table = (machine.format_features(machine.features()) + "\n\n"
+           + gram_paths.format_table(gram_paths.run(config)))
   print(table)
   if _OUT.value:
     os.makedirs(_OUT.value, exist_ok=True)
-    with open(os.path.join(_OUT.value, "config.json"), "w") as f:
-      json.dump(config, f, indent=2)
-    with open(os.path.join(_OUT.value, "table.txt"), "w") as f:
-      f.write(table + "\n")
+    atomic.write_json(os.path.join(_OUT.value, "config.json"), config)
+    atomic.write_text(os.path.join(_OUT.value, "table.txt"), table + "\n")
 
 
 if __name__ == "__main__":

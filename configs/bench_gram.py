@@ -1,4 +1,4 @@
-"""Config of the Gram benchmark (issue 5, "Fast Gram paths").
+"""Config of the Gram benchmark (binaries/bench_gram.py, benchmarks/gram_paths.py).
 
     bazel run //binaries:bench_gram -- --data_dir=$PWD/../shared/data
     bazel run //binaries:bench_gram -- --smoke   (tiny sizes, seconds)
@@ -21,7 +21,7 @@ def get_config(smoke: bool = False) -> dict:
       # The naive pfor Jacobian holds N x N x activations: ResNet18 needs a small subset.
       naive_max_n={"mlp": 500, "lenet": 250, "resnet18": 8},
       memory_budget=4 << 30,
-      # Fast paths: best of this many timed runs (a ResNet18 Gram takes ~20 s here).
+      # Fast paths: best of this many timed runs (a ResNet18 Gram is the slowest case).
       repeats={"mlp": 5, "lenet": 5, "resnet18": 2},
       measure_memory=True,  # Peak memory of each path (VmHWM).
       fresh_process=True,  # Each path in its own spawned process.

@@ -1,79 +1,88 @@
 """The "auto" NTK implementation: the cheapest path by a FLOP estimate.
 
-Rule. For an N x N Gram of a model with P trainable parameters and F forward
-FLOPs per example (see `StructuredNtk.forward_flops`), estimate
+Rule. For an n x n block of a model with P trainable parameters and F forward
+FLOPs per example (`structured.ModelPlan.forward_flops`), estimate
 
-  jacobian:            3 N F  + 2 N^2 P
+  jacobian:            3 n F  + 2 n^2 P
       (per-example gradients, ~one forward+backward per example, then J J^T)
-  structured:          3 N F  + sum_l min(structured_l, jacobian_l)(N, N)
+  structured:          3 n F  + sum_l min(structured_l, jacobian_l)(n, n)
       (one batched forward+backward, then each layer's cheaper form; layers it
        does not know cost as in the jacobian path)
-  ntk_vector_products: 6 N^2 F
-      (N products K e_j, each one VJP and one JVP pass over N examples)
+  ntk_vector_products: 6 n^2 F
+      (n products K e_j, each one VJP and one JVP pass over n examples)
 
-and pick the smallest; ties go to the earlier of structured, jacobian,
-ntk_vector_products. Since each structured layer costs at most its jacobian
-form, "structured" is never worse than "jacobian"; NTK-vector products win
-only when F is tiny compared with the per-layer contraction widths. For top-k
-eigenvectors (k products instead of N) use `ntk_vector_products.NtkOperator`
-directly.
+and pick the smaller of structured and jacobian (ties: structured). n is
+`nominal_block` (256 by default, whatever the Gram's block_size, so the
+choice does not depend on how a Gram is tiled). The jacobian estimate does
+not count forming per-example conv gradients (they come with its backward
+passes), so it can win for small n on conv nets.
+
+NTK-vector products are never a candidate: every layer has at least as many
+forward FLOPs as parameters (F >= P: Dense 2 K C vs K C + C, Conv2D 2 P_l K C,
+BatchNorm 4 P_l C vs 2 C, other layers 2 p by the rule), so
+6 n^2 F - (3 n F + 2 n^2 P) >= n F (4 n - 3) > 0: for a whole block they
+always cost more FLOPs than the jacobian path. Their use is memory (no
+[B, P] Jacobian) and top-k eigenvectors (k products instead of n): use
+`ntk_vector_products.NtkOperator` directly.
 """
 
+import warnings
 from typing import Dict
 
 import keras
 
-from ntk_tf import ntk_vector_products
-from ntk_tf import precision
+from ntk_tf import jacobian_block  # pylint: disable=unused-import (registers JACOBIAN)
+from ntk_tf import kernels
 from ntk_tf import structured
-from ntk_tf.types import DType, Shape
+from ntk_tf.kernels import NtkImplementation
+from ntk_tf.types import Shape
 
-ORDER = ("structured", "jacobian", "ntk_vector_products")
+# Candidates in tie-breaking order (NTK_VECTOR_PRODUCTS never wins: module docstring).
+CANDIDATES = (NtkImplementation.STRUCTURED, NtkImplementation.JACOBIAN)
 
 
-def implementation_flops(model: keras.Model, input_shape: Shape, n: int) -> Dict[str, int]:
-  """Returns the estimated FLOPs of an [n, n] Gram per implementation (rule above)."""
-  if tuple(model.inputs[0].shape[1:]) != tuple(input_shape):
-    raise ValueError(f"input_shape must match the model's input {tuple(model.inputs[0].shape[1:])}. "
-                     f"Received: input_shape={tuple(input_shape)}")
+def implementation_flops(model: keras.Model, input_shape: Shape,
+                         n: int) -> Dict[NtkImplementation, int]:
+  """Returns the estimated FLOPs of an [n, n] block per implementation (rule above)."""
+  structured.plan.check_input_shape(model, input_shape)
   if n <= 0:
     raise ValueError(f"n must be positive. Received: n={n}")
-  ntk = structured.StructuredNtk(model, precision.model_dtype(model), nominal_block=n)
-  forward = ntk.forward_flops()
-  params = sum(p.params for p in ntk.plans)
-  contraction = structured.contraction_flops(ntk.flop_report(n, n))
+  model_plan = structured.ModelPlan(model, nominal_block=n)
+  forward = model_plan.forward_flops()
+  contraction = structured.contraction_flops(model_plan.flop_report(n, n))
   return {
-      "structured": 3 * n * forward + contraction,
-      "jacobian": 3 * n * forward + 2 * n * n * params,
-      "ntk_vector_products": 6 * n * n * forward,
+      NtkImplementation.STRUCTURED: 3 * n * forward + contraction,
+      NtkImplementation.JACOBIAN: 3 * n * forward + 2 * n * n * model_plan.params,
+      NtkImplementation.NTK_VECTOR_PRODUCTS: 6 * n * n * forward,
   }
 
 
-def choose_implementation(model: keras.Model, input_shape: Shape, n: int):
-  """Returns the implementation with the fewest estimated FLOPs for an [n, n] Gram.
-
-  Returns `ntk_tf.gram.NtkImplementation` when that module is present, else
-  its value string ("structured" | "jacobian" | "ntk_vector_products").
-  """
+def choose_implementation(model: keras.Model, input_shape: Shape, n: int) -> NtkImplementation:
+  """Returns the candidate with the fewest estimated FLOPs for an [n, n] block."""
   flops = implementation_flops(model, input_shape, n)
-  best = min(ORDER, key=lambda name: (flops[name], ORDER.index(name)))
-  try:
-    from ntk_tf.gram import NtkImplementation  # pylint: disable=g-import-not-at-top
-    return NtkImplementation(best)
-  except ImportError:
-    return best
+  return min(CANDIDATES, key=lambda member: (flops[member], CANDIDATES.index(member)))
 
 
-def make_block_fn(model: keras.Model, dtype: DType = "float32", *, nominal_block: int = 256,
-                  **options):
-  """Returns the BlockFn of the implementation `choose_implementation` picks for one block.
+@kernels.register(NtkImplementation.AUTO)
+def _factory(model: keras.Model, dtype: str, block_size: int, *, nominal_block: int = 256,
+             **options) -> kernels.BlockFn:
+  """The AUTO factory: the chosen candidate's BlockFn, given `options`.
 
-  "jacobian" is never strictly cheaper than "structured" (see the rule), so
-  this returns a structured or an NTK-vector-product BlockFn.
+  Options the chosen candidate does not take are rejected by name
+  (`kernels.make_block_fn`); nominal_block also reaches a structured choice.
   """
   input_shape = tuple(model.inputs[0].shape[1:])
   choice = choose_implementation(model, input_shape, nominal_block)
-  choice = getattr(choice, "value", choice)
-  if choice == "ntk_vector_products":
-    return ntk_vector_products.make_block_fn(model, dtype)
-  return structured.make_block_fn(model, dtype, nominal_block=nominal_block, **options)
+  if choice == NtkImplementation.STRUCTURED:
+    options["nominal_block"] = nominal_block
+  return kernels.make_block_fn(model, choice, dtype, block_size, **options)
+
+
+def make_block_fn(model: keras.Model, dtype: str = "float32", *, nominal_block: int = 256,
+                  **options) -> kernels.BlockFn:
+  """Deprecated: use `ntk_tf.gram.block_fn(model, "auto", dtype, block_size, ...)`."""
+  warnings.warn("ntk_tf.auto.make_block_fn is deprecated; use "
+                "ntk_tf.gram.block_fn(model, 'auto', dtype, block_size, **options)",
+                DeprecationWarning, stacklevel=2)
+  return kernels.make_block_fn(model, NtkImplementation.AUTO, dtype, nominal_block,
+                               nominal_block=nominal_block, **options)

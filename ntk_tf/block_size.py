@@ -1,8 +1,17 @@
-"""Gram block size from a memory budget.
+"""Peak memory of one Gram block per implementation, and the block size for a budget.
 
-Peak memory of one [B, B] Gram block (s = bytes per float, F_act = floats of
-all layer outputs per example, P = trainable parameters):
+The one peak-memory formula of each path (`ntk_gram`, `GramStore` and the
+benchmark all refer here). It counts the arrays one [B, B] block holds at its
+peak, in floats of s bytes (4 for float32, 8 for float64); the model's
+weights, the inputs, the Gram result (N1 N2 s) and the structured feature
+cache (`feature_cache_bytes`, a separate budget) are not counted. With
+F_act = floats of all layer outputs per example, P = trainable parameters:
 
+  jacobian:            s * [ 3 B P + 3 B F_act + B^2 ]
+      (the cached row block J_a and the column block J_b [B, P], plus one
+       transient [B, P] copy while per-example gradients are stacked; the
+       activations, cotangents and recorded copies of the examples in flight,
+       at most B; the [B, B] block)
   structured:          s * [ 3 B F_act + B F_patch + 2 B F_feat + B^2 (7 + P2) ]
       (forward activations and their cotangents and the recorded copies;
        the largest conv patch tensor F_patch = P_l K_l; features of both
@@ -10,55 +19,63 @@ all layer outputs per example, P = trainable parameters):
        block shapes of three [B, B] each (the sum and two factor Grams), and
        the result, plus the [B, B, P_l, P_l] intermediate of a structured
        conv, P2 = max P_l^2)
-  jacobian:            s * [ 2 B P + 3 B F_act + B^2 ]
-      (both Jacobian blocks, activations/cotangents, the result)
   ntk_vector_products: s * [ 4 B F_act + 4 P ]
-      (activations with forward-mode tangents, the tangent u and gradients;
-       the Gram itself is N^2 s on top, not counted per block)
+      (activations with forward-mode tangents, the tangent u and gradients)
+  auto:                the formula of the implementation `ntk_tf.auto` chooses.
 
 `block_size_for_budget` returns the largest B (capped at `max_block`) whose
-peak fits the budget. The feature cache of the structured path
-(`feature_cache_bytes`) is a separate budget.
+peak fits the budget.
 """
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import keras
 
+from ntk_tf import auto
+from ntk_tf import kernels
 from ntk_tf import precision
 from ntk_tf import structured
+from ntk_tf.kernels import NtkImplementation
 from ntk_tf.types import DType, Shape
 
-IMPLEMENTATIONS = ("jacobian", "structured", "ntk_vector_products", "auto")
 
-
-def peak_memory_bytes(model: keras.Model, block_size: int, implementation: str,
+def peak_memory_bytes(model: keras.Model, block_size: int,
+                      implementation: Union[str, NtkImplementation],
                       dtype: DType = "float32",
-                      ntk: Optional[structured.StructuredNtk] = None) -> int:
-  """Returns the estimated peak memory of one [B, B] block (formula in the module docstring)."""
-  implementation = getattr(implementation, "value", implementation)
-  if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}. "
-                     f"Received: implementation={implementation!r}")
+                      model_plan: Optional[structured.ModelPlan] = None,
+                      nominal_block: int = 256) -> int:
+  """Returns the estimated peak memory of one [B, B] block (formula in the module docstring).
+
+  Args:
+    model: the model.
+    block_size: B.
+    implementation: an `NtkImplementation` member or its value.
+    dtype: "float32" or "float64" (s = 4 or 8).
+    model_plan: the model's `structured.ModelPlan`, if already built.
+    nominal_block: the block size AUTO's choice and the structured plan assume.
+  """
+  member = kernels.resolve(implementation)
   itemsize = 8 if precision.canonical_dtype(dtype) == "float64" else 4
-  ntk = ntk or structured.StructuredNtk(model, precision.model_dtype(model))
+  model_plan = model_plan or structured.ModelPlan(model, nominal_block=nominal_block)
+  if member == NtkImplementation.AUTO:
+    member = auto.choose_implementation(model, model_plan.input_shape, nominal_block)
   b = int(block_size)
-  act = ntk.activation_size()
-  params = sum(p.params for p in ntk.plans)
-  if implementation in ("structured", "auto"):
-    floats = (3 * b * act + b * ntk.transient_size() + 2 * b * ntk.feature_size()
-              + b * b * (7 + ntk.positional_square()))
-  elif implementation == "jacobian":
-    floats = 2 * b * params + 3 * b * act + b * b
+  act = model_plan.activation_size()
+  if member == NtkImplementation.STRUCTURED:
+    floats = (3 * b * act + b * model_plan.transient_size()
+              + 2 * b * model_plan.feature_size()
+              + b * b * (7 + model_plan.positional_square()))
+  elif member == NtkImplementation.JACOBIAN:
+    floats = 3 * b * model_plan.params + 3 * b * act + b * b
   else:
-    floats = 4 * b * act + 4 * params
+    floats = 4 * b * act + 4 * model_plan.params
   return itemsize * floats
 
 
 def block_size_for_budget(model: keras.Model, input_shape: Shape, memory_budget_bytes: int,
-                          implementation: str = "structured", dtype: DType = "float32", *,
-                          max_block: int = 4096) -> int:
+                          implementation: Union[str, NtkImplementation] = "structured",
+                          dtype: DType = "float32", *, max_block: int = 4096) -> int:
   """Returns the largest block size B <= max_block whose peak memory fits the budget.
 
   Peak memory per block is the formula of the module docstring, quadratic in
@@ -68,20 +85,21 @@ def block_size_for_budget(model: keras.Model, input_shape: Shape, memory_budget_
     model: the model (its input shape must equal `input_shape`).
     input_shape: `(H, W, C)` of one example.
     memory_budget_bytes: bytes one Gram block may use.
-    implementation: "structured", "jacobian", "ntk_vector_products" or "auto".
+    implementation: an `NtkImplementation` member or its value.
     dtype: "float32" or "float64".
     max_block: upper bound on B.
   Raises:
     ValueError: if not even B = 1 fits.
   """
-  if tuple(model.inputs[0].shape[1:]) != tuple(input_shape):
-    raise ValueError(f"input_shape must match the model's input {tuple(model.inputs[0].shape[1:])}. "
-                     f"Received: input_shape={tuple(input_shape)}")
+  structured.plan.check_input_shape(model, input_shape)
   if memory_budget_bytes <= 0:
     raise ValueError(f"memory_budget_bytes must be positive. "
                      f"Received: memory_budget_bytes={memory_budget_bytes}")
-  ntk = structured.StructuredNtk(model, precision.model_dtype(model))
-  peak = lambda b: peak_memory_bytes(model, b, implementation, dtype, ntk=ntk)
+  model_plan = structured.ModelPlan(model)
+  member = kernels.resolve(implementation)
+  if member == NtkImplementation.AUTO:
+    member = auto.choose_implementation(model, model_plan.input_shape, 256)
+  peak = lambda b: peak_memory_bytes(model, b, member, dtype, model_plan=model_plan)
   c = peak(0)
   b1 = peak(1) - c
   b2 = peak(2) - c

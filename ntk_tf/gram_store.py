@@ -29,6 +29,7 @@ import numpy as np
 
 from ntk_tf import atomic
 from ntk_tf import gram as gram_lib
+from ntk_tf import kernels
 from ntk_tf import progress as progress_lib
 from ntk_tf import types
 
@@ -37,7 +38,7 @@ _MATRIX_FILE = "gram.npy"
 _MANIFEST_FILE = "manifest.json"
 # Manifest fields that must match for a restart to continue a store.
 _IDENTITY_FIELDS = ("n", "block_size", "dtype", "implementation", "model_fingerprint",
-                    "data_fingerprint")
+                    "data_fingerprint", "options")
 
 
 def model_fingerprint(model: keras.Model) -> str:
@@ -70,9 +71,9 @@ class GramStore:
   Reopening a store with different weights, data, block size, dtype or
   implementation raises ValueError naming the field.
 
-  Peak memory: that of one `ntk_gram` block, about (3 * B * P + 2 * B^2) * bytes;
-  the matrix itself stays on disk (N^2 * bytes, e.g. 14.4 GB for N = 60,000 in
-  float32).
+  Peak memory: that of one `ntk_gram` block (`ntk_tf.block_size.peak_memory_bytes`)
+  plus one [B, B] block in flight; the matrix itself stays on disk (N^2 * bytes,
+  e.g. 14.4 GB for N = 60,000 in float32).
 
   Args:
     path: the store directory (created if absent).
@@ -81,13 +82,17 @@ class GramStore:
     block_size: B (> 0).
     dtype: "float32" or "float64".
     implementation: an `NtkImplementation` member or its value.
+    **options: options of the implementation's factory (see `ntk_gram`); part
+      of the store's identity.
   """
 
   def __init__(self, path: Union[str, os.PathLike], model: keras.Model, x: types.Inputs, *,
                block_size: int = 256, dtype: types.DType = "float32",
-               implementation: Union[str, gram_lib.NtkImplementation] = "jacobian"):
+               implementation: Union[str, gram_lib.NtkImplementation] = "jacobian",
+               **options):
     x, _, block_size, dtype = gram_lib.prepare(model, x, None, block_size, dtype)
     member = gram_lib.resolve_implementation(implementation)
+    kernels.check_options(member, options)
     self.path = pathlib.Path(path)
     self.n = int(x.shape[0])
     self.block_size = block_size
@@ -95,6 +100,7 @@ class GramStore:
     self.implementation = member
     self._model = model
     self._x = x
+    self._options = options
     self._blocks = gram_lib.iter_blocks(self.n, self.n, block_size, symmetric=True)
     self._identity = {
         "n": self.n,
@@ -104,6 +110,9 @@ class GramStore:
         "model_fingerprint": model_fingerprint(model),
         "data_fingerprint": data_fingerprint(x),
     }
+    if options:  # Absent without options: such stores match those made before options existed.
+      self._identity["options"] = atomic.jsonable(
+          {key: getattr(value, "value", value) for key, value in options.items()})
     self._done = self._open()
 
   @property
@@ -136,8 +145,9 @@ class GramStore:
     if self.manifest_path.exists() and self.matrix_path.exists():
       manifest = json.loads(self.manifest_path.read_text())
       mismatched = [f"{field}: store has {manifest.get(field)!r}, "
-                    f"this job has {self._identity[field]!r}"
-                    for field in _IDENTITY_FIELDS if manifest.get(field) != self._identity[field]]
+                    f"this job has {self._identity.get(field)!r}"
+                    for field in _IDENTITY_FIELDS
+                    if manifest.get(field) != self._identity.get(field)]
       if mismatched:
         raise ValueError(
             f"GramStore at {str(self.path)!r} was made for a different job and cannot be "
@@ -166,7 +176,8 @@ class GramStore:
     """Computes every block not yet on disk; returns self (complete)."""
     if self.is_complete:
       return self
-    fn = gram_lib.block_fn(self._model, self.implementation, self.dtype)
+    fn = gram_lib.block_fn(self._model, self.implementation, self.dtype, self.block_size,
+                           **self._options)
     offset = np.load(self.matrix_path, mmap_mode="r").offset
     fd = os.open(self.matrix_path, os.O_RDWR)
     try:

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ntk_tf import kernels
 from ntk_tf import precision
 from ntk_tf.types import Array, DType, Inputs
 
@@ -133,23 +134,35 @@ class NtkVectorProductBlockFn:
   """BlockFn Theta(x_a, x_b) [Na, Nb] by NTK-vector products (column j = J_a J_b^T e_j).
 
   Matrix-free: forms one per-example gradient at a time (O(P) memory), at the
-  cost of Nb VJP and Nb JVP passes; meant for checks and tiny blocks.
+  cost of Nb VJP and Nb JVP passes; meant for checks and tiny blocks. The
+  model is `precision.cast_model(model, dtype)`: products are in `dtype`.
   """
 
-  def __init__(self, model: keras.Model, dtype: DType = "float32"):
+  def __init__(self, model: keras.Model, dtype: DType = "float32", *, allow_tf32: bool = False):
     self.dtype = np.dtype(precision.canonical_dtype(dtype))
+    self.allow_tf32 = bool(allow_tf32)
     self._products = _Products(model, self.dtype.name)
 
   def __call__(self, x_a: Inputs, x_b: Optional[Inputs] = None) -> Array:
     x_a = tf.constant(np.asarray(x_a, self.dtype))
     x_b = x_a if x_b is None else tf.constant(np.asarray(x_b, self.dtype))
     columns = []
-    for j in range(x_b.shape[0]):
-      grads = self._products._vjp(x_b[j:j + 1], tf.ones([1], self.dtype))  # J_b^T e_j
-      columns.append(self._products._jvp(x_a, grads).numpy())  # [Na]
+    with precision.tf32_matmuls(self.allow_tf32):
+      for j in range(x_b.shape[0]):
+        grads = self._products._vjp(x_b[j:j + 1], tf.ones([1], self.dtype))  # J_b^T e_j
+        columns.append(self._products._jvp(x_a, grads).numpy())  # [Na]
     return np.stack(columns, axis=1)  # [Na, Nb]
 
 
-def make_block_fn(model: keras.Model, dtype: DType = "float32") -> NtkVectorProductBlockFn:
+def make_block_fn(model: keras.Model, dtype: DType = "float32", *,
+                  allow_tf32: bool = False) -> NtkVectorProductBlockFn:
   """Returns the NTK-vector-product BlockFn `(x_a, x_b=None) -> [Na, Nb]`."""
-  return NtkVectorProductBlockFn(model, dtype)
+  return NtkVectorProductBlockFn(model, dtype, allow_tf32=allow_tf32)
+
+
+@kernels.register(kernels.NtkImplementation.NTK_VECTOR_PRODUCTS)
+def _factory(model: keras.Model, dtype: str, block_size: int, *,
+             allow_tf32: bool = False) -> NtkVectorProductBlockFn:
+  """The NTK_VECTOR_PRODUCTS factory (one VJP and one JVP per column; no GEMM to place)."""
+  del block_size  # Each column is one product; the block shape needs no planning.
+  return NtkVectorProductBlockFn(model, dtype, allow_tf32=allow_tf32)

@@ -7,9 +7,10 @@ its config with every dtype policy set to `dtype` and copies the weights,
 cast; `as_float64_model` is its float64 case. Float64 NTKs are then exact to
 ~1e-15 rather than float32's ~1e-7.
 
-`tf32_matmuls(enabled)` scopes TensorFloat-32 matmuls on Ampere+ GPUs; it is off
-by default, and the reference "jacobian" path never turns it on (TF32 keeps a
-10-bit mantissa, so a TF32 Gram is not exact).
+`tf32_matmuls(enabled)` scopes TensorFloat-32 matmuls on Ampere+ GPUs. Every
+Gram path runs its matmuls inside `tf32_matmuls(allow_tf32)` with
+allow_tf32=False unless asked (TF32 keeps a 10-bit mantissa, so a TF32 Gram
+is not exact).
 """
 
 import contextlib
@@ -94,7 +95,10 @@ def as_float64_model(model: keras.Model) -> keras.Model:
 
 
 def model_for_dtype(model: keras.Model, dtype: types.DType) -> keras.Model:
-  """Returns `model` itself for float32 and its float64 copy for float64."""
+  """Returns `model` itself for float32 and its float64 copy for float64.
+
+  (`ntk_tf.jacobian` and `ntk_tf.alignment` use it; the Gram paths use
+  `cast_model`, which also casts a float64 model down for float32.)"""
   name = canonical_dtype(dtype)
   return as_float64_model(model) if name == "float64" else model
 

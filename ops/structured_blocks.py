@@ -7,13 +7,13 @@ P = output positions of a layer (H'*W' for a conv), K = patch length
 Every function is `tf.function(jit_compile=True)`; callers pad partial blocks
 to a fixed block size, so each function traces once per block shape.
 
-Engines. On GPU every contraction runs here under XLA. On CPU, XLA's and TF's
-matmuls reach ~25-30 GFLOP/s on this machine while NumPy's BLAS (OpenBLAS)
-reaches ~100-140 GFLOP/s, so with `matmul_engine="numpy"` (the CPU default)
-`ntk_tf.structured` runs the final GEMMs (`gram_product`, `gradient_gram`) as
-BLAS SYRK/GEMM and forms per-example conv gradients (`positional_gradient`)
-with NumPy instead; all are exact float32/float64 products, only the
-summation order differs.
+Engines (`ntk_tf.structured.engines`). With the XLA engine (the default when
+a GPU is visible) every contraction runs here. With the NumPy engine (the
+default without one) `ntk_tf.structured` runs the final GEMMs (`gram_product`,
+`gradient_gram`) as host BLAS SYRK/GEMM and forms per-example conv gradients
+(`positional_gradient`) with NumPy instead; all are exact float32/float64
+products, only the summation order differs. Measured speeds of both are in
+the benchmark's output (binaries/bench_gram.py), beside the machine's features.
 """
 
 import tensorflow as tf
@@ -81,7 +81,7 @@ def positional_gram_product(patches_a: tf.Tensor, cot_a: tf.Tensor, patches_b: t
 def positional_gradient(patches: tf.Tensor, cot: tf.Tensor) -> tf.Tensor:
   """Returns the per-example kernel gradients g_i = sum_p X_i[p]^T D_i[p], flattened.
 
-  (On CPU, `ntk_tf.structured.host_conv_gradient` forms them with NumPy instead.)
+  (The NumPy engine forms them with `ntk_tf.structured.host_conv_gradient` instead.)
 
   Args:
     patches: [N, P, K].

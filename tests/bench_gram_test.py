@@ -1,4 +1,4 @@
-"""Smoke test of binaries/bench_gram.py on the smoke config, plus the benchmark's GEMM bound."""
+"""Tests of benchmarks/ (table columns, GEMM-bound FLOPs, peak memory) and a smoke run of bench_gram."""
 
 import os
 
@@ -7,8 +7,11 @@ from absl.testing import flagsaver
 import numpy as np
 
 from tests import test_util  # pylint: disable=unused-import
+import keras
+
+from benchmarks import gram_paths as benchmark
+from benchmarks import machine
 from binaries import bench_gram
-from ntk_tf import benchmark
 from ntk_tf import structured
 import ntk_tf
 
@@ -25,10 +28,38 @@ class BenchGramTest(absltest.TestCase):
   def test_capped_gemm_time_scales_up_to_the_full_flops(self):
     # Measured [2, 3] x [3, 2]: 2 * 2^2 * 3 = 24 FLOPs in 1 s; 48 FLOPs take 2 s.
     self.assertEqual(benchmark.scale_to_flops(1.0, n=2, k=3, flops=48), 2.0)
-    # A GEMM bound may not beat the measured matmul rate: capping k never lowers the time.
-    flops = 2 * 64 * 64 * (1 << 20)  # k = 2^20, capped to k = 64 by max_bytes.
-    capped = benchmark.gemm_seconds(flops, 64, repeats=1, max_bytes=64 * 4 * 64)
-    self.assertLess(flops / capped, 1e13)  # The implied FLOP/s: no CPU reaches 1e13.
+
+  def test_gemm_bound_flops_by_hand(self):
+    # Dense 4 -> 3 (bias) -> 1 (bias), N = 5. Per layer min(structured, jacobian):
+    #   structured 2 N^2 (K + 1 + C) + N^2; jacobian (2N) C + 2 N^2 C + 2 (2N) K C + 2 N^2 K C.
+    #   layer 1 (K=4, C=3): structured 2*25*8 + 25 = 425, jacobian 30 + 150 + 240 + 600 = 1020.
+    #   layer 2 (K=3, C=1): structured 2*25*5 + 25 = 275, jacobian 10 + 50 + 60 + 150 = 270.
+    # 425 + 270 = 695 FLOPs; the N (N + 1) / 2 distinct entries of a square Gram: 348.
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Dense(3)(inputs)))
+    report = structured.flop_report(model, (4,), 5, 5)
+    self.assertEqual(structured.contraction_flops(report), 695)
+    self.assertEqual(structured.contraction_flops(report, symmetric=True), 348)
+
+  def test_table_columns_hold_what_they_say(self):
+    row = benchmark.Row(model="mlp", n=100, seconds={"naive": 8.0, "reference": 4.0,
+                                                     "structured": 2.0, "auto": 0.5},
+                        notes={"naive": "extrapolated from N=50"},
+                        peak_bytes={"naive": 3 << 20, "reference": None, "structured": 1 << 20,
+                                    "auto": 2 << 20},
+                        contraction_flops=7 * 10**9, gemm_bound_seconds=0.25, block_size=64)
+    line = benchmark.format_table([row]).splitlines()[1]
+    cells = [c.split() for c in line.split("|")]
+    self.assertEqual(cells[0], ["mlp", "100", "64"])
+    self.assertEqual(cells[1], ["8.000*", "(", "1.0x)"])  # naive, extrapolated (*).
+    self.assertEqual(cells[2], ["4.000", "(", "2.0x)"])  # naive / reference = 2.
+    self.assertEqual(cells[3], ["2.000", "(", "4.0x)"])
+    self.assertEqual(cells[4], ["0.500", "(", "16.0x)"])
+    self.assertEqual(cells[5], ["7.00"])  # contraction GFLOP.
+    self.assertEqual(cells[6], ["0.250"])  # GEMM bound seconds.
+    self.assertEqual(cells[7], ["8.00"])  # structured / bound = 2 / 0.25.
+    self.assertEqual(cells[8], ["2.00"])  # auto / bound = 0.5 / 0.25.
+    self.assertEqual(cells[9], ["3/n/a/1/2"])  # peak MiB per path.
 
   def test_peak_memory_of_a_known_allocation(self):
     nbytes = 400 << 20  # np.ones writes every page: the resident set rises by nbytes.
@@ -58,6 +89,8 @@ class BenchGramTest(absltest.TestCase):
     self.assertIn("mlp", table)
     self.assertIn("lenet", table)
     self.assertIn("growth with N", table)
+    for name in machine.features():  # The machine's features beside the table.
+      self.assertIn(name, table)
     self.assertTrue(os.path.exists(os.path.join(out, "config.json")))
 
 

@@ -24,15 +24,15 @@ _CHILD = textwrap.dedent("""
     import sys, time
     import numpy as np
     import ntk_tf
-    from ntk_tf import gram
-    factory = gram._BLOCK_FN_FACTORIES[gram.NtkImplementation.JACOBIAN]
-    def slow_factory(model, dtype):
-      fn = factory(model, dtype)
+    from ntk_tf import kernels
+    factory = kernels._FACTORIES[kernels.NtkImplementation.JACOBIAN]
+    def slow_factory(model, dtype, block_size):
+      fn = factory(model, dtype, block_size)
       def slow_fn(x_a, x_b):
         time.sleep({delay})  # The block is in flight while it sleeps.
         return fn(x_a, x_b)
       return slow_fn
-    gram._BLOCK_FN_FACTORIES[gram.NtkImplementation.JACOBIAN] = slow_factory
+    kernels._FACTORIES[kernels.NtkImplementation.JACOBIAN] = slow_factory
     model = ntk_tf.models.get("mlp", input_shape={shape}, seed=0, width=7)
     x = np.random.RandomState(0).randn({n}, *{shape}).astype(np.float32)
     ntk_tf.GramStore(sys.argv[1], model, x, block_size={block_size}).compute(progress=False)

@@ -9,6 +9,7 @@ from tests import test_util  # pylint: disable=unused-import
 from tests import ntk_reference
 import ntk_tf
 from ntk_tf import gram as gram_lib
+from ntk_tf import kernels
 from ops import gram_block
 
 
@@ -54,6 +55,50 @@ class GramValueTest(parameterized.TestCase):
       np.testing.assert_allclose(
           ntk_tf.ntk_gram(model, x, block_size=block_size, dtype="float64", progress=False),
           whole, rtol=1e-12)
+
+
+class PrecisionRuleTest(parameterized.TestCase):
+
+  @parameterized.parameters("jacobian", "structured", "ntk_vector_products", "auto")
+  def test_float64_model_asked_for_float32_computes_in_float32(self, implementation):
+    # The rule of ntk_gram: every path computes in `dtype` on the model cast to it, so a
+    # float64 model asked for float32 gives the Gram of its float32 copy, bit for bit.
+    model, twin = ntk_reference.model_and_twin("mlp", "relu", seed=1)  # twin: float64 weights.
+    x = ntk_reference.inputs(5)
+    gram = lambda m: ntk_tf.ntk_gram(m, x, block_size=2, implementation=implementation,
+                                     dtype="float32", progress=False)
+    theta_twin, theta_float32 = gram(twin), gram(model)
+    self.assertEqual(theta_twin.dtype, np.float32)
+    np.testing.assert_array_equal(theta_twin, theta_float32)
+    jac = ntk_reference.loop_jacobian(twin, x)
+    self.assertLessEqual(ntk_reference.rel_error(theta_twin, jac @ jac.T), 1e-5)
+
+
+class RegistryTest(absltest.TestCase):
+
+  def test_every_member_has_a_factory_and_options_are_checked_by_name(self):
+    model = ntk_tf.models.get("mlp", input_shape=ntk_reference.SHAPE)
+    x = ntk_reference.inputs(3)
+    for member in ntk_tf.NtkImplementation:
+      self.assertIsNotNone(gram_lib.block_fn(model, member, "float32", 2))
+    self.assertEqual(kernels.IMPLEMENTATION_NAMES,
+                     ("jacobian", "structured", "ntk_vector_products", "auto"))
+    with self.assertRaisesRegex(ValueError, "Received: matmul_engine='numpy'"):
+      ntk_tf.ntk_gram(model, x, implementation="ntk_vector_products", matmul_engine="numpy")
+    with self.assertRaisesRegex(ValueError, "Received: tile=3"):
+      ntk_tf.ntk_gram(model, x, implementation="structured", tile=3)
+    with self.assertRaisesRegex(ValueError, "Received: choices='structured'"):
+      ntk_tf.ntk_gram(model, x, implementation="jacobian", choices="structured")
+
+  def test_options_reach_the_jacobian_path(self):
+    model, twin = ntk_reference.model_and_twin("lenet", "relu", seed=1)
+    x = ntk_reference.inputs(5)
+    jac = ntk_reference.loop_jacobian(twin, x)
+    for options in (dict(matmul_engine="numpy"), dict(accumulate_dtype="float64"),
+                    dict(allow_tf32=True)):
+      theta = ntk_tf.ntk_gram(model, x, block_size=2, progress=False, **options)
+      self.assertEqual(theta.dtype, np.float32)
+      self.assertLessEqual(ntk_reference.rel_error(theta, jac @ jac.T), 1e-5, msg=options)
 
 
 class BlockOpTest(absltest.TestCase):

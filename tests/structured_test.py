@@ -91,7 +91,7 @@ class StructuredTest(parameterized.TestCase):
         rates=[1, *layer.dilation_rate, 1], padding=padding.upper()).numpy()
     self.assertEqual(expected.shape[1:3], tuple(layer(x).shape[1:3]))
     paddings, index = structured.patch_indices(layer, (9, 8))
-    actual = structured._conv_patches(layer, tf.constant(x), paddings, index).numpy()
+    actual = structured.geometry.conv_patches(layer, tf.constant(x), paddings, index).numpy()
     np.testing.assert_array_equal(actual, expected.reshape(4, -1, kh * kw * 2))
     np.testing.assert_array_equal(structured.host_patches(layer, x),
                                   expected.reshape(4, -1, kh * kw * 2))
@@ -176,9 +176,19 @@ class StructuredTest(parameterized.TestCase):
     model, x, _ = _model_and_reference("mlp", "relu")
     block_fn = structured.make_block_fn(model, "float64", matmul_engine="xla")
     block_fn(x[:4])
-    traces = block_fn._features_fn.experimental_get_tracing_count()
+    traces = block_fn.features.traced_fn.experimental_get_tracing_count()
     block_fn(x[4:8], x[8:])  # A new full block and a partial one, padded to 4.
-    self.assertEqual(block_fn._features_fn.experimental_get_tracing_count(), traces)
+    self.assertEqual(block_fn.features.traced_fn.experimental_get_tracing_count(), traces)
+
+  def test_cache_clear_recomputes_the_same_block(self):
+    model, x, expected = _model_and_reference("mlp", "relu")
+    block_fn = structured.make_block_fn(model, "float64", matmul_engine="numpy")
+    first = block_fn(x[:4], x[4:8])
+    self.assertEqual(len(block_fn.cache), 2)  # One entry per distinct block.
+    block_fn.cache.clear()
+    self.assertEqual((len(block_fn.cache), block_fn.cache.size_bytes), (0, 0))
+    np.testing.assert_array_equal(block_fn(x[:4], x[4:8]), first)
+    self.assertLessEqual(brute.rel_error(first, expected[:4, 4:8]), 1e-10)
 
   def test_bad_inputs_name_the_value(self):
     model, x, _ = _model_and_reference("mlp", "relu")

@@ -6,9 +6,10 @@ shape when the data is absent), in one run, each path in a fresh process:
   naive       tape.jacobian (pfor) of the N logits, then J J^T (one matmul);
               timed on min(N, naive_max_n) examples and, if smaller, scaled by
               (N / n)^2 (both its pfor Jacobian and its matmul grow as N^2)
-  reference   ntk_tf.gram.ntk_gram(implementation="jacobian"), when that module exists
-  structured  ntk_tf.structured, per-layer cheaper form, block size from the budget
-  auto        ntk_tf.auto's choice
+  reference   ntk_tf.ntk_gram(implementation="jacobian")
+  structured  the STRUCTURED BlockFn, per-layer cheaper form, block size from the
+              budget (`ntk_tf.block_size`)
+  auto        the AUTO BlockFn (`ntk_tf.auto`'s choice for that block size)
   bound       the cheapest exact contraction's FLOPs, sum_l min(structured_l,
               jacobian_l) counted for the N (N + 1) / 2 distinct entries, timed as
               one general GEMM [N, k] x [k, N] of the same FLOPs with the fastest
@@ -32,8 +33,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ntk_tf import auto
 from ntk_tf import block_size
+from ntk_tf import gram
 from ntk_tf import models
 from ntk_tf import structured
 
@@ -125,14 +126,9 @@ def _inputs(input_shape: Sequence[int], n: int, data_dir: Optional[str]) -> np.n
   return np.random.default_rng(0).normal(size=(n,) + tuple(input_shape)).astype(np.float32)
 
 
-def _reference_fn():
-  try:
-    from ntk_tf import gram  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  return lambda model, x, block: gram.ntk_gram(model, x, block_size=block,
-                                                implementation="jacobian", dtype="float32",
-                                                progress=False)
+def _reference_gram(model, x: np.ndarray, block: int) -> np.ndarray:
+  return gram.ntk_gram(model, x, block_size=block, implementation="jacobian", dtype="float32",
+                       progress=False)
 
 
 def _model_and_block(name: str, n: int, input_shape, memory_budget: int):
@@ -145,23 +141,21 @@ def _model_and_block(name: str, n: int, input_shape, memory_budget: int):
 def _path_fn(path: str, model, x: np.ndarray, block: int, naive_max_n: int):
   """Returns (run, m): `run()` computes the path's Gram on m <= N examples.
 
-  The fast paths return their BlockFn's Gram of all N; `run.block_fn` lets
-  the caller clear its feature cache.
+  The fast paths return their BlockFn's Gram of all N; `run.clear_cache`
+  empties the BlockFn's feature cache (a no-op for BlockFns without one).
   """
   n = len(x)
   if path == "naive":
     m = min(n, naive_max_n)
     return (lambda: naive_gram(model, x[:m])), m
   if path == "reference":
-    ref = _reference_fn()
-    if ref is None:
-      return None, n
     m = min(n, naive_max_n)
-    return (lambda: ref(model, x[:m], min(block, m))), m
-  block_fn = (structured.make_block_fn(model, "float32") if path == "structured"
-              else auto.make_block_fn(model, "float32", nominal_block=block))
+    return (lambda: _reference_gram(model, x[:m], min(block, m))), m
+  options = {} if path == "structured" else {"nominal_block": block}
+  block_fn = gram.block_fn(model, path, "float32", block, **options)
   run = lambda: full_gram(block_fn, x, block)
-  run.block_fn = block_fn
+  cache = getattr(block_fn, "cache", None)
+  run.clear_cache = cache.clear if cache is not None else (lambda: None)
   return run, n
 
 
@@ -179,8 +173,6 @@ def measure_path(name: str, n: int, path: str, input_shape, memory_budget: int,
   model, block = _model_and_block(name, n, input_shape, memory_budget)
   x = _inputs(input_shape, n, data_dir)
   run, m = _path_fn(path, model, x, block, naive_max_n)
-  if run is None:
-    return None, m, None
   times = []
   timed = lambda: times.append(_seconds(run))
   slow = path in ("naive", "reference")
@@ -190,7 +182,7 @@ def measure_path(name: str, n: int, path: str, input_shape, memory_budget: int,
     first()
   if not slow:
     for _ in range(repeats):
-      run.block_fn._cache.clear()  # pylint: disable=protected-access
+      run.clear_cache()
       timed()
   return times, m, peak
 
@@ -250,9 +242,6 @@ def bench_model(name: str, n: int, *, input_shape=(32, 32, 3), memory_budget: in
             measure_memory)
     times, m, peak[path] = (run_in_fresh_process(measure_path, *args) if fresh_process
                             else measure_path(*args))
-    if times is None:
-      seconds[path], notes[path] = None, "n/a (missing)"
-      continue
     seconds[path] = min(times) * (n / m) ** 2
     if m < n:
       notes[path] = f"extrapolated from N={m}"

@@ -1,0 +1,56 @@
+"""Structured empirical NTK: per-layer contributions without full Jacobians.
+
+    Theta(x_a, x_b) = sum_l Theta_l(x_a, x_b),
+    Theta_l(x_a, x_b) = < d f(x_a) / d theta_l , d f(x_b) / d theta_l >.
+
+For every layer l with trainable parameters, one batched forward pass records
+its input A (activations) and pre-activation output z, and one batched
+backward pass of sum_i f(x_i) gives the per-example output cotangents
+D_i = d f(x_i) / d z_i (examples are independent in inference mode, and the
+model has one logit). Then, with `.` the inner product over features:
+
+  Dense  z = A W + b:            Theta_W = (A_a A_b^T) * (D_a D_b^T),  Theta_b = D_a D_b^T
+  Conv2D z = conv(A, W) + b:     Theta_W = sum_{p,q} (X_a[p] . X_b[q]) (D_a[p] . D_b[q])
+                                 (X = input patches, p, q = output positions),
+                                 or G_a G_b^T with g_i = sum_p X_i[p]^T D_i[p]
+  BatchNorm (inference) y = gamma * xhat + beta:
+                                 g_gamma,i = sum_pos xhat_i * D_i,  g_beta,i = sum_pos D_i
+  other layers with trainable weights: per-example gradients of f with respect
+                                 to that layer's variables by `tape.jacobian`
+                                 (the reference path, restricted to the layer).
+
+Each Dense / Conv2D kernel takes the cheaper, by the FLOP estimate in
+`flop_report`, of (a) the structured product ("structured") and (b) forming
+per-example gradients and contracting them ("jacobian"). Biases and BatchNorm
+parameters are always per-example gradients (they have few parameters).
+
+Modules, one job each:
+  plan         LayerPlan / ModelPlan: per-layer forms, FLOP and memory counts
+  keras_graph  the one place that uses Keras' private functional-graph APIs
+  geometry     Conv2D paddings, patch indices, host patches and gradients
+  features     per-block features (one batched forward/backward pass), cached
+  engines      the NumPy (host BLAS) and XLA contractions behind one interface
+  ntk          StructuredNtk (the BlockFn) and its registry factory
+
+Shape convention: N examples, P output positions, K = kh*kw*C_in (patch
+length; for Dense, the input width), C = output channels; `_a`, `_b` name the
+two example blocks of a Gram block [Na, Nb].
+
+Reference: the paper's App. B ("the NTK of a Dense layer factorizes") and
+Novak et al. 2022, "Fast finite width neural tangent kernel".
+"""
+
+from ntk_tf.structured.geometry import conv_paddings
+from ntk_tf.structured.geometry import host_conv_gradient
+from ntk_tf.structured.geometry import host_patches
+from ntk_tf.structured.geometry import patch_indices
+from ntk_tf.structured.ntk import StructuredNtk
+from ntk_tf.structured.ntk import make_block_fn
+from ntk_tf.structured.plan import CHOICES
+from ntk_tf.structured.plan import JACOBIAN
+from ntk_tf.structured.plan import LayerPlan
+from ntk_tf.structured.plan import ModelPlan
+from ntk_tf.structured.plan import REFERENCE
+from ntk_tf.structured.plan import STRUCTURED
+from ntk_tf.structured.plan import contraction_flops
+from ntk_tf.structured.plan import flop_report

@@ -1,0 +1,159 @@
+"""Contraction engines of the structured NTK: sum the layer terms of one [Na, Nb] block.
+
+    Theta = sum_products (A_a A_b^T + offset) * (D_a D_b^T)
+          + sum_positional sum_{p,q} (X_a[p] . X_b[q]) (D_a[p] . D_b[q])
+          + G_a G_b^T
+
+(offset 1 for a product term whose layer has a bias.) Two engines behind one
+interface, `Contraction(features_a, features_b, diagonal) -> [Na, Nb]`:
+
+  NumpyContraction  host BLAS (SciPy SYRK/GEMM) on NumPy features, into reused
+                    buffers; diagonal blocks are exactly symmetric.
+  XlaContraction    the jit-compiled ops of `ops.structured_blocks` on padded
+                    TF features; diagonal blocks are symmetrized.
+
+Both are exact float32/float64 products; only the summation order differs.
+`make_contraction` picks one from a `kernels.MatmulEngine`.
+"""
+
+from collections import OrderedDict
+from typing import Sequence, Tuple
+
+import numpy as np
+from scipy.linalg import blas as scipy_blas
+import tensorflow as tf
+
+from ntk_tf import kernels
+from ntk_tf.structured.features import BlockFeatures
+from ops import structured_blocks
+
+_WORKSPACES = 2  # Gram-buffer shapes kept by the NumPy engine (see `_workspace`).
+
+
+class Contraction:
+  """Sums the layer terms of a block; `on_host` says it wants NumPy features."""
+
+  on_host: bool = False
+
+  def __init__(self, product_offsets: Sequence[float], accumulate_dtype: str):
+    self.product_offsets = list(product_offsets)  # One per product term: 1.0 adds the bias.
+    self.accumulate_dtype = accumulate_dtype
+
+  def __call__(self, a: BlockFeatures, b: BlockFeatures, diagonal: bool) -> np.ndarray:
+    raise NotImplementedError
+
+
+class NumpyContraction(Contraction):
+  """Host BLAS into reused buffers (see `__call__`)."""
+
+  on_host = True
+
+  def __init__(self, product_offsets: Sequence[float], accumulate_dtype: str):
+    super().__init__(product_offsets, accumulate_dtype)
+    self._buffers: "OrderedDict[tuple, Tuple]" = OrderedDict()
+
+  def __call__(self, a: BlockFeatures, b: BlockFeatures, diagonal: bool) -> np.ndarray:
+    """Sums the layer terms [Na, Nb] with host BLAS into reused buffers.
+
+    A diagonal block forms every product and gradient Gram as the upper
+    triangle of one SYRK (half the FLOPs of a GEMM) and mirrors the sum once
+    (exact: the halved diagonal is added back to itself). The Gram buffers
+    (`_workspace`) are kept between calls: fresh [Na, Nb] arrays would cost a
+    page fault per 4 KiB on every call.
+    """
+    grad_a, grad_b = a.gradient, b.gradient
+    n_a, n_b = grad_a.shape[0], grad_b.shape[0]
+    theta, first, second = self._workspace(n_a, n_b, grad_a.dtype, diagonal)  # [Na, Nb], F order.
+    gram = _syrk_upper if diagonal else _gemm_nt
+    # The lower triangles of the SYRK buffers stay zero: every update below keeps them so.
+    theta.fill(0)
+    for (left_a, right_a), (left_b, right_b), offset in zip(a.products, b.products,
+                                                            self.product_offsets):
+      inputs_gram = gram(left_a, left_b, out=first)  # [Na, Nb]
+      cotangent_gram = gram(right_a, right_b, out=second)  # [Na, Nb]
+      inputs_gram *= cotangent_gram
+      if offset:
+        inputs_gram += cotangent_gram  # The bias: (A_a . A_b + 1)(D_a . D_b).
+      theta += inputs_gram
+    if grad_a.shape[1]:
+      theta += gram(grad_a, grad_b, out=first)  # [Na, Nb]
+    if diagonal:
+      theta[np.diag_indices(n_a)] *= 0.5
+      result = theta + theta.T  # [Na, Na], symmetric.
+    else:
+      result = theta.copy(order="C")  # [Na, Nb]
+    for (patches_a, cot_a), (patches_b, cot_b) in zip(a.positional, b.positional):
+      (n_a, p, k), c = patches_a.shape, cot_a.shape[-1]
+      n_b = patches_b.shape[0]
+      patch_gram = patches_a.reshape(n_a * p, k) @ patches_b.reshape(n_b * p, k).T  # [Na P, Nb P]
+      patch_gram *= cot_a.reshape(n_a * p, c) @ cot_b.reshape(n_b * p, c).T  # [Na P, Nb P]
+      term = patch_gram.reshape(n_a, p, n_b, p).sum(axis=(1, 3))  # [Na, Nb]
+      result += 0.5 * (term + term.T) if diagonal else term  # Summation order breaks symmetry.
+    return result
+
+  def _workspace(self, n_a: int, n_b: int, dtype,
+                 diagonal: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Three Fortran-order buffers, zeroed when made: theta [Na, Nb] (accumulate dtype), two Grams.
+
+    Diagonal and off-diagonal blocks get separate buffers (a GEMM fills the
+    lower triangle a SYRK buffer must keep zero); the last `_WORKSPACES` shapes
+    are kept, 3 * Na * Nb floats each.
+    """
+    key = (n_a, n_b, np.dtype(dtype).name, diagonal)
+    if key in self._buffers:
+      self._buffers.move_to_end(key)
+    else:
+      self._buffers[key] = (np.zeros((n_a, n_b), self.accumulate_dtype, order="F"),
+                            np.zeros((n_a, n_b), dtype, order="F"),
+                            np.zeros((n_a, n_b), dtype, order="F"))
+      while len(self._buffers) > _WORKSPACES:
+        self._buffers.popitem(last=False)
+    return self._buffers[key]
+
+
+class XlaContraction(Contraction):
+  """The compiled ops of `ops.structured_blocks` on padded features, cropped to [Na, Nb]."""
+
+  on_host = False
+
+  def __call__(self, a: BlockFeatures, b: BlockFeatures, diagonal: bool) -> np.ndarray:
+    theta = np.zeros((a.gradient.shape[0], b.gradient.shape[0]), self.accumulate_dtype)
+    for (left_a, right_a), (left_b, right_b), offset in zip(a.products, b.products,
+                                                            self.product_offsets):
+      theta += structured_blocks.gram_product(left_a, left_b, right_a, right_b,
+                                              offset).numpy()
+    if a.gradient.shape[1]:
+      theta += structured_blocks.gradient_gram(a.gradient, b.gradient).numpy()
+    theta = theta[:a.n, :b.n]
+    for (patches_a, cot_a), (patches_b, cot_b) in zip(a.positional, b.positional):
+      term = structured_blocks.positional_gram_product(patches_a, cot_a, patches_b, cot_b)
+      theta += term.numpy()[:a.n, :b.n].astype(self.accumulate_dtype)
+    if diagonal:
+      theta = 0.5 * (theta + theta.T)  # Device matmuls need not be exactly symmetric.
+    return theta
+
+
+def make_contraction(engine: kernels.MatmulEngine, product_offsets: Sequence[float],
+                     accumulate_dtype: str) -> Contraction:
+  """Returns the engine's `Contraction`; AUTO is NUMPY without a visible GPU, else XLA."""
+  if engine == kernels.MatmulEngine.AUTO:
+    engine = (kernels.MatmulEngine.XLA if tf.config.list_physical_devices("GPU")
+              else kernels.MatmulEngine.NUMPY)
+  cls = NumpyContraction if engine == kernels.MatmulEngine.NUMPY else XlaContraction
+  return cls(product_offsets, accumulate_dtype)
+
+
+def _syrk_upper(u: np.ndarray, _=None, *, out: np.ndarray) -> np.ndarray:
+  """Writes u u^T [N, N] into the upper triangle of `out` (Fortran order) by BLAS SYRK.
+
+  `u` [N, k] in C order is u^T in Fortran order, so SYRK with trans=1 forms
+  (u^T)^T u^T without a copy. The strict lower triangle of `out` is not touched.
+  """
+  syrk = scipy_blas.dsyrk if u.dtype == np.float64 else scipy_blas.ssyrk
+  return syrk(1.0, u.T, trans=1, c=out, overwrite_c=1)  # [N, N]
+
+
+def _gemm_nt(u: np.ndarray, v: np.ndarray, *, out: np.ndarray) -> np.ndarray:
+  """Writes u v^T [Nu, Nv] into `out` (Fortran order) by BLAS GEMM."""
+  gemm = scipy_blas.dgemm if u.dtype == np.float64 else scipy_blas.sgemm
+  return gemm(1.0, u.T, v.T, trans_a=1, c=out, overwrite_c=1)  # [Nu, Nv]

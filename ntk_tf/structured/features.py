@@ -1,0 +1,227 @@
+"""Block features of the structured NTK: one batched forward/backward pass per block, cached.
+
+For a block x [N, ...], one forward pass records each planned layer's input A
+and pre-activation output z (`keras_graph.Recorder`) and one backward pass of
+sum_i f(x_i) gives the cotangents D_i = d f(x_i) / d z_i (examples are
+independent in inference mode). The features are
+
+  products    [(A [N, K], D [N, C])]         structured kernels with one position
+  positional  [(X [N, P, K], D [N, P, C])]   structured kernels with P > 1 positions
+  gradient    [N, p_G]                       per-example gradients of every other
+              parameter (jacobian-form kernels, biases, BatchNorm gamma/beta,
+              reference layers by `tape.jacobian`), concatenated in plan order
+
+With a host engine (`on_host`), features are NumPy arrays cropped to the N
+real rows and jacobian-form conv kernel gradients are formed on the host
+(`geometry.host_conv_gradient`); otherwise they stay padded TF tensors.
+"""
+
+import hashlib
+from collections import OrderedDict
+from typing import List, NamedTuple, Optional
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from ntk_tf import precision
+from ntk_tf.structured import geometry
+from ntk_tf.structured import keras_graph
+from ntk_tf.structured import plan as plan_lib
+from ntk_tf.types import Inputs
+from ops import structured_blocks
+
+
+class BlockFeatures(NamedTuple):
+  """The features of one block of n examples (see the module docstring)."""
+  n: int
+  products: list
+  positional: list
+  gradient: object  # [N, p_G]
+
+
+def _nbytes(t) -> int:
+  return int(np.prod(t.shape)) * tf.as_dtype(t.dtype).size
+
+
+def features_nbytes(features: BlockFeatures) -> int:
+  """Returns the bytes held by `features` (padded rows included for TF tensors)."""
+  pairs = features.products + features.positional
+  return sum(_nbytes(t) for pair in pairs for t in pair) + _nbytes(features.gradient)
+
+
+class FeatureCache:
+  """An LRU cache of `BlockFeatures` by block content, bounded in bytes."""
+
+  def __init__(self, max_bytes: int):
+    self.max_bytes = int(max_bytes)
+    self._entries: "OrderedDict[bytes, BlockFeatures]" = OrderedDict()
+    self.size_bytes = 0
+
+  @staticmethod
+  def key(x: np.ndarray) -> bytes:
+    """A content key of a C-contiguous block (SHA-1: a cache key, not a signature)."""
+    return hashlib.sha1(memoryview(x).cast("B")).digest() + str(x.shape).encode()
+
+  def get(self, key: bytes) -> Optional[BlockFeatures]:
+    if key not in self._entries:
+      return None
+    self._entries.move_to_end(key)
+    return self._entries[key]
+
+  def put(self, key: bytes, entry: BlockFeatures) -> None:
+    size = features_nbytes(entry)
+    if size > self.max_bytes:
+      return
+    self._entries[key] = entry
+    self.size_bytes += size
+    while self.size_bytes > self.max_bytes:
+      _, old = self._entries.popitem(last=False)
+      self.size_bytes -= features_nbytes(old)
+
+  def clear(self) -> None:
+    """Drops every cached entry."""
+    self._entries.clear()
+    self.size_bytes = 0
+
+  def __len__(self) -> int:
+    return len(self._entries)
+
+
+class FeatureExtractor:
+  """Computes (and caches) the `BlockFeatures` of blocks for one `ModelPlan`.
+
+  Blocks are zero-padded to the smallest block size seen so far that fits
+  (buckets), so the traced function sees few shapes.
+  """
+
+  def __init__(self, model_plan: plan_lib.ModelPlan, *, on_host: bool, allow_tf32: bool,
+               cache_bytes: int):
+    self.model_plan = model_plan
+    self.plans = model_plan.plans
+    self.dtype = model_plan.dtype
+    self.on_host = on_host
+    self.allow_tf32 = allow_tf32
+    known = {id(p.layer): p.kind for p in self.plans if p.kind != plan_lib.REFERENCE}
+    self._recorder = keras_graph.Recorder(model_plan.graph, known, pad_channels=on_host)
+    self._reference_vars = [v for p in self.plans if p.kind == plan_lib.REFERENCE
+                            for v in p.variables]
+    # With a host engine, jacobian-form conv kernels form their per-example
+    # gradients with NumPy (strided patches and batched BLAS).
+    self.host_plans = ([p for p in self.plans
+                        if p.kind == "conv2d" and p.kernel and p.choice == plan_lib.JACOBIAN]
+                       if on_host else [])
+    self.traced_fn = tf.function(self._features)
+    self.cache = FeatureCache(cache_bytes)
+    self._buckets: List[int] = []
+
+  def _features(self, x: tf.Tensor):
+    """Returns (product terms, positional terms, per-example gradients [N, p_G'], host terms).
+
+    Host terms: (conv inputs [N, H, W, C_in], cotangents [N, P, C]) of the
+    jacobian-form conv kernels whose gradients are formed on the host, in
+    `host_plans` order; their columns join the gradient there.
+    """
+    needs_reference = bool(self._reference_vars)
+    with tf.GradientTape(persistent=needs_reference) as tape:
+      tape.watch(x)
+      outputs = plan_lib.check_logits(self._recorder.run(x))
+      logits = tf.reshape(outputs, [-1])  # [N]
+      total = tf.reduce_sum(logits)
+    records = self._recorder.records
+    planned = [p for p in self.plans if p.kind != plan_lib.REFERENCE]
+    cotangents = tape.gradient(total, [records[p.name][1] for p in planned],
+                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    n = tf.shape(x)[0]
+    products, positional, grads, host = [], [], [], []
+    host_ids = {id(p) for p in self.host_plans}
+    for plan, cot in zip(planned, cotangents):
+      inputs = records[plan.name][0]
+      if plan.kind == "batch_norm":
+        grads.extend(_batch_norm_grads(plan, inputs, cot))
+        continue
+      if id(plan) in host_ids:
+        cot = tf.reshape(cot, [n, plan.positions, plan.channels])  # [N, P, C]
+        host.append((inputs, cot))
+        if plan.bias:
+          grads.append(tf.reduce_sum(cot, axis=1))  # [N, C]
+        continue
+      if plan.kind == "conv2d":
+        patches = geometry.conv_patches(plan.layer, inputs, *plan.patches)  # [N, P, K]
+      else:
+        patches = tf.reshape(inputs, [n, plan.positions, plan.patch_len])  # [N, P, K]
+      cot = tf.reshape(cot, [n, plan.positions, plan.channels])  # [N, P, C]
+      bias_merged = False
+      if plan.kernel:
+        if plan.is_product:
+          # The bias joins as +1 on the inputs Gram (the engines' product offsets).
+          bias_merged = plan.bias
+          products.append((tf.reshape(patches, [n, plan.patch_len]),  # [N, K]
+                           tf.reshape(cot, [n, plan.channels])))  # [N, C]
+        elif plan.is_positional:
+          positional.append((patches, cot))
+        else:
+          grads.append(structured_blocks.positional_gradient(patches, cot))  # [N, K*C]
+      if plan.bias and not bias_merged:
+        grads.append(tf.reduce_sum(cot, axis=1))  # [N, C]
+    if needs_reference:
+      try:
+        jac = tape.jacobian(logits, self._reference_vars, experimental_use_pfor=True)
+      except (ValueError, NotImplementedError, TypeError) as err:
+        logging.warning("pfor failed for the reference layers (%s); using a while loop.", err)
+        jac = tape.jacobian(logits, self._reference_vars, experimental_use_pfor=False)
+      grads.extend(tf.reshape(j, [n, -1]) for j in jac)  # [N, p_v] each
+    gradient = tf.concat(grads, axis=1) if grads else tf.zeros([n, 0], x.dtype)  # [N, p_G']
+    return products, positional, gradient, host
+
+  def _bucket(self, n: int) -> int:
+    """The padded block size for n examples: the smallest bucket >= n, else n."""
+    fits = [b for b in self._buckets if b >= n]
+    if fits:
+      return min(fits)
+    self._buckets.append(n)
+    return n
+
+  def __call__(self, x: Inputs) -> BlockFeatures:
+    """Returns the (cached) features of block x [N, ...]."""
+    x = np.ascontiguousarray(np.asarray(x, dtype=self.dtype))
+    if x.shape[1:] != self.model_plan.input_shape:
+      raise ValueError(
+          f"inputs must have shape [N, {', '.join(map(str, self.model_plan.input_shape))}]. "
+          f"Received: shape={x.shape}")
+    key = FeatureCache.key(x)
+    entry = self.cache.get(key)
+    if entry is not None:
+      return entry
+    n = x.shape[0]
+    padded = self._bucket(n)
+    if padded > n:
+      x = np.concatenate([x, np.zeros((padded - n,) + x.shape[1:], x.dtype)])
+    with precision.tf32_matmuls(self.allow_tf32):
+      products, positional, gradient, host = self.traced_fn(tf.constant(x))
+    if self.on_host:
+      products = [(l.numpy()[:n], r.numpy()[:n]) for l, r in products]
+      positional = [(p.numpy()[:n], d.numpy()[:n]) for p, d in positional]
+      pieces = [gradient.numpy()[:n]] + [
+          geometry.host_conv_gradient(plan.layer, inputs.numpy()[:n], cot.numpy()[:n])
+          for plan, (inputs, cot) in zip(self.host_plans, host)]  # [N, K*C] each
+      gradient = np.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0]  # [N, p_G]
+    entry = BlockFeatures(n, products, positional, gradient)
+    self.cache.put(key, entry)
+    return entry
+
+
+def _batch_norm_grads(plan, inputs, cot):
+  """Per-example gradients of BatchNorm's gamma [N, C] and beta [N, C] (inference mode)."""
+  layer = plan.layer
+  n = tf.shape(inputs)[0]
+  mean = tf.cast(layer.moving_mean, inputs.dtype)
+  variance = tf.cast(layer.moving_variance, inputs.dtype)
+  x_hat = (inputs - mean) * tf.math.rsqrt(variance + layer.epsilon)  # [N, ..., C]
+  cot = tf.reshape(cot, [n, -1, plan.channels])  # [N, P, C]
+  grads = []
+  if plan.gamma:
+    grads.append(tf.reduce_sum(tf.reshape(x_hat, [n, -1, plan.channels]) * cot, axis=1))
+  if plan.beta:
+    grads.append(tf.reduce_sum(cot, axis=1))  # [N, C]
+  return grads

@@ -1,0 +1,107 @@
+"""Conv2D geometry for the structured NTK: paddings, patch indices, input patches, gradients.
+
+Shapes: inputs [N, H, W, C_in]; output positions P = H' * W'; patch length
+K = kh * kw * C_in ordered as the kernel's (kh, kw, C_in); C output channels.
+A conv's output at position p is X[p] . W with X[p] [K] the input patch.
+"""
+
+from typing import Tuple
+
+import numpy as np
+import tensorflow as tf
+
+
+def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> Tuple[int, int]:
+  """TF/Keras 'same' padding (before, after) of one spatial axis."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+  return total // 2, total - total // 2
+
+
+def conv_paddings(layer, input_hw: Tuple[int, int]) -> Tuple:
+  """Returns the [N, H, W, C] paddings of a Conv2D's input ('same' or 'valid')."""
+  (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.strides, layer.dilation_rate
+  h, w = input_hw
+  if layer.padding == "same":
+    pad_h, pad_w = _same_padding(h, kh, sh, dh), _same_padding(w, kw, sw, dw)
+  elif layer.padding == "valid":
+    pad_h, pad_w = (0, 0), (0, 0)
+  else:
+    raise NotImplementedError(f"Conv2D padding must be 'same' or 'valid'. "
+                              f"Received: padding={layer.padding!r} in layer {layer.name!r}")
+  return ((0, 0), pad_h, pad_w, (0, 0))
+
+
+def patch_indices(layer, input_hw: Tuple[int, int]) -> Tuple[Tuple, np.ndarray]:
+  """Returns (paddings, index [P * kh * kw]) that gather a conv's input patches.
+
+  The padded input, flattened to [N, Hp * Wp, C_in], gathered at `index` and
+  reshaped to [N, P, kh * kw * C_in], holds the patch of every output position
+  p = (oh, ow) in the kernel's (kh, kw, C_in) order: row oh * sh + i * dh,
+  column ow * sw + j * dw of the padded input for kernel offset (i, j).
+  """
+  (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.strides, layer.dilation_rate
+  paddings = conv_paddings(layer, input_hw)
+  hp, wp = (size + sum(pad) for size, pad in zip(input_hw, paddings[1:3]))
+  out_h = (hp - (kh - 1) * dh - 1) // sh + 1
+  out_w = (wp - (kw - 1) * dw - 1) // sw + 1
+  rows = (np.arange(out_h)[:, None, None, None] * sh + np.arange(kh)[None, None, :, None] * dh)
+  cols = (np.arange(out_w)[None, :, None, None] * sw + np.arange(kw)[None, None, None, :] * dw)
+  index = (rows * wp + cols).reshape(-1).astype(np.int32)  # [out_h * out_w * kh * kw]
+  return paddings, index
+
+
+def conv_patches(layer, inputs: tf.Tensor, paddings, index: np.ndarray) -> tf.Tensor:
+  """Returns the conv's input patches [N, P, K] (K ordered as the kernel's kh, kw, C_in).
+
+  One gather from the padded input at `patch_indices`; exact (a copy).
+  """
+  n, c_in = tf.shape(inputs)[0], inputs.shape[-1]
+  padded = tf.pad(inputs, paddings) if any(map(sum, paddings)) else inputs  # [N, Hp, Wp, C_in]
+  flat = tf.reshape(padded, [n, -1, c_in])  # [N, Hp * Wp, C_in]
+  patches = tf.gather(flat, index, axis=1)  # [N, P * kh * kw, C_in]
+  kh, kw = layer.kernel_size
+  return tf.reshape(patches, [n, -1, kh * kw * c_in])  # [N, P, K]
+
+
+def host_patches(layer, inputs: np.ndarray) -> np.ndarray:
+  """Returns the conv's input patches [N, P, K] on the host (NumPy), as `conv_patches`.
+
+  Strided windows of the padded input, copied once into [N, H', W', kh, kw, C_in].
+  """
+  (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.strides, layer.dilation_rate
+  paddings = conv_paddings(layer, inputs.shape[1:3])
+  padded = np.pad(inputs, paddings) if any(map(sum, paddings)) else inputs  # [N, Hp, Wp, C_in]
+  span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+  windows = np.lib.stride_tricks.sliding_window_view(padded, (span_h, span_w), axis=(1, 2))
+  windows = windows[:, ::sh, ::sw, :, ::dh, ::dw]  # [N, H', W', C_in, kh, kw] (a view)
+  n, out_h, out_w, c_in = windows.shape[:4]
+  patches = np.ascontiguousarray(windows.transpose(0, 1, 2, 4, 5, 3))  # [N, H', W', kh, kw, C_in]
+  return patches.reshape(n, out_h * out_w, kh * kw * c_in)  # [N, P, K]
+
+
+def host_conv_gradient(layer, inputs: np.ndarray, cot: np.ndarray,
+                       chunk_bytes: int = 32 << 20) -> np.ndarray:
+  """Returns the per-example kernel gradients g_i = sum_p X_i[p]^T D_i[p] [N, K*C] on the host.
+
+  Patches are formed for chunks of examples of at most `chunk_bytes` each, so
+  they stay small and their buffer is reused instead of page-faulted anew.
+
+  Args:
+    layer: the Conv2D.
+    inputs: [N, H, W, C_in] its inputs.
+    cot: [N, P, C] the cotangents of its pre-activation output.
+    chunk_bytes: patch bytes per chunk.
+  Returns:
+    [N, K*C], flattened like the kernel [kh, kw, C_in, C] (as
+    `ops.structured_blocks.positional_gradient`).
+  """
+  n, p, c = cot.shape
+  k = int(np.prod(layer.kernel.shape[:-1]))
+  grads = np.empty((n, c, k), cot.dtype)  # [N, C, K]
+  step = max(1, chunk_bytes // (p * k * cot.itemsize))
+  for i in range(0, n, step):
+    patches = host_patches(layer, inputs[i:i + step])  # [n_i, P, K]
+    # D^T X ([C, P] x [P, K] per example): the layout BLAS batches well.
+    np.matmul(cot[i:i + step].transpose(0, 2, 1), patches, out=grads[i:i + step])
+  return np.ascontiguousarray(grads.transpose(0, 2, 1)).reshape(n, k * c)  # [N, K*C]

@@ -1,0 +1,134 @@
+"""Keras graph access for the structured NTK: the one place using Keras' private graph APIs.
+
+A functional (or Sequential) Keras model runs through its graph of nodes; the
+structured NTK runs that graph itself (`Recorder`), replacing Dense, Conv2D
+and BatchNormalization calls by versions that record each layer's input A
+[N, ...] and pre-activation output z [N, ..., C], and calling every other
+layer as is in inference mode. The private APIs used (Keras 3):
+`Sequential._functional`, `Functional._run_through_graph(operation_fn=...)`,
+`Functional._nodes_by_depth`, `Operation._call_has_training_arg`.
+"""
+
+from typing import Dict, Iterator, Mapping, Optional, Tuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+MIN_CONV_CHANNELS = 8  # CPU: convs with fewer input channels run zero-padded (`Recorder`).
+
+
+def functional_graph(model: keras.Model):
+  """Returns the Functional graph that runs `model` (a Sequential wraps one)."""
+  if isinstance(model, keras.Sequential):
+    model.build(model.inputs[0].shape) if not model.built else None
+    return model._functional  # pylint: disable=protected-access
+  if not hasattr(model, "_run_through_graph"):
+    raise ValueError(
+        f"The structured NTK needs a functional or sequential Keras model. "
+        f"Received: model={model.name!r} of type {type(model).__name__}")
+  return model
+
+
+def _nodes(graph) -> Iterator:
+  for nodes in graph._nodes_by_depth.values():  # pylint: disable=protected-access
+    yield from nodes
+
+
+def node_counts(graph) -> Dict[int, int]:
+  """Returns {id(layer): how many times the graph calls it} (input nodes excluded)."""
+  counts = {}
+  for node in _nodes(graph):
+    if node.operation is not None and not node.is_input:
+      counts[id(node.operation)] = counts.get(id(node.operation), 0) + 1
+  return counts
+
+
+def output_floats(graph) -> int:
+  """Returns the per-example number of floats in all node outputs (inputs included)."""
+  total = 0
+  for node in _nodes(graph):
+    for t in node.outputs:
+      total += int(np.prod([d for d in t.shape[1:] if d is not None]))
+  return total
+
+
+def _is_plain(layer, cls) -> bool:
+  return (type(layer) is cls and getattr(layer, "quantization_mode", None) is None
+          and not getattr(layer, "lora_enabled", False))
+
+
+def known_kind(layer) -> Optional[str]:
+  """Returns "dense", "conv2d" or "batch_norm" for layers with a structured rule, else None."""
+  if _is_plain(layer, keras.layers.Dense):
+    return "dense"
+  if (_is_plain(layer, keras.layers.Conv2D) and layer.groups == 1
+      and layer.data_format == "channels_last"):
+    return "conv2d"
+  if type(layer) is keras.layers.BatchNormalization and not getattr(layer, "renorm", False):
+    return "batch_norm"
+  return None
+
+
+class Recorder:
+  """Runs the model's graph, recording (A, z) for the planned layers.
+
+  With `pad_channels`, convs with fewer than MIN_CONV_CHANNELS input channels
+  run on inputs and kernels zero-padded to that many channels (TF's CPU conv
+  is faster with 8 input channels than with 3); the zero channels and zero
+  kernel rows add exact zeros, and the gradient of the pad is a slice.
+  """
+
+  def __init__(self, graph, known: Mapping[int, str], pad_channels: bool = False):
+    self._graph = graph
+    self._known = known  # id(layer) -> kind
+    self.pad_channels = pad_channels
+    self.records: Dict[str, Tuple[tf.Tensor, tf.Tensor]] = {}
+
+  def run(self, x: tf.Tensor) -> tf.Tensor:
+    self.records = {}
+    outputs = self._graph._run_through_graph(x, operation_fn=self._operation_fn)  # pylint: disable=protected-access
+    if isinstance(outputs, (list, tuple)) and len(outputs) == 1:
+      outputs = outputs[0]  # [N, 1]
+    return outputs
+
+  def _operation_fn(self, op):
+    kind = self._known.get(id(op))
+    if kind == "dense":
+      return lambda inputs, **kwargs: self._dense(op, inputs)
+    if kind == "conv2d":
+      return lambda inputs, **kwargs: self._conv(op, inputs)
+    if kind == "batch_norm":
+      return lambda inputs, **kwargs: self._batch_norm(op, inputs)
+
+    def call(*args, **kwargs):
+      if getattr(op, "_call_has_training_arg", False):
+        kwargs["training"] = False
+      return op(*args, **kwargs)
+    return call
+
+  def _dense(self, layer, inputs):
+    z = keras.ops.matmul(inputs, layer.kernel)  # [N, ..., C]
+    if layer.bias is not None:
+      z = keras.ops.add(z, layer.bias)
+    self.records[layer.name] = (inputs, z)
+    return layer.activation(z) if layer.activation is not None else z
+
+  def _conv(self, layer, inputs):
+    c_in = inputs.shape[-1]
+    if self.pad_channels and c_in < MIN_CONV_CHANNELS:
+      extra = MIN_CONV_CHANNELS - c_in
+      padded_inputs = tf.pad(inputs, [[0, 0]] * 3 + [[0, extra]])
+      kernel = tf.pad(layer.kernel, [[0, 0]] * 2 + [[0, extra], [0, 0]])
+      z = layer.convolution_op(padded_inputs, kernel)  # [N, H', W', C]
+    else:
+      z = layer.convolution_op(inputs, layer.kernel)  # [N, H', W', C]
+    if layer.use_bias:
+      z = keras.ops.add(z, keras.ops.reshape(layer.bias, (1, 1, 1, layer.filters)))
+    self.records[layer.name] = (inputs, z)
+    return layer.activation(z) if layer.activation is not None else z
+
+  def _batch_norm(self, layer, inputs):
+    y = layer(inputs, training=False)
+    self.records[layer.name] = (inputs, y)
+    return y
