@@ -57,10 +57,10 @@ _DEPRECATED_METHOD_NAME = "GRAM"
 _DEPRECATED_METHOD_VALUE = "gram"
 
 
-def _warn_gram() -> None:
+def _warn_gram(stacklevel: int) -> None:
   warnings.warn("NadMethod.GRAM (method='gram') is deprecated and will be removed; use "
                 "NadMethod.MTM (method='mtm'): the eigendecomposition of M^T M.",
-                DeprecationWarning, stacklevel=3)
+                DeprecationWarning, stacklevel=stacklevel + 1)
 
 
 class _NadMethodType(enum.EnumMeta):
@@ -68,13 +68,13 @@ class _NadMethodType(enum.EnumMeta):
 
   def __getattr__(cls, name):
     if name == _DEPRECATED_METHOD_NAME:
-      _warn_gram()
+      _warn_gram(stacklevel=2)  # The caller of `NadMethod.GRAM`.
       return cls.MTM
     return super().__getattr__(name)
 
   def __getitem__(cls, name):
     if name == _DEPRECATED_METHOD_NAME:
-      _warn_gram()
+      _warn_gram(stacklevel=2)  # The caller of `NadMethod["GRAM"]`.
       return cls.MTM
     return super().__getitem__(name)
 
@@ -100,7 +100,7 @@ class NadMethod(enum.Enum, metaclass=_NadMethodType):
   @classmethod
   def _missing_(cls, value):
     if value == _DEPRECATED_METHOD_VALUE:
-      _warn_gram()
+      _warn_gram(stacklevel=4)  # The caller of `NadMethod("gram")`, past Enum's __call__, __new__.
       return cls.MTM
     return None
 
