@@ -2,6 +2,23 @@
 
 The public surface; each object lives in its own module.
 
+Conventions shared by every module:
+  * Labels are +-1: a binary target is f: R^d -> {-1, +1} (the paper's
+    setting, Sec. 2), as a `[N]` array (or `[N, m]` for m targets at once).
+  * `batch_size` is examples per step or call; `block_size` is the side of a
+    Gram tile; `k` is how many eigenpairs or directions.
+  * A set of vectors keeps the example axis where it is everywhere else: a
+    vector on the N samples (an eigenvector phi_j, a label vector) is a column,
+    so k of them are `[N, k]` like labels `[N, m]` (`eigen`); a vector in
+    input space (a NAD) is shaped like one input, so k of them are
+    `[k, H, W, C]` like a batch `[N, H, W, C]` (`nads`). The returns keep
+    these layouts: a transposed return cannot warn its callers, so changing
+    one would break them silently.
+  * Arrays are returned as NumPy arrays, 0-d where the result is one number
+    (`alignment`, `energy_concentration` for labels `[N]`).
+  * Renamed keywords and members keep their old names for one release, with a
+    DeprecationWarning.
+
 Do not run ntk_tf with TF_ENABLE_ONEDNN_OPTS=1 on CPUs where TensorFlow
 leaves oneDNN off (no AVX-512): TF 2.21's oneDNN Conv2DBackpropFilter returns
 wrong kernel gradients for 1x1 stride-2 convolutions (relative error ~0.5

@@ -4,7 +4,8 @@
     E_k(y)   = || Phi_k^T y ||^2 / || y ||^2                                   (Sec. 4.2)
 
 Shapes: inputs `[N, ...]`, labels `[N]` or `[N, m]` (m label vectors at once),
-eigenvectors `[N, K]` (orthonormal columns).
+eigenvectors `[N, K]` (orthonormal columns). Both functions return an ndarray:
+0-d for labels `[N]`, `[m]` for `[N, m]` (`float(result)` for a Python float).
 
 `alignment` never forms Theta or the per-example Jacobian: for each batch it
 takes m vector-Jacobian products v_c += J_b^T y_b[:, c] / N (one backward pass
@@ -13,13 +14,10 @@ of the whole batch per label vector, sharing one forward pass), then alpha_c =
 of activations.
 """
 
-from typing import Union
-
 import keras
 import numpy as np
 import tensorflow as tf
 
-# From-import of the submodule: `ntk_tf.jacobian` is the function once ntk_tf is imported.
 from ntk_tf import precision
 from ntk_tf import types
 from ntk_tf import validation
@@ -36,7 +34,7 @@ def _check_labels(y, n: int, name: str = "y") -> np.ndarray:
 
 
 def alignment(model: keras.Model, x: types.Inputs, y: types.Array, *, batch_size: int = 256,
-              dtype: types.DType = "float32") -> Union[float, np.ndarray]:
+              dtype: types.DType = "float32") -> np.ndarray:
   """Returns alpha(y) = ||(1/N) sum_i y_i grad_theta f(x_i)||^2 for each label vector.
 
       alpha(y) = ||J^T y||^2 / N^2 = y^T Theta y / N^2,   J = d f(x) / d theta  [N, P]
@@ -51,9 +49,11 @@ def alignment(model: keras.Model, x: types.Inputs, y: types.Array, *, batch_size
     dtype: "float32" or "float64" (float64 uses a float64 copy of the model).
 
   Returns:
-    A float for `y [N]`, an `[m]` float64 array for `y [N, m]`.
+    float64 ndarray: 0-d for `y [N]`, `[m]` for `y [N, m]`. (Before this
+    release `y [N]` gave a Python float; a 0-d array converts with `float()`.)
 
-  Paper: Lemma 1 (alignment), Sec. 4.
+  Paper: Lemma 1 (alpha(f) = ||E_x[f(x) grad_theta f(x)]||^2); App. B
+  ("Alignment"), used for alpha(phi_j) in Sec. 4.2.
   """
   dtype = precision.canonical_dtype(dtype)
   batch_size = validation.check_positive_int(batch_size, "batch_size")
@@ -89,11 +89,10 @@ def alignment(model: keras.Model, x: types.Inputs, y: types.Array, *, batch_size
     total = vjps if total is None else total + vjps  # [m, P]
   mean_gradients = total.numpy().astype(np.float64) / n  # [m, P]: (1/N) J^T y
   alphas = np.sum(mean_gradients**2, axis=1)  # [m]
-  return float(alphas[0]) if labels.ndim == 1 else alphas
+  return alphas.reshape(labels.shape[1:])  # [] or [m]
 
 
-def energy_concentration(eigvecs: types.Array, y: types.Array, k: int
-                         ) -> Union[float, np.ndarray]:
+def energy_concentration(eigvecs: types.Array, y: types.Array, k: int) -> np.ndarray:
   """Returns the fraction of ||y||^2 in the span of the top-k eigenvectors.
 
       E_k(y) = || Phi_k^T y ||^2 / || y ||^2,   Phi_k = eigvecs[:, :k] (orthonormal)
@@ -104,16 +103,19 @@ def energy_concentration(eigvecs: types.Array, y: types.Array, k: int
     k: number of leading eigenvectors, 1 <= k <= K.
 
   Returns:
-    A float in [0, 1] for `y [N]`, an `[m]` array for `y [N, m]`.
+    float64 ndarray of values in [0, 1]: 0-d for `y [N]`, `[m]` for `y [N, m]`.
+    (Before this release `y [N]` gave a Python float; a 0-d array converts
+    with `float()`.)
 
-  Paper: Sec. 4.2 (energy concentration of the target on the top eigenfunctions).
+  Paper: Sec. 4.2, ||Phi_t y||^2 / ||y||^2 with the eigenvectors as the rows of
+  Phi_t (Sec. 2), here the columns of `eigvecs`.
   """
   eigvecs = np.asarray(eigvecs, dtype=np.float64)
   if eigvecs.ndim != 2:
     raise ValueError(f"eigvecs must be [N, K]. Received: eigvecs.shape={eigvecs.shape}")
-  num = eigvecs.shape[1]
-  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= num:
-    raise ValueError(f"k must be an int in [1, K={num}]. Received: k={k!r}")
+  if k is None:  # check_k reads None as "all K"; here k is required.
+    raise ValueError(f"k must be an int in [1, {eigvecs.shape[1]}]. Received: k=None")
+  k = validation.check_k(k, eigvecs.shape[1])
   labels = _check_labels(y, eigvecs.shape[0])
   labels_2d = labels.reshape(labels.shape[0], -1)  # [N, m]
   norms_sq = np.sum(labels_2d**2, axis=0)  # [m]
@@ -122,4 +124,4 @@ def energy_concentration(eigvecs: types.Array, y: types.Array, k: int
                      "zero column")
   energy_top_k = np.sum((eigvecs[:, :k].T @ labels_2d)**2, axis=0)  # [m]: ||Phi_k^T y||^2
   fractions = energy_top_k / norms_sq  # [m]
-  return float(fractions[0]) if labels.ndim == 1 else fractions
+  return fractions.reshape(labels.shape[1:])  # [] or [m]

@@ -3,7 +3,9 @@
     Theta = sum_j lambda_j phi_j phi_j^T,   lambda_1 >= lambda_2 >= ...,  ||phi_j|| = 1
 
 Shapes: Gram `[N, N]`; eigenvalues `[k]` (float64, descending); eigenvectors
-`[N, k]` (float64, column j-1 is phi_j).
+`[N, k]` (float64, column j-1 is phi_j: a function on the N samples, stacked
+like label columns `[N, m]`; see the rule for sets of vectors in
+`ntk_tf/__init__.py`).
 
 Sign convention: each phi_j is flipped so that its entry of largest absolute
 value is positive (ties: the first such index). The same matrix therefore gives
@@ -20,16 +22,17 @@ Methods:
               memory-mapped store in row blocks; good for large k (e.g. 1000 at
               N = 60,000).
 
-Paper: Sec. 4 (eigenfunctions of the NTK as tasks), App. B.
+Paper: Sec. 2 (Gram eigenvectors approximate the eigenfunctions phi_j), Sec. 3.1
+(sign(phi_j) as tasks), Sec. 4.2 (top-K eigenvectors Phi_t), App. B
+("Eigendecompositions").
 """
 
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 from absl import logging
 import numpy as np
 from scipy.sparse import linalg as sparse_linalg
 
-from ntk_tf import types
 from ntk_tf import validation
 
 # Dense eigh is refused from this size on (int16 max; ~8.6 GB in float64).
@@ -168,10 +171,10 @@ def eigen(matrix_or_store: Any, k: Optional[int] = None, *, method: str = "auto"
   Returns:
     (eigvals `[k]` float64 descending, eigvecs `[N, k]` float64, orthonormal columns).
 
-  Paper: Sec. 4, App. B (top eigenfunctions of the NTK of 60,000 images).
+  Paper: Sec. 3.1 and App. B (eigenfunctions of the NTK of the 60,000 CIFAR-10
+  images), Sec. 4.2 (top-K eigenvectors).
   """
-  if method not in METHODS:
-    raise ValueError(f"method must be one of {METHODS}. Received: method={method!r}")
+  validation.check_choice(method, "method", METHODS)
   op = _Operator(matrix_or_store)
   k = validation.check_k(k, op.n)
   if method == "auto":

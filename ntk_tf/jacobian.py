@@ -25,11 +25,6 @@ from ntk_tf import validation
 _PARALLEL_EXAMPLES = 16
 
 
-# Kept for callers of the old names; the checks live in ntk_tf.validation.
-num_parameters = validation.parameter_count
-check_single_logit = validation.check_single_logit
-
-
 def jacobian_fn(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
   """Returns a `tf.function` mapping a block `x [B, ...]` to its Jacobian `[B, P]`.
 
@@ -57,8 +52,9 @@ def jacobian_fn(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
   return block_jacobian
 
 
+@validation.renamed_keywords(block_size="batch_size")
 def jacobian(model: keras.Model, x: types.Inputs, *, dtype: types.DType = "float32",
-             block_size: int = 256) -> np.ndarray:
+             batch_size: int = 256) -> np.ndarray:
   """Returns the per-example Jacobian J(x) of the model's single logit.
 
       J[i, :] = d f(x_i) / d theta    (theta: all trainable variables, flattened)
@@ -71,8 +67,9 @@ def jacobian(model: keras.Model, x: types.Inputs, *, dtype: types.DType = "float
     x: `[N, ...]` inputs matching the model's input shape; must be finite.
     dtype: "float32" or "float64". float64 differentiates a float64 copy of the
       model (`precision.as_float64_model`), so the result is float64 end to end.
-    block_size: examples per compiled call; peak memory is about
-      block_size * P * bytes plus the `[N, P]` result.
+    batch_size: examples per compiled call; peak memory is about
+      batch_size * P * bytes plus the `[N, P]` result. (Was `block_size`,
+      deprecated: `block_size` names Gram tiles.)
 
   Returns:
     `[N, P]` NumPy array of `dtype`, columns in `model.trainable_variables` order.
@@ -80,13 +77,20 @@ def jacobian(model: keras.Model, x: types.Inputs, *, dtype: types.DType = "float
   Paper: Sec. 2 (the Jacobian whose Gram is the empirical NTK).
   """
   dtype = precision.canonical_dtype(dtype)
-  block_size = validation.check_positive_int(block_size, "block_size")
+  batch_size = validation.check_positive_int(batch_size, "batch_size")
   validation.check_single_logit(model)
   validation.check_finite_weights(model)
   x = validation.check_inputs(model, x, "x")
   work_model = precision.model_for_dtype(model, dtype)
   x = x.astype(dtype)
   block_jacobian = jacobian_fn(work_model)
-  rows = [block_jacobian(tf.constant(x[start:start + block_size])).numpy()  # [B, P]
-          for start in range(0, x.shape[0], block_size)]
+  rows = [block_jacobian(tf.constant(x[start:start + batch_size])).numpy()  # [B, P]
+          for start in range(0, x.shape[0], batch_size)]
   return np.concatenate(rows, axis=0)  # [N, P]
+
+
+__getattr__ = validation.deprecated_attributes(__name__, {
+    "num_parameters": ("ntk_tf.validation.parameter_count", validation.parameter_count),
+    "check_single_logit": ("ntk_tf.validation.check_single_logit",
+                           validation.check_single_logit),
+})

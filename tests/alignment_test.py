@@ -30,8 +30,10 @@ class AlignmentTest(parameterized.TestCase):
       np.testing.assert_allclose(alphas, expected, rtol=1e-10)
     with self.subTest("y [N]"):
       alpha = ntk_tf.alignment(model, x, labels[:, 0], batch_size=4, dtype="float64")
-      self.assertIsInstance(alpha, float)
-      self.assertAlmostEqual(alpha / expected[0], 1.0, delta=1e-10)
+      self.assertIsInstance(alpha, np.ndarray)
+      self.assertEqual(alpha.shape, ())
+      self.assertEqual(alpha.dtype, np.float64)
+      self.assertAlmostEqual(float(alpha) / expected[0], 1.0, delta=1e-10)
     with self.subTest("eigenvectors: alpha(phi_j) = lambda_j / N^2"):
       eigvals, eigvecs = np.linalg.eigh(theta)  # unit eigenvectors (NumPy)
       alphas = ntk_tf.alignment(model, x, eigvecs[:, -3:], dtype="float64")
@@ -55,10 +57,13 @@ class EnergyConcentrationTest(absltest.TestCase):
     basis, _ = np.linalg.qr(np.random.RandomState(0).randn(6, 6))
     # y = 3 phi_1 + 4 phi_3: E_1 = 9/25, E_2 = 9/25, E_3 = 1.
     y = 3 * basis[:, 0] + 4 * basis[:, 2]
-    self.assertAlmostEqual(ntk_tf.energy_concentration(basis, y, 1), 9 / 25)
-    self.assertAlmostEqual(ntk_tf.energy_concentration(basis, y, 2), 9 / 25)
-    self.assertAlmostEqual(ntk_tf.energy_concentration(basis, y, 3), 1.0)
+    for k, want in ((1, 9 / 25), (2, 9 / 25), (3, 1.0)):
+      energy = ntk_tf.energy_concentration(basis, y, k)
+      self.assertIsInstance(energy, np.ndarray)
+      self.assertEqual(energy.shape, ())
+      self.assertAlmostEqual(float(energy), want)
     both = ntk_tf.energy_concentration(basis, np.stack([y, basis[:, 1]], 1), 2)
+    self.assertEqual(both.shape, (2,))
     np.testing.assert_allclose(both, [9 / 25, 1.0])
 
   def test_k_out_of_range(self):
@@ -66,6 +71,8 @@ class EnergyConcentrationTest(absltest.TestCase):
       ntk_tf.energy_concentration(np.eye(6), np.ones(6), 7)
     with self.assertRaisesRegex(ValueError, "k=0"):
       ntk_tf.energy_concentration(np.eye(6), np.ones(6), 0)
+    with self.assertRaisesRegex(ValueError, "k=None"):
+      ntk_tf.energy_concentration(np.eye(6), np.ones(6), None)
 
 
 if __name__ == "__main__":

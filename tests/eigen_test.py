@@ -1,4 +1,4 @@
-"""Tests for ntk_tf.eigen: dense and top-k eigenpairs against numpy.linalg.eigh."""
+"""Tests for ntk_tf.eigen: every method against matrices with a known spectrum."""
 
 import types as pytypes
 
@@ -13,48 +13,89 @@ from ntk_tf.eigen import apply_sign_convention
 
 
 def _psd(n, seed=0, decay=1.0):
-  """A PSD matrix with eigenvalues 1/j^decay (NTK-like decay) and a random basis."""
+  """A PSD matrix with eigenvalues 1/j^decay (NTK-like decay) and a random basis.
+
+  Returns (matrix [N, N], eigvals [N] descending, eigvecs [N, N]): the spectrum is known by
+  construction, so no eigensolver is needed for the reference.
+  """
   rng = np.random.RandomState(seed)
-  basis, _ = np.linalg.qr(rng.randn(n, n))
+  basis, _ = np.linalg.qr(rng.randn(n, n))  # [N, N] orthogonal, column j-1 is phi_j
   eigvals = 1.0 / np.arange(1, n + 1)**decay
-  return (basis * eigvals) @ basis.T, eigvals
+  return (basis * eigvals) @ basis.T, eigvals, basis
 
 
-def _align_signs(actual, expected):
-  """Flips columns of `actual` to best match `expected` (for sign-agnostic comparison)."""
-  return actual * np.sign(np.sum(actual * expected, axis=0))
+def _signed(vectors):
+  """Columns flipped so that each one's largest-|entry| (first on ties) is positive."""
+  pivots = np.argmax(np.abs(vectors), axis=0)  # [k]
+  return vectors * np.where(vectors[pivots, np.arange(vectors.shape[1])] < 0, -1.0, 1.0)
+
+
+class _HouseholderGram:
+  """Theta = H diag(lam) H with H = I - 2 u u^T: a matrix-free Gram with closed-form eigenpairs.
+
+  H is symmetric and orthogonal, so phi_j = H e_j = e_j - 2 u u_j and lambda_j = lam_j.
+  Records the width of every product, to tell which method `eigen` ran.
+  """
+
+  def __init__(self, n, seed=0, ratio=0.97):
+    u = np.random.default_rng(seed).standard_normal(n)
+    self.u = u / np.linalg.norm(u)  # [N]
+    self.eigvals = ratio**np.arange(n)  # [N] distinct, descending
+    self.shape = (n, n)
+    self.widths = []
+
+  def _reflect(self, v):  # H V, [N, m]
+    return v - 2.0 * np.outer(self.u, self.u @ v)
+
+  def matmat(self, v):
+    self.widths.append(v.shape[1])
+    return self._reflect(self.eigvals[:, None] * self._reflect(v))  # [N, m]
+
+  def matvec(self, v):
+    return self.matmat(np.reshape(v, (-1, 1)))[:, 0]
+
+  def eigvecs(self, k):
+    return np.eye(self.shape[0], k) - 2.0 * np.outer(self.u, self.u[:k])  # [N, k]
 
 
 class EigenTest(parameterized.TestCase):
 
-  def test_dense_matches_numpy(self):
-    matrix, _ = _psd(40)
-    eigvals, eigvecs = ntk_tf.eigen(matrix)
-    ref_vals, ref_vecs = np.linalg.eigh(matrix)
-    np.testing.assert_allclose(eigvals, ref_vals[::-1], rtol=1e-10)
-    np.testing.assert_allclose(_align_signs(eigvecs, ref_vecs[:, ::-1]), ref_vecs[:, ::-1],
-                               atol=1e-8)
-    self.assertEqual(eigvecs.dtype, np.float64)
-    np.testing.assert_allclose(eigvecs.T @ eigvecs, np.eye(40), atol=1e-10)
-
-  @parameterized.parameters("lanczos", "randomized")
-  def test_top_k_matches_dense(self, method):
-    matrix, _ = _psd(300, seed=1)
+  @parameterized.parameters(("dense", 1e-10, 1e-8), ("lanczos", 1e-8, 1e-6),
+                            ("randomized", 1e-8, 1e-6), ("auto", 1e-10, 1e-8))
+  def test_matches_known_spectrum(self, method, rtol, atol):
+    # N = 300 <= 4096: "auto" runs dense here.
+    matrix, ref_vals, ref_vecs = _psd(300, seed=1)
     k = 10
     eigvals, eigvecs = ntk_tf.eigen(matrix, k, method=method, seed=3)
-    ref_vals, ref_vecs = np.linalg.eigh(matrix)
-    ref_vals, ref_vecs = ref_vals[::-1][:k], ref_vecs[:, ::-1][:, :k]
+    self.assertEqual(eigvals.shape, (k,))
     self.assertEqual(eigvecs.shape, (300, k))
-    np.testing.assert_allclose(eigvals, ref_vals, rtol=1e-8)
-    np.testing.assert_allclose(_align_signs(eigvecs, ref_vecs), ref_vecs, atol=1e-6)
-    # The sign convention is deterministic, so methods agree column by column.
-    np.testing.assert_allclose(eigvecs, apply_sign_convention(ref_vecs), atol=1e-6)
+    self.assertEqual(eigvecs.dtype, np.float64)
+    np.testing.assert_allclose(eigvals, ref_vals[:k], rtol=rtol)
+    # The sign convention is deterministic, so every method gives the same columns.
+    np.testing.assert_allclose(eigvecs, _signed(ref_vecs[:, :k]), atol=atol)
+    np.testing.assert_allclose(eigvecs.T @ eigvecs, np.eye(k), atol=atol)
+
+  def test_all_eigenpairs(self):
+    matrix, ref_vals, ref_vecs = _psd(40)
+    eigvals, eigvecs = ntk_tf.eigen(matrix)
+    np.testing.assert_allclose(eigvals, ref_vals, rtol=1e-10)
+    np.testing.assert_allclose(eigvecs, _signed(ref_vecs), atol=1e-8)
+
+  @parameterized.parameters((5, "lanczos", {1}, 1e-8), (100, "randomized", {150}, 1e-6))
+  def test_auto_above_dense_size_is_matrix_free(self, k, expected_method, widths, atol):
+    # N = 5000 > 4096: "auto" picks lanczos for k <= 64, randomized (k + 50 columns) above;
+    # dense would multiply by an [N, N] identity (width 5000).
+    gram = _HouseholderGram(5000, seed=k)
+    eigvals, eigvecs = ntk_tf.eigen(gram, k)
+    self.assertEqual(set(gram.widths), widths, msg=f"auto did not run {expected_method}")
+    np.testing.assert_allclose(eigvals, gram.eigvals[:k], rtol=1e-8)
+    np.testing.assert_allclose(eigvecs, _signed(gram.eigvecs(k)), atol=atol)
 
   def test_sign_convention(self):
-    matrix, _ = _psd(30, seed=2)
+    matrix, _, ref_vecs = _psd(30, seed=2)
     _, eigvecs = ntk_tf.eigen(matrix)
-    _, flipped = ntk_tf.eigen(matrix, method="dense")
-    np.testing.assert_array_equal(eigvecs, flipped)
+    for flipped_input in (ref_vecs, -ref_vecs):  # The same columns whatever the solver's signs.
+      np.testing.assert_allclose(apply_sign_convention(flipped_input), eigvecs, atol=1e-10)
     pivots = np.argmax(np.abs(eigvecs), axis=0)
     self.assertTrue(np.all(eigvecs[pivots, np.arange(30)] > 0))
     # Ties go to the first index.
@@ -62,7 +103,7 @@ class EigenTest(parameterized.TestCase):
     np.testing.assert_array_equal(tied[:, 0], [0.5, -0.5, -0.1])
 
   def test_linear_operator_and_memmap(self):
-    matrix, _ = _psd(200, seed=4)
+    matrix, _, _ = _psd(200, seed=4)
     path = self.create_tempfile("m.npy").full_path
     np.save(path, matrix.astype(np.float32))
     mapped = np.load(path, mmap_mode="r")
@@ -73,7 +114,7 @@ class EigenTest(parameterized.TestCase):
       np.testing.assert_allclose(eigvals, ref_vals, rtol=1e-5)
 
   def test_matvec_only_object(self):
-    matrix, _ = _psd(50, seed=5)
+    matrix, _, _ = _psd(50, seed=5)
     operator = pytypes.SimpleNamespace(shape=matrix.shape, matvec=lambda v: matrix @ v)
     eigvals, _ = ntk_tf.eigen(operator, 3, method="lanczos")
     np.testing.assert_allclose(eigvals, np.linalg.eigvalsh(matrix)[::-1][:3], rtol=1e-8)

@@ -1,5 +1,8 @@
 """Tests for ntk_tf.jacobian against a per-example GradientTape loop."""
 
+import importlib
+import warnings
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
@@ -7,6 +10,7 @@ import numpy as np
 from tests import test_util  # pylint: disable=unused-import
 from tests import ntk_reference
 import ntk_tf
+from ntk_tf import validation
 
 
 class JacobianValueTest(parameterized.TestCase):
@@ -16,7 +20,7 @@ class JacobianValueTest(parameterized.TestCase):
     model, twin = ntk_reference.model_and_twin(name, activation, seed=3)
     x = ntk_reference.inputs(7)
     expected = ntk_reference.loop_jacobian(twin, x)  # [N, P]
-    actual = ntk_tf.jacobian(model, x, dtype="float64", block_size=3)
+    actual = ntk_tf.jacobian(model, x, dtype="float64", batch_size=3)
     self.assertEqual(actual.dtype, np.float64)
     self.assertLessEqual(ntk_reference.rel_error(actual, expected), 1e-10)
 
@@ -52,7 +56,7 @@ class JacobianShapeTest(parameterized.TestCase):
   @parameterized.parameters(("mlp", 1), ("mlp", 4), ("resnet18", 1))
   def test_shape(self, name, n):
     model, _ = ntk_reference.model_and_twin(name, "relu", seed=3)
-    jac = ntk_tf.jacobian(model, ntk_reference.inputs(n), block_size=3)
+    jac = ntk_tf.jacobian(model, ntk_reference.inputs(n), batch_size=3)
     self.assertEqual(jac.shape, (n, model.count_params() - sum(
         int(np.prod(v.shape)) for v in model.non_trainable_variables)))
 
@@ -67,6 +71,30 @@ class PrecisionTest(absltest.TestCase):
     out = copy(x.astype(np.float64), training=False)
     self.assertEqual(out.dtype, "float64")
     np.testing.assert_allclose(out, twin(x.astype(np.float64), training=False), rtol=1e-12)
+
+
+class DeprecatedNamesTest(absltest.TestCase):
+
+  def test_block_size_is_batch_size(self):
+    model, _ = ntk_reference.model_and_twin("lenet", "gelu", seed=3)
+    x = ntk_reference.inputs(5)
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", DeprecationWarning)
+      new = ntk_tf.jacobian(model, x, batch_size=2)
+    with self.assertWarnsRegex(DeprecationWarning, "block_size.*batch_size"):
+      old = ntk_tf.jacobian(model, x, block_size=2)
+    np.testing.assert_array_equal(old, new)
+    with self.assertRaisesRegex(TypeError, "Received: block_size=2, batch_size=2"):
+      ntk_tf.jacobian(model, x, block_size=2, batch_size=2)
+
+  def test_module_aliases(self):
+    module = importlib.import_module("ntk_tf.jacobian")  # `ntk_tf.jacobian` is the function.
+    with self.assertWarnsRegex(DeprecationWarning, "validation.parameter_count"):
+      self.assertIs(module.num_parameters, validation.parameter_count)
+    with self.assertWarnsRegex(DeprecationWarning, "validation.check_single_logit"):
+      self.assertIs(module.check_single_logit, validation.check_single_logit)
+    with self.assertRaisesRegex(AttributeError, "no_such_name"):
+      module.no_such_name  # pylint: disable=pointless-statement
 
 
 class BadInputTest(absltest.TestCase):
@@ -95,6 +123,10 @@ class BadInputTest(absltest.TestCase):
   def test_bad_dtype(self):
     with self.assertRaisesRegex(ValueError, "dtype='float16'"):
       ntk_tf.jacobian(self.model, ntk_reference.inputs(2), dtype="float16")
+
+  def test_bad_batch_size(self):
+    with self.assertRaisesRegex(ValueError, "Received: batch_size=0"):
+      ntk_tf.jacobian(self.model, ntk_reference.inputs(2), batch_size=0)
 
   def test_multi_output_model_refused(self):
     import keras  # pylint: disable=g-import-not-at-top

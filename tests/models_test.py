@@ -2,6 +2,7 @@
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import keras
 import numpy as np
 
 from tests import test_util  # pylint: disable=unused-import
@@ -90,9 +91,21 @@ class ShapeAndSeedTest(parameterized.TestCase):
     kernels = [i for i, w in enumerate(a) if w.ndim >= 2]
     self.assertTrue(all(not np.array_equal(a[i], c[i]) for i in kernels))
 
-  def test_functions_match_get(self):
-    np.testing.assert_array_equal(ntk_tf.models.lenet(seed=1).get_weights()[0],
-                                  ntk_tf.models.get("lenet", seed=1).get_weights()[0])
+  @parameterized.parameters(("mlp", {"width": 7}), ("lenet", {}), ("resnet18", {"width": 2}))
+  def test_get_forwards_every_argument(self, name, extra):
+    builder = {"mlp": ntk_tf.models.mlp, "lenet": ntk_tf.models.lenet,
+               "resnet18": ntk_tf.models.resnet18}[name]
+    model = ntk_tf.models.get(name, input_shape=(12, 12, 2), activation="tanh", seed=5, **extra)
+    direct = builder((12, 12, 2), activation="tanh", seed=5, **extra)
+    default = builder((12, 12, 2), **extra)  # relu, seed 0: differs from `model`
+    self.assertEqual(tuple(model.input_shape), (None, 12, 12, 2))
+    activations = {layer.activation.__name__ for layer in model.layers
+                   if isinstance(layer, keras.layers.Activation)}
+    self.assertEqual(activations, {"tanh"})
+    self.assertEqual(len(model.get_weights()), len(direct.get_weights()))
+    for got, want in zip(model.get_weights(), direct.get_weights()):
+      np.testing.assert_array_equal(got, want)
+    self.assertFalse(np.array_equal(model.get_weights()[0], default.get_weights()[0]))
 
 
 class BadInputTest(parameterized.TestCase):
@@ -112,6 +125,11 @@ class BadInputTest(parameterized.TestCase):
   def test_bad_seed(self):
     with self.assertRaisesRegex(ValueError, "seed=-1"):
       ntk_tf.models.get("mlp", seed=-1)
+
+  @parameterized.parameters(("mlp", "width", 0), ("mlp", "depth", -1), ("resnet18", "width", 0))
+  def test_bad_size(self, name, arg, value):
+    with self.assertRaisesRegex(ValueError, f"Received: {arg}={value}"):
+      ntk_tf.models.get(name, **{arg: value})
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""Tests for ntk_tf.nads against closed forms, finite differences and sample statistics."""
+"""Tests for ntk_tf.nads and ntk_tf.mixed_derivative against closed forms, finite differences
+and sample statistics."""
+
+import importlib
+import warnings
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -8,14 +12,14 @@ import tensorflow as tf
 
 from tests import test_util  # pylint: disable=unused-import
 import ntk_tf
+from ntk_tf import validation
+from ntk_tf.mixed_derivative import mixed_derivative
+from ntk_tf.mixed_derivative import mixed_derivative_matvec
+from ntk_tf.mixed_derivative import mixed_derivative_mtm
+from ntk_tf.mixed_derivative import mixed_derivative_rmatvec
 from ntk_tf.nads import NadMethod
-from ntk_tf.nads import mixed_derivative
-from ntk_tf.nads import mixed_derivative_gram
-from ntk_tf.nads import mixed_derivative_matvec
-from ntk_tf.nads import mixed_derivative_rmatvec
-from ntk_tf.nads import parameter_count
 
-METHODS = ("dense", "gram", "lanczos")
+METHODS = ("dense", "mtm", "lanczos")
 
 
 class Float64Test(parameterized.TestCase):
@@ -70,7 +74,7 @@ class ClosedFormTest(Float64Test):
     model = linear_feature_model(b, a, self.shape, train_b=False)
     x = np.random.default_rng(1).standard_normal((4,) + self.shape) if sample else None
     k = self.features - 1
-    values, directions = ntk_tf.nads(model, num=k, x=x, method=method)
+    values, directions = ntk_tf.nads(model, k=k, x=x, method=method)
     np.testing.assert_allclose(values, s_b[:k], rtol=1e-6)
     assert_same_directions(self, directions, vh_b[:k], atol=1e-6)
     np.testing.assert_allclose(ntk_tf.nad_alignment(model, directions, x=x), s_b[:k]**2,
@@ -81,7 +85,7 @@ class ClosedFormTest(Float64Test):
     b, a, s_b, vh_b = self._problem()
     model = linear_feature_model(b, a, self.shape, train_b=True)
     k = self.features - 1
-    values, directions = ntk_tf.nads(model, num=k, method=method)
+    values, directions = ntk_tf.nads(model, k=k, method=method)
     np.testing.assert_allclose(values, np.sqrt(s_b[:k]**2 + a @ a), rtol=1e-6)
     assert_same_directions(self, directions, vh_b[:k], atol=1e-5)
 
@@ -89,7 +93,7 @@ class ClosedFormTest(Float64Test):
     b, a, s_b, _ = self._problem()
     model = linear_feature_model(b, a, self.shape, train_b=False)
     d = int(np.prod(self.shape))
-    for method in ("dense", "gram"):
+    for method in ("dense", "mtm"):
       values, directions = ntk_tf.nads(model, method=method)
       self.assertEqual(values.shape, (d,))
       self.assertEqual(directions.shape, (d,) + self.shape)
@@ -144,7 +148,7 @@ class FiniteDifferenceTest(Float64Test):
     xs = x if n else np.zeros((1,) + shape)
     m_fd = finite_difference_m(model, xs)  # [P, d]
     p, d = m_fd.shape
-    self.assertEqual(p, parameter_count(model))
+    self.assertEqual(p, validation.parameter_count(model))
     v = rng.standard_normal(d)
     w = rng.standard_normal(p)
     assert_close_rel(self, mixed_derivative_matvec(model, v, x, batch_size=batch_size),
@@ -153,11 +157,11 @@ class FiniteDifferenceTest(Float64Test):
     assert_close_rel(self, mixed_derivative_rmatvec(model, w, x, batch_size=batch_size),
                      m_fd.T @ w, 1e-6)
     # One block size (not dividing d) for every blocked call: two traced block kernels.
-    blocks = dict(block_size=5, batch_size=batch_size)
+    blocks = dict(directions_per_pass=5, batch_size=batch_size)
     assert_close_rel(self, mixed_derivative(model, x, **blocks), m_fd, 1e-6)
-    assert_close_rel(self, mixed_derivative_gram(model, x, **blocks), m_fd.T @ m_fd, 1e-6)
+    assert_close_rel(self, mixed_derivative_mtm(model, x, **blocks), m_fd.T @ m_fd, 1e-6)
     _, s_fd, vh_fd = np.linalg.svd(m_fd, full_matrices=False)
-    values, directions = ntk_tf.nads(model, num=3, x=x, **blocks)
+    values, directions = ntk_tf.nads(model, k=3, x=x, **blocks)
     np.testing.assert_allclose(values, s_fd[:3], rtol=1e-5)
     assert_same_directions(self, directions, vh_fd[:3], atol=1e-4)
     alignment_fd = np.sum((m_fd @ directions.reshape(3, d).T)**2, axis=0)  # [3]
@@ -181,43 +185,43 @@ class ConventionTest(parameterized.TestCase):
     # One model for the class, so the traced products are reused across tests.
     cls.model = ntk_tf.models.get("lenet", input_shape=(4, 4, 2), activation="gelu", seed=2)
 
-  @parameterized.product(method=METHODS, num=[1, 4])
-  def test_shapes_order_and_sign(self, method, num):
-    values, directions = ntk_tf.nads(self.model, num=num, method=method)
-    self.assertEqual(values.shape, (num,))
-    self.assertEqual(directions.shape, (num, 4, 4, 2))
+  @parameterized.product(method=METHODS, k=[1, 4])
+  def test_shapes_order_and_sign(self, method, k):
+    values, directions = ntk_tf.nads(self.model, k=k, method=method)
+    self.assertEqual(values.shape, (k,))
+    self.assertEqual(directions.shape, (k, 4, 4, 2))
     self.assertTrue(np.all(np.diff(values) <= 0), msg=f"not descending: {values}")
-    flat = directions.reshape(num, -1)
-    np.testing.assert_allclose(flat @ flat.T, np.eye(num), atol=1e-6)
-    peaks = flat[np.arange(num), np.argmax(np.abs(flat), axis=1)]
+    flat = directions.reshape(k, -1)
+    np.testing.assert_allclose(flat @ flat.T, np.eye(k), atol=1e-6)
+    peaks = flat[np.arange(k), np.argmax(np.abs(flat), axis=1)]
     self.assertTrue(np.all(peaks > 0), msg=f"largest entries not positive: {peaks}")
 
   def test_deterministic_and_methods_agree_with_signs(self):
-    values, directions = ntk_tf.nads(self.model, num=4)
-    values_again, directions_again = ntk_tf.nads(self.model, num=4)
+    values, directions = ntk_tf.nads(self.model, k=4)
+    values_again, directions_again = ntk_tf.nads(self.model, k=4)
     np.testing.assert_array_equal(values, values_again)
     np.testing.assert_array_equal(directions, directions_again)
     for method in ("dense", "lanczos"):
-      other_values, other_directions = ntk_tf.nads(self.model, num=4, method=method)
+      other_values, other_directions = ntk_tf.nads(self.model, k=4, method=method)
       np.testing.assert_allclose(other_values, values, rtol=1e-4)
       np.testing.assert_allclose(other_directions, directions, atol=2e-3)
 
   def test_bad_input_names_the_value(self):
     d = 32
-    with self.assertRaisesRegex(ValueError, "Received: num=33"):
-      ntk_tf.nads(self.model, num=d + 1)
-    with self.assertRaisesRegex(ValueError, "Received: num=0"):
-      ntk_tf.nads(self.model, num=0)
-    with self.assertRaisesRegex(ValueError, "Received: num=32"):
-      ntk_tf.nads(self.model, num=d, method="lanczos")
+    with self.assertRaisesRegex(ValueError, "Received: k=33"):
+      ntk_tf.nads(self.model, k=d + 1)
+    with self.assertRaisesRegex(ValueError, "Received: k=0"):
+      ntk_tf.nads(self.model, k=0)
+    with self.assertRaisesRegex(ValueError, "Received: k=32"):
+      ntk_tf.nads(self.model, k=d, method="lanczos")
     with self.assertRaisesRegex(ValueError, "Received: method='svd'"):
-      ntk_tf.nads(self.model, num=2, method="svd")
+      ntk_tf.nads(self.model, k=2, method="svd")
     with self.assertRaisesRegex(ValueError, r"Received: x.shape=\(3, 4, 4, 1\)"):
-      ntk_tf.nads(self.model, num=2, x=np.zeros((3, 4, 4, 1)))
-    with self.assertRaisesRegex(ValueError, "Received: block_size=0"):
-      ntk_tf.nads(self.model, num=2, block_size=0)
+      ntk_tf.nads(self.model, k=2, x=np.zeros((3, 4, 4, 1)))
+    with self.assertRaisesRegex(ValueError, "Received: directions_per_pass=0"):
+      ntk_tf.nads(self.model, k=2, directions_per_pass=0)
     with self.assertRaisesRegex(ValueError, "Received: batch_size=0"):
-      ntk_tf.nads(self.model, num=2, x=np.zeros((3, 4, 4, 2)), batch_size=0)
+      ntk_tf.nads(self.model, k=2, x=np.zeros((3, 4, 4, 2)), batch_size=0)
     with self.assertRaisesRegex(ValueError, r"Received: v.shape=\(31,\)"):
       mixed_derivative_matvec(self.model, np.zeros(31))
     with self.assertRaisesRegex(ValueError, r"Received: w.shape=\(5,\)"):
@@ -228,8 +232,62 @@ class ConventionTest(parameterized.TestCase):
       ntk_tf.nad_alignment(self.model, np.zeros((2, 4, 4, 2)))
     two_logits = keras.Sequential([keras.Input((4, 4, 2)), keras.layers.Flatten(),
                                    keras.layers.Dense(2)])
-    with self.assertRaisesRegex(ValueError, r"Received: model.output_shape=\(None, 2\)"):
-      ntk_tf.nads(two_logits, num=1)
+    with self.assertRaisesRegex(ValueError, r"output shape \(None, 2\)"):
+      ntk_tf.nads(two_logits, k=1)
+
+
+class DeprecatedNamesTest(absltest.TestCase):
+  """Each old name warns once per use and gives the identical result as its new name."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.model = ntk_tf.models.get("lenet", input_shape=(4, 4, 2), activation="gelu", seed=2)
+
+  def assert_warns_same(self, old_call, new_call, old_name):
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      new = new_call()
+    self.assertEmpty([w for w in caught if issubclass(w.category, DeprecationWarning)])
+    with self.assertWarnsRegex(DeprecationWarning, old_name):
+      old = old_call()
+    for got, want in zip(np.atleast_1d(old) if not isinstance(old, tuple) else old,
+                         np.atleast_1d(new) if not isinstance(new, tuple) else new):
+      np.testing.assert_array_equal(got, want)
+    return old
+
+  def test_nads_keywords(self):
+    self.assert_warns_same(lambda: ntk_tf.nads(self.model, num=3),
+                           lambda: ntk_tf.nads(self.model, k=3), "num")
+    self.assert_warns_same(lambda: ntk_tf.nads(self.model, k=3, block_size=5),
+                           lambda: ntk_tf.nads(self.model, k=3, directions_per_pass=5),
+                           "block_size")
+    with self.assertRaisesRegex(TypeError, "Received: num=2, k=3"):
+      ntk_tf.nads(self.model, num=2, k=3)
+
+  def test_gram_method_is_mtm(self):
+    with self.assertWarnsRegex(DeprecationWarning, "NadMethod.MTM"):
+      self.assertIs(NadMethod.GRAM, NadMethod.MTM)
+    with self.assertWarnsRegex(DeprecationWarning, "NadMethod.MTM"):
+      self.assertIs(NadMethod["GRAM"], NadMethod.MTM)
+    self.assertEqual([m.value for m in NadMethod], ["dense", "mtm", "lanczos"])
+    self.assert_warns_same(lambda: ntk_tf.nads(self.model, k=3, method="gram"),
+                           lambda: ntk_tf.nads(self.model, k=3, method="mtm"), "gram")
+
+  def test_products_and_alignment_keywords(self):
+    directions = np.random.default_rng(0).standard_normal((3, 4, 4, 2))
+    self.assert_warns_same(
+        lambda: ntk_tf.nad_alignment(self.model, directions, block_size=2),
+        lambda: ntk_tf.nad_alignment(self.model, directions, directions_per_pass=2),
+        "block_size")
+    self.assert_warns_same(lambda: mixed_derivative(self.model, block_size=7),
+                           lambda: mixed_derivative(self.model, directions_per_pass=7),
+                           "block_size")
+    nads_module = importlib.import_module("ntk_tf.nads")  # `ntk_tf.nads` is the function.
+    self.assert_warns_same(lambda: nads_module.mixed_derivative_gram(self.model),
+                           lambda: mixed_derivative_mtm(self.model), "mixed_derivative_mtm")
+    with self.assertWarnsRegex(DeprecationWarning, "validation.parameter_count"):
+      self.assertIs(nads_module.parameter_count, validation.parameter_count)
 
 
 class SeparableDatasetTest(parameterized.TestCase):

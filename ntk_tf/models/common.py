@@ -10,6 +10,8 @@ from typing import Sequence, Tuple
 
 import keras
 
+from ntk_tf import validation
+
 ACTIVATIONS = ("relu", "gelu", "tanh")
 
 
@@ -17,9 +19,7 @@ class SeedStream:
   """Hands out distinct integer seeds for successive initializers of one model."""
 
   def __init__(self, seed: int):
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-      raise ValueError(f"seed must be a non-negative int. Received: seed={seed!r}")
-    self._base = seed * 1_000_003
+    self._base = validation.check_non_negative_int(seed, "seed") * 1_000_003
     self._count = 0
 
   def next(self) -> int:
@@ -36,10 +36,8 @@ class SeedStream:
 
 
 def check_activation(activation: str) -> str:
-  if activation not in ACTIVATIONS:
-    raise ValueError(
-        f"activation must be one of {ACTIVATIONS}. Received: activation={activation!r}")
-  return activation
+  """Returns `activation` if it is one of `ACTIVATIONS`, else raises ValueError naming it."""
+  return validation.check_choice(activation, "activation", ACTIVATIONS)
 
 
 def check_input_shape(input_shape: Sequence[int], *, min_spatial: int = 1,

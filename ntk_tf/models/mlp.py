@@ -10,6 +10,7 @@ from typing import Sequence
 
 import keras
 
+from ntk_tf import validation
 from ntk_tf.models import common
 
 
@@ -18,8 +19,8 @@ def mlp(input_shape: Sequence[int] = (32, 32, 3), *, activation: str = "relu",
   """Builds the paper's MLP (width 100, two hidden layers) with one logit."""
   shape = common.check_input_shape(input_shape, model="mlp")
   common.check_activation(activation)
-  if width <= 0 or depth <= 0:
-    raise ValueError(f"width and depth must be positive. Received: width={width}, depth={depth}")
+  width = validation.check_positive_int(width, "width")
+  depth = validation.check_positive_int(depth, "depth")
   seeds = common.SeedStream(seed)
   inputs = keras.Input(shape=shape, name="image")
   h = keras.layers.Flatten(name="flatten")(inputs)  # [N, H*W*C]

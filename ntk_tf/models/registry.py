@@ -4,6 +4,7 @@ from typing import Callable, Dict, Sequence
 
 import keras
 
+from ntk_tf import validation
 from ntk_tf.models.common import ACTIVATIONS
 from ntk_tf.models.lenet import lenet
 from ntk_tf.models.mlp import mlp
@@ -28,8 +29,7 @@ def get(name: str, *, input_shape: Sequence[int] = (32, 32, 3), activation: str 
     seed: weight seed; the same arguments give bit-identical weights.
     **kwargs: architecture extras (e.g. `width` for "resnet18").
   """
-  if name not in _BUILDERS:
-    raise ValueError(f"Unknown model name. Expected one of {MODEL_NAMES}. Received: name={name!r}")
+  validation.check_choice(name, "name", MODEL_NAMES)
   return _BUILDERS[name](input_shape, activation=activation, seed=seed, **kwargs)
 
 

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import keras
 
+from ntk_tf import validation
 from ntk_tf.models import common
 
 STAGE_FILTERS = (64, 128, 256, 512)
@@ -63,8 +64,7 @@ def resnet18(input_shape: Sequence[int] = (32, 32, 3), *, activation: str = "rel
   """
   shape = common.check_input_shape(input_shape, min_spatial=8, model="resnet18")
   common.check_activation(activation)
-  if width <= 0:
-    raise ValueError(f"width must be positive. Received: width={width}")
+  width = validation.check_positive_int(width, "width")
   seeds = common.SeedStream(seed)
   inputs = keras.Input(shape=shape, name="image")
   h = _conv(width, 3, 1, seeds, "stem_conv")(inputs)  # [N, H, W, width]
