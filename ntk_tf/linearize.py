@@ -9,6 +9,21 @@ weights theta start from, and the bracketed offset is present only when
 linearized network of Eq. 1; `offset=False` with theta_star a trained checkpoint
 is the "unbiased linearization around theta_star" of Sec. 4.3 (Fig. 8).
 
+theta is every trainable weight of the model, BatchNorm gamma/beta included:
+the same parameter set as `ntk_gram`'s Jacobian, so the kernel of the
+linearized model at theta0 is the model's NTK, ntk_gram(linearize(m)) =
+ntk_gram(m) (Sec. 2; Lemma 1's alpha_0(phi_j) = lambda_j needs it).
+
+BatchNorm always runs in inference mode (`training=False`), so samples do not
+interact. At an expansion point other than the model's own weights, its
+weights (gamma, beta, moving mean and variance) are taken from `model`, i.e.
+theta0, by default (`batch_norm="initial"`), as App. B does: "In the case of
+the ResNet18 network, which includes batch normalization layers, we fix the
+batch normalization parameters to their initialization values when
+performing the linearization. This effectively deactivates batch
+normalization for the linear approximations." `batch_norm="trained"` takes
+them from the expansion point instead (our option, not the paper's).
+
 The Jacobian-vector product J (theta - theta_origin) is computed in forward
 mode (`tf.autodiff.ForwardAccumulator`), one extra forward pass per call; J is
 never materialized. Gradients with respect to theta flow back through the
@@ -25,27 +40,36 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ntk_tf import validation
 from ntk_tf.types import Inputs
 
 # A point in weight space: a model of the same architecture, or the list
 # `model.get_weights()` (all weights, BatchNorm statistics included).
 ExpansionPoint = Union[keras.Model, Sequence[np.ndarray]]
 
+# Where the BatchNorm weights of the expansion point come from (see `linearize`).
+BATCH_NORM_MODES = ("initial", "trained")
 
-def _batchnorm_variable_ids(model: keras.Model) -> set:
-  """ids of every variable owned by a BatchNormalization layer of `model`."""
+
+def batch_norm_indices_of(model: keras.Model) -> List[int]:
+  """Positions in `model.weights` of every BatchNormalization weight.
+
+  gamma, beta, moving mean and moving variance of each BatchNormalization
+  layer (nested models included), in `model.weights` order.
+  """
   ids = set()
   for layer in model._flatten_layers(include_self=False, recursive=True):  # pylint: disable=protected-access
     if isinstance(layer, keras.layers.BatchNormalization):
       ids.update(id(v) for v in layer.weights)
-  return ids
+  return [i for i, v in enumerate(model.weights) if id(v) in ids]
 
 
 def parameter_indices_of(model: keras.Model) -> List[int]:
   """Positions in `model.weights` of the linearized parameters theta.
 
-  theta = the trainable weights of `model` except those of BatchNormalization
-  layers (frozen at the expansion point, App. B).
+  theta = every trainable weight of `model`, BatchNorm gamma/beta included:
+  the parameters of `ntk_gram`'s Jacobian, so both see one parameter set.
+  (Before this release BatchNorm gamma/beta were left out.)
 
   Args:
     model: a built Keras model.
@@ -53,8 +77,7 @@ def parameter_indices_of(model: keras.Model) -> List[int]:
     Increasing indices into `model.weights`.
   """
   trainable_ids = {id(v) for v in model.trainable_weights}
-  bn_ids = _batchnorm_variable_ids(model)
-  return [i for i, v in enumerate(model.weights) if id(v) in trainable_ids and id(v) not in bn_ids]
+  return [i for i, v in enumerate(model.weights) if id(v) in trainable_ids]
 
 
 @keras.saving.register_keras_serializable(package="ntk_tf")
@@ -64,11 +87,11 @@ class Linearized(keras.Model):
       f_lin(x; theta) = [f(x; theta_star)] + J(x; theta_star) (theta - theta_origin)
 
   State:
-    * the wrapped model (`self.network`), frozen, holding theta_star and, for
-      BatchNorm, its parameters and moving statistics at the expansion point.
-      It is always called with `training=False`, so BatchNorm runs in
-      inference mode with frozen statistics (App. B) and its gamma/beta are
-      not part of theta.
+    * the wrapped model (`self.network`), frozen, holding theta_star and the
+      BatchNorm moving statistics of the expansion point (`linearize`'s
+      `batch_norm` chooses them). It is always called with `training=False`,
+      so BatchNorm runs in inference mode with frozen statistics (App. B);
+      its gamma/beta are part of theta like every trainable weight.
     * `theta_origin`: non-trainable copies of the parameters theta starts from.
     * `theta`: the trainable weights (the only ones `fit()` updates).
 
@@ -186,41 +209,74 @@ def _weights_of(point: ExpansionPoint, model: keras.Model) -> List[np.ndarray]:
 
 
 def linearize(model: keras.Model, *, expansion_point: Optional[ExpansionPoint] = None,
-              offset: bool = True) -> Linearized:
+              offset: bool = True, batch_norm: str = "initial") -> Linearized:
   """Returns the linearization of `model` as a Keras model (paper Eq. 1).
 
       f_lin(x; theta) = [f(x; theta_star)] + J(x; theta_star) (theta - theta_origin)
 
-  theta_star is `expansion_point` (default: the model's current weights, i.e.
-  theta0 at initialization); the trainable weights theta start at theta_origin
-  = the model's current parameters, so at the start f_lin = [f(x; theta_star)].
-  The offset term is present only when `offset=True`; `offset=False` with the
-  expansion point at a trained checkpoint is the "unbiased linearization
-  around theta_star" of Sec. 4.3 (Fig. 8).
+  `model` holds theta0, the initialization: its trainable weights are
+  theta_origin, where theta starts, so at the start f_lin = [f(x; theta_star)].
+  theta_star is `expansion_point` (default: theta0 itself). The offset term is
+  present only when `offset=True`; `offset=False` with the expansion point at
+  a trained checkpoint is the "unbiased linearization around theta_star" of
+  Sec. 4.3 (Fig. 8).
+
+  theta = every trainable weight of `model`, BatchNorm gamma/beta included,
+  the parameter set of `ntk_gram`: ntk_gram(linearize(m)) = ntk_gram(m).
+
+  BatchNorm runs in inference mode (frozen statistics) at every expansion
+  point. Its weights at theta_star (gamma, beta, moving mean, moving
+  variance) are chosen by `batch_norm`:
+    * "initial" (default): theta0's, i.e. `model`'s, whatever the expansion
+      point, as in App. B: "we fix the batch normalization parameters to their
+      initialization values when performing the linearization. This
+      effectively deactivates batch normalization for the linear
+      approximations." (At initialization the moving statistics are 0 and 1,
+      so each BatchNorm is an affine map of its input, not a normalization.)
+    * "trained": the expansion point's (its trained gamma/beta and moving
+      statistics); our option, not the paper's.
+  Both coincide when `expansion_point` is None. In both, gamma/beta stay
+  coordinates of theta (the paper's text does not say whether the linear
+  model trains them; keeping them makes its NTK at theta0 the model's).
 
   The JVP is computed in forward mode (`tf.autodiff.ForwardAccumulator`);
-  J is never materialized. theta = the model's trainable weights except
-  BatchNorm gamma/beta; BatchNorm parameters and moving statistics are frozen
-  at their values at the expansion point and run in inference mode (App. B).
-  `model` itself is not modified (it is cloned).
+  J is never materialized. `model` itself is not modified (it is cloned).
 
   Args:
-    model: a built Keras model, `[N, ...] -> [N, K]`.
+    model: a built Keras model at theta0, `[N, ...] -> [N, K]`, finite weights.
     expansion_point: theta_star, a model of the same architecture or a list
-      shaped like `model.get_weights()` (e.g. a checkpoint's weights).
+      shaped like `model.get_weights()` (e.g. a checkpoint's weights); finite.
     offset: whether to include f(x; theta_star).
+    batch_norm: "initial" or "trained", the BatchNorm weights at theta_star.
   Returns:
     A `Linearized` keras.Model, `[N, ...] -> [N, K]`; supports
     compile/fit/evaluate/predict and `.keras` save/load.
+  Raises:
+    ValueError: naming the bad argument, or the first variable with NaN/inf
+      entries in `model` or `expansion_point` (`validation.check_finite_weights`).
   """
   if not isinstance(model, keras.Model) or not model.built:
     raise ValueError(f"model must be a built keras.Model. Received: model={model!r}")
+  validation.check_choice(batch_norm, "batch_norm", BATCH_NORM_MODES)
   indices = parameter_indices_of(model)
   if not indices:
     raise ValueError(f"model has no trainable parameters to linearize. Received: model={model.name!r}")
+  validation.check_finite_weights(model)  # theta0
   all_weights = model.get_weights()
   theta_origin = [all_weights[i] for i in indices]
   network = keras.models.clone_model(model)
-  network.set_weights(all_weights if expansion_point is None else _weights_of(expansion_point, model))
+  if expansion_point is None:
+    star_weights = all_weights
+  else:
+    star_weights = _weights_of(expansion_point, model)
+    if batch_norm == "initial":  # App. B: BatchNorm at theta0's values.
+      star_weights = list(star_weights)
+      for i in batch_norm_indices_of(model):
+        star_weights[i] = all_weights[i]
+  network.set_weights(star_weights)
+  try:
+    validation.check_finite_weights(network)  # theta_star
+  except ValueError as err:
+    raise ValueError(f"expansion_point must be finite: {err}") from err
   return Linearized(network, parameter_indices=indices, theta_origin=theta_origin, offset=offset,
                     dtype=model.dtype_policy, name=f"{model.name}_linearized")

@@ -238,10 +238,13 @@ class LinearizeKerasTest(parameterized.TestCase):
     lin = ntk_tf.linearize(model)
     x = _inputs(model, 8)
     y = np.array([0, 1] * 4, np.float32)[:, None]
-    # theta = conv kernels + the Dense kernel and bias (BatchNorm excluded), counted by layer type.
+    # theta = conv kernels, the Dense kernel and bias and BatchNorm gamma/beta, counted by layer type.
+    kinds = (keras.layers.Conv2D, keras.layers.Dense, keras.layers.BatchNormalization)
     expected_params = sum(len(layer.trainable_weights) for layer in model.layers
-                          if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)))
+                          if isinstance(layer, kinds))
     self.assertLen(lin.theta, expected_params)
+    self.assertGreater(sum(isinstance(layer, keras.layers.BatchNormalization)
+                           for layer in model.layers), 0)
     # Inference-mode BatchNorm: equals the network with training=False, not training=True.
     np.testing.assert_allclose(lin(x).numpy(), model(x, training=False).numpy(), rtol=1e-5, atol=1e-6)
     self.assertGreater(np.abs(lin(x).numpy() - model(x, training=True).numpy()).max(), 1e-4)
@@ -259,6 +262,21 @@ class LinearizeKerasTest(parameterized.TestCase):
     moved = max(np.abs(v.numpy() - b).max() for v, b in zip(lin.theta, theta_before))
     self.assertGreater(moved, 1e-4)
 
+  def test_refuses_non_finite_weights_by_name(self):
+    model = _tiny("mlp", "float64")
+    checkpoint = _tiny("mlp", "float64", seed=3)
+    bad = [w.copy() for w in checkpoint.get_weights()]
+    bad[2][0, 0] = np.nan  # the second Dense kernel
+    bad_path = checkpoint.weights[2].path
+    with self.assertRaisesRegex(ValueError, f"expansion_point must be finite.*{bad_path}"):
+      ntk_tf.linearize(model, expansion_point=bad)
+    checkpoint.weights[2].assign(np.where(np.isnan(bad[2]), np.inf, bad[2]))
+    with self.assertRaisesRegex(ValueError, f"expansion_point must be finite.*{bad_path}"):
+      ntk_tf.linearize(model, expansion_point=checkpoint, offset=False)
+    model.weights[0].assign(np.full(model.weights[0].shape, np.nan))
+    with self.assertRaisesRegex(ValueError, f"non-finite weights.*{model.weights[0].path}"):
+      ntk_tf.linearize(model)
+
   def test_bad_arguments(self):
     model = _tiny("mlp")
     with self.assertRaisesRegex(ValueError, "Received shapes"):
@@ -267,6 +285,8 @@ class LinearizeKerasTest(parameterized.TestCase):
       ntk_tf.linearize(model, offset=1)
     with self.assertRaisesRegex(ValueError, "model="):
       ntk_tf.linearize("not a model")
+    with self.assertRaisesRegex(ValueError, "batch_norm='frozen'"):
+      ntk_tf.linearize(model, batch_norm="frozen")
 
 
 if __name__ == "__main__":
