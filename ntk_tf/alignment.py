@@ -7,12 +7,18 @@ Shapes: inputs `[N, ...]`, labels `[N]` or `[N, m]` (m label vectors at once),
 eigenvectors `[N, K]` (orthonormal columns). Both functions return an ndarray:
 0-d for labels `[N]`, `[m]` for `[N, m]` (`float(result)` for a Python float).
 
-`alignment` never forms Theta or the per-example Jacobian: for each batch it
-takes m vector-Jacobian products v_c += J_b^T y_b[:, c] / N (one backward pass
-of the whole batch per label vector, sharing one forward pass), then alpha_c =
-||v_c||^2. Memory: m * P * bytes for the accumulated gradients plus one batch
-of activations.
+`alignment` never forms Theta or the per-example Jacobian (App. B: "computed
+directly using a weighted average of the Jacobian"): for each batch it takes
+m vector-Jacobian products v_c += J_b^T y_b[:, c] / N (one backward pass of the
+whole batch per label vector, sharing one forward pass), then alpha_c =
+||v_c||^2. The m label columns are taken in chunks of m_chunk columns, one
+pass over the data per chunk, so that the [m_chunk, P] arrays live at once
+fit in `memory_budget_bytes` (`label_chunks`); each column's arithmetic is the
+same whatever the chunking, so results are bit-identical across budgets.
+Memory: that budget plus one batch of activations (batch_size examples).
 """
+
+from typing import List
 
 import keras
 import numpy as np
@@ -33,13 +39,58 @@ def _check_labels(y, n: int, name: str = "y") -> np.ndarray:
   return labels
 
 
+# Default budget for the [m_chunk, P] arrays of `alignment`: 2 GiB.
+DEFAULT_MEMORY_BUDGET_BYTES = 2 * 1024**3
+# [m_chunk, P] arrays live at once while a chunk is accumulated: the running
+# sum, the batch's VJPs, and tape.jacobian's stacked per-column gradients and
+# their concatenation. (Turning the sum into float64 at the end of a chunk
+# needs the sum plus one float64 copy, 12 or 16 bytes per entry, within 4x.)
+_LIVE_ARRAYS = 4
+
+
+def label_chunks(num_labels: int, num_params: int, dtype: types.DType,
+                 memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES) -> List[slice]:
+  """Returns the column chunks of `alignment`: slices of the m label columns, in order.
+
+      m_chunk = floor(memory_budget_bytes / (4 * P * bytes(dtype)))
+
+  so the 4 `[m_chunk, P]` arrays live while a chunk is accumulated fit in the
+  budget; every chunk but the last has m_chunk columns.
+
+  Args:
+    num_labels: m, the label columns (> 0).
+    num_params: P, the model's trainable scalars (> 0).
+    dtype: "float32" or "float64", the dtype of the gradients.
+    memory_budget_bytes: the budget (> 0); must hold one column.
+  Returns:
+    `[slice(0, m_chunk), slice(m_chunk, 2 m_chunk), ...]` covering range(m).
+  """
+  num_labels = validation.check_positive_int(num_labels, "num_labels")
+  num_params = validation.check_positive_int(num_params, "num_params")
+  budget = validation.check_positive_int(memory_budget_bytes, "memory_budget_bytes")
+  bytes_per_column = _LIVE_ARRAYS * num_params * np.dtype(precision.canonical_dtype(dtype)).itemsize
+  if budget < bytes_per_column:
+    raise ValueError(
+        f"memory_budget_bytes must hold one label column's {_LIVE_ARRAYS} [1, P] arrays, "
+        f"{bytes_per_column} bytes for P={num_params} in {precision.canonical_dtype(dtype)}. "
+        f"Received: memory_budget_bytes={memory_budget_bytes}")
+  m_chunk = min(num_labels, budget // bytes_per_column)
+  return [slice(start, min(start + m_chunk, num_labels)) for start in range(0, num_labels, m_chunk)]
+
+
 def alignment(model: keras.Model, x: types.Inputs, y: types.Array, *, batch_size: int = 256,
-              dtype: types.DType = "float32") -> np.ndarray:
+              dtype: types.DType = "float32",
+              memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES) -> np.ndarray:
   """Returns alpha(y) = ||(1/N) sum_i y_i grad_theta f(x_i)||^2 for each label vector.
 
       alpha(y) = ||J^T y||^2 / N^2 = y^T Theta y / N^2,   J = d f(x) / d theta  [N, P]
 
-  BatchNorm and dropout run in inference mode, as for `ntk_gram`.
+  BatchNorm and dropout run in inference mode, as for `ntk_gram`. The m
+  columns are processed `label_chunks` at a time, one pass over x per chunk,
+  so memory stays within `memory_budget_bytes` plus one batch of activations
+  for any m (e.g. m = 1,000 eigenfunctions of ResNet18, P ~ 11M: 2 GiB holds
+  12 float32 columns, 84 passes). Each column's result does not depend on the
+  chunking (bit-identical across budgets).
 
   Args:
     model: Keras model with one output logit.
@@ -47,6 +98,8 @@ def alignment(model: keras.Model, x: types.Inputs, y: types.Array, *, batch_size
     y: `[N]` labels or `[N, m]` label vectors (columns).
     batch_size: examples per vector-Jacobian product (> 0).
     dtype: "float32" or "float64" (float64 uses a float64 copy of the model).
+    memory_budget_bytes: bytes for the `[m_chunk, P]` gradient arrays
+      (default 2 GiB); must hold one column (`label_chunks`).
 
   Returns:
     float64 ndarray: 0-d for `y [N]`, `[m]` for `y [N, m]`. (Before this
@@ -77,19 +130,33 @@ def alignment(model: keras.Model, x: types.Inputs, y: types.Array, *, batch_size
     return tf.concat([tf.reshape(g, [tf.shape(y_b)[1], -1]) for g in grads], axis=1)  # [m, P]
 
   # Pad to a whole number of batches with zero labels (zero contribution), so
-  # every call has one shape and batch_vjps is traced once.
+  # every call has one shape and batch_vjps is traced once per chunk width.
   num_batches = -(-n // batch_size)
   padded = num_batches * batch_size
   x = np.pad(x.astype(dtype), [(0, padded - n)] + [(0, 0)] * (x.ndim - 1))  # [N', ...]
   labels_2d = np.pad(labels_2d, [(0, padded - n), (0, 0)])  # [N', m]
-  total = None
-  for start in range(0, padded, batch_size):
-    vjps = batch_vjps(tf.constant(x[start:start + batch_size]),
-                      tf.constant(labels_2d[start:start + batch_size], dtype=tf_dtype))
-    total = vjps if total is None else total + vjps  # [m, P]
-  mean_gradients = total.numpy().astype(np.float64) / n  # [m, P]: (1/N) J^T y
-  alphas = np.sum(mean_gradients**2, axis=1)  # [m]
+  chunks = label_chunks(labels_2d.shape[1], validation.parameter_count(work_model), dtype,
+                        memory_budget_bytes)
+  alphas = np.concatenate([  # [m]
+      _chunk_alignment(batch_vjps, x, labels_2d[:, chunk], n, batch_size, tf_dtype)
+      for chunk in chunks])
   return alphas.reshape(labels.shape[1:])  # [] or [m]
+
+
+def _chunk_alignment(batch_vjps, x: np.ndarray, labels_chunk: np.ndarray, n: int,
+                     batch_size: int, tf_dtype: tf.DType) -> np.ndarray:
+  """One pass over the padded `x [N', ...]` for `labels_chunk [N', m_chunk]`: alphas `[m_chunk]`."""
+  total = None
+  for start in range(0, x.shape[0], batch_size):
+    vjps = batch_vjps(tf.constant(x[start:start + batch_size]),
+                      tf.constant(labels_chunk[start:start + batch_size], dtype=tf_dtype))
+    total = vjps if total is None else total + vjps  # [m_chunk, P]
+    del vjps
+  mean_gradients = total.numpy().astype(np.float64)  # [m_chunk, P]
+  del total
+  mean_gradients /= n  # (1/N) J^T y
+  np.square(mean_gradients, out=mean_gradients)
+  return np.sum(mean_gradients, axis=1)  # [m_chunk]
 
 
 def energy_concentration(eigvecs: types.Array, y: types.Array, k: int) -> np.ndarray:

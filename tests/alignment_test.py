@@ -1,5 +1,8 @@
 """Tests for ntk_tf.alignment (Lemma 1) and energy_concentration (Sec. 4.2)."""
 
+import importlib
+from unittest import mock
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
@@ -7,6 +10,10 @@ import numpy as np
 from tests import test_util  # pylint: disable=unused-import
 from tests import ntk_reference
 import ntk_tf
+from ntk_tf import validation
+
+# The module (the package attribute `ntk_tf.alignment` is the function).
+alignment_lib = importlib.import_module("ntk_tf.alignment")
 
 _SHAPE = (8, 8, 3)
 
@@ -41,6 +48,52 @@ class AlignmentTest(parameterized.TestCase):
     with self.subTest("float32"):
       alphas = ntk_tf.alignment(model, x, labels)
       np.testing.assert_allclose(alphas, expected, rtol=1e-4)
+
+  @parameterized.parameters("mlp", "lenet")
+  def test_chunked_columns_match_reference_gram_and_each_other(self, name):
+    kwargs = dict(input_shape=_SHAPE, activation="gelu", seed=4)
+    model = ntk_tf.models.get(name, **kwargs)
+    twin = ntk_reference.float64_twin(name, model, **kwargs)
+    n, m = 9, 5
+    x = np.random.RandomState(2).randn(n, *_SHAPE).astype(np.float32)
+    theta = ntk_reference.brute_force_gram(twin, x)  # [N, N], independent float64 Gram
+    eigvals, eigvecs = np.linalg.eigh(theta)
+    phi = np.concatenate([eigvecs[:, -2:], np.sign(np.random.RandomState(3).randn(n, m - 2))],
+                         axis=1)  # [N, m]: two eigenvectors, three +-1 label vectors
+    expected = np.einsum("im,ij,jm->m", phi, theta, phi) / n**2  # phi^T Theta phi / N^2
+    num_params = validation.parameter_count(model)
+    for dtype, rtol in (("float64", 1e-10), ("float32", 1e-4)):
+      column_bytes = 4 * num_params * np.dtype(dtype).itemsize  # one column's 4 [1, P] arrays
+      results = {}
+      for columns in (1, 2, m):  # chunks of 1, 2 (2 + 2 + 1) and all m columns
+        with mock.patch.object(alignment_lib, "_chunk_alignment",
+                               wraps=alignment_lib._chunk_alignment) as spy:
+          results[columns] = ntk_tf.alignment(model, x, phi, batch_size=4, dtype=dtype,
+                                              memory_budget_bytes=columns * column_bytes + 7)
+        widths = [call.args[2].shape[1] for call in spy.call_args_list]  # one pass per chunk
+        self.assertEqual(widths, [columns] * (m // columns) + [m % columns] * (m % columns > 0))
+        np.testing.assert_allclose(results[columns], expected, rtol=rtol, err_msg=dtype)
+      with self.subTest(dtype=dtype):  # the same arithmetic per column: bit-identical
+        np.testing.assert_array_equal(results[1], results[m])
+        np.testing.assert_array_equal(results[2], results[m])
+    np.testing.assert_allclose(expected[:2], eigvals[-2:] / n**2, rtol=1e-12)  # alpha(phi_j) = lambda_j / N^2
+
+  def test_label_chunks_fit_the_budget(self):
+    for num_labels, num_params, dtype, budget in ((1000, 11_000_000, "float32", 2 * 1024**3),
+                                                  (7, 10, "float64", 4 * 10 * 8 * 3 + 5),
+                                                  (3, 10, "float32", 10**9)):
+      chunks = alignment_lib.label_chunks(num_labels, num_params, dtype, budget)
+      self.assertEqual([i for c in chunks for i in range(num_labels)[c]], list(range(num_labels)))
+      widest = max(c.stop - c.start for c in chunks)
+      self.assertLessEqual(4 * widest * num_params * np.dtype(dtype).itemsize, budget)
+      self.assertTrue(widest == num_labels or
+                      4 * (widest + 1) * num_params * np.dtype(dtype).itemsize > budget)
+    self.assertLen(alignment_lib.label_chunks(1000, 11_000_000, "float32"), 84)
+    with self.assertRaisesRegex(ValueError, "memory_budget_bytes=100"):
+      alignment_lib.label_chunks(3, 10, "float32", 100)
+    model = ntk_tf.models.get("mlp", input_shape=_SHAPE)
+    with self.assertRaisesRegex(ValueError, "memory_budget_bytes=0"):
+      ntk_tf.alignment(model, np.zeros((4, *_SHAPE), np.float32), np.ones(4), memory_budget_bytes=0)
 
   def test_bad_labels(self):
     model = ntk_tf.models.get("mlp", input_shape=_SHAPE)
