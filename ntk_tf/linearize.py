@@ -12,13 +12,13 @@ is the "unbiased linearization around theta_star" of Sec. 4.3 (Fig. 8).
 theta is every trainable weight of the model, BatchNorm gamma/beta included:
 the same parameter set as `ntk_gram`'s Jacobian, so the kernel of the
 linearized model at theta0 is the model's NTK, ntk_gram(linearize(m)) =
-ntk_gram(m) (Sec. 2; Lemma 1's alpha_0(phi_j) = lambda_j needs it).
+ntk_gram(m) (Sec. 2; alpha_0(phi_j) = lambda_j / N^2 of Lemma 1 needs it).
 
 BatchNorm always runs in inference mode (`training=False`), so samples do not
 interact. At an expansion point other than the model's own weights, its
 weights (gamma, beta, moving mean and variance) are taken from `model`, i.e.
 theta0, by default (`batch_norm="initial"`), as App. B does: "In the case of
-the ResNet18 network, which includes batch normalization layers, we fix the
+the ResNet18 network, which includes batch normalization layers [43], we fix the
 batch normalization parameters to their initialization values when
 performing the linearization. This effectively deactivates batch
 normalization for the linear approximations." `batch_norm="trained"` takes
