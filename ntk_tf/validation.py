@@ -26,7 +26,8 @@ def check_inputs(model: keras.Model, x: types.Inputs, name: str = "x",
       shape (dimensions that the model leaves as None match anything).
     x: `[N, ...]` inputs.
     name: the argument name used in error messages.
-    dtype: the NumPy dtype of the result (default: the model's input dtype).
+    dtype: the NumPy dtype of the result (default: the model's input dtype; for a
+      subclassed model without `inputs`, float `x` keeps its dtype, other x gets floatx).
   """
   array = np.asarray(x)
   if not np.issubdtype(array.dtype, np.number):
@@ -44,7 +45,12 @@ def check_inputs(model: keras.Model, x: types.Inputs, name: str = "x",
   if not np.all(np.isfinite(array)):
     bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
     raise ValueError(f"{name} must be finite. Received: {name} with {bad} NaN/inf entries")
-  out_dtype = dtype or (model.inputs[0].dtype if getattr(model, "inputs", None) else "float32")
+  if dtype is not None:
+    out_dtype = dtype
+  elif getattr(model, "inputs", None):
+    out_dtype = model.inputs[0].dtype
+  else:  # A subclassed model (e.g. `Linearized`): keep float inputs as they are.
+    out_dtype = array.dtype if np.issubdtype(array.dtype, np.floating) else keras.config.floatx()
   return np.ascontiguousarray(array, dtype=np.dtype(str(getattr(out_dtype, "name", out_dtype))))
 
 

@@ -77,6 +77,20 @@ class InputsTest(absltest.TestCase):
     np.testing.assert_array_equal(got, x.astype(np.float32))
     self.assertEqual(validation.check_inputs(self.model, x, dtype="float64").dtype, np.float64)
 
+  def test_subclassed_model_keeps_float_inputs(self):
+
+    class Subclassed(keras.Model):
+
+      def call(self, x):
+        return x[:, :1]
+
+    x64 = np.linspace(0.0, 1.0, 6).reshape(2, 3) + 1e-12  # Not float32-representable.
+    got = validation.check_inputs(Subclassed(), x64)
+    self.assertEqual(got.dtype, np.float64)
+    np.testing.assert_array_equal(got, x64)
+    self.assertEqual(validation.check_inputs(Subclassed(), np.ones((2, 3), np.int64)).dtype,
+                     np.dtype(keras.config.floatx()))
+
   def test_rejects_wrong_shape(self):
     with self.assertRaisesRegex(ValueError, r"\[N, 2, 3\].*Received: x.shape=\(4, 3, 2\)"):
       validation.check_inputs(self.model, np.zeros((4, 3, 2)))
