@@ -124,7 +124,7 @@ def run(settings: Settings, workdir: pathlib.Path) -> Dict[str, Any]:
           keys.append(key)
           fp = workdir_lib.fingerprint({
               "model": dataclasses.asdict(spec), "kind": kind,
-              "data": dataclasses.asdict(settings.data), "train_size": size, "seed": seed,
+              "data": settings.data.identity(), "train_size": size, "seed": seed,
               "recipe": recipe.to_dict(), "saturation_tolerance": tol})
           if store.get(key, fp) is None:
             pending.append((key, spec, kind, fp))

@@ -134,7 +134,7 @@ def run(settings: Settings, workdir: pathlib.Path) -> Dict[str, Any]:
         key = task_key(spec.name, target, kind)
         keys.append(key)
         fp = workdir_lib.fingerprint({
-            "model": dataclasses.asdict(spec), "data": dataclasses.asdict(settings.data),
+            "model": dataclasses.asdict(spec), "data": settings.data.identity(),
             "gram_dtype": settings.gram.dtype, "target": target, "kind": kind,
             "num_eigenvectors": settings.num_eigenvectors, "eigen_method": settings.eigen_method,
             "recipe": recipe.to_dict(), "train_seed": settings.train_seed})

@@ -203,9 +203,9 @@ def run(settings: Settings, workdir: pathlib.Path) -> List[Dict[str, Any]]:
       run_dir = workdir / spec.name / target
       fp = workdir_lib.fingerprint({
           "model": dataclasses.asdict(spec), "target": target, "train_seed": settings.train_seed,
-          "data": dataclasses.asdict(settings.data), "recipe": recipe.to_dict(),
+          "data": settings.data.identity(), "recipe": recipe.to_dict(),
           "top_k": settings.top_k, "num_alignment": settings.num_alignment,
-          "gram": dataclasses.asdict(settings.gram)})
+          "gram": settings.gram.identity()})
       pipeline.fresh_dir(run_dir, fp)
       key = f"{spec.name}_{target}"
       run_keys = [f"{key}_epoch{e:04d}" for e in settings.measure_epochs] + [f"{key}_summary"]

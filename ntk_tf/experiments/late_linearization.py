@@ -80,7 +80,7 @@ def run(settings: Settings, workdir: pathlib.Path) -> List[Dict[str, Any]]:
   task = spectrum_lib.eigenfunction_task(basis, j)
   data = pipeline.TaskData(dataset.x_train, task.y_train, dataset.x_test, task.y_test)
   base = {"model": dataclasses.asdict(spec), "train_seed": settings.train_seed,
-          "data": dataclasses.asdict(settings.data), "eigenfunction_index": j,
+          "data": settings.data.identity(), "eigenfunction_index": j,
           "recipe": recipe.to_dict(), "gram_dtype": settings.gram.dtype}
   runs_dir = workdir / "runs"
   task_info = {"eigenfunction_index": j, "eigenvalue": task.eigenvalue, "overlap": task.overlap}

@@ -208,6 +208,11 @@ class DataSpec:
   def num_test(self) -> int:
     return self.test_size or self.full_sizes[1]
 
+  def identity(self) -> Dict[str, Any]:
+    """What determines the samples (for task fingerprints): not where the files are."""
+    return {"dataset": self.dataset, "train_size": self.train_size,
+            "test_size": self.test_size, "seed": self.seed}
+
   def load(self, **overrides: Any) -> data_lib.Dataset:
     spec = dataclasses.replace(self, **overrides)
     return data_lib.load(spec.dataset, data_dir=spec.data_dir, train_size=spec.train_size,
@@ -240,6 +245,11 @@ class GramSpec:
   implementation: str
   dtype: str
   cache_dir: str
+
+  def identity(self) -> Dict[str, Any]:
+    """What determines a Gram's values (for fingerprints): not where it is cached."""
+    return {"block_size": self.block_size, "implementation": self.implementation,
+            "dtype": self.dtype}
 
 
 def default_gram_cache_dir() -> pathlib.Path:
