@@ -42,6 +42,7 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
   c.seeds = (0, 1, 2, 3, 4)  # "average over five different random seeds" (Fig. 5)
   c.kinds = ("network", "linearized")
   # Training (App. A; None keeps the value of ntk_tf.recipe.PAPER_CIFAR2, i.e. 200 epochs).
+  c.recipe = "PAPER_CIFAR2"  # the preset of ntk_tf/recipe.py (200 epochs)
   c.optimizer = "sgd"
   c.epochs = config_dict.placeholder(int)
   c.learning_rate = config_dict.placeholder(float)

@@ -56,10 +56,13 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
   c.gram.block_size = 256
   c.gram.dtype = "float32"
   c.gram.implementation = "auto"
+  # Theta_0 cache shared by experiments; None: $NTK_TF_CACHE_DIR/grams or ~/.cache/ntk_tf/grams.
+  c.gram.cache_dir = config_dict.placeholder(str)
   c.num_eigenvectors = 1000
   c.eigen_method = "auto"
   c.indices = PAPER_INDICES
   # Training (App. A; None keeps the value of ntk_tf.recipe.PAPER_SGD / PAPER_ADAM).
+  c.recipe = "PAPER_SGD"  # the preset of ntk_tf/recipe.py
   c.kinds = ("network", "linearized")
   c.optimizer = "sgd"  # "sgd" | "adam" (Fig. 11)
   c.epochs = config_dict.placeholder(int)

@@ -36,13 +36,13 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
   c.activation = "relu"
   c.model_seed = 0  # theta0
   c.train_seed = 0  # minibatch order
-  # None = the whole split; placeholders keep them overridable from the command line.
-  c.train_size = ml_collections.config_dict.placeholder(int)
-  c.test_size = ml_collections.config_dict.placeholder(int)
   c.data_seed = 0
   c.task = "cifar2"
   c.dataset = "cifar2"
   c.eigenfunction_indices = (500,)  # Fig. 7; used with task "eigenfunction".
+  # None = the whole split; placeholders keep them overridable from the command line.
+  c.train_size = ml_collections.config_dict.placeholder(int)
+  c.test_size = ml_collections.config_dict.placeholder(int)
   c.train_size = 12_000  # Table 1 caption: "computed on 12,000 training samples".
   c.test_size = 10_000  # Not stated in the paper; the full CIFAR-10 test split.
   c.recipe = "PAPER_CIFAR2"  # App. A: 200 epochs on CIFAR2 (Theta_200 in Table 1).
@@ -58,6 +58,8 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
   c.progress = True
   c.gram = ml_collections.ConfigDict(
       {"block_size": 256, "implementation": "auto", "dtype": "float32"})
+  # Theta_0 cache shared by experiments; None: $NTK_TF_CACHE_DIR/grams or ~/.cache/ntk_tf/grams.
+  c.gram.cache_dir = ml_collections.config_dict.placeholder(str)
 
   if variant == "paper_eigenfunction":
     c.task = "eigenfunction"

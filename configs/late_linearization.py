@@ -51,6 +51,8 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
   c.progress = True
   c.gram = ml_collections.ConfigDict(
       {"block_size": 256, "implementation": "auto", "dtype": "float32"})
+  # Theta_0 cache shared by experiments; None: $NTK_TF_CACHE_DIR/grams or ~/.cache/ntk_tf/grams.
+  c.gram.cache_dir = ml_collections.config_dict.placeholder(str)
   if variant == "small":
     c.model = "lenet"
     c.train_size = 2000

@@ -1,7 +1,7 @@
 """The paper's training recipe: the one place its hyperparameters live (App. A).
 
     SGD, momentum 0.9, learning rate 0.05 decaying linearly to 0 over all
-    steps, batch 128, binary cross-entropy on one logit with {0, 1} labels,
+    steps, batch 128, binary cross-entropy on one logit (labels y = +-1, target (1 + y) / 2),
     100 epochs (200 on CIFAR2). The same recipe trains a network and its
     linearization.
 

@@ -1,20 +1,22 @@
-"""Binary tasks from NTK eigenfunctions: labels sign(phi_j) (Sec. 4.1).
+"""Binary tasks from NTK eigenfunctions: labels sign(phi_j) (Sec. 3.1, App. B).
 
-    y_j = (sign(phi_j) + 1) / 2 in {0, 1},   overlap_j = <sign(phi_j) / sqrt(N), phi_j / ||phi_j||>
+    y_j = sign(phi_j) in {-1, +1},   overlap_j = <sign(phi_j) / sqrt(N), phi_j / ||phi_j||>
 
 Shapes: eigenvectors `[N, k]`, labels `[N]`. j is 1-based: j = 1 is the top
-eigenvector. Entries exactly 0 get label 0 (sign -1; they add 0 to the overlap).
+eigenvector. Entries exactly 0 get label -1 (they add 0 to the overlap).
+Labels are +-1, the convention of all of ntk_tf (see `ntk_tf/__init__.py`).
 """
 
 from typing import Tuple
+import warnings
 
 import numpy as np
 
 
-def eigenfunction_labels(eigvecs: np.ndarray, j: int) -> Tuple[np.ndarray, float]:
-  """Returns the {0, 1} labels of the task sign(phi_j) and its overlap with phi_j.
+def eigenfunction_signs(eigvecs: np.ndarray, j: int) -> Tuple[np.ndarray, float]:
+  """Returns the +-1 labels of the task sign(phi_j) and its overlap with phi_j.
 
-      labels_i = 1 if phi_j[i] > 0 else 0
+      labels_i = +1 if phi_j[i] > 0 else -1
       overlap  = <sign(phi_j) / sqrt(N), phi_j / ||phi_j||>   (~0.78 in the paper)
 
   Args:
@@ -22,9 +24,9 @@ def eigenfunction_labels(eigvecs: np.ndarray, j: int) -> Tuple[np.ndarray, float
     j: 1-based index of the eigenvector, 1 <= j <= k.
 
   Returns:
-    (labels `[N]` float32 in {0, 1}, overlap float in [0, 1]).
+    (labels `[N]` float32 in {-1, +1}, overlap float in [0, 1]).
 
-  Paper: Sec. 4.1 (eigenfunction tasks), App. B.
+  Paper: Sec. 3.1 (eigenfunction tasks), App. B (the overlap).
   """
   eigvecs = np.asarray(eigvecs)
   if eigvecs.ndim != 2:
@@ -36,7 +38,15 @@ def eigenfunction_labels(eigvecs: np.ndarray, j: int) -> Tuple[np.ndarray, float
   norm = np.linalg.norm(phi)
   if norm == 0 or not np.isfinite(norm):
     raise ValueError(f"eigenvector j={j} must be finite and nonzero. Received: norm={norm}")
-  positive = phi > 0  # [N]
-  signs = np.where(positive, 1.0, -1.0)  # [N]
+  signs = np.where(phi > 0, 1.0, -1.0)  # [N]
   overlap = float(signs @ phi / (np.sqrt(phi.shape[0]) * norm))
-  return positive.astype(np.float32), overlap
+  return signs.astype(np.float32), overlap
+
+
+def eigenfunction_labels(eigvecs: np.ndarray, j: int) -> Tuple[np.ndarray, float]:
+  """Deprecated: the {0, 1} form of `eigenfunction_signs` (labels (1 + sign(phi_j)) / 2)."""
+  warnings.warn("eigenfunction_labels ({0, 1} labels) is deprecated; use "
+                "eigenfunction_signs (+-1 labels, the one convention of ntk_tf).",
+                DeprecationWarning, stacklevel=2)
+  signs, overlap = eigenfunction_signs(eigvecs, j)
+  return (signs > 0).astype(np.float32), overlap

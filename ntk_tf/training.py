@@ -1,6 +1,6 @@
 """Training a network or its linearization with the paper's recipe, and its metrics.
 
-    loss(theta) = mean_i BCE(sigmoid(f(x_i; theta)), y_i),   y_i in {0, 1},
+    loss(theta) = mean_i BCE(sigmoid(f(x_i; theta)), (1 + y_i) / 2),   y_i in {-1, +1},
 
 minimized with the optimizer of a `Recipe` (SGD with momentum 0.9 and a linear
 learning-rate decay in the paper, App. A). `train` treats a `keras.Model` and
@@ -9,7 +9,7 @@ the model with `training=True` (a network's BatchNorm then updates its moving
 statistics; a linearized model ignores the flag) and evaluates with
 `training=False`.
 
-Metrics (Sec. 3.2, Fig. 3), one row per epoch (row 0 = initialization):
+Metrics (Sec. 3.1, Fig. 3), one row per epoch (row 0 = initialization):
   train_loss, train_acc  the full training set, evaluated in inference mode
                          at the end of the epoch (not a running minibatch
                          mean; that one is `batch_loss`).
@@ -21,7 +21,12 @@ Metrics (Sec. 3.2, Fig. 3), one row per epoch (row 0 = initialization):
   cosine_distance        1 - <theta_t, theta_0> / (||theta_t|| ||theta_0||),
                          theta = all trainable weights flattened into one
                          vector of P numbers.
-Accuracy predicts label 1 when the logit is > 0.
+Accuracy predicts label +1 when the logit is > 0.
+
+Labels are +-1, as everywhere in ntk_tf (the paper's f: R^d -> {+-1}); the
+binary cross-entropy sees the {0, 1} target t = (1 + y) / 2 internally. The
+{0, 1} keywords `y_train01` / `y_test01` still work for one release (with a
+DeprecationWarning) and give bit-identical results.
 
 Outputs under `workdir`: `metrics.csv` (the history), `tensorboard/`
 (scalars per epoch, x axis = step), `checkpoints/epoch_XXXX.weights.h5` at the
@@ -35,7 +40,7 @@ Determinism: epoch e visits the samples in the order
 model passed in. Two runs with the same seed on the same machine give identical
 weights on CPU (on GPU, also call `tf.config.experimental.enable_op_determinism()`).
 
-Shapes: x `[N, ...]`, y01 `[N]` in {0, 1}, logits `[N, 1]`.
+Shapes: x `[N, ...]`, y `[N]` in {-1, +1}, logits `[N, 1]`.
 """
 
 import csv
@@ -45,6 +50,7 @@ import math
 import os
 import pathlib
 import time
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 from absl import logging
@@ -53,7 +59,6 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from ntk_tf.linearize import linearize
 from ntk_tf.recipe import PAPER_SGD
 from ntk_tf.recipe import Recipe
 from ntk_tf.types import Array
@@ -139,7 +144,11 @@ def bce_with_logits(y01: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
   return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y01, logits=logits))
 
 
-def _make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer):
+def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer):
+  """The compiled step of `train`: forward, BCE, backward, optimizer update; returns the loss.
+
+  `step(x [B, ...], t [B, 1])`, t the {0, 1} BCE targets in the model's compute dtype.
+  """
   params = model.trainable_weights
 
   @tf.function
@@ -181,13 +190,28 @@ def _model_dtype(model: keras.Model):
   return tf.as_dtype(model.compute_dtype)
 
 
-def _labels01(y01: Array, name: str) -> np.ndarray:
-  y = np.asarray(y01).reshape(-1, 1)  # [N, 1]
+def _targets01(y_pm1: Array, name: str) -> np.ndarray:
+  """The BCE targets (1 + y) / 2 of +-1 labels, `[N]` -> `[N, 1]` float32 in {0, 1}."""
+  y = np.asarray(y_pm1).reshape(-1, 1)  # [N, 1]
+  bad = ~np.isin(y, (-1, 1))
+  if bad.any():
+    raise ValueError(f"{name} must hold labels in {{-1, +1}} (for {{0, 1}} labels use the "
+                     f"deprecated {name}01=). Received: {name} containing "
+                     f"{np.unique(y[bad])[:5].tolist()}")
+  return (y > 0).astype(np.float32)
+
+
+def _deprecated_labels01(y01: Array, name: str) -> np.ndarray:
+  """+-1 labels of {0, 1} labels passed through a deprecated `*01` keyword."""
+  warnings.warn(f"train({name}01=...) with {{0, 1}} labels is deprecated; pass +-1 labels "
+                f"as {name}= (one label convention, see ntk_tf/__init__.py).",
+                DeprecationWarning, stacklevel=3)
+  y = np.asarray(y01)
   bad = ~np.isin(y, (0, 1))
   if bad.any():
-    raise ValueError(f"{name} must hold labels in {{0, 1}}. Received: {name} containing "
+    raise ValueError(f"{name}01 must hold labels in {{0, 1}}. Received: {name}01 containing "
                      f"{np.unique(y[bad])[:5].tolist()}")
-  return y
+  return np.where(y > 0, 1, -1)
 
 
 # ----------------------------------------------------------------------------
@@ -264,10 +288,11 @@ def _load_arrays(path: pathlib.Path) -> List[np.ndarray]:
 # ----------------------------------------------------------------------------
 # Training.
 
-def train(model: keras.Model, x_train: Array, y_train01: Array, *,
-          x_test: Optional[Array] = None, y_test01: Optional[Array] = None,
+def train(model: keras.Model, x_train: Array, y_train: Optional[Array] = None, *,
+          x_test: Optional[Array] = None, y_test: Optional[Array] = None,
           recipe: Recipe = PAPER_SGD, seed: int = 0, workdir: Optional[str] = None,
-          checkpoint_epochs: Sequence[int] = (), progress: bool = True) -> TrainResult:
+          checkpoint_epochs: Sequence[int] = (), progress: bool = True,
+          y_train01: Optional[Array] = None, y_test01: Optional[Array] = None) -> TrainResult:
   """Trains `model` in place with `recipe` and returns its per-epoch metrics.
 
       theta_{k+1} = optimizer step on mean_{i in batch_k} BCE(f(x_i; theta_k), y_i)
@@ -277,8 +302,8 @@ def train(model: keras.Model, x_train: Array, y_train01: Array, *,
   Args:
     model: a built Keras model, `[N, ...] -> [N, 1]` logits.
     x_train: `[N, ...]` inputs (cast to the model's compute dtype).
-    y_train01: `[N]` labels in {0, 1}.
-    x_test, y_test01: optional test set, `[M, ...]` and `[M]`.
+    y_train: `[N]` labels in {-1, +1}.
+    x_test, y_test: optional test set, `[M, ...]` and `[M]` in {-1, +1}.
     recipe: hyperparameters (`ntk_tf.recipe.PAPER_SGD` by default).
     seed: shuffling seed.
     workdir: folder for metrics.csv, tensorboard/, checkpoints/ and the
@@ -286,10 +311,11 @@ def train(model: keras.Model, x_train: Array, y_train01: Array, *,
     checkpoint_epochs: epochs after which to save the weights to
       `checkpoints/epoch_XXXX.weights.h5` (0 = before training); needs workdir.
     progress: show a progress bar per epoch.
+    y_train01, y_test01: deprecated {0, 1} forms of `y_train`, `y_test`.
   Returns:
     A TrainResult; `steps_to_loss(0.01)`, `l2_distance`, `cosine_distance`
     and `final` give the Fig. 3 metrics.
-  Paper: App. A (recipe), Sec. 3.2 and Fig. 3 (metrics).
+  Paper: App. A (recipe), Sec. 3.1 and Fig. 3 (metrics).
   """
   if not isinstance(recipe, Recipe):
     raise ValueError(f"recipe must be a ntk_tf.Recipe. Received: recipe={recipe!r}")
@@ -302,18 +328,30 @@ def train(model: keras.Model, x_train: Array, y_train01: Array, *,
   if checkpoint_epochs and workdir is None:
     raise ValueError(f"checkpoint_epochs needs a workdir. Received: workdir=None, "
                      f"checkpoint_epochs={checkpoint_epochs}")
+  if y_train01 is not None:
+    if y_train is not None:
+      raise ValueError("Pass y_train (+-1) or the deprecated y_train01, not both.")
+    y_train = _deprecated_labels01(y_train01, "y_train")
+  if y_test01 is not None:
+    if y_test is not None:
+      raise ValueError("Pass y_test (+-1) or the deprecated y_test01, not both.")
+    y_test = _deprecated_labels01(y_test01, "y_test")
+  if y_train is None:
+    raise ValueError("train needs the labels y_train (+-1). Received: y_train=None")
   dtype = _model_dtype(model)
   x_train = np.asarray(x_train)
-  y_train = _labels01(y_train01, "y_train01")
+  y_train = _targets01(y_train, "y_train")  # [N, 1] BCE targets
   if len(x_train) != len(y_train):
-    raise ValueError(f"x_train and y_train01 must have equal lengths. "
+    raise ValueError(f"x_train and y_train must have equal lengths. "
                      f"Received: {len(x_train)} and {len(y_train)}")
   has_test = x_test is not None
   if has_test:
+    if y_test is None:
+      raise ValueError("x_test needs its labels y_test (+-1). Received: y_test=None")
     x_test = np.asarray(x_test)
-    y_test = _labels01(y_test01, "y_test01")
+    y_test = _targets01(y_test, "y_test")  # [M, 1]
     if len(x_test) != len(y_test):
-      raise ValueError(f"x_test and y_test01 must have equal lengths. "
+      raise ValueError(f"x_test and y_test must have equal lengths. "
                        f"Received: {len(x_test)} and {len(y_test)}")
 
   num_train = len(x_train)
@@ -323,7 +361,7 @@ def train(model: keras.Model, x_train: Array, y_train01: Array, *,
   optimizer = make_optimizer(recipe, total_steps)
   params = model.trainable_weights
   optimizer.build(params)
-  train_step = _make_train_step(model, optimizer)
+  train_step = make_train_step(model, optimizer)
   eval_step = _make_eval_step(model)
   meta = {"recipe": recipe.to_dict(), "seed": seed, "num_train": num_train,
           "num_weights": len(model.weights)}
@@ -394,54 +432,3 @@ def train(model: keras.Model, x_train: Array, y_train01: Array, *,
         bar.update(k + 1, values=[("loss", losses[-1])])
     record(epoch, float(np.mean(losses)), time.time() - start)
   return TrainResult(history=history, recipe=recipe, seed=seed)
-
-
-def time_train_step(model: keras.Model, x: Array, y01: Array, *, recipe: Recipe = PAPER_SGD,
-                    steps: int = 20, warmup: int = 3) -> float:
-  """Returns the mean wall time in seconds of one `train` step of `model` on (x, y01).
-
-  The step is the one `train` runs (forward, backward, optimizer update) on
-  the batch `[B, ...]` = (x, y01), compiled once and run `warmup` times first.
-  It trains `model` in place.
-  """
-  if steps <= 0 or warmup < 0:
-    raise ValueError(f"steps must be positive and warmup non-negative. Received: steps={steps}, warmup={warmup}")
-  dtype = _model_dtype(model)
-  optimizer = make_optimizer(recipe, steps + warmup)
-  train_step = _make_train_step(model, optimizer)
-  xb = tf.constant(np.asarray(x), dtype)
-  yb = tf.constant(_labels01(y01, "y01"), dtype)
-  for _ in range(max(1, warmup)):
-    train_step(xb, yb).numpy()
-  start = time.perf_counter()
-  for _ in range(steps):
-    loss = train_step(xb, yb)
-  loss.numpy()
-  return (time.perf_counter() - start) / steps
-
-
-def compare_step_times(model: keras.Model, x: Array, y01: Array, *, recipe: Recipe = PAPER_SGD,
-                       steps: int = 10, warmup: int = 2, repeats: int = 3) -> Dict[str, float]:
-  """Returns the step times of `model` and of its linearization, and their ratio.
-
-      ratio = t_step(linearize(model)) / t_step(model),
-
-  each t_step the fastest of `repeats` alternating measurements of
-  `time_train_step` (the minimum is the least disturbed by other processes).
-  Both models train on the same batch (x `[B, ...]`, y01 `[B]`) in the same
-  process. `model` is trained in place; its linearization is taken first.
-
-  Returns:
-    {"network_ms", "linearized_ms", "ratio"}.
-  """
-  if repeats <= 0:
-    raise ValueError(f"repeats must be positive. Received: repeats={repeats}")
-  linearized = linearize(model)
-  network_s, linearized_s = [], []
-  for _ in range(repeats):
-    network_s.append(time_train_step(model, x, y01, recipe=recipe, steps=steps, warmup=warmup))
-    linearized_s.append(time_train_step(linearized, x, y01, recipe=recipe, steps=steps,
-                                        warmup=warmup))
-  network_ms, linearized_ms = 1e3 * min(network_s), 1e3 * min(linearized_s)
-  return {"network_ms": network_ms, "linearized_ms": linearized_ms,
-          "ratio": linearized_ms / network_ms}

@@ -15,12 +15,12 @@ export TF_CPP_MIN_LOG_LEVEL=2
 if [ -n "${NTK_TF_DATA_DIR:-}" ]; then
   echo "[test] real data: $NTK_TF_DATA_DIR"
 else
-  echo "[test] no local data found (../shared/data); tests that need it will skip"
+  echo "[test] no local data found (../shared/data); tests tagged requires-data are excluded"
 fi
 LOG="$(mktemp)"
 TARGETS=("$@")
 if [ ${#TARGETS[@]} = 0 ]; then TARGETS=("//..."); fi
-bazel test --color=no --curses=no "${TARGETS[@]}" 2>&1 | tee "$LOG"
+bazel test --color=no --curses=no $([ -z "${NTK_TF_DATA_DIR:-}" ] && echo --test_tag_filters=-requires-data) "${TARGETS[@]}" 2>&1 | tee "$LOG"
 BAZEL_RC=${PIPESTATUS[0]}
 .venv/bin/python3 scripts/count_tests.py "$LOG" "$ROOT/bazel-testlogs"
 COUNT_RC=$?

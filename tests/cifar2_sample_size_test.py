@@ -1,6 +1,7 @@
 """Tests for the CIFAR2 sample-size study (ntk_tf.experiments.cifar2_sample_size) and its binary.
 
-The smoke runs use a real CIFAR-10 subset and skip where the data is absent.
+The smoke runs use a real CIFAR-10 subset where the data exists, else the
+synthetic CIFAR-shaped files of tests/test_util.
 Independent checks: the saturation epoch against hand-worked sequences, the
 per-seed summary against NumPy means of the per-run table, and every row's
 reported metrics against its stored per-epoch history at the saturation epoch.
@@ -22,9 +23,9 @@ import pandas as pd
 from tests import test_util  # pylint: disable=g-bad-import-order
 from binaries import cifar2_sample_size as cifar2_main
 from configs import cifar2_sample_size as cifar2_config
-from ntk_tf import recipe
+import ntk_tf
 from ntk_tf.experiments import cifar2_sample_size
-from ntk_tf.experiments import common
+from ntk_tf.experiments import pipeline
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -44,25 +45,21 @@ class SaturationEpochTest(parameterized.TestCase):
       ("zero_tolerance", [0.5, 0.8, 0.8], 0.0, 1),
   )
   def test_hand_worked(self, acc, tol, expected):
-    self.assertEqual(common.saturation_epoch(acc, tol), expected)
+    self.assertEqual(cifar2_sample_size.saturation_epoch(acc, tol), expected)
 
   def test_rejects_empty_or_nan(self):
     with self.assertRaisesRegex(ValueError, "test_acc"):
-      common.saturation_epoch([], 0.01)
+      cifar2_sample_size.saturation_epoch([], 0.01)
     with self.assertRaisesRegex(ValueError, "test_acc"):
-      common.saturation_epoch([0.5, float("nan")], 0.01)
+      cifar2_sample_size.saturation_epoch([0.5, float("nan")], 0.01)
 
 
 class Cifar2SmokeTest(absltest.TestCase):
 
   def test_binary_main_writes_sane_outputs(self):
-    data_dir = test_util.require_data(self)
     out = self.create_tempdir().full_path
     config = cifar2_config.get_config("smoke")
-    with flagsaver.flagsaver(workdir=out):
-      flags.FLAGS["config"].parse("configs/cifar2_sample_size.py:smoke")
-      cifar2_main._FLAGS.config.value.data_dir = data_dir  # as --config.data_dir=...
-      cifar2_main.main(["cifar2_sample_size"])
+    test_util.run_binary_main(self, cifar2_main, "configs/cifar2_sample_size.py:smoke", out)
     root = pathlib.Path(out)
     for name in ("config.json", "results.csv", "results.json", "summary.csv",
                  cifar2_sample_size.FIG5):
@@ -107,19 +104,15 @@ class Cifar2SmokeTest(absltest.TestCase):
       self.assertAlmostEqual(entry["l2_distance_mean"], np.mean(runs["l2_distance"]), places=9)
 
   def test_killed_then_rerun_skips_finished_runs_and_gives_the_same_table(self):
-    data_dir = test_util.require_data(self)
-    config = cifar2_config.get_config("smoke")
-    config.data_dir = data_dir
+    config = test_util.smoke_config(self, cifar2_config, train_sizes=(16, 32), seeds=(0,),
+                                    kinds=("network",), epochs=1)
     config.model_kwargs.mlp.width = 8
-    config.train_sizes = (16, 32)
-    config.seeds = (0,)
-    config.kinds = ("network",)
-    config.epochs = 1
+    config = cifar2_sample_size.settings_from_config(config)
     fresh = pathlib.Path(self.create_tempdir().full_path)
     cifar2_sample_size.run(config, fresh)
 
     resumed = pathlib.Path(self.create_tempdir().full_path)
-    real_train_task = common.train_task
+    real_train_task = pipeline.train_task
     calls = []
 
     def killed_in_second(*args, **kwargs):
@@ -128,11 +121,11 @@ class Cifar2SmokeTest(absltest.TestCase):
         raise KeyboardInterrupt("simulated kill")
       return real_train_task(*args, **kwargs)
 
-    with mock.patch.object(common, "train_task", side_effect=killed_in_second):
+    with mock.patch.object(pipeline, "train_task", side_effect=killed_in_second):
       with self.assertRaises(KeyboardInterrupt):
         cifar2_sample_size.run(config, resumed)
     self.assertEqual(calls, ["mlp_n000016_s0_network", "mlp_n000032_s0_network"])
-    with mock.patch.object(common, "train_task", side_effect=real_train_task) as rerun:
+    with mock.patch.object(pipeline, "train_task", side_effect=real_train_task) as rerun:
       cifar2_sample_size.run(config, resumed)
     self.assertEqual([c.kwargs["task_dir"].name for c in rerun.call_args_list],
                      ["mlp_n000032_s0_network"])
@@ -144,7 +137,7 @@ class Cifar2ConfigTest(absltest.TestCase):
 
   def test_every_variant_is_valid(self):
     for variant in cifar2_config.VARIANTS:
-      cifar2_sample_size.validate_config(cifar2_config.get_config(variant))
+      cifar2_sample_size.settings_from_config(cifar2_config.get_config(variant))
 
   def test_paper_variant_has_the_paper_settings(self):
     config = cifar2_config.get_config("paper")
@@ -153,35 +146,35 @@ class Cifar2ConfigTest(absltest.TestCase):
     self.assertEqual(min(config.train_sizes), 500)
     self.assertEqual(max(config.train_sizes), 50000)
     self.assertIsNone(config.test_size)
-    self.assertEqual(common.make_recipe(config, recipe.PAPER_CIFAR2).epochs, 200)
+    settings = cifar2_sample_size.settings_from_config(config)
+    self.assertEqual(settings.common.recipe, ntk_tf.PAPER_CIFAR2)  # App. A: 200 epochs
 
   def _assert_rejected(self, message, **overrides):
     config = cifar2_config.get_config("smoke")
-    config.data_dir = "/nonexistent"  # validation must fail before any data is read
     for key, value in overrides.items():
       config[key] = value
-    workdir = os.path.join(self.create_tempdir().full_path, "never_made")
     with self.assertRaisesRegex(ValueError, message):
-      cifar2_sample_size.run(config, pathlib.Path(workdir))
-    self.assertFalse(os.path.exists(workdir))
+      cifar2_sample_size.settings_from_config(config)
 
   def test_empty_size_list(self):
-    self._assert_rejected(r"train_sizes must be a non-empty list", train_sizes=())
+    self._assert_rejected(r"config.train_sizes must be a non-empty list", train_sizes=())
 
   def test_size_larger_than_the_train_split(self):
-    self._assert_rejected(r"train_sizes must be <= 50000.*60000", train_sizes=(500, 60000))
+    self._assert_rejected(r"config.train_sizes entries must lie in \[1, 50000\].*60000",
+                          train_sizes=(500, 60000))
 
   def test_unknown_model_dataset_kind(self):
-    self._assert_rejected(r"Unknown models \['vit'\]", models=("vit",))
-    self._assert_rejected(r"dataset=.cifar10.", dataset="cifar10")
-    self._assert_rejected(r"Unknown kinds \['kernel'\]", kinds=("network", "kernel"))
+    self._assert_rejected(r"config.models holds unknown names \['vit'\]", models=("vit",))
+    self._assert_rejected(r"config.dataset.*dataset='cifar10'", dataset="cifar10")
+    self._assert_rejected(r"config.kinds holds unknown names \['kernel'\]",
+                          kinds=("network", "kernel"))
+    self._assert_rejected(r"config.saturation_tolerance", saturation_tolerance=2.0)
 
   def test_binary_rejects_bad_flags_before_work(self):
     out = os.path.join(self.create_tempdir().full_path, "never_made")
     with flagsaver.flagsaver(workdir=out):
       flags.FLAGS["config"].parse("configs/cifar2_sample_size.py:smoke")
       cifar2_main._FLAGS.config.value.train_sizes = ()  # as --config.train_sizes="()"
-      cifar2_main._FLAGS.config.value.data_dir = "/nonexistent"
       with self.assertRaisesRegex(app.UsageError, "train_sizes"):
         cifar2_main.main(["cifar2_sample_size"])
     self.assertFalse(os.path.exists(out))

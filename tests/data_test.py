@@ -1,4 +1,4 @@
-"""Tests for ntk_tf.data: real-data checks against published statistics, and bad input."""
+"""Tests for ntk_tf.data on temporary files: formats, sources, bad input (no real data needed)."""
 
 import io
 import json
@@ -165,36 +165,25 @@ class IsolatedDataTest(parameterized.TestCase):
     np.testing.assert_array_equal(arrays["y_train"], [5, 0, 4])
 
 
-class RealDataTest(parameterized.TestCase):
-  """Checks against the published facts of shared/data/README.md; skips without the data."""
+class SyntheticDataTest(absltest.TestCase):
+  """The synthetic files of tests/test_util load like the real ones (the smoke tests use them)."""
 
-  def test_cifar10_statistics_and_order(self):
-    data_dir = test_util.require_data(self)
-    ds = data.load("cifar10", data_dir=data_dir, normalize=False)
-    self.assertEqual(ds.x_train.shape, (50000, 32, 32, 3))
-    self.assertEqual(ds.x_test.shape, (10000, 32, 32, 3))
-    np.testing.assert_allclose(ds.mean, [0.49139968, 0.48215841, 0.44653091], atol=5e-9)
-    np.testing.assert_allclose(ds.std, [0.24703223, 0.24348513, 0.26158784], atol=5e-9)
-    np.testing.assert_array_equal(ds.y_train[:10], [6, 9, 9, 4, 1, 1, 2, 7, 8, 3])
-    np.testing.assert_array_equal(ds.x_train[0, 0, :8, 0], [59, 43, 50, 68, 98, 119, 139, 145])
-
-  def test_cifar2_subsample_is_balanced_and_standardized(self):
-    data_dir = test_util.require_data(self)
-    ds = data.load("cifar2", data_dir=data_dir, train_size=1000, test_size=200, seed=0)
-    self.assertEqual(ds.num_train, 1000)
-    self.assertEqual(int((ds.y_train == 1).sum()), 500)
-    self.assertEqual(int((ds.y_test == 1).sum()), 100)
-    full = data.load("cifar10", data_dir=data_dir)
-    np.testing.assert_allclose(full.x_train.reshape(-1, 3).mean(0, dtype=np.float64), 0.0, atol=1e-4)
-    np.testing.assert_allclose(full.x_train.reshape(-1, 3).std(0, dtype=np.float64), 1.0, atol=1e-4)
-
-  def test_mnist(self):
-    data_dir = test_util.require_data(self)
-    ds = data.load("mnist", data_dir=data_dir, normalize=False)
-    self.assertEqual(ds.input_shape, (28, 28, 1))
-    np.testing.assert_array_equal(np.bincount(ds.y_test),
-                                  [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
-    np.testing.assert_allclose(ds.mean, [0.130660], atol=5e-7)
+  def test_synthetic_files_load_with_the_real_format(self):
+    folder = test_util.write_synthetic_data(self.create_tempdir().full_path)
+    for name, shape in (("cifar10", (32, 32, 3)), ("mnist", (28, 28, 1))):
+      with np.load(os.path.join(folder, f"{name}.npz")) as raw:
+        self.assertEqual(raw["x_train"].dtype, np.uint8)
+        self.assertEqual(raw["y_train"].dtype, np.int64)
+        counts = np.bincount(raw["y_test"], minlength=10)
+      ds = data.load(name, data_dir=folder, normalize=False)
+      self.assertEqual(ds.input_shape, shape)
+      self.assertEqual((ds.num_train, ds.num_test),
+                       (test_util.SYNTHETIC_TRAIN, test_util.SYNTHETIC_TEST))
+      np.testing.assert_array_equal(counts, np.full(10, test_util.SYNTHETIC_TEST // 10))
+    binary = data.load("cifar2", data_dir=folder, train_size=40, test_size=20, seed=3)
+    # Stratified: 4 per class of 10, classes 0-4 -> +1 (an exact half).
+    self.assertEqual(int((binary.y_train == 1).sum()), 20)
+    self.assertEqual(int((binary.y_test == -1).sum()), 10)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from binaries import kernel_rotation as kernel_rotation_main
 from configs import kernel_rotation as kr_config
 from ntk_tf import models
 from ntk_tf.experiments import kernel_rotation
-from ntk_tf.experiments import runs
+from ntk_tf.experiments import pipeline
 from tests import test_util
 
 
@@ -61,17 +61,17 @@ class ValidationTest(parameterized.TestCase):
     parent, _, name = field.rpartition(".")
     (config[parent] if parent else config)[name] = value
     with self.assertRaisesRegex(ValueError, fragment):
-      kernel_rotation.validate_config(config)
+      kernel_rotation.settings_from_config(config)
 
   def test_eigenfunction_index_beyond_alignment_count(self):
     config = kr_config.get_config("smoke_eigenfunction")
     config.eigenfunction_indices = (9,)  # num_alignment = 8
     with self.assertRaisesRegex(ValueError, "eigenfunction_indices"):
-      kernel_rotation.validate_config(config)
+      kernel_rotation.settings_from_config(config)
 
   def test_every_variant_validates(self):
     for variant in kr_config.VARIANTS:
-      kernel_rotation.validate_config(kr_config.get_config(variant))
+      kernel_rotation.settings_from_config(kr_config.get_config(variant))
 
   def test_binary_rejects_bad_flag_before_work(self):
     workdir = self.create_tempdir().full_path
@@ -111,12 +111,10 @@ class MathTest(absltest.TestCase):
 class SmokeTest(absltest.TestCase):
 
   def test_binary_smoke_then_rerun(self):
-    data_dir = test_util.require_data(self)
     workdir = pathlib.Path(self.create_tempdir().full_path)
-    with flagsaver.flagsaver(workdir=str(workdir)):
-      _parse_config_flag("configs/kernel_rotation.py:smoke", data_dir=data_dir)
-      kernel_rotation_main.main(["kernel_rotation"])
-    for name in ("config.json", "results.csv", "table1.md", "energy_concentration.png",
+    data_dir = test_util.run_binary_main(self, kernel_rotation_main,
+                                         "configs/kernel_rotation.py:smoke", str(workdir))
+    for name in ("config.json", "settings.json", "results.csv", "table1.md", "energy_concentration.png",
                  "alignment_mlp_cifar2.png", "mlp/cifar2/alignment_epoch_0000.csv",
                  "mlp/cifar2/alignment_epoch_0002.csv", "mlp/cifar2/eigvals_epoch_0002.csv"):
       self.assertTrue((workdir / name).is_file(), name)
@@ -134,22 +132,23 @@ class SmokeTest(absltest.TestCase):
     np.testing.assert_allclose(alpha0[:5, 1], eigvals[:, 1] / 32, rtol=1e-4)
 
     # Rerun: nothing is trained or recomputed and the table is identical.
-    config = kr_config.get_config("smoke")
-    config.data_dir = data_dir
-    with mock.patch.object(runs, "train_run", side_effect=AssertionError("retrained")):
+    config = kernel_rotation.settings_from_config(
+        test_util.smoke_config(self, kr_config, data_dir=data_dir))
+    with mock.patch.object(pipeline, "train_task", side_effect=AssertionError("retrained")):
       kernel_rotation.run(config, workdir)
     self.assertEqual((workdir / "results.csv").read_text(), table)
-    # "Killed" after the first epoch row: the rest is recomputed to the same table.
+    # "Killed" after the first epoch row: the rest is measured again, without retraining,
+    # to the same table.
     for task in ("mlp_cifar2_epoch0002", "mlp_cifar2_summary"):
       (workdir / "results" / f"{task}.json").unlink()
-    kernel_rotation.run(config, workdir)
+    with mock.patch.object(pipeline.training, "train", side_effect=AssertionError("retrained")):
+      kernel_rotation.run(config, workdir)
     self.assertEqual((workdir / "results.csv").read_text(), table)
 
   def test_eigenfunction_smoke(self):
-    data_dir = test_util.require_data(self)
     workdir = pathlib.Path(self.create_tempdir().full_path)
-    config = kr_config.get_config("smoke_eigenfunction")
-    config.data_dir = data_dir
+    config = kernel_rotation.settings_from_config(
+        test_util.smoke_config(self, kr_config, "smoke_eigenfunction"))
     kernel_rotation.run(config, workdir)
     rows = {r["task"]: r for r in runs_rows(workdir)}
     summary = rows["mlp_phi3_summary"]
@@ -157,6 +156,13 @@ class SmokeTest(absltest.TestCase):
     self.assertGreater(summary["ratio_target"], 0.0)
     self.assertBetween(summary["overlap"], 0.0, 1.0)
     self.assertTrue((workdir / "alignment_mlp_phi3.png").is_file())
+    # The single-axis ratio recomputed from the per-epoch alignment files.
+    alpha0 = np.loadtxt(workdir / "mlp/phi3/alignment_epoch_0000.csv", delimiter=",", skiprows=1)
+    alpha2 = np.loadtxt(workdir / "mlp/phi3/alignment_epoch_0002.csv", delimiter=",", skiprows=1)
+    self.assertAlmostEqual(summary["ratio_target"], alpha2[2, 1] / alpha0[2, 1], places=6)
+    # Theta_0 on train + test comes from the shared cache, keyed by model and data.
+    (gram_dir,) = pathlib.Path(config.gram.cache_dir).iterdir()
+    self.assertTrue((gram_dir / "gram.npy").is_file())
 
 
 def runs_rows(workdir):

@@ -7,16 +7,14 @@ from unittest import mock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import flags
 from absl.testing import absltest
-from absl.testing import flagsaver
 from absl.testing import parameterized
 import pandas as pd
 
 from binaries import late_linearization as late_linearization_main
 from configs import late_linearization as ll_config
 from ntk_tf.experiments import late_linearization
-from ntk_tf.experiments import runs
+from ntk_tf.experiments import pipeline
 from tests import test_util
 
 
@@ -36,28 +34,28 @@ class ValidationTest(parameterized.TestCase):
     parent, _, name = field.rpartition(".")
     (config[parent] if parent else config)[name] = value
     with self.assertRaisesRegex(ValueError, fragment):
-      late_linearization.validate_config(config)
+      late_linearization.settings_from_config(config)
 
   def test_every_variant_validates(self):
     for variant in ll_config.VARIANTS:
-      late_linearization.validate_config(ll_config.get_config(variant))
+      late_linearization.settings_from_config(ll_config.get_config(variant))
 
 
 class SmokeTest(absltest.TestCase):
 
   def test_binary_smoke_then_rerun(self):
-    data_dir = test_util.require_data(self)
     workdir = pathlib.Path(self.create_tempdir().full_path)
-    with flagsaver.flagsaver(workdir=str(workdir)):
-      flags.FLAGS["config"].parse("configs/late_linearization.py:smoke")
-      flags.FLAGS["config"].value.data_dir = data_dir
-      late_linearization_main.main(["late_linearization"])
-    for name in ("config.json", "results.csv", "fig8_training.png", "fig9_pretraining.png"):
+    data_dir = test_util.run_binary_main(self, late_linearization_main,
+                                         "configs/late_linearization.py:smoke", str(workdir))
+    for name in ("config.json", "settings.json", "results.csv", "fig8_training.png", "fig9_pretraining.png"):
       self.assertTrue((workdir / name).is_file(), name)
     table = (workdir / "results.csv").read_text()
     rows = {r["run"]: r for r in pd.read_csv(workdir / "results.csv").to_dict("records")}
     self.assertEqual(set(rows), {"network", "linear_t0000", "linear_t0001", "linear_star"})
     self.assertBetween(rows["network"]["overlap"], 0.0, 1.0)
+    for row in rows.values():
+      self.assertBetween(row["test_acc"], 0.0, 1.0)
+      self.assertGreater(row["l2_distance"], 0.0)
 
     def history(name):
       return pd.read_csv(workdir / "runs" / name / "metrics.csv")
@@ -72,9 +70,9 @@ class SmokeTest(absltest.TestCase):
     self.assertLen(net, 3)  # init + 2 epochs
 
     # Rerun: nothing is retrained and the table is identical.
-    config = ll_config.get_config("smoke")
-    config.data_dir = data_dir
-    with mock.patch.object(runs, "train_run", side_effect=AssertionError("retrained")):
+    config = late_linearization.settings_from_config(
+        test_util.smoke_config(self, ll_config, data_dir=data_dir))
+    with mock.patch.object(pipeline, "train_task", side_effect=AssertionError("retrained")):
       late_linearization.run(config, workdir)
     self.assertEqual((workdir / "results.csv").read_text(), table)
     # "Killed" before the last run finished: only it reruns, to the same table.

@@ -6,9 +6,7 @@ from unittest import mock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import flags
 from absl.testing import absltest
-from absl.testing import flagsaver
 from absl.testing import parameterized
 import numpy as np
 import pandas as pd
@@ -16,7 +14,8 @@ import pandas as pd
 from binaries import nads as nads_main
 from configs import nads as nads_config
 from ntk_tf.experiments import nads
-from ntk_tf.experiments import runs
+from ntk_tf.experiments import pipeline
+from tests import test_util
 
 
 class ValidationTest(parameterized.TestCase):
@@ -37,28 +36,26 @@ class ValidationTest(parameterized.TestCase):
     config = nads_config.get_config("smoke")
     config[field] = value
     with self.assertRaisesRegex(ValueError, fragment):
-      nads.validate_config(config)
+      nads.settings_from_config(config)
 
   def test_index_beyond_computed_nads(self):
     config = nads_config.get_config("smoke")
     config.num_nads = 10
     config.nad_indices = (1, 11)
     with self.assertRaisesRegex(ValueError, "11"):
-      nads.validate_config(config)
+      nads.settings_from_config(config)
 
   def test_every_variant_validates(self):
     for variant in nads_config.VARIANTS:
-      nads.validate_config(nads_config.get_config(variant))
+      nads.settings_from_config(nads_config.get_config(variant))
 
 
 class SmokeTest(absltest.TestCase):
 
   def test_binary_smoke_then_rerun(self):
     workdir = pathlib.Path(self.create_tempdir().full_path)
-    with flagsaver.flagsaver(workdir=str(workdir)):
-      flags.FLAGS["config"].parse("configs/nads.py:smoke")
-      nads_main.main(["nads"])
-    for name in ("config.json", "results.csv", "alignment_curve.csv", "nads.npz",
+    test_util.run_binary_main(self, nads_main, "configs/nads.py:smoke", str(workdir))
+    for name in ("config.json", "settings.json", "results.csv", "alignment_curve.csv", "nads.npz",
                  "fig4_accuracy.png", "fig4_alignment.png", "fig10_nads.png"):
       self.assertTrue((workdir / name).is_file(), name)
     table = (workdir / "results.csv").read_text()
@@ -76,8 +73,8 @@ class SmokeTest(absltest.TestCase):
     np.testing.assert_allclose(directions @ directions.T, np.eye(64), atol=1e-6)
 
     # Rerun: the NADs come from the cache, nothing is retrained, the table is identical.
-    config = nads_config.get_config("smoke")
-    with mock.patch.object(runs, "train_run", side_effect=AssertionError("retrained")), \
+    config = nads.settings_from_config(nads_config.get_config("smoke"))
+    with mock.patch.object(pipeline, "train_task", side_effect=AssertionError("retrained")), \
         mock.patch("ntk_tf.nads", side_effect=AssertionError("NADs recomputed")):
       nads.run(config, workdir)
     self.assertEqual((workdir / "results.csv").read_text(), table)

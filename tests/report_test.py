@@ -20,10 +20,10 @@ _PAPER = next((p / "shared" / "paper.txt" for p in pathlib.Path(__file__).resolv
 _PNG = bytes.fromhex("89504e470d0a1a0a")  # A PNG signature is enough for discovery.
 
 
-def _experiment(root: pathlib.Path, rel: str, config: dict, csv: str, pngs=()) -> pathlib.Path:
+def _experiment(root: pathlib.Path, rel: str, settings: dict, csv: str, pngs=()) -> pathlib.Path:
   path = root / rel
   path.mkdir(parents=True)
-  (path / "config.json").write_text(json.dumps(config))
+  (path / "settings.json").write_text(json.dumps(settings))
   if csv:
     (path / "results.csv").write_text(csv)
   for name in pngs:
@@ -32,17 +32,21 @@ def _experiment(root: pathlib.Path, rel: str, config: dict, csv: str, pngs=()) -
 
 
 def _fake_root(root: pathlib.Path) -> None:
+  # settings.json as experiments.pipeline.prepare writes it (normalized, resolved).
   _experiment(root, "kr", {"experiment": "kernel_rotation", "variant": "small", "task": "cifar2",
-                           "train_size": 2000, "top_k": 50, "recipe": "PAPER_CIFAR2", "epochs": 20,
-                           "models": ["mlp", "lenet"], "num_alignment": 200},
+                           "data": {"num_train": 2000, "num_test": 2000}, "top_k": 50,
+                           "common": {"recipe": {"epochs": 20}}, "num_alignment": 200,
+                           "models": [{"name": "mlp"}, {"name": "lenet"}]},
               "kind,model,target,epoch,energy_init,energy_end,test_acc,energy_top_k\n"
               "summary,mlp,cifar2,20,0.25,0.5,0.6,\n"
               "summary,lenet,cifar2,20,0.2,0.75,0.7,\n"
               "epoch,mlp,cifar2,0,,,0.5,0.25\n",
               pngs=("energy_concentration.png",))
   _experiment(root, "eig", {"experiment": "eigenfunctions", "variant": "quick",
-                            "train_size": 2000, "test_size": 500},
-              "j,overlap,test_acc\n1,0.8,0.9\n2,0.7,0.8\n", pngs=("fig2.png",))
+                            "data": {"num_train": 2000, "num_test": 500},
+                            "common": {"recipe": {"epochs": 20}}},
+              "model,index,overlap,test_acc\nmlp,1,0.8,0.9\nmlp,1,0.8,0.85\nmlp,2,0.7,0.8\n",
+              pngs=("fig2.png",))
   _experiment(root, "eig/train_run", {"not_an_experiment": 1}, "")  # skipped
 
 
@@ -53,7 +57,7 @@ class ReportTest(absltest.TestCase):
     _fake_root(root)
     found, skipped = report.discover(root)
     self.assertEqual([e.name for e in found], ["eigenfunctions", "kernel_rotation"])
-    self.assertEqual([p.relative_to(root).as_posix() for p in skipped], ["eig/train_run/config.json"])
+    self.assertEqual([p.relative_to(root).as_posix() for p in skipped], ["eig/train_run/settings.json"])
     self.assertEqual([f.name for f in found[0].figures], ["fig2.png"])  # not the nested folder's
 
   def test_side_by_side_numbers(self):
@@ -78,6 +82,7 @@ class ReportTest(absltest.TestCase):
     self.assertIn("| ours (kr) | Test accuracy | 60.0% | 70.0% | not run |", text)
     self.assertIn("n = 2000 training samples (paper 12,000)", text)
     self.assertIn("20 epochs (paper 200)", text)
+    self.assertIn("| models | MLP, LeNet, ResNet18 | mlp, lenet |", text)  # from settings.json
     self.assertIn("~0.78", text)
     html = (root / "report.html").read_text()
     self.assertIn("<img src='kr/energy_concentration.png'", html)

@@ -31,15 +31,16 @@ def _model(seed: int = 0) -> keras.Model:
 def _data(n: int = 40, seed: int = 0):
   rng = np.random.default_rng(seed)
   x = rng.normal(size=(n, 3, 3, 1)).astype(np.float32)
-  y01 = (x.reshape(n, -1)[:, :4].sum(axis=1) > 0).astype(np.int64)  # [N] in {0, 1}
-  return x, y01
+  y = np.where(x.reshape(n, -1)[:, :4].sum(axis=1) > 0, 1, -1)  # [N] in {-1, +1}
+  return x, y
 
 
-def _numpy_bce_and_acc(logits: np.ndarray, y01: np.ndarray):
-  """mean softplus(f) - y f and accuracy of sign(f), in float64."""
+def _numpy_bce_and_acc(logits: np.ndarray, y: np.ndarray):
+  """mean softplus(f) - t f with t = (1 + y) / 2, and accuracy of sign(f), in float64."""
   f = logits.astype(np.float64).ravel()
-  loss = np.mean(np.logaddexp(0.0, f) - y01 * f)
-  acc = np.mean((f > 0).astype(np.int64) == y01)
+  t = (1 + y) / 2  # [N] in {0, 1}
+  loss = np.mean(np.logaddexp(0.0, f) - t * f)
+  acc = np.mean(np.where(f > 0, 1, -1) == y)
   return loss, acc
 
 
@@ -127,10 +128,10 @@ class TrainTest(parameterized.TestCase):
   def test_metrics_files_and_checkpoints(self):
     model = _model()
     theta_0 = [v.numpy() for v in model.trainable_weights]
-    x, y01 = _data()
-    x_test, y_test01 = _data(12, seed=1)
+    x, y = _data()
+    x_test, y_test = _data(12, seed=1)
     workdir = self.create_tempdir().full_path
-    result = ntk_tf.train(model, x, y01, x_test=x_test, y_test01=y_test01, recipe=_TINY, seed=3,
+    result = ntk_tf.train(model, x, y, x_test=x_test, y_test=y_test, recipe=_TINY, seed=3,
                           workdir=workdir, checkpoint_epochs=(0, 3), progress=False)
     self.assertEqual([r["epoch"] for r in result.history], [0, 1, 2, 3])
     self.assertEqual([r["step"] for r in result.history], [0, 2, 4, 6])  # floor(40 / 16) = 2
@@ -144,10 +145,10 @@ class TrainTest(parameterized.TestCase):
         result.cosine_distance,
         1 - flat_t @ flat_0 / (np.linalg.norm(flat_t) * np.linalg.norm(flat_0)), places=6)
     self.assertGreater(result.l2_distance, 1e-3)
-    loss, acc = _numpy_bce_and_acc(model.predict(x, verbose=0), y01)
+    loss, acc = _numpy_bce_and_acc(model.predict(x, verbose=0), y)
     self.assertAlmostEqual(result.final["train_loss"], loss, places=5)
     self.assertAlmostEqual(result.final["train_acc"], acc)
-    _, test_acc = _numpy_bce_and_acc(model.predict(x_test, verbose=0), y_test01)
+    _, test_acc = _numpy_bce_and_acc(model.predict(x_test, verbose=0), y_test)
     self.assertAlmostEqual(result.final["test_acc"], test_acc)
     self.assertLess(result.final["train_loss"], result.history[0]["train_loss"])
     # Files.
@@ -164,21 +165,21 @@ class TrainTest(parameterized.TestCase):
     self.assertTrue(os.path.isfile(os.path.join(workdir, "checkpoints", "epoch_0003.weights.h5")))
 
   def test_deterministic_per_seed(self):
-    x, y01 = _data()
+    x, y = _data()
     finals = []
     for seed in (5, 5, 6):
       model = _model()
-      ntk_tf.train(model, x, y01, recipe=_TINY, seed=seed, progress=False)
+      ntk_tf.train(model, x, y, recipe=_TINY, seed=seed, progress=False)
       finals.append(model.get_weights())
     for a, b in zip(finals[0], finals[1]):
       np.testing.assert_array_equal(a, b)
     self.assertFalse(all(np.array_equal(a, b) for a, b in zip(finals[0], finals[2])))
 
   def test_resume_after_interruption_matches_uninterrupted_run(self):
-    x, y01 = _data()
+    x, y = _data()
     recipe = _TINY.replace(epochs=4, optimizer="adam", learning_rate=0.01)
     full = _model()
-    full_result = ntk_tf.train(full, x, y01, recipe=recipe, seed=1, progress=False)
+    full_result = ntk_tf.train(full, x, y, recipe=recipe, seed=1, progress=False)
 
     workdir = self.create_tempdir().full_path
     save_state = training._save_state  # pylint: disable=protected-access
@@ -190,42 +191,58 @@ class TrainTest(parameterized.TestCase):
 
     with mock.patch.object(training, "_save_state", save_then_crash):
       with self.assertRaises(KeyboardInterrupt):
-        ntk_tf.train(_model(), x, y01, recipe=recipe, seed=1, workdir=workdir, progress=False)
+        ntk_tf.train(_model(), x, y, recipe=recipe, seed=1, workdir=workdir, progress=False)
     resumed = _model(seed=4)  # different initial weights: all state must come from workdir
-    result = ntk_tf.train(resumed, x, y01, recipe=recipe, seed=1, workdir=workdir, progress=False)
+    result = ntk_tf.train(resumed, x, y, recipe=recipe, seed=1, workdir=workdir, progress=False)
     for a, b in zip(resumed.get_weights(), full.get_weights()):
       np.testing.assert_array_equal(a, b)
     self.assertEqual([r["step"] for r in result.history], [r["step"] for r in full_result.history])
     self.assertEqual(result.l2_distance, full_result.l2_distance)
     with self.assertRaisesRegex(ValueError, "different settings"):
-      ntk_tf.train(_model(), x, y01, recipe=recipe.replace(epochs=5), seed=1, workdir=workdir,
+      ntk_tf.train(_model(), x, y, recipe=recipe.replace(epochs=5), seed=1, workdir=workdir,
                    progress=False)
 
   def test_trains_linearized_model(self):
     model = _model()
     lin = ntk_tf.linearize(model)
     frozen = [v.numpy() for v in lin.network.weights]
-    x, y01 = _data()
-    result = ntk_tf.train(lin, x, y01, recipe=_TINY, progress=False)
+    x, y = _data()
+    result = ntk_tf.train(lin, x, y, recipe=_TINY, progress=False)
     for a, v in zip(frozen, lin.network.weights):
       np.testing.assert_array_equal(v.numpy(), a)
     diff = np.concatenate([(t.numpy() - o.numpy()).ravel() for t, o in zip(lin.theta, lin.theta_origin)])
     self.assertGreater(result.l2_distance, 1e-3)
     self.assertAlmostEqual(result.l2_distance, np.linalg.norm(diff.astype(np.float64)), places=5)
-    loss, _ = _numpy_bce_and_acc(lin.predict(x, verbose=0), y01)
+    loss, _ = _numpy_bce_and_acc(lin.predict(x, verbose=0), y)
     self.assertAlmostEqual(result.final["train_loss"], loss, places=5)
 
+  def test_deprecated_01_labels_warn_and_train_bit_identically(self):
+    x, y = _data()
+    x_test, y_test = _data(12, seed=1)
+    pm1_model, old_model = _model(), _model()
+    new = ntk_tf.train(pm1_model, x, y, x_test=x_test, y_test=y_test, recipe=_TINY, seed=2,
+                       progress=False)
+    with self.assertWarnsRegex(DeprecationWarning, "y_train01"):
+      old = ntk_tf.train(old_model, x, y_train01=(y + 1) // 2, x_test=x_test,
+                         y_test01=(y_test + 1) // 2, recipe=_TINY, seed=2, progress=False)
+    for a, b in zip(pm1_model.get_weights(), old_model.get_weights()):
+      np.testing.assert_array_equal(a, b)
+    np.testing.assert_equal([{k: v for k, v in r.items() if k != "seconds"} for r in new.history],
+                            [{k: v for k, v in r.items() if k != "seconds"} for r in old.history])
+
   def test_bad_arguments(self):
-    x, y01 = _data()
-    with self.assertRaisesRegex(ValueError, "y_train01"):
-      ntk_tf.train(_model(), x, y01 * 2 - 1, recipe=_TINY, progress=False)
+    x, y = _data()
+    with self.assertRaisesRegex(ValueError, r"y_train must hold labels in \{-1, \+1\}.*\[0\]"):
+      ntk_tf.train(_model(), x, (y + 1) // 2, recipe=_TINY, progress=False)  # {0, 1} labels
+    with self.assertRaisesRegex(ValueError, "not both"):
+      ntk_tf.train(_model(), x, y, y_train01=(y + 1) // 2, recipe=_TINY, progress=False)
     with self.assertRaisesRegex(ValueError, "workdir=None"):
-      ntk_tf.train(_model(), x, y01, recipe=_TINY, checkpoint_epochs=(1,), progress=False)
+      ntk_tf.train(_model(), x, y, recipe=_TINY, checkpoint_epochs=(1,), progress=False)
     with self.assertRaisesRegex(ValueError, "checkpoint_epochs"):
-      ntk_tf.train(_model(), x, y01, recipe=_TINY, checkpoint_epochs=(9,), workdir="/tmp/x",
+      ntk_tf.train(_model(), x, y, recipe=_TINY, checkpoint_epochs=(9,), workdir="/tmp/x",
                    progress=False)
     with self.assertRaisesRegex(ValueError, "recipe="):
-      ntk_tf.train(_model(), x, y01, recipe={"epochs": 1}, progress=False)
+      ntk_tf.train(_model(), x, y, recipe={"epochs": 1}, progress=False)
 
 
 if __name__ == "__main__":

@@ -1,1 +1,9 @@
-"""The paper's experiments, one module each, driven by the thin programs in binaries/."""
+"""The paper's experiments, driven by the thin programs in binaries/.
+
+    pipeline.py   the shared steps: settings, data, model, Theta_0 (shared Gram cache),
+                  resumable training of a task, result rows
+    spectrum.py   the eigenpairs of Theta_0 and the tasks sign(phi_j)
+    plots.py      every figure
+    <name>.py     one module per experiment: its settings and what is particular to it
+    report.py     report.md / report.html of every workdir under a folder
+"""

@@ -49,11 +49,13 @@ def define_flags(name: str, *, download: bool = True) -> ExperimentFlags:
 
 def run_experiment(experiment, holders: ExperimentFlags,
                    argv: Sequence[str]) -> Tuple[pathlib.Path, Any]:
-  """Validates the config, resolves --workdir, runs `experiment.run`; returns (path, results).
+  """Validates the config into settings, resolves --workdir, runs `experiment.run`.
+
+  Returns (path, results). The config becomes `experiment.settings_from_config(config)`
+  (typed, frozen settings) before any folder is made or work done.
 
   Raises:
-    app.UsageError: extra arguments, or a config `experiment.validate_config` rejects
-      (before any folder is made or work done).
+    app.UsageError: extra arguments, or a config the experiment rejects.
   """
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
@@ -61,12 +63,12 @@ def run_experiment(experiment, holders: ExperimentFlags,
   if holders.download is not None and holders.download.value:
     config.allow_download = True
   try:
-    experiment.validate_config(config)
+    settings = experiment.settings_from_config(config)
   except ValueError as err:
     raise app.UsageError(str(err)) from None
   path = workdir.resolve_workdir(holders.workdir.value)
   logging.info("Config:\n%s", config)
-  return path, experiment.run(config, path)
+  return path, experiment.run(settings, path)
 
 
 def main(main_fn: Callable[[Sequence[str]], None]) -> None:

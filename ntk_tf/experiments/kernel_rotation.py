@@ -18,7 +18,7 @@ eigenvectors of the train Gram itself), and for the labels y. The phi_j are:
 "Single axis" (Fig. 7): ratio_j = alpha_T(phi_j) / alpha_0(phi_j); the trained-on
 eigenfunction's ratio is compared with the median and the maximum of the others.
 
-Outputs in the workdir:
+Outputs in the workdir (besides config.json, settings.json):
   results.csv                 one row per (model, target, epoch) and one summary row per run
   <model>/<target>/alignment_epoch_XXXX.csv   j, phi alignment alpha_t(phi_j)  (a CSV per epoch)
   <model>/<target>/eigvals_epoch_XXXX.csv     the top-K eigenvalues of Theta_t
@@ -28,64 +28,76 @@ Outputs in the workdir:
 Paper: Sec. 4.2, Figs. 6, 7, 15, 16, Table 1 (App. E.2, E.3).
 """
 
+import dataclasses
 import math
 import pathlib
 import shutil
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from absl import logging
 import numpy as np
 
 import ntk_tf
-from ntk_tf import data as data_lib
-from ntk_tf.experiments import runs
-from ntk_tf.experiments import tasks
+from ntk_tf.experiments import pipeline
+from ntk_tf.experiments import plots
+from ntk_tf.experiments import spectrum as spectrum_lib
 from ntk_tf.experiments import workdir as workdir_lib
 
-EXPERIMENT = "kernel_rotation"
 TASKS = ("cifar2", "eigenfunction")
-# The raw split sizes of the supporting datasets, for bounds checks when a size is None.
-_FULL_SIZES = {"cifar10": (50_000, 10_000), "cifar2": (50_000, 10_000),
-               "mnist": (60_000, 10_000), "mnist2": (60_000, 10_000)}
 
 
-def validate_config(config: Any) -> ntk_tf.Recipe:
-  """Checks every field before any work; returns the recipe. Raises ValueError naming the value."""
-  recipe = runs.check_common(config, models_field="models")
-  if isinstance(config.models, str) or not list(config.models):
-    raise ValueError(f"config.models must be a non-empty list of model names. "
-                     f"Received: models={config.models!r}")
-  runs.check_choice(config.task, "task", TASKS)
-  runs.check_dataset_sizes(config)
-  if config.task == "cifar2" and config.dataset not in ("cifar2", "mnist2"):
-    raise ValueError(f"task 'cifar2' needs a binary dataset ('cifar2' or 'mnist2'). "
-                     f"Received: dataset={config.dataset!r}")
-  runs.check_non_negative_int(config.data_seed, "data_seed")
-  epochs = runs.check_int_list(config.measure_epochs, "measure_epochs", low=0, high=recipe.epochs)
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The validated settings of one kernel-rotation run (see configs/kernel_rotation.py)."""
+  common: pipeline.Common
+  task: str  # "cifar2" | "eigenfunction"
+  models: Tuple[pipeline.ModelSpec, ...]
+  data: pipeline.DataSpec
+  gram: pipeline.GramSpec
+  eigenfunction_indices: Tuple[int, ...]
+  measure_epochs: Tuple[int, ...]
+  top_k: int
+  num_alignment: int
+  keep_grams: bool
+  train_seed: int
+
+  @property
+  def targets(self) -> List[str]:
+    if self.task == "cifar2":
+      return ["cifar2"]
+    return [f"phi{j}" for j in self.eigenfunction_indices]
+
+
+def settings_from_config(config: Mapping[str, Any]) -> Settings:
+  """Validates every field (ValueError naming it) before any folder is made or data read."""
+  common = pipeline.check_common(config, "PAPER_CIFAR2")
+  recipe = common.recipe
+  models = pipeline.check_models(config)
+  task = pipeline.check_choice(config.task, "task", TASKS)
+  data = pipeline.check_data(config)
+  if task == "cifar2" and data.dataset not in ("cifar2", "mnist2"):
+    raise ValueError(f"config.task 'cifar2' needs a binary dataset ('cifar2' or 'mnist2'). "
+                     f"Received: dataset={data.dataset!r}")
+  epochs = pipeline.check_ints(config.measure_epochs, "measure_epochs", low=0, high=recipe.epochs)
   if epochs[0] != 0 or epochs[-1] != recipe.epochs:
     raise ValueError(f"config.measure_epochs must contain 0 (init) and the last epoch "
-                     f"{recipe.epochs} (end, Table 1). Received: measure_epochs={epochs}")
-  n_train = config.train_size or _FULL_SIZES[config.dataset][0]
-  n_test = config.test_size or _FULL_SIZES[config.dataset][1]
-  top_k = runs.check_positive_int(config.top_k, "top_k")
-  if top_k > n_train:
-    raise ValueError(f"config.top_k must be <= train_size={n_train}. Received: top_k={top_k}")
-  num_alignment = runs.check_positive_int(config.num_alignment, "num_alignment")
-  limit = n_train + n_test if config.task == "eigenfunction" else n_train
+                     f"{recipe.epochs} (end, Table 1). Received: measure_epochs={list(epochs)}")
+  top_k = pipeline.check_positive_int(config.top_k, "top_k")
+  if top_k > data.num_train:
+    raise ValueError(f"config.top_k must be <= train_size={data.num_train}. Received: top_k={top_k}")
+  num_alignment = pipeline.check_positive_int(config.num_alignment, "num_alignment")
+  limit = data.num_train + data.num_test if task == "eigenfunction" else data.num_train
   if num_alignment > limit:
     raise ValueError(f"config.num_alignment (J) must be <= {limit} (the samples its eigenvectors "
                      f"live on). Received: num_alignment={num_alignment}")
-  if config.task == "eigenfunction":
-    runs.check_int_list(config.eigenfunction_indices, "eigenfunction_indices", low=1,
-                          high=num_alignment)
-  runs.check_gram(config.gram)
-  return recipe
-
-
-def _targets(config: Any) -> List[str]:
-  if config.task == "cifar2":
-    return ["cifar2"]
-  return [f"phi{j}" for j in sorted(config.eigenfunction_indices)]
+  indices = ()
+  if task == "eigenfunction":
+    indices = pipeline.check_ints(config.eigenfunction_indices, "eigenfunction_indices", low=1,
+                                  high=num_alignment)
+  return Settings(common=common, models=models, data=data, gram=pipeline.check_gram(config),
+                  task=task, eigenfunction_indices=indices, measure_epochs=epochs, top_k=top_k,
+                  num_alignment=num_alignment, keep_grams=bool(config.keep_grams),
+                  train_seed=pipeline.check_non_negative_int(config.train_seed, "train_seed"))
 
 
 def alignment_from_gram(gram: np.ndarray, functions: np.ndarray) -> np.ndarray:
@@ -140,110 +152,97 @@ def _read_column_csv(path: pathlib.Path) -> np.ndarray:
   return np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)[:, 1]
 
 
-def _measure_epoch(config: Any, recipe: ntk_tf.Recipe, model, run_dir: pathlib.Path,
-                   x_train: np.ndarray, y_pm1: np.ndarray, phi_basis: Optional[np.ndarray],
-                   epoch: int, progress: bool) -> Dict[str, Any]:
+def _measure_epoch(settings: Settings, model, run_dir: pathlib.Path, x_train: np.ndarray,
+                   y: np.ndarray, phi_basis: Optional[np.ndarray], epoch: int) -> Dict[str, Any]:
   """Theta_t on the training samples -> energy, alignments (files) and the row of epoch t."""
-  del recipe
-  model_t = runs.load_checkpoint(model, run_dir / "train", epoch)
+  model_t = pipeline.load_checkpoint(model, run_dir / "train", epoch)
   gram_dir = run_dir / f"gram_epoch_{epoch:04d}"
-  store = ntk_tf.GramStore(gram_dir, model_t, x_train, block_size=config.gram.block_size,
-                           dtype=config.gram.dtype, implementation=config.gram.implementation)
-  store.compute(progress=progress)
+  store = ntk_tf.GramStore(gram_dir, model_t, x_train, block_size=settings.gram.block_size,
+                           dtype=settings.gram.dtype, implementation=settings.gram.implementation)
+  store.compute(progress=settings.common.progress)
   gram = store.matrix  # [n, n]
-  eigvals, eigvecs = ntk_tf.eigen(store, config.top_k)  # [K], [n, K]
-  energy = ntk_tf.energy_concentration(eigvecs, y_pm1, config.top_k)
+  eigvals, eigvecs = ntk_tf.eigen(store, settings.top_k)  # [K], [n, K]
+  energy = ntk_tf.energy_concentration(eigvecs, y, settings.top_k)
   if phi_basis is None:  # cifar2: the phi_j are the eigenvectors of the train Gram at init.
     assert epoch == 0, "the init basis is computed at epoch 0"
-    _, phi_basis = ntk_tf.eigen(store, config.num_alignment)  # [n, J]
+    _, phi_basis = ntk_tf.eigen(store, settings.num_alignment)  # [n, J]
     np.save(run_dir / "phi_init_train.npy", phi_basis)
   alpha_phi = alignment_from_gram(gram, phi_basis)  # [J]
-  alpha_y = float(alignment_from_gram(gram, y_pm1[:, None])[0])
+  alpha_y = float(alignment_from_gram(gram, y[:, None])[0])
   _write_column_csv(run_dir / f"alignment_epoch_{epoch:04d}.csv", "alpha", alpha_phi)
   _write_column_csv(run_dir / f"eigvals_epoch_{epoch:04d}.csv", "eigval", eigvals)
   del gram, store
-  if not config.keep_grams:
+  if not settings.keep_grams:
     shutil.rmtree(gram_dir, ignore_errors=True)
   return {"epoch": epoch, "energy_top_k": float(energy), "alpha_labels": alpha_y,
-          "eigval_1": float(eigvals[0]), f"eigval_{config.top_k}": float(eigvals[-1])}
+          "eigval_1": float(eigvals[0]), f"eigval_{settings.top_k}": float(eigvals[-1])}
 
 
-def run(config: Any, workdir: pathlib.Path) -> List[Dict[str, Any]]:
+def run(settings: Settings, workdir: pathlib.Path) -> List[Dict[str, Any]]:
   """Trains every (model, target), measures Theta_t at the chosen epochs, writes tables/figures.
 
   Resumable: training resumes from its state, finished epochs (rows) are skipped.
 
-  Args:
-    config: see configs/kernel_rotation.py.
-    workdir: output folder.
   Returns:
     The rows of results.csv.
   """
-  recipe = validate_config(config)
-  workdir = workdir_lib.prepare(workdir, config)
-  store = workdir_lib.ResultStore(workdir)
-  progress = bool(config.get("progress", False))
-  dataset = runs.load_dataset(config)
+  workdir, store = pipeline.prepare(workdir, settings)
+  recipe = settings.common.recipe
+  dataset = settings.data.load()
   x_train = dataset.x_train
-  gram_kwargs = dict(block_size=config.gram.block_size, implementation=config.gram.implementation,
-                     dtype=config.gram.dtype, progress=progress)
+  first, last = settings.measure_epochs[0], settings.measure_epochs[-1]
   keys = []
-  for model_name in config.models:
-    model = runs.build_model(config, model_name, dataset.input_shape)
+  for spec in settings.models:
+    model = spec.build(dataset.input_shape)
     basis = None
-    if config.task == "eigenfunction":
-      k = max(config.num_alignment, max(config.eigenfunction_indices))
-      basis = tasks.eigen_basis(model, dataset, k, workdir / model_name / "eigen_init",
-                                **gram_kwargs)
-    for target in _targets(config):
-      run_dir = workdir / model_name / target
-      settings = {"model": model_name, "target": target, "activation": config.activation,
-                  "model_kwargs": runs.model_kwargs(config, model_name),
-                  "model_seed": config.model_seed, "train_seed": config.train_seed,
-                  "data_seed": config.data_seed, "dataset": config.dataset,
-                  "train_size": config.train_size, "test_size": config.test_size,
-                  "recipe": recipe.to_dict(), "top_k": config.top_k,
-                  "num_alignment": config.num_alignment, "gram": config.gram.to_dict()}
-      fp = workdir_lib.fingerprint(settings)
-      runs.fresh_dir(run_dir, fp)
-      key = f"{model_name}_{target}"
-      run_keys = [f"{key}_epoch{e:04d}" for e in sorted(config.measure_epochs)] + [f"{key}_summary"]
+    if settings.task == "eigenfunction":
+      k = max(settings.num_alignment, max(settings.eigenfunction_indices))
+      basis = spectrum_lib.spectrum(model, spec, dataset, k, settings.gram, seed=spec.seed,
+                                    progress=settings.common.progress)
+    for target in settings.targets:
+      run_dir = workdir / spec.name / target
+      fp = workdir_lib.fingerprint({
+          "model": dataclasses.asdict(spec), "target": target, "train_seed": settings.train_seed,
+          "data": settings.data.identity(), "recipe": recipe.to_dict(),
+          "top_k": settings.top_k, "num_alignment": settings.num_alignment,
+          "gram": settings.gram.identity()})
+      pipeline.fresh_dir(run_dir, fp)
+      key = f"{spec.name}_{target}"
+      run_keys = [f"{key}_epoch{e:04d}" for e in settings.measure_epochs] + [f"{key}_summary"]
       keys += run_keys
       if all(store.get(k, fp) is not None for k in run_keys):
         logging.info("%s: finished earlier; skipped.", key)
         continue
       if basis is None:
-        y_train01 = data_lib.to_01(dataset.y_train)
-        y_test01 = data_lib.to_01(dataset.y_test)
+        y_train, y_test = dataset.y_train, dataset.y_test
         phi_basis, overlap, target_j = None, math.nan, None
       else:
-        task = tasks.task_from_basis(basis, int(target[3:]))
-        y_train01, y_test01 = task.y_train01, task.y_test01
-        phi_basis = basis.eigvecs[basis.is_train, :config.num_alignment]  # [n, J]
+        task = spectrum_lib.eigenfunction_task(basis, int(target[3:]))
+        y_train, y_test = task.y_train, task.y_test
+        phi_basis = basis.eigvecs[basis.is_train, :settings.num_alignment]  # [n, J]
         overlap, target_j = task.overlap, task.j
-      y_pm1 = 2.0 * y_train01 - 1.0  # [n] in {-1, 1}
-      result = runs.train_run(
-          runs.clone_with_weights(model), x_train, y_train01, dataset.x_test, y_test01,
-          recipe=recipe, seed=config.train_seed, train_dir=run_dir / "train",
-          checkpoint_epochs=config.measure_epochs, progress=progress)
-      for epoch in sorted(config.measure_epochs):
+      y = np.asarray(y_train, np.float32)  # [n] in {-1, +1}
+      result = pipeline.train_task(
+          pipeline.clone_with_weights(model),
+          pipeline.TaskData(x_train, y_train, dataset.x_test, y_test), recipe=recipe,
+          seed=settings.train_seed, task_dir=run_dir / "train", fingerprint=fp,
+          checkpoint_epochs=settings.measure_epochs, progress=settings.common.progress)
+      for epoch in settings.measure_epochs:
         ekey = f"{key}_epoch{epoch:04d}"
         if store.get(ekey, fp) is not None:
           continue
         if phi_basis is None and epoch > 0:
           phi_basis = np.load(run_dir / "phi_init_train.npy")
         logging.info("%s: measuring Theta_%d.", key, epoch)
-        row = _measure_epoch(config, recipe, model, run_dir, x_train, y_pm1, phi_basis, epoch,
-                             progress)
+        row = _measure_epoch(settings, model, run_dir, x_train, y, phi_basis, epoch)
         history = result.history[epoch]
-        row.update({"kind": "epoch", "model": model_name, "target": target,
+        row.update({"kind": "epoch", "model": spec.name, "target": target,
                     "train_loss": history["train_loss"], "train_acc": history["train_acc"],
                     "test_acc": history["test_acc"], "overlap": overlap})
         store.put(ekey, row, fp)
       # Summary of the run: Table 1 entries and the single-axis ratio.
-      first, last = min(config.measure_epochs), max(config.measure_epochs)
       rows = {r["epoch"]: r for r in store.rows([f"{key}_epoch{e:04d}" for e in (first, last)])}
-      summary = {"kind": "summary", "model": model_name, "target": target,
+      summary = {"kind": "summary", "model": spec.name, "target": target,
                  "energy_init": rows[first]["energy_top_k"],
                  "energy_end": rows[last]["energy_top_k"],
                  "test_acc": result.final["test_acc"], "train_loss": result.final["train_loss"],
@@ -255,8 +254,8 @@ def run(config: Any, workdir: pathlib.Path) -> List[Dict[str, Any]]:
         summary.update(single_axis(alpha_init, alpha_end, target_j))
       store.put(f"{key}_summary", summary, fp)
   rows = store.rows(keys)
-  write_table1(config, rows, workdir / "table1.md")
-  plot_all(config, rows, workdir)
+  write_table1(settings, rows, workdir / "table1.md")
+  plot_all(settings, rows, workdir)
   return rows
 
 
@@ -277,51 +276,32 @@ def table1_markdown(rows: List[Dict[str, Any]], target: str = "cifar2") -> str:
   return "\n".join(lines) + "\n"
 
 
-def write_table1(config: Any, rows: List[Dict[str, Any]], path: pathlib.Path) -> None:
-  parts = [f"# Table 1 layout ({config.get('variant', '?')} config)\n",
-           f"Energy concentration on the top K = {config.top_k} eigenvectors of the Gram of "
-           f"Theta_t on {config.train_size or 'all'} training samples, at init (epoch 0) and "
-           f"at the end (epoch {max(config.measure_epochs)}); test accuracy at the end.\n"]
-  for target in _targets(config):
+def write_table1(settings: Settings, rows: List[Dict[str, Any]], path: pathlib.Path) -> None:
+  parts = [f"# Table 1 layout ({settings.common.variant} config)\n",
+           f"Energy concentration on the top K = {settings.top_k} eigenvectors of the Gram of "
+           f"Theta_t on {settings.data.train_size or 'all'} training samples, at init (epoch 0) "
+           f"and at the end (epoch {settings.measure_epochs[-1]}); test accuracy at the end.\n"]
+  for target in settings.targets:
     table = table1_markdown(rows, target)
     if table:
       parts.append(f"\n## Target: {target}\n\n{table}")
   workdir_lib.atomic_write_text(path, "\n".join(parts))
 
 
-def plot_all(config: Any, rows: List[Dict[str, Any]], workdir: pathlib.Path) -> None:
+def plot_all(settings: Settings, rows: List[Dict[str, Any]], workdir: pathlib.Path) -> None:
   """energy_concentration.png (Fig. 6) and alignment_<model>_<target>.png (Figs. 7, 15, 16)."""
-  plt = runs.pyplot()
   epoch_rows = [r for r in rows if r.get("kind") == "epoch"]
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  for model_name in config.models:
-    for target in _targets(config):
-      pts = sorted((r["epoch"], r["energy_top_k"]) for r in epoch_rows
-                   if r["model"] == model_name and r["target"] == target)
-      if pts:
-        ax.plot(*zip(*pts), marker="o", label=f"{model_name} / {target}")
-  ax.set_xlabel("epoch t")
-  ax.set_ylabel(f"||Phi_t y||^2 / ||y||^2  (K={config.top_k})")
-  ax.set_title("Energy concentration of the labels (Fig. 6)")
-  ax.legend(fontsize=7)
-  runs.save_figure(fig, workdir / "energy_concentration.png")
-
-  first, last = min(config.measure_epochs), max(config.measure_epochs)
-  for model_name in config.models:
-    for target in _targets(config):
-      run_dir = workdir / model_name / target
-      alpha_init = _read_column_csv(run_dir / f"alignment_epoch_{first:04d}.csv")
-      alpha_end = _read_column_csv(run_dir / f"alignment_epoch_{last:04d}.csv")
-      j = np.arange(1, len(alpha_init) + 1)
-      fig, ax = plt.subplots(figsize=(5, 3.5))
-      ax.semilogy(j, alpha_init, ".", ms=3, label=f"alpha_{first}(phi_j)")
-      ax.semilogy(j, alpha_end, ".", ms=3, label=f"alpha_{last}(phi_j)")
-      if target.startswith("phi"):
-        jt = int(target[3:])
-        ax.semilogy([jt], [alpha_end[jt - 1]], "r*", ms=12, label=f"trained on phi_{jt}")
-      ax.set_xlabel("eigenfunction index j")
-      ax.set_ylabel("alignment alpha(phi_j)")
-      figure = " (Figs. 7, 15, 16)" if target.startswith("phi") else ""
-      ax.set_title(f"{model_name}, trained on {target}{figure}")
-      ax.legend(fontsize=7)
-      runs.save_figure(fig, workdir / f"alignment_{model_name}_{target}.png")
+  curves = {f"{spec.name} / {target}": [(r["epoch"], r["energy_top_k"]) for r in epoch_rows
+                                        if r["model"] == spec.name and r["target"] == target]
+            for spec in settings.models for target in settings.targets}
+  plots.plot_energy(curves, settings.top_k, workdir / "energy_concentration.png")
+  first, last = settings.measure_epochs[0], settings.measure_epochs[-1]
+  for spec in settings.models:
+    for target in settings.targets:
+      run_dir = workdir / spec.name / target
+      target_j = int(target[3:]) if target.startswith("phi") else None
+      figure = " (Figs. 7, 15, 16)" if target_j else ""
+      plots.plot_alignment(_read_column_csv(run_dir / f"alignment_epoch_{first:04d}.csv"),
+                           _read_column_csv(run_dir / f"alignment_epoch_{last:04d}.csv"),
+                           (first, last), f"{spec.name}, trained on {target}{figure}",
+                           workdir / f"alignment_{spec.name}_{target}.png", target_j)

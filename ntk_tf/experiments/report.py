@@ -1,10 +1,13 @@
 """One report of every experiment under a root folder: report.md and report.html.
 
-Discovery (the contract between experiment modules and the report): an experiment workdir
-is any folder under the root holding `config.json` with a key `experiment` (e.g.
-"kernel_rotation", "nads", "late_linearization", "eigenfunctions", "cifar2_sample_size"). Its
-`results.csv` (ResultStore), its `*.md` tables and its `*.png` figures (the folder's own,
-not those of nested workdirs) are collected. Folders without the key are listed as skipped.
+Discovery (the contract between the experiment pipeline and the report): an experiment
+workdir is any folder under the root holding `settings.json`, the normalized settings that
+`experiments.pipeline.prepare` writes (keys `experiment`, `variant`, `common.recipe`, `data`,
+...; e.g. experiment "kernel_rotation", "nads", "late_linearization", "eigenfunctions",
+"cifar2_sample_size"). Its `results.csv` (normalized columns: `model`, `kind`, `test_acc`,
+`overlap`, ...), its `*.md` tables and its `*.png` figures (the folder's own, not those of
+nested workdirs) are collected. The report only reads and renders these; it never re-derives
+an experiment's settings. Folders whose settings.json is unreadable are listed as skipped.
 
 The report holds, per experiment: the settings it ran with, the results table, the tables
 and the figures; then a side-by-side of measured and published numbers (Table 1, and the
@@ -39,30 +42,32 @@ PAPER_TABLE1_SCALE = {"train_size": 12_000, "epochs": 200, "top_k": 50}
 # (Gram of the 60,000 CIFAR-10 train and test samples).
 PAPER_OVERLAP = 0.78
 PAPER_OVERLAP_SAMPLES = 60_000
-# Columns an experiment may use for that inner product.
-OVERLAP_COLUMNS = ("overlap", "inner_product", "binarized_overlap")
+# The normalized result column of that inner product.
+OVERLAP_COLUMN = "overlap"
 TABLE1_ROWS = (("Energy conc. (init)", "energy_init"), ("Energy conc. (end)", "energy_end"),
                ("Test accuracy", "test_acc"))
 MAX_TABLE_ROWS = 60
 
-# The paper's scale of each experiment: (setting, published value, config path in ours).
+_EPOCHS = "common.recipe.epochs"
+_SAMPLES = "data.num_train,data.num_test"
+# The paper's scale of each experiment: (setting, published value, settings.json path in ours).
 PAPER_SCALE = {
-    "kernel_rotation": [("training samples n", "12,000 (Table 1)", "train_size"),
-                        ("epochs", "200 (CIFAR2) / 100 (eigenfunctions)", "epochs"),
+    "kernel_rotation": [("training samples n", "12,000 (Table 1)", "data.num_train"),
+                        ("epochs", "200 (CIFAR2) / 100 (eigenfunctions)", _EPOCHS),
                         ("top K", "50", "top_k"), ("eigenfunctions J", "1,000", "num_alignment"),
-                        ("models", "MLP, LeNet, ResNet18", "models")],
-    "late_linearization": [("model", "ResNet18", "model"), ("task j", "400", "eigenfunction_index"),
-                           ("train / test samples", "50,000 / 10,000 (Gram on 60,000)",
-                            "train_size,test_size"),
-                           ("epochs", "100", "epochs"),
+                        ("models", "MLP, LeNet, ResNet18", "models.name")],
+    "late_linearization": [("model", "ResNet18", "model.name"),
+                           ("task j", "400", "eigenfunction_index"),
+                           ("train / test samples", "50,000 / 10,000 (Gram on 60,000)", _SAMPLES),
+                           ("epochs", "100", _EPOCHS),
                            ("pretraining epochs t", "0 .. 20 (Fig. 9)", "pretrain_epochs")],
-    "nads": [("models", "LeNet, ResNet18 (GeLU)", "model"),
+    "nads": [("models", "LeNet, ResNet18 (GeLU)", "model.name"),
              ("train / test samples", "10,000 / 10,000", "train_size,test_size"),
-             ("eps, sigma", "1, 1", "eps,sigma"), ("epochs", "100", "epochs"),
+             ("eps, sigma", "1, 1", "eps,sigma"), ("epochs", "100", _EPOCHS),
              ("M evaluated at", "x = 0 (App. C.2)", "nad_sample_size")],
-    "eigenfunctions": [("train / test samples", "50,000 / 10,000 (Gram on 60,000)",
-                        "train_size,test_size"), ("epochs", "100", "epochs")],
-    "cifar2_sample_size": [("epochs", "200", "epochs"),
+    "eigenfunctions": [("train / test samples", "50,000 / 10,000 (Gram on 60,000)", _SAMPLES),
+                       ("epochs", "100", _EPOCHS)],
+    "cifar2_sample_size": [("epochs", "200", _EPOCHS),
                            ("training set sizes", "several, up to 50,000 (Fig. 5)", "train_sizes")],
 }
 
@@ -156,9 +161,9 @@ def _cell(value: Any) -> str:
 
 @dataclasses.dataclass
 class Experiment:
-  """One experiment workdir found under the root."""
+  """One experiment workdir found under the root (`settings` = its settings.json)."""
   path: pathlib.Path
-  config: Dict[str, Any]
+  settings: Dict[str, Any]
   rows: List[Dict[str, Any]]
   columns: List[str]
   figures: List[pathlib.Path]
@@ -166,7 +171,15 @@ class Experiment:
 
   @property
   def name(self) -> str:
-    return str(self.config.get("experiment"))
+    return str(self.settings.get("experiment"))
+
+  @property
+  def variant(self) -> str:
+    return str(self.settings.get("variant", "?"))
+
+  def get(self, dotted: str) -> Any:
+    """settings[a][b]... of "a.b" (a list of dicts maps to the list of their values)."""
+    return _lookup(self.settings, dotted)
 
 
 def _read_csv(path: pathlib.Path) -> Tuple[List[str], List[Dict[str, Any]]]:
@@ -181,24 +194,24 @@ def _read_csv(path: pathlib.Path) -> Tuple[List[str], List[Dict[str, Any]]]:
 
 
 def discover(root: os.PathLike) -> Tuple[List[Experiment], List[pathlib.Path]]:
-  """Every experiment workdir under `root` (sorted by path), and config.json files skipped."""
+  """Every experiment workdir under `root` (sorted by path), and settings.json files skipped."""
   root = pathlib.Path(root)
   if not root.is_dir():
     raise ValueError(f"The report root must be an existing folder. Received: root={str(root)!r}")
   found, skipped = [], []
-  for config_path in sorted(root.rglob("config.json")):
+  for settings_path in sorted(root.rglob("settings.json")):
     try:
-      config = json.loads(config_path.read_text())
+      settings = json.loads(settings_path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-      logging.warning("Skipping unreadable %s: %s", config_path, e)
-      skipped.append(config_path)
+      logging.warning("Skipping unreadable %s: %s", settings_path, e)
+      skipped.append(settings_path)
       continue
-    if not isinstance(config, dict) or not config.get("experiment"):
-      skipped.append(config_path)
+    if not isinstance(settings, dict) or not settings.get("experiment"):
+      skipped.append(settings_path)
       continue
-    folder = config_path.parent
+    folder = settings_path.parent
     columns, rows = _read_csv(folder / "results.csv")
-    found.append(Experiment(path=folder, config=config, rows=rows, columns=columns,
+    found.append(Experiment(path=folder, settings=settings, rows=rows, columns=columns,
                             figures=sorted(folder.glob("*.png")),
                             tables=sorted(p for p in folder.glob("*.md") if p.name != "report.md")))
   return found, skipped
@@ -207,37 +220,24 @@ def discover(root: os.PathLike) -> Tuple[List[Experiment], List[pathlib.Path]]:
 # ----------------------------------------------------------------------------
 # Settings and paper comparison.
 
-def _lookup(config: Dict[str, Any], dotted: str) -> Any:
-  value: Any = config
+def _lookup(settings: Any, dotted: str) -> Any:
+  value: Any = settings
   for part in dotted.split("."):
-    if not isinstance(value, dict) or part not in value:
+    if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+      value = [v.get(part) for v in value]
+    elif isinstance(value, dict) and part in value:
+      value = value[part]
+    else:
       return None
-    value = value[part]
   return value
 
 
-def recipe_epochs(config: Dict[str, Any]) -> Optional[int]:
-  """The epochs the run trained for: config.epochs, else those of its recipe preset.
-
-  The preset is config.recipe when present, else PAPER_CIFAR2 for the "cifar2_sample_size"
-  experiment and PAPER_SGD otherwise (App. A).
-  """
-  if config.get("epochs") is not None:
-    return int(config["epochs"])
-  from ntk_tf import recipe as recipe_lib  # pylint: disable=g-import-not-at-top
-  default = ("PAPER_CIFAR2" if config.get("experiment") == "cifar2_sample_size" else "PAPER_SGD")
-  preset = getattr(recipe_lib, str(config.get("recipe") or default), None)
-  return preset.epochs if isinstance(preset, recipe_lib.Recipe) else None
-
-
-def _ours(config: Dict[str, Any], paths: str) -> str:
+def _ours(exp: "Experiment", paths: str) -> str:
   values = []
   for path in paths.split(","):
-    value = recipe_epochs(config) if path == "epochs" else _lookup(config, path)
+    value = exp.get(path)
     if path == "nad_sample_size" and value is not None:
       value = "x = 0" if value == 0 else f"mean over {value} x ~ N(0, I)"
-    if path in ("train_size", "test_size") and value is None and path in config:
-      value = "all"
     values.append("?" if value is None else (", ".join(map(str, value))
                                              if isinstance(value, list) else str(value)))
   return " / ".join(values)
@@ -247,7 +247,7 @@ def scale_table(exp: Experiment) -> Optional[Tuple[List[str], List[List[str]]]]:
   spec = PAPER_SCALE.get(exp.name)
   if spec is None:
     return None
-  return ["setting", "paper", "ours"], [[s, paper, _ours(exp.config, path)] for s, paper, path in spec]
+  return ["setting", "paper", "ours"], [[s, paper, _ours(exp, path)] for s, paper, path in spec]
 
 
 def table1_side_by_side(experiments: Sequence[Experiment]) -> List[List[str]]:
@@ -277,8 +277,8 @@ def overlap_summary(experiments: Sequence[Experiment]) -> List[List[str]]:
   """
   out = []
   for exp in experiments:
-    column = next((c for c in OVERLAP_COLUMNS if c in exp.columns), None)
-    if column is None:
+    column = OVERLAP_COLUMN
+    if column not in exp.columns:
       continue
     per_task = {}
     for r in exp.rows:
@@ -292,7 +292,7 @@ def overlap_summary(experiments: Sequence[Experiment]) -> List[List[str]]:
     if not values:
       continue
     n = "?"
-    train, test = exp.config.get("train_size"), exp.config.get("test_size")
+    train, test = exp.get("data.num_train"), exp.get("data.num_test")
     if isinstance(train, int) and isinstance(test, int):
       n = f"{train + test:,}"
     out.append([f"{exp.name} ({exp.path.name})", n, str(len(values)),
@@ -319,13 +319,12 @@ def build(root: os.PathLike) -> Tuple[Document, List[Experiment]]:
   doc = Document()
   doc.heading("ntk_tf experiment report", 1)
   doc.paragraph(f"Root: {root}. Generated {datetime.datetime.now().isoformat(timespec='seconds')}. "
-                f"{len(experiments)} experiment workdir(s) found by their config.json key "
-                f"'experiment'.")
+                f"{len(experiments)} experiment workdir(s) found by their settings.json.")
   doc.table(["experiment", "variant", "workdir", "result rows", "figures"],
-            [[e.name, e.config.get("variant", "?"), str(e.path.relative_to(root)) or ".",
+            [[e.name, e.variant, str(e.path.relative_to(root)) or ".",
               len(e.rows), len(e.figures)] for e in experiments])
   if skipped:
-    doc.paragraph("Skipped (config.json without an 'experiment' key or unreadable): "
+    doc.paragraph("Skipped (settings.json without an 'experiment' key or unreadable): "
                   + ", ".join(str(p.relative_to(root)) for p in skipped))
 
   doc.heading("Measured vs published", 2)
@@ -335,16 +334,16 @@ def build(root: os.PathLike) -> Tuple[Document, List[Experiment]]:
                 f"{PAPER_TABLE1_SCALE['train_size']:,} training samples, "
                 f"{PAPER_TABLE1_SCALE['epochs']} epochs.")
   doc.table(["source", "quantity", "MLP", "LeNet", "ResNet18"], table1_side_by_side(experiments))
-  ours_t1 = [e for e in experiments if e.name == "kernel_rotation" and e.config.get("task") == "cifar2"]
+  ours_t1 = [e for e in experiments if e.name == "kernel_rotation" and e.get("task") == "cifar2"]
   for exp in ours_t1:
     diffs = []
-    if exp.config.get("train_size") != PAPER_TABLE1_SCALE["train_size"]:
-      diffs.append(f"n = {exp.config.get('train_size')} training samples "
+    if exp.get("data.num_train") != PAPER_TABLE1_SCALE["train_size"]:
+      diffs.append(f"n = {exp.get('data.num_train')} training samples "
                    f"(paper {PAPER_TABLE1_SCALE['train_size']:,})")
-    if recipe_epochs(exp.config) != PAPER_TABLE1_SCALE["epochs"]:
-      diffs.append(f"{recipe_epochs(exp.config)} epochs (paper {PAPER_TABLE1_SCALE['epochs']})")
-    if exp.config.get("top_k") != PAPER_TABLE1_SCALE["top_k"]:
-      diffs.append(f"K = {exp.config.get('top_k')} (paper {PAPER_TABLE1_SCALE['top_k']})")
+    if exp.get(_EPOCHS) != PAPER_TABLE1_SCALE["epochs"]:
+      diffs.append(f"{exp.get(_EPOCHS)} epochs (paper {PAPER_TABLE1_SCALE['epochs']})")
+    if exp.get("top_k") != PAPER_TABLE1_SCALE["top_k"]:
+      diffs.append(f"K = {exp.get('top_k')} (paper {PAPER_TABLE1_SCALE['top_k']})")
     doc.paragraph(f"Scale of {exp.path.name}: " + ("; ".join(diffs) if diffs else
                                                    "same n, epochs and K as the paper") + ".")
   if not ours_t1:
@@ -358,17 +357,17 @@ def build(root: os.PathLike) -> Tuple[Document, List[Experiment]]:
               overlaps + [["paper (App. B)", f"{PAPER_OVERLAP_SAMPLES:,}", "?", f"~{PAPER_OVERLAP}",
                            "", ""]])
   else:
-    doc.paragraph("No experiment reported an overlap column " + str(OVERLAP_COLUMNS) + ".")
+    doc.paragraph(f"No experiment reported an {OVERLAP_COLUMN!r} column.")
 
   for exp in experiments:
     rel = exp.path.relative_to(root)
-    doc.heading(f"{exp.name} ({exp.config.get('variant', '?')}): {rel}", 2)
+    doc.heading(f"{exp.name} ({exp.variant}): {rel}", 2)
     scale = scale_table(exp)
     if scale:
       doc.paragraph("Scale: paper vs this run.")
       doc.table(*scale)
     doc.heading("Settings", 3)
-    doc.code("\n".join(f"{k} = {v}" for k, v in _flatten(exp.config)))
+    doc.code("\n".join(f"{k} = {v}" for k, v in _flatten(exp.settings)))
     doc.heading("Results", 3)
     if exp.rows:
       shown = exp.rows[:MAX_TABLE_ROWS]

@@ -2,6 +2,7 @@
 
 Layout of a workdir:
   config.json            the config of the latest run (previous ones kept as config.<n>.json)
+  settings.json          its validated, resolved settings (`pipeline.prepare`; the report reads it)
   results/<task>.json    one finished task each, written atomically; holds the config
                          fingerprint of the settings that produced it
   results.csv            every finished task as a table (rewritten after each task)

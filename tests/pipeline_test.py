@@ -1,0 +1,128 @@
+"""Tests of the shared experiment steps (ntk_tf/experiments/pipeline.py)."""
+
+import os
+import pathlib
+from unittest import mock
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import ml_collections
+import numpy as np
+
+import ntk_tf
+from ntk_tf.experiments import pipeline
+
+
+def _config(**overrides):
+  config = ml_collections.ConfigDict({
+      "experiment": "test", "variant": "smoke", "models": ("mlp",), "activation": "relu",
+      "model_kwargs": {"mlp": {"width": 4}}, "model_seed": 0, "dataset": "cifar2",
+      "train_size": 10, "test_size": 5, "data_seed": 1, "recipe": "PAPER_CIFAR2",
+      "optimizer": "sgd", "epochs": None, "learning_rate": None, "batch_size": None,
+      "gram": {"block_size": 4, "implementation": "auto", "dtype": "float32", "cache_dir": None}})
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+class SettingsTest(parameterized.TestCase):
+
+  def test_values(self):
+    config = _config(epochs=3, optimizer="adam")
+    common = pipeline.check_common(config)
+    self.assertEqual(common.recipe, ntk_tf.PAPER_ADAM.replace(epochs=3))
+    (spec,) = pipeline.check_models(config)
+    self.assertEqual(spec, pipeline.ModelSpec("mlp", "relu", {"width": 4}, 0))
+    data = pipeline.check_data(config)
+    self.assertEqual((data.num_train, data.num_test, data.seed), (10, 5, 1))
+    self.assertEqual(pipeline.check_ints((5, 1, 3), "x", low=1), (1, 3, 5))  # sorted
+    self.assertEqual(pipeline.check_names(("lenet,mlp",), "models", ("mlp", "lenet")),
+                     ("lenet", "mlp"))  # order kept
+
+  def test_gram_cache_dir_default_follows_the_environment(self):
+    with mock.patch.dict(os.environ, {"NTK_TF_CACHE_DIR": "/some/cache"}):
+      self.assertEqual(pipeline.check_gram(_config()).cache_dir, "/some/cache/grams")
+    with mock.patch.dict(os.environ, {"HOME": "/home/u"}):
+      os.environ.pop("NTK_TF_CACHE_DIR", None)
+      self.assertEqual(pipeline.check_gram(_config()).cache_dir, "/home/u/.cache/ntk_tf/grams")
+
+  @parameterized.named_parameters(
+      ("model", {"models": ("vgg",)}, r"config.models holds unknown names \['vgg'\]"),
+      ("repeat", {"models": ("mlp", "mlp")}, r"config.models must not repeat"),
+      ("activation", {"activation": "elu"}, r"config.activation.*activation='elu'"),
+      ("train_size", {"train_size": 50_001}, r"config.train_size.*\[1, 50000\].*50001"),
+      ("recipe", {"recipe": "FAST"}, r"config.recipe.*recipe='FAST'"),
+      ("override", {"learning_rate": -1.0}, r"learning_rate=-1.0"),
+      ("block_size", {"gram": {"block_size": 0, "implementation": "auto", "dtype": "float32",
+                               "cache_dir": None}}, r"config.gram.block_size.*block_size=0"),
+      ("dtype", {"gram": {"block_size": 4, "implementation": "auto", "dtype": "float16",
+                          "cache_dir": None}}, r"config.gram.dtype.*float16"),
+  )
+  def test_errors_name_the_field(self, overrides, message):
+    config = _config(**overrides)
+    with self.assertRaisesRegex(ValueError, message):
+      pipeline.check_common(config)
+      pipeline.check_models(config)
+      pipeline.check_data(config)
+      pipeline.check_gram(config)
+
+  def test_int_lists(self):
+    with self.assertRaisesRegex(ValueError, r"config.e entries must lie in \[0, 2\]"):
+      pipeline.check_ints((0, 3), "e", low=0, high=2)
+    with self.assertRaisesRegex(ValueError, r"config.e must not repeat"):
+      pipeline.check_ints((1, 1), "e", low=0)
+    with self.assertRaisesRegex(ValueError, r"config.e must hold ints"):
+      pipeline.check_ints((1, True), "e", low=0)
+
+
+class TrainTaskTest(absltest.TestCase):
+
+  def _task(self):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 3, 3, 1)).astype(np.float32)
+    y = np.where(x[:, 0, 0, 0] > 0, 1, -1)
+    return pipeline.TaskData(x[:8], y[:8], x[8:], y[8:])
+
+  def test_finished_task_returns_its_result_and_other_settings_clear_the_folder(self):
+    data = self._task()
+    recipe = ntk_tf.PAPER_SGD.replace(epochs=2, batch_size=4)
+    spec = pipeline.ModelSpec("mlp", "tanh", {"width": 4}, 0)
+    task_dir = pathlib.Path(self.create_tempdir().full_path) / "task"
+    first = pipeline.train_task(spec.build((3, 3, 1)), data, recipe=recipe, seed=1,
+                                task_dir=task_dir, fingerprint="a")
+    self.assertFalse((task_dir / "state").exists())
+    # An independent run of ntk_tf.train gives the same history.
+    direct = ntk_tf.train(spec.build((3, 3, 1)), data.x_train, data.y_train, x_test=data.x_test,
+                          y_test=data.y_test, recipe=recipe, seed=1, progress=False)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+    np.testing.assert_equal(strip(first.history), strip(direct.history))  # NaN == NaN here
+    with mock.patch.object(ntk_tf.training, "train", side_effect=AssertionError("retrained")):
+      again = pipeline.train_task(spec.build((3, 3, 1)), data, recipe=recipe, seed=1,
+                                  task_dir=task_dir, fingerprint="a")
+    np.testing.assert_equal(again.history, first.history)
+    (task_dir / "stray.txt").write_text("left by the old job")
+    pipeline.train_task(spec.build((3, 3, 1)), data, recipe=recipe, seed=2, task_dir=task_dir,
+                        fingerprint="b")
+    self.assertFalse((task_dir / "stray.txt").exists())
+    self.assertEqual((task_dir / "fingerprint.txt").read_text(), "b")
+
+  def test_theta0_store_reopens_with_the_settings_it_was_made_with(self):
+    spec = pipeline.ModelSpec("mlp", "relu", {"width": 4}, 0)
+    model = spec.build((3, 3, 1))
+    x = self._task().x_train
+    cache = self.create_tempdir().full_path
+    store = pipeline.theta0_store(model, spec, x, pipeline.GramSpec(3, "jacobian", "float32", cache))
+    reopened = pipeline.theta0_store(model, spec, x,
+                                     pipeline.GramSpec(8, "auto", "float32", cache))
+    self.assertEqual(reopened.path, store.path)
+    self.assertEqual(reopened.block_size, 3)
+    np.testing.assert_array_equal(reopened.matrix, store.matrix)
+    float64 = pipeline.theta0_store(model, spec, x, pipeline.GramSpec(8, "auto", "float64", cache))
+    self.assertNotEqual(float64.path, store.path)
+    np.testing.assert_allclose(float64.matrix, store.matrix, rtol=1e-5)
+
+
+if __name__ == "__main__":
+  absltest.main()
