@@ -33,7 +33,7 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
   c.train_seed = 0  # minibatch order
   c.data_seed = 0
   c.num_nads = ml_collections.config_dict.placeholder(int)  # None: all d NADs.
-  c.nad_method = "gram"
+  c.nad_method = "mtm"
   c.nad_sample_size = 0  # App. C.2: M at the origin x = 0.
   c.nad_indices = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 3072)
   c.num_images = 10  # Fig. 10: "First 10 NADs".

@@ -5,6 +5,13 @@ The public surface; each object lives in its own module.
 Conventions shared by every module:
   * Labels are +-1: a binary target is f: R^d -> {-1, +1} (the paper's
     setting, Sec. 2), as a `[N]` array (or `[N, m]` for m targets at once).
+    So `data.load("cifar2" | "mnist2")` gives +1 for classes 0-4,
+    `separable_dataset` and `eigenfunction_signs` (sign(phi_j)) give +-1,
+    `alignment`/`energy_concentration` take +-1 labels, and `train` takes +-1
+    labels (it fits one logit by binary cross-entropy on t = (1 + y) / 2 and
+    predicts +1 where the logit is > 0). The {0, 1} forms
+    `train(y_train01=..., y_test01=...)` and `eigenfunction_labels` are
+    deprecated.
   * `batch_size` is examples per step or call; `block_size` is the side of a
     Gram tile; `k` is how many eigenpairs or directions.
   * A set of vectors keeps the example axis where it is everywhere else: a
@@ -57,6 +64,7 @@ from ntk_tf.recipe import PAPER_CIFAR2
 from ntk_tf.recipe import PAPER_SGD
 from ntk_tf.recipe import Recipe
 from ntk_tf.tasks import eigenfunction_labels
+from ntk_tf.tasks import eigenfunction_signs
 from ntk_tf.training import TrainResult
 from ntk_tf.training import train
 
@@ -67,7 +75,7 @@ __all__ = [
     # Kernels (Sec. 2, App. B).
     "GramStore", "NtkImplementation", "NtkOperator", "as_float64_model", "jacobian", "ntk_gram",
     # Spectra, tasks and alignment (Sec. 3.1, 4.2, Lemma 1).
-    "alignment", "eigen", "eigenfunction_labels", "energy_concentration",
+    "alignment", "eigen", "eigenfunction_labels", "eigenfunction_signs", "energy_concentration",
     # Linearized models and training (Eq. 1, App. A).
     "Linearized", "linearize", "PAPER_ADAM", "PAPER_CIFAR2", "PAPER_SGD", "Recipe",
     "TrainResult", "train",

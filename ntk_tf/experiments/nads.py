@@ -36,7 +36,7 @@ from ntk_tf.experiments import pipeline
 from ntk_tf.experiments import plots
 from ntk_tf.experiments import workdir as workdir_lib
 
-NAD_METHODS = ("dense", "gram", "lanczos")
+NAD_METHODS = tuple(m.value for m in ntk_tf.NadMethod)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +114,7 @@ def compute_nads(settings: Settings, model, workdir: pathlib.Path) -> Tuple[np.n
     x = rng.standard_normal((settings.nad_sample_size,) + settings.input_shape).astype(np.float32)
   logging.info("Computing %d NADs of %s (%s).", settings.num_nads, settings.model.name,
                settings.nad_method)
-  singular_values, directions = ntk_tf.nads(model, num=settings.num_nads, x=x,
+  singular_values, directions = ntk_tf.nads(model, k=settings.num_nads, x=x,
                                             method=settings.nad_method)
   buffer = io.BytesIO()
   np.savez(buffer, singular_values=singular_values, directions=directions)
