@@ -20,7 +20,7 @@ fi
 LOG="$(mktemp)"
 TARGETS=("$@")
 if [ ${#TARGETS[@]} = 0 ]; then TARGETS=("//..."); fi
-bazel test --color=no --curses=no $([ -z "${NTK_TF_DATA_DIR:-}" ] && echo --test_tag_filters=-requires-data) "${TARGETS[@]}" 2>&1 | tee "$LOG"
+bazel test --color=no --curses=no $([ -z "${NTK_TF_DATA_DIR:-}" ] && echo --test_tag_filters=-gpu,-requires-data) "${TARGETS[@]}" 2>&1 | tee "$LOG"
 BAZEL_RC=${PIPESTATUS[0]}
 .venv/bin/python3 scripts/count_tests.py "$LOG" "$ROOT/bazel-testlogs"
 COUNT_RC=$?
