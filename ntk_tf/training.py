@@ -53,6 +53,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from ntk_tf import onednn
 from ntk_tf.linearize import linearize
 from ntk_tf.recipe import PAPER_SGD
 from ntk_tf.recipe import Recipe
@@ -140,6 +141,7 @@ def bce_with_logits(y01: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
 
 
 def _make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer):
+  onednn.protect(model)  # exact conv gradients with oneDNN on
   params = model.trainable_weights
 
   @tf.function
