@@ -5,36 +5,42 @@ pooling through oneDNN when `TF_ENABLE_ONEDNN_OPTS` is "1"/"true", or when it
 is unset and the CPU has AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX
 (`DefaultOneDnnPolicy` in tensorflow/core/util/util.cc). float64 never runs
 through oneDNN. Measured against float64 with TF 2.21.0 on an AVX-512 CPU
-(scripts and the full sweep: tests/onednn_test.py), two float32 ops go wrong:
+(tests/onednn_test.py checks each case below), two float32 ops go wrong:
 
 1. `Conv2DBackpropFilter` of a 1x1 convolution with stride 2 whose input has an
    even spatial size (the last row and column are read by no window), on a
-   batch of 1 to 3 examples with few channels (seen for C_in <= 8, C_out <= 16,
-   H = W in {16, 32}): it corrupts the heap. The process dies (segmentation
+   small batch with few channels (seen for N in {1, 3}, C_in <= 8,
+   C_out <= 16, H = W in {16, 32}; N = 2, 4 and 128 and 16 -> 32 channels ran
+   exact): it corrupts the heap. The process dies (segmentation
    fault, `free(): invalid size`, `double free or corruption`), or the op
    raises "could not create a primitive descriptor for the reorder primitive",
    or returns a kernel gradient with relative error ~0.4. ResNet18's
    projection shortcuts at width 4 and 8 hit it in every per-example Jacobian
    (batch 1). 3x3 stride-2, 1x1 stride-1, odd sizes and the input gradient are
    exact.
-   Route: `protect(model)` gives every affected Conv2D layer a convolution of
+   `DepthwiseConv2dNative` 1x1 stride 2 with one input channel crashes the same
+   way (not routed: ntk_tf's models have no depthwise convs).
+   Route: `protect(model)` gives every 1x1 strided Conv2D layer a convolution of
    the subsampled input, `conv(x[:, ::s, ::s, :], W)` with stride 1 and 'valid'
    padding: the same function (a 1x1 window never needs padding), whose kernel
    gradient is a stride-1 `Conv2DBackpropFilter` (exact) and whose input
    gradient is a `StridedSliceGrad`.
-2. `Pad` on the channel axis followed by `Conv2D(padding="VALID")`: the graph
-   rewrite fuses them into `_MklPadWithConv2D`, which treats the paddings as
-   spatial, so the conv sees the unpadded channels ("input depth must be evenly
-   divisible by filter depth: 2 vs 8") or the layout pass aborts the process
-   (`mkl_layout_pass.cc:2665 Check failed`). Spatial padding, 'same' convs and
-   Conv2D without a preceding Pad are exact. Route: do not pad channels when
+2. `Pad` on the channel axis followed by `Conv2D(padding="VALID")` in a
+   graph: oneDNN's rewrite, which folds a Pad into the VALID conv after it,
+   takes the paddings as spatial, so the conv sees the unpadded channels
+   ("input depth must be evenly divisible by filter depth: 2 vs 8", likewise
+   3 vs 8 and 8 vs 16) or the process aborts (issue 14 saw
+   `mkl_layout_pass.cc:2665 Check failed`). Spatial padding, 'same' convs
+   and float64 are exact. Route: do not pad channels when
    `enabled()` (the structured NTK path's 8-channel padding is a speed-up for
    TF's Eigen kernels only).
 
-Conv2DBackpropInput, DepthwiseConv2dNative and its gradients, FusedBatchNorm
-(training and inference) and its gradients, MatMul (with bias and ReLU),
-AvgPool, MaxPool and mean gradients agreed with float64 to <= 5e-6 relative
-over the same sweep.
+Forward Conv2D and Conv2DBackpropInput (kernels 1, 3, 5; strides 1, 2;
+dilation 2; 'same' and 'valid'; C_in 1-16; N 1 and 4), the filter gradient of
+every kernel other than 1x1 stride 2, DepthwiseConv2dNative with C_in > 1,
+FusedBatchNorm (training and inference), MatMul (with bias and ReLU), AvgPool,
+MaxPool and mean, with their gradients, agreed with float64 to <= 5e-6
+relative.
 
 With oneDNN off, `protect` changes nothing, so results there are bit-for-bit
 those of plain Keras layers.
