@@ -26,21 +26,10 @@ Conventions shared by every module:
   * Renamed keywords and members keep their old names for one release, with a
     DeprecationWarning.
 
-Do not run ntk_tf with TF_ENABLE_ONEDNN_OPTS=1 on CPUs where TensorFlow
-leaves oneDNN off (no AVX-512): TF 2.21's oneDNN Conv2DBackpropFilter returns
-wrong kernel gradients for 1x1 stride-2 convolutions (relative error ~0.5
-against float64; ResNet18's projection shortcuts), so Jacobians, the
-reference NTK and training would be silently wrong. Importing ntk_tf with
-that setting logs a warning.
+TensorFlow's oneDNN kernels (on by default on CPUs with AVX-512 VNNI/BF16 or
+AMX) get two float32 ops wrong; `ntk_tf/onednn.py` names them and routes the
+models, Jacobians, linearization and training around them.
 """
-
-import os as _os
-
-if _os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "1":
-  import logging as _logging
-  _logging.getLogger("ntk_tf").warning(
-      "TF_ENABLE_ONEDNN_OPTS=1: TF 2.21's oneDNN conv filter gradients are wrong for 1x1 "
-      "stride-2 convolutions (see ntk_tf/__init__.py); unset it for exact NTKs.")
 
 from ntk_tf import data
 from ntk_tf import models

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ntk_tf import onednn
 from ntk_tf import precision
 from ntk_tf import types
 from ntk_tf import validation
@@ -34,6 +35,7 @@ def jacobian_fn(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
   once per block shape and dtype. Peak memory: B * P * bytes for the result
   plus one example's activations per concurrent example.
   """
+  onednn.protect(model)  # per-example (batch 1) gradients hit oneDNN's 1x1 stride-2 bug
   variables = model.trainable_variables
   num_params = validation.parameter_count(model)
   dtype = tf.as_dtype(variables[0].dtype)

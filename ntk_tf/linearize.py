@@ -40,6 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ntk_tf import onednn
 from ntk_tf import validation
 from ntk_tf.types import Inputs
 
@@ -123,7 +124,7 @@ class Linearized(keras.Model):
           f"Received: parameter_indices={list(parameter_indices)!r}")
     if not isinstance(offset, bool):
       raise ValueError(f"offset must be a bool. Received: offset={offset!r}")
-    self.network = network
+    self.network = onednn.protect(network)  # exact conv gradients with oneDNN on
     self.network.trainable = False
     # A functional model casts its inputs to its own dtype policy, which is not
     # serialized (a float64 model reloads as float32): keep it equal to ours.

@@ -59,6 +59,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from ntk_tf import onednn
 from ntk_tf.recipe import PAPER_SGD
 from ntk_tf.recipe import Recipe
 from ntk_tf.types import Array
@@ -149,6 +150,7 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer):
 
   `step(x [B, ...], t [B, 1])`, t the {0, 1} BCE targets in the model's compute dtype.
   """
+  onednn.protect(model)  # exact conv gradients with oneDNN on
   params = model.trainable_weights
 
   @tf.function

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import keras
 
+from ntk_tf import onednn
 from ntk_tf import validation
 from ntk_tf.models import common
 
@@ -76,4 +77,5 @@ def resnet18(input_shape: Sequence[int] = (32, 32, 3), *, activation: str = "rel
                        name=f"stage{stage}_block{block}")
   h = keras.layers.GlobalAveragePooling2D(name="pool")(h)  # [N, 8*width]
   logit = keras.layers.Dense(1, kernel_initializer=seeds.glorot(), name="logit")(h)  # [N, 1]
-  return keras.Model(inputs, logit, name="resnet18")
+  # The 1x1 stride-2 projections need oneDNN's workaround (ntk_tf/onednn.py).
+  return onednn.protect(keras.Model(inputs, logit, name="resnet18"))
