@@ -2,18 +2,22 @@
 
     Theta(x, x) = J(x) J(x)^T,  stored as `<path>/gram.npy`  [N, N]
 
-Layout of the store directory `path`:
-  gram.npy       the `[N, N]` matrix (NumPy .npy, readable with np.load(mmap_mode="r")).
-  manifest.json  what the matrix is (model and data fingerprints, dtype, block
-                 size, implementation, N) and which upper-triangular blocks
-                 (indices into `gram.iter_blocks(N, N, B, symmetric=True)`) are done.
+The store's files, checksums, log and lock are described in
+`ntk_tf.gram_store_format`. In short: the matrix is filled block by block (upper
+triangle, mirrored) through a memory map; every `commit_interval_s` seconds it is
+flushed to disk and the finished blocks, each with the crc32 of its bytes, are
+appended to `blocks.log` and fsynced. A kill at any point (even SIGKILL) loses at
+most one commit interval; the restarted job recomputes exactly the missing
+blocks. Blocks are deterministic functions of (model, data, block), so the final
+matrix is bit-identical to an uninterrupted run and to `ntk_gram` with the same
+block size and implementation.
 
-Crash safety: a block (and its mirror) is written into gram.npy and fsynced
-before the manifest that lists it replaces the old one atomically (temp file,
-fsync, os.replace). A kill at any point (even SIGKILL) therefore loses at most
-the block in flight; the restarted job recomputes exactly the missing blocks.
-Blocks are deterministic functions of (model, data, block), so the final matrix
-is bit-identical to an uninterrupted run.
+Identity: a store belongs to one (architecture, weights, data, N, dtype, block
+size, implementation, options). The architecture is the model's Keras config
+(canonical JSON, initializers/regularizers/constraints left out: they do not
+change the function once the weights exist), its class, and its weights' paths,
+shapes, dtypes and trainability; for a subclassed model whose config does not
+describe it, its code is not hashed, only its class path and weights.
 
 Paper: App. B (Grams of 60,000 CIFAR-10/MNIST images, jobs of hours).
 """
@@ -22,26 +26,58 @@ import hashlib
 import json
 import os
 import pathlib
-from typing import Optional, Union
+import time
+from typing import Any, List, Union
 
+from absl import logging
 import keras
 import numpy as np
 
 from ntk_tf import atomic
 from ntk_tf import gram as gram_lib
+from ntk_tf import gram_store_format as fmt
 from ntk_tf import kernels
 from ntk_tf import progress as progress_lib
 from ntk_tf import types
+from ntk_tf import validation
 
-_FORMAT_VERSION = 1
-_MATRIX_FILE = "gram.npy"
-_MANIFEST_FILE = "manifest.json"
-# Manifest fields that must match for a restart to continue a store.
-_IDENTITY_FIELDS = ("n", "block_size", "dtype", "implementation", "model_fingerprint",
-                    "data_fingerprint", "options")
+# Manifest fields that must match for a job to continue a store (in the order errors list them).
+_IDENTITY_FIELDS = ("n", "block_size", "dtype", "implementation", "options", "model_class",
+                    "architecture_fingerprint", "weights_fingerprint", "data_fingerprint")
+# Damaged blocks named one per log line; the rest are counted.
+_MAX_LOGGED = 10
+# Config keys that do not change the function of a built model.
+_IGNORED_CONFIG_SUFFIXES = ("_initializer", "_regularizer", "_constraint")
 
 
-def model_fingerprint(model: keras.Model) -> str:
+def _canonical_config(value: Any) -> Any:
+  if isinstance(value, dict):
+    return {key: _canonical_config(item) for key, item in value.items()
+            if not str(key).endswith(_IGNORED_CONFIG_SUFFIXES)}
+  if isinstance(value, (list, tuple)):
+    return [_canonical_config(item) for item in value]
+  return value
+
+
+def architecture_fingerprint(model: keras.Model) -> str:
+  """Returns the SHA-256 of `model`'s architecture (config, class, weight paths/shapes).
+
+  The config is `model.get_config()` as key-sorted JSON without initializers,
+  regularizers and constraints; a model whose `get_config` raises counts by its
+  class path and weights only.
+  """
+  try:
+    config = _canonical_config(model.get_config())
+  except (NotImplementedError, TypeError, AttributeError) as error:
+    config = f"get_config unavailable: {type(error).__name__}"
+  weights = [(v.path, tuple(v.shape), str(v.dtype), bool(v.trainable)) for v in model.weights]
+  description = {"class": f"{type(model).__module__}.{type(model).__qualname__}",
+                 "config": config, "weights": weights}
+  text = json.dumps(atomic.jsonable(description), sort_keys=True, default=repr)
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def weights_fingerprint(model: keras.Model) -> str:
   """Returns the SHA-256 of every weight of `model` (paths, shapes, dtypes, bytes).
 
   All weights count, not only trainable ones: BatchNorm moving statistics change
@@ -55,6 +91,12 @@ def model_fingerprint(model: keras.Model) -> str:
   return digest.hexdigest()
 
 
+def model_fingerprint(model: keras.Model) -> str:
+  """Returns the SHA-256 of `model`'s architecture and weights (both fingerprints above)."""
+  both = f"{architecture_fingerprint(model)}|{weights_fingerprint(model)}"
+  return hashlib.sha256(both.encode()).hexdigest()
+
+
 def data_fingerprint(x: np.ndarray) -> str:
   """Returns the SHA-256 of the inputs `x [N, ...]` (shape, dtype and bytes)."""
   x = np.ascontiguousarray(x)
@@ -64,16 +106,28 @@ def data_fingerprint(x: np.ndarray) -> str:
 
 
 class GramStore:
-  """The on-disk symmetric NTK Gram `[N, N]` of `model` on `x`, resumable.
+  """The on-disk symmetric NTK Gram `[N, N]` of `model` on `x`, resumable and checked.
 
   `GramStore(path, model, x).compute()` fills `<path>/gram.npy` block by block
   (upper triangle, mirrored). If the job is killed, the same call resumes it.
-  Reopening a store with different weights, data, block size, dtype or
-  implementation raises ValueError naming the field.
+
+  Opening a store checks it: a store made for another job (architecture,
+  weights, data, N, block size, dtype, implementation or options) raises
+  ValueError naming the differing field, unless `overwrite=True` (then it is
+  emptied and recomputed); a damaged manifest or a store of format version 1
+  raises ValueError saying to delete it; a damaged .npy header is rewritten, a
+  truncated gram.npy extended; every committed block is checked against its
+  crc32 (`verify=True`), and one that fails is logged and recomputed by
+  `compute()`, never returned. `matrix` re-checks the blocks if gram.npy changed
+  on disk since, and `block` checks the block it returns.
+
+  One writer at a time: opening and `compute()` hold an exclusive lock on the
+  store; a second process waits for it (`lock="wait"`, logged) or raises
+  RuntimeError (`lock="fail"`).
 
   Peak memory: that of one `ntk_gram` block (`ntk_tf.block_size.peak_memory_bytes`)
   plus one [B, B] block in flight; the matrix itself stays on disk (N^2 * bytes,
-  e.g. 14.4 GB for N = 60,000 in float32).
+  e.g. 14.4 GB for N = 60,000 in float32), written through a memory map.
 
   Args:
     path: the store directory (created if absent).
@@ -82,6 +136,12 @@ class GramStore:
     block_size: B (> 0).
     dtype: "float32" or "float64".
     implementation: an `NtkImplementation` member or its value.
+    commit_interval_s: seconds between commits (flush of the matrix, append and
+      fsync of the log), >= 0; a kill loses at most this much work. 0 commits
+      after every block.
+    lock: "wait" or "fail", what a second writer does.
+    overwrite: empty a store made for another job instead of refusing it.
+    verify: check every committed block's checksum when opening.
     **options: options of the implementation's factory (see `ntk_gram`); part
       of the store's identity.
   """
@@ -89,39 +149,53 @@ class GramStore:
   def __init__(self, path: Union[str, os.PathLike], model: keras.Model, x: types.Inputs, *,
                block_size: int = 256, dtype: types.DType = "float32",
                implementation: Union[str, gram_lib.NtkImplementation] = "jacobian",
-               **options):
+               commit_interval_s: float = 5.0, lock: str = "wait", overwrite: bool = False,
+               verify: bool = True, **options):
     x, _, block_size, dtype = gram_lib.prepare(model, x, None, block_size, dtype)
     member = gram_lib.resolve_implementation(implementation)
     kernels.check_options(member, options)
+    if (isinstance(commit_interval_s, bool) or not isinstance(commit_interval_s, (int, float))
+        or not commit_interval_s >= 0):
+      raise ValueError("commit_interval_s must be a number >= 0. "
+                       f"Received: commit_interval_s={commit_interval_s!r}")
+    self._lock_mode = validation.check_choice(lock, "lock", fmt.LOCK_MODES)
     self.path = pathlib.Path(path)
     self.n = int(x.shape[0])
     self.block_size = block_size
     self.dtype = dtype
     self.implementation = member
+    self.commit_interval_s = float(commit_interval_s)
     self._model = model
     self._x = x
     self._options = options
     self._blocks = gram_lib.iter_blocks(self.n, self.n, block_size, symmetric=True)
+    self._log = fmt.BlockLog(self.path, len(self._blocks))
     self._identity = {
         "n": self.n,
         "block_size": block_size,
         "dtype": dtype,
         "implementation": member.value,
-        "model_fingerprint": model_fingerprint(model),
+        "options": atomic.jsonable(
+            {key: getattr(value, "value", value) for key, value in sorted(options.items())}),
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "architecture_fingerprint": architecture_fingerprint(model),
+        "weights_fingerprint": weights_fingerprint(model),
         "data_fingerprint": data_fingerprint(x),
     }
-    if options:  # Absent without options: such stores match those made before options existed.
-      self._identity["options"] = atomic.jsonable(
-          {key: getattr(value, "value", value) for key, value in options.items()})
-    self._done = self._open()
+    self._done = {}  # {block index: checksum} of the committed, verified blocks.
+    self._damaged = {}  # {block index: checksum} of log lines whose blocks failed it.
+    self._matrix_stat = None  # gram.npy's (size, mtime) when last verified or written.
+    self.path.mkdir(parents=True, exist_ok=True)
+    with fmt.locked(self.path, self._lock_mode):
+      self._open(overwrite, verify)
 
   @property
   def matrix_path(self) -> pathlib.Path:
-    return self.path / _MATRIX_FILE
+    return self.path / fmt.MATRIX_FILE
 
   @property
   def manifest_path(self) -> pathlib.Path:
-    return self.path / _MANIFEST_FILE
+    return self.path / fmt.MANIFEST_FILE
 
   @property
   def num_blocks(self) -> int:
@@ -139,72 +213,153 @@ class GramStore:
   def shape(self):
     return (self.n, self.n)
 
-  def _open(self) -> set:
-    """Creates the store or checks an existing one; returns the done block indices."""
-    self.path.mkdir(parents=True, exist_ok=True)
-    if self.manifest_path.exists() and self.matrix_path.exists():
-      manifest = json.loads(self.manifest_path.read_text())
+  def _open(self, overwrite: bool, verify: bool) -> None:
+    """Creates the store or checks and repairs an existing one (the lock is held)."""
+    try:
+      manifest = fmt.read_manifest(self.path)
+    except ValueError:
+      if not overwrite:
+        raise
+      manifest = None
+    if manifest is not None:
       mismatched = [f"{field}: store has {manifest.get(field)!r}, "
-                    f"this job has {self._identity.get(field)!r}"
-                    for field in _IDENTITY_FIELDS
-                    if manifest.get(field) != self._identity.get(field)]
-      if mismatched:
+                    f"this job has {self._identity[field]!r}"
+                    for field in _IDENTITY_FIELDS if manifest.get(field) != self._identity[field]]
+      if mismatched and not overwrite:
         raise ValueError(
             f"GramStore at {str(self.path)!r} was made for a different job and cannot be "
-            f"continued ({'; '.join(mismatched)}). Use a new path or delete the old store.")
-      return set(manifest["done"])
-    # Fresh store (or one killed before its first manifest): allocate the matrix.
-    np.lib.format.open_memmap(self.matrix_path, mode="w+", dtype=self.dtype,
-                              shape=(self.n, self.n)).flush()
-    self._write_manifest(set())
-    return set()
+            f"continued ({'; '.join(mismatched)}). Use a new path, delete the old store or "
+            f"pass overwrite=True.")
+      if mismatched:
+        logging.warning("GramStore %s: made for a different job (%s); overwrite=True, "
+                        "recomputing it.", self.path, "; ".join(mismatched))
+        manifest = None
+    if manifest is None or not self.matrix_path.exists():
+      self._create()
+      return
+    fmt.repair_matrix(self.path, self.n, self.dtype)
+    committed = self._log.read(repair=True)
+    self._done = self._verified(committed) if verify else committed
 
-  def _write_manifest(self, done: set) -> None:
-    manifest = dict(self._identity, format=_FORMAT_VERSION, num_blocks=len(self._blocks),
-                    done=sorted(done))
-    atomic.write_text(self.manifest_path, json.dumps(manifest))
+  def _create(self) -> None:
+    """Makes an empty store; the manifest comes last, so a kill leaves no half-made store."""
+    self.manifest_path.unlink(missing_ok=True)
+    self._log.reset()
+    fmt.create_matrix(self.path, self.n, self.dtype)
+    fmt.write_manifest(self.path, dict(self._identity, num_blocks=len(self._blocks)))
+    self._done = {}
+    self._matrix_stat = self._stat()
 
-  def _write_block(self, fd: int, offset: int, row0: int, col0: int,
-                   values: np.ndarray) -> None:
-    """pwrites `values [r, c]` at rows row0.., columns col0.. of the on-disk matrix."""
-    values = np.ascontiguousarray(values, dtype=self.dtype)
-    itemsize = values.itemsize
-    for r in range(values.shape[0]):
-      os.pwrite(fd, values[r].tobytes(), offset + ((row0 + r) * self.n + col0) * itemsize)
+  def _stat(self):
+    stat = os.stat(self.matrix_path)
+    return stat.st_size, stat.st_mtime_ns
+
+  def _verified(self, committed: dict) -> dict:
+    """Returns the blocks of `committed` whose bytes match their checksums; logs the others."""
+    matrix = fmt.open_matrix(self.path, "r")
+    damaged = set(fmt.find_damaged(matrix, self._blocks, committed))
+    for index in sorted(damaged)[:_MAX_LOGGED]:
+      i0, i1, j0, j1 = self._blocks[index]
+      logging.warning("GramStore %s: block %d (rows %d:%d, columns %d:%d) fails its checksum; "
+                      "it will be recomputed.", self.path, index, i0, i1, j0, j1)
+    if len(damaged) > _MAX_LOGGED:
+      logging.warning("GramStore %s: %d more blocks fail their checksums; they will be "
+                      "recomputed.", self.path, len(damaged) - _MAX_LOGGED)
+    self._damaged.update({index: committed[index] for index in damaged})
+    self._matrix_stat = self._stat()
+    return {index: crc for index, crc in committed.items() if index not in damaged}
+
+  def _refresh(self) -> None:
+    """Takes in the blocks another writer committed since we looked (the lock is held)."""
+    committed = self._log.read(repair=True)
+    new = {index: crc for index, crc in committed.items()
+           if self._done.get(index) != crc and self._damaged.get(index) != crc}
+    if new:
+      self._done.update(self._verified(new))
 
   def compute(self, progress: bool = True) -> "GramStore":
     """Computes every block not yet on disk; returns self (complete)."""
-    if self.is_complete:
-      return self
+    with fmt.locked(self.path, self._lock_mode):
+      self._refresh()
+      if not self.is_complete:
+        self._compute_missing(progress)
+    return self
+
+  def _compute_missing(self, progress: bool) -> None:
     fn = gram_lib.block_fn(self._model, self.implementation, self.dtype, self.block_size,
                            **self._options)
-    offset = np.load(self.matrix_path, mmap_mode="r").offset
-    fd = os.open(self.matrix_path, os.O_RDWR)
-    try:
-      with progress_lib.Progress(len(self._blocks), desc=f"GramStore {self.path.name}",
-                                 unit="blocks", initial=len(self._done),
-                                 enabled=progress) as bar:
+    matrix = fmt.open_matrix(self.path, "r+")  # [N, N]
+    pending: List = []  # (index, checksum) written since the last commit.
+
+    def commit():
+      if pending:
+        matrix.flush()  # The blocks' bytes reach the disk before the log lines naming them.
+        appender.commit(pending)
+        self._done.update(pending)
+        pending.clear()
+
+    with self._log.appender() as appender, progress_lib.Progress(
+        len(self._blocks), desc=f"GramStore {self.path.name}", unit="blocks",
+        initial=len(self._done), enabled=progress) as bar:
+      try:
+        last_commit = time.monotonic()
         for index, block in enumerate(self._blocks):
           if index in self._done:
             continue
-          i0, _, j0, _ = block
+          i0, i1, j0, j1 = block
           theta_block = gram_lib.compute_block(fn, self._x, None, block, self.block_size)
-          self._write_block(fd, offset, i0, j0, theta_block)
+          theta_block = np.ascontiguousarray(theta_block, dtype=self.dtype)  # [i1-i0, j1-j0]
+          matrix[i0:i1, j0:j1] = theta_block
           if i0 != j0:
-            self._write_block(fd, offset, j0, i0, theta_block.T)
-          os.fsync(fd)
-          self._done.add(index)
-          self._write_manifest(self._done)
+            matrix[j0:j1, i0:i1] = theta_block.T
+          pending.append((index, fmt.block_checksum(theta_block)))
           bar.update()
-    finally:
-      os.close(fd)
-    return self
+          if time.monotonic() - last_commit >= self.commit_interval_s:
+            commit()
+            last_commit = time.monotonic()
+      finally:
+        commit()  # Blocks fully written before an exception are kept.
+        del matrix
+        self._matrix_stat = self._stat()
+
+  def block(self, index: int) -> np.ndarray:
+    """Returns block `index` of `gram.iter_blocks(N, N, B, symmetric=True)`, checked.
+
+    A committed block whose bytes fail its checksum is logged and recomputed first.
+
+    Returns:
+      `[i1 - i0, j1 - j0]` array of dtype.
+    """
+    index = validation.check_non_negative_int(index, "index")
+    if index >= len(self._blocks):
+      raise ValueError(f"index must be < num_blocks={len(self._blocks)}. Received: index={index}")
+    if index not in self._done:
+      raise RuntimeError(f"GramStore at {str(self.path)!r}: block {index} is not computed yet; "
+                         "call compute() first.")
+    i0, i1, j0, j1 = self._blocks[index]
+    tile = np.array(fmt.open_matrix(self.path, "r")[i0:i1, j0:j1])
+    if fmt.block_checksum(tile) != self._done[index]:
+      self._recompute_damaged()
+      tile = np.array(fmt.open_matrix(self.path, "r")[i0:i1, j0:j1])
+    return tile
+
+  def _recompute_damaged(self) -> None:
+    with fmt.locked(self.path, self._lock_mode):
+      self._done = self._verified(self._done)
+    self.compute(progress=False)
 
   @property
   def matrix(self) -> np.memmap:
-    """The complete `[N, N]` Gram as a read-only memory map."""
+    """The complete `[N, N]` Gram as a read-only memory map.
+
+    If gram.npy changed on disk since it was last checked or written here, every
+    block is checked again first, and those that fail are recomputed.
+    """
     if not self.is_complete:
       raise RuntimeError(
           f"GramStore at {str(self.path)!r} is incomplete ({len(self._done)}/"
           f"{len(self._blocks)} blocks); call compute() first.")
-    return np.load(self.matrix_path, mmap_mode="r")
+    if self._stat() != self._matrix_stat:
+      self._recompute_damaged()
+    return fmt.open_matrix(self.path, "r")
+

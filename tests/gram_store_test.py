@@ -1,42 +1,30 @@
-"""Tests for ntk_tf.GramStore: SIGKILLed jobs resume to a bit-identical matrix."""
+"""Tests for ntk_tf.GramStore in one process: bytes, identity, damage, lock.
+
+Kills of running jobs (SIGKILL at random points) and concurrent writer processes
+are in gram_store_faults_test.py.
+"""
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import textwrap
+import pathlib
+import threading
 import time
 
 from absl.testing import absltest
+from absl.testing import parameterized
+import keras
 import numpy as np
 
 from tests import test_util  # pylint: disable=unused-import
 import ntk_tf
+from ntk_tf import gram_store_format
 
 _SHAPE = (4, 4, 1)
 _N = 10
 _BLOCK_SIZE = 3  # 4 row blocks -> 10 upper-triangular blocks, last ones partial.
 _NUM_BLOCKS = 10
-
-# The job a child process runs; each block sleeps so the parent can kill it mid-job.
-_CHILD = textwrap.dedent("""
-    import sys, time
-    import numpy as np
-    import ntk_tf
-    from ntk_tf import kernels
-    factory = kernels._FACTORIES[kernels.NtkImplementation.JACOBIAN]
-    def slow_factory(model, dtype, block_size):
-      fn = factory(model, dtype, block_size)
-      def slow_fn(x_a, x_b):
-        time.sleep({delay})  # The block is in flight while it sleeps.
-        return fn(x_a, x_b)
-      return slow_fn
-    kernels._FACTORIES[kernels.NtkImplementation.JACOBIAN] = slow_factory
-    model = ntk_tf.models.get("mlp", input_shape={shape}, seed=0, width=7)
-    x = np.random.RandomState(0).randn({n}, *{shape}).astype(np.float32)
-    ntk_tf.GramStore(sys.argv[1], model, x, block_size={block_size}).compute(progress=False)
-""")
+# Block 5 of iter_blocks(10, 10, 3, symmetric=True): rows 3:6, columns 6:9 (off the diagonal).
+_BLOCK_5 = (3, 6, 6, 9)
 
 
 def _model(seed=0):
@@ -47,62 +35,54 @@ def _inputs(seed=0):
   return np.random.RandomState(seed).randn(_N, *_SHAPE).astype(np.float32)
 
 
-def _num_done(path):
-  try:
-    with open(os.path.join(path, "manifest.json")) as f:
-      return len(json.load(f)["done"])
-  except (OSError, ValueError):
-    return -1  # Not written yet.
+def _store(path, model=None, **kwargs):
+  kwargs.setdefault("block_size", _BLOCK_SIZE)
+  return ntk_tf.GramStore(path, model or _model(), _inputs(), **kwargs)
 
 
-class GramStoreTest(absltest.TestCase):
+def _sequential(activation, seed=0):
+  """A named two-layer MLP, so two builds in one process have the same config and weight paths."""
+  keras.utils.set_random_seed(seed)
+  return keras.Sequential([
+      keras.Input(shape=_SHAPE, name="image"),
+      keras.layers.Flatten(name="flatten"),
+      keras.layers.Dense(6, activation=activation, name="hidden",
+                         kernel_initializer=keras.initializers.GlorotNormal(seed=seed)),
+      keras.layers.Dense(1, name="logit"),
+  ], name="net")
 
-  def _run_child_and_kill(self, path, kill_when_done, extra_delay_s):
-    """Starts the job in a subprocess; SIGKILLs it once `kill_when_done` blocks are on disk."""
-    script = _CHILD.format(delay=0.8, shape=_SHAPE, n=_N, block_size=_BLOCK_SIZE)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    child = subprocess.Popen([sys.executable, "-c", script, path], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while _num_done(path) < kill_when_done:
-      if child.poll() is not None:
-        self.fail(f"child exited early: {child.stderr.read()[-2000:]}")
-      self.assertLess(time.monotonic(), deadline, "child too slow")
-      time.sleep(0.02)
-    time.sleep(extra_delay_s)  # 0.4 s lands inside the next block's sleep: a block in flight.
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    stderr = child.stderr.read()
-    child.stderr.close()
-    self.assertEqual(child.returncode, -signal.SIGKILL, stderr[-2000:])
-    return _num_done(path)
 
-  def test_killed_job_resumes_bit_identical(self):
-    reference = ntk_tf.GramStore(self.create_tempdir().full_path, _model(), _inputs(),
-                                 block_size=_BLOCK_SIZE).compute(progress=False)
-    expected = np.array(reference.matrix)
-    path = self.create_tempdir().full_path
-    done_history = []
-    for kill_when_done, extra_delay_s in ((0, 0.0), (1, 0.4), (4, 0.0), (6, 0.4)):
-      done = self._run_child_and_kill(path, kill_when_done, extra_delay_s)
-      self.assertLess(done, _NUM_BLOCKS)  # Killed before the end.
-      done_history.append(done)
-    self.assertGreater(done_history[-1], done_history[0])
-    store = ntk_tf.GramStore(path, _model(), _inputs(), block_size=_BLOCK_SIZE)
-    self.assertFalse(store.is_complete)
-    self.assertEqual(store.num_done, done_history[-1])
-    with self.assertRaisesRegex(RuntimeError, "incomplete"):
-      _ = store.matrix
-    store.compute(progress=False)
+def _flip_byte(path, row, col, itemsize=4):
+  """Flips one bit of entry [row, col] of the [N, N] gram.npy at `path` on disk."""
+  offset = np.load(path, mmap_mode="r").offset + (row * _N + col) * itemsize
+  with open(path, "r+b") as f:
+    f.seek(offset)
+    value = f.read(1)
+    f.seek(offset)
+    f.write(bytes([value[0] ^ 0x10]))
+
+
+class GramStoreTest(parameterized.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.path = self.create_tempdir().full_path
+    self.matrix_file = os.path.join(self.path, "gram.npy")
+
+  @parameterized.parameters("jacobian", "auto")
+  def test_bytes_equal_ntk_gram(self, implementation):
+    store = _store(self.path, implementation=implementation).compute(progress=False)
+    expected = ntk_tf.ntk_gram(_model(), _inputs(), block_size=_BLOCK_SIZE,
+                               implementation=implementation, progress=False)
     self.assertTrue(store.is_complete)
-    np.testing.assert_array_equal(store.matrix, expected)  # Bit-identical.
-    # And equal to the in-memory Gram with the same blocks.
-    np.testing.assert_array_equal(
-        expected, ntk_tf.ntk_gram(_model(), _inputs(), block_size=_BLOCK_SIZE, progress=False))
+    self.assertEqual(store.num_done, _NUM_BLOCKS)
+    on_disk = np.load(self.matrix_file, mmap_mode="r")  # Plain NumPy reads the store.
+    self.assertEqual(on_disk.tobytes(), expected.tobytes())  # Bit-identical.
+    self.assertEqual(np.asarray(store.matrix).tobytes(), expected.tobytes())
+    np.testing.assert_array_equal(store.block(5), expected[3:6, 6:9])
 
   def test_matrix_is_read_only_memmap(self):
-    store = ntk_tf.GramStore(self.create_tempdir().full_path, _model(), _inputs(),
-                             block_size=4, dtype="float64").compute(progress=False)
+    store = _store(self.path, block_size=4, dtype="float64").compute(progress=False)
     matrix = store.matrix
     self.assertIsInstance(matrix, np.memmap)
     self.assertEqual((matrix.shape, matrix.dtype), ((_N, _N), np.float64))
@@ -113,21 +93,158 @@ class GramStoreTest(absltest.TestCase):
                                rtol=1e-10)
     self.assertEqual(eigvecs.shape, (_N, 3))
 
-  def test_mismatched_job_refused(self):
-    path = self.create_tempdir().full_path
-    ntk_tf.GramStore(path, _model(), _inputs(), block_size=_BLOCK_SIZE)
-    with self.assertRaisesRegex(ValueError, "model_fingerprint"):
-      ntk_tf.GramStore(path, _model(seed=1), _inputs(), block_size=_BLOCK_SIZE)
-    with self.assertRaisesRegex(ValueError, "block_size: store has 3, this job has 4"):
-      ntk_tf.GramStore(path, _model(), _inputs(), block_size=4)
-    with self.assertRaisesRegex(ValueError, "data_fingerprint"):
-      ntk_tf.GramStore(path, _model(), _inputs(seed=1), block_size=_BLOCK_SIZE)
-    with self.assertRaisesRegex(ValueError, "dtype"):
-      ntk_tf.GramStore(path, _model(), _inputs(), block_size=_BLOCK_SIZE, dtype="float64")
+  def test_reopened_complete_store_is_not_recomputed(self):
+    _store(self.path).compute(progress=False)
+    before = os.stat(self.matrix_file).st_mtime_ns
+    store = _store(self.path)
+    self.assertTrue(store.is_complete)
+    store.compute(progress=False)
+    self.assertEqual(os.stat(self.matrix_file).st_mtime_ns, before)
 
-  def test_bad_block_size(self):
+  def test_mismatched_job_refused(self):
+    _store(self.path)
+    with self.assertRaisesRegex(ValueError, "weights_fingerprint"):
+      _store(self.path, _model(seed=1))
+    with self.assertRaisesRegex(ValueError, "block_size: store has 3, this job has 4"):
+      _store(self.path, block_size=4)
+    with self.assertRaisesRegex(ValueError, "data_fingerprint"):
+      ntk_tf.GramStore(self.path, _model(), _inputs(seed=1), block_size=_BLOCK_SIZE)
+    with self.assertRaisesRegex(ValueError, "dtype"):
+      _store(self.path, dtype="float64")
+    with self.assertRaisesRegex(ValueError, "implementation"):
+      _store(self.path, implementation="structured")
+
+  def test_architecture_change_with_same_weights(self):
+    relu, tanh = _sequential("relu"), _sequential("tanh")
+    tanh.set_weights(relu.get_weights())
+    self.assertEqual(ntk_tf.gram_store.weights_fingerprint(relu),
+                     ntk_tf.gram_store.weights_fingerprint(tanh))
+    _store(self.path, relu).compute(progress=False)
+    with self.assertRaisesRegex(ValueError, "architecture_fingerprint"):
+      _store(self.path, tanh)
+    # overwrite=True recomputes it: the tanh Gram, not the relu one.
+    store = _store(self.path, tanh, overwrite=True)
+    self.assertEqual(store.num_done, 0)
+    store.compute(progress=False)
+    expected = ntk_tf.ntk_gram(tanh, _inputs(), block_size=_BLOCK_SIZE, progress=False)
+    self.assertEqual(np.asarray(store.matrix).tobytes(), expected.tobytes())
+    relu_gram = ntk_tf.ntk_gram(relu, _inputs(), block_size=_BLOCK_SIZE, progress=False)
+    self.assertFalse(np.allclose(relu_gram, expected, rtol=1e-2))
+    # Initializers do not change the function: same weights, other seed, same store.
+    other_init = _sequential("tanh", seed=5)
+    other_init.set_weights(relu.get_weights())
+    self.assertTrue(_store(self.path, other_init).is_complete)
+
+  @parameterized.parameters((5, 7), (7, 5))  # The block's tile, then its mirror tile.
+  def test_flipped_bytes_are_recomputed(self, row, col):
+    expected = np.array(_store(self.path).compute(progress=False).matrix)
+    _flip_byte(self.matrix_file, row, col)
+    with self.assertLogs(level="WARNING") as logs:
+      store = _store(self.path)
+    self.assertIn("block 5 (rows 3:6, columns 6:9) fails its checksum", "\n".join(logs.output))
+    self.assertEqual(store.num_done, _NUM_BLOCKS - 1)
+    with self.assertRaisesRegex(RuntimeError, "incomplete"):
+      _ = store.matrix  # Never the damaged matrix.
+    store.compute(progress=False)
+    self.assertEqual(np.asarray(store.matrix).tobytes(), expected.tobytes())
+
+  def test_damage_after_open_never_returned(self):
+    store = _store(self.path).compute(progress=False)
+    expected = np.array(store.matrix)
+    _flip_byte(self.matrix_file, 4, 7)
+    with self.assertLogs(level="WARNING"):
+      np.testing.assert_array_equal(store.block(5), expected[3:6, 6:9])
+    time.sleep(0.01)  # A new mtime for the next write.
+    _flip_byte(self.matrix_file, 9, 9)
+    with self.assertLogs(level="WARNING") as logs:
+      self.assertEqual(np.asarray(store.matrix).tobytes(), expected.tobytes())
+    self.assertIn("block 9 (rows 9:10, columns 9:10)", "\n".join(logs.output))
+
+  def test_truncated_matrix_is_repaired(self):
+    expected = np.array(_store(self.path).compute(progress=False).matrix)
+    header = np.load(self.matrix_file, mmap_mode="r").offset
+    os.truncate(self.matrix_file, header + 4 * (4 * _N + 2))  # Rows 0..3 and 2 entries remain.
+    with self.assertLogs(level="WARNING") as logs:
+      store = _store(self.path)
+    self.assertIn("truncated", "\n".join(logs.output))
+    # Block 0 (rows 0:3, columns 0:3) is intact; every other one lost a row or its mirror.
+    self.assertEqual(store.num_done, 1)
+    store.compute(progress=False)
+    self.assertEqual(np.asarray(store.matrix).tobytes(), expected.tobytes())
+
+  def test_damaged_header_is_repaired(self):
+    expected = np.array(_store(self.path).compute(progress=False).matrix)
+    with open(self.matrix_file, "r+b") as f:
+      f.seek(12)
+      f.write(b"#garbage#")
+    with self.assertLogs(level="WARNING") as logs:
+      store = _store(self.path)
+    self.assertIn("header", "\n".join(logs.output))
+    self.assertTrue(store.is_complete)
+    self.assertEqual(np.load(self.matrix_file).tobytes(), expected.tobytes())
+
+  def test_damaged_manifest_refused_by_name(self):
+    _store(self.path).compute(progress=False)
+    manifest = os.path.join(self.path, "manifest.json")
+    with open(manifest, "r+b") as f:
+      f.truncate(os.path.getsize(manifest) // 2)
+    with self.assertRaisesRegex(ValueError, "manifest.json' is damaged .*Delete the directory"):
+      _store(self.path)
+    self.assertEqual(_store(self.path, overwrite=True).num_done, 0)
+
+  def test_format_1_store_refused(self):
+    os.makedirs(self.path, exist_ok=True)
+    with open(os.path.join(self.path, "manifest.json"), "w") as f:
+      json.dump({"format": 1, "done": [0, 1]}, f)
+    with self.assertRaisesRegex(ValueError, "format version 1.*Delete the directory"):
+      _store(self.path)
+
+  def test_torn_log_line_dropped(self):
+    store = _store(self.path, commit_interval_s=0)
+    store.compute(progress=False)
+    log = os.path.join(self.path, "blocks.log")
+    with open(log) as f:
+      lines = f.readlines()
+    self.assertLen(lines, _NUM_BLOCKS)
+    with open(log, "w") as f:  # Line 3 damaged, the last one torn mid-write.
+      f.writelines(lines[:3] + ["3 0000ffff 12345678\n"] + lines[4:-1] + [lines[-1][:7]])
+    with self.assertLogs(level="WARNING") as logs:
+      store = _store(self.path)
+    self.assertIn("dropped 2 damaged or torn line(s)", "\n".join(logs.output))
+    self.assertEqual(store.num_done, _NUM_BLOCKS - 2)
+    store.compute(progress=False)
+    with open(log) as f:
+      self.assertLen(f.readlines(), _NUM_BLOCKS)  # Repaired, then appended on a line boundary.
+    self.assertTrue(_store(self.path).is_complete)
+
+  def test_second_writer_fails_or_waits(self):
+    _store(self.path)
+    with gram_store_format.locked(pathlib.Path(self.path), "wait"):
+      with self.assertRaisesRegex(RuntimeError, f"another process \\(pid {os.getpid()}\\)"):
+        _store(self.path, lock="fail")
+      results = []
+      waiter = threading.Thread(target=lambda: results.append(_store(self.path)))
+      with self.assertLogs(level="WARNING") as logs:
+        waiter.start()
+        waiter.join(timeout=1.0)
+        self.assertTrue(waiter.is_alive())  # Waits while the lock is held.
+      self.assertIn("waiting for its lock", "\n".join(logs.output))
+    waiter.join(timeout=60)
+    self.assertFalse(waiter.is_alive())
+    self.assertLen(results, 1)
+
+  def test_bad_arguments(self):
     with self.assertRaisesRegex(ValueError, "block_size=0"):
-      ntk_tf.GramStore(self.create_tempdir().full_path, _model(), _inputs(), block_size=0)
+      _store(self.path, block_size=0)
+    with self.assertRaisesRegex(ValueError, "commit_interval_s=-1"):
+      _store(self.path, commit_interval_s=-1)
+    with self.assertRaisesRegex(ValueError, "lock='later'"):
+      _store(self.path, lock="later")
+    store = _store(self.path)
+    with self.assertRaisesRegex(ValueError, "index=10"):
+      store.block(10)
+    with self.assertRaisesRegex(RuntimeError, "block 0 is not computed"):
+      store.block(0)
 
 
 if __name__ == "__main__":
