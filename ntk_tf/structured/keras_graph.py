@@ -70,6 +70,19 @@ def known_kind(layer) -> Optional[str]:
   return None
 
 
+def zero_pad_channels(t: tf.Tensor, extra: int, axis: int) -> tf.Tensor:
+  """Returns `t` with `extra` zero slices appended along `axis` (a concat, not a `tf.Pad`).
+
+  Not `tf.pad`: with oneDNN on, TF's graph rewrite fuses a Pad feeding a
+  Conv2D with padding="valid" into one padded conv that assumes the Pad is
+  spatial, so a channel Pad aborts the process (`mkl_layout_pass.cc` check)
+  or fails with "input depth must be evenly divisible by filter depth". A
+  concat of zeros is the same tensor and is never fused.
+  """
+  zeros_shape = tf.concat([tf.shape(t)[:axis], [extra], tf.shape(t)[axis + 1:]], axis=0)
+  return tf.concat([t, tf.zeros(zeros_shape, t.dtype)], axis=axis)
+
+
 class Recorder:
   """Runs the model's graph, recording (A, z) for the planned layers.
 
@@ -118,8 +131,8 @@ class Recorder:
     c_in = inputs.shape[-1]
     if self.pad_channels and c_in < MIN_CONV_CHANNELS:
       extra = MIN_CONV_CHANNELS - c_in
-      padded_inputs = tf.pad(inputs, [[0, 0]] * 3 + [[0, extra]])
-      kernel = tf.pad(layer.kernel, [[0, 0]] * 2 + [[0, extra], [0, 0]])
+      padded_inputs = zero_pad_channels(inputs, extra, axis=3)  # [N, H, W, 8]
+      kernel = zero_pad_channels(layer.kernel, extra, axis=2)  # [kh, kw, 8, C]
       z = layer.convolution_op(padded_inputs, kernel)  # [N, H', W', C]
     else:
       z = layer.convolution_op(inputs, layer.kernel)  # [N, H', W', C]
