@@ -18,6 +18,11 @@ import tensorflow as tf
 MIN_CONV_CHANNELS = 8  # CPU: convs with fewer input channels run zero-padded (`Recorder`).
 
 
+def is_functional(model: keras.Model) -> bool:
+  """Whether `model` runs a graph of layers the structured NTK can walk (Functional, Sequential)."""
+  return isinstance(model, keras.Sequential) or hasattr(model, "_run_through_graph")
+
+
 def functional_graph(model: keras.Model):
   """Returns the Functional graph that runs `model` (a Sequential wraps one)."""
   if isinstance(model, keras.Sequential):
@@ -53,6 +58,25 @@ def output_floats(graph) -> int:
   return total
 
 
+def _all_layers(graph) -> Iterator:
+  """Yields every layer of `graph`, nested models' layers included."""
+  for layer in graph.layers:
+    yield from layer._flatten_layers(include_self=True, recursive=True)  # pylint: disable=protected-access
+
+
+def grouped_conv_layers(graph) -> Tuple[str, ...]:
+  """Returns the names of the grouped convolutions (`groups > 1`) anywhere in `graph`.
+
+  TF 2.21 differentiates them wrongly in two places the NTK paths use: the
+  pfor (vectorized) Jacobian of `Conv2DBackpropFilter` with groups (float32:
+  wrong values; float64: "filter_size does not have enough elements") and
+  forward-mode (`ForwardAccumulator`) JVPs through them. Plain per-example
+  GradientTape gradients are right (checked by finite differences in
+  tests/robustness_test.py).
+  """
+  return tuple(layer.name for layer in _all_layers(graph) if getattr(layer, "groups", 1) > 1)
+
+
 def _is_plain(layer, cls) -> bool:
   return (type(layer) is cls and getattr(layer, "quantization_mode", None) is None
           and not getattr(layer, "lora_enabled", False))
@@ -65,9 +89,24 @@ def known_kind(layer) -> Optional[str]:
   if (_is_plain(layer, keras.layers.Conv2D) and layer.groups == 1
       and layer.data_format == "channels_last"):
     return "conv2d"
-  if type(layer) is keras.layers.BatchNormalization and not getattr(layer, "renorm", False):
+  if (type(layer) is keras.layers.BatchNormalization and not getattr(layer, "renorm", False)
+      and _normalizes_last_axis(layer)):
     return "batch_norm"
   return None
+
+
+def _normalizes_last_axis(layer) -> bool:
+  """Whether a BatchNormalization normalizes (holds one gamma per entry of) its input's last axis."""
+  axis = layer.axis if isinstance(layer.axis, int) else tuple(layer.axis)
+  if isinstance(axis, tuple):
+    if len(axis) != 1:
+      return False
+    axis = axis[0]
+  try:
+    rank = len(layer.input.shape)
+  except (AttributeError, ValueError):  # Called more than once: no single input.
+    return axis == -1
+  return axis in (-1, rank - 1)
 
 
 def zero_pad_channels(t: tf.Tensor, extra: int, axis: int) -> tf.Tensor:
