@@ -10,6 +10,9 @@ memory, so the top-k eigenvectors of K (Lanczos, k + O(10) products) never
 need the N x N matrix. A full Gram this way costs N products, ~6 N^2 F, so it
 is only the cheapest path when few products are needed.
 
+A model with a grouped convolution (`groups > 1`) is refused by name: TF
+2.21's forward-mode JVPs through them are wrong (`keras_graph.grouped_conv_layers`).
+
 Paper: Sec. 3 (the NTK Gram matrix and its spectrum).
 """
 
