@@ -11,7 +11,8 @@ FLOPs per example (`structured.ModelPlan.forward_flops`), estimate
   ntk_vector_products: 6 n^2 F
       (n products K e_j, each one VJP and one JVP pass over n examples)
 
-and pick the smaller of structured and jacobian (ties: structured). n is
+and pick the smaller of structured and jacobian (ties: structured). A model with
+no layer graph (a subclassed `keras.Model`) always gets jacobian. n is
 `nominal_block` (256 by default, whatever the Gram's block_size, so the
 choice does not depend on how a Gram is tiled). The jacobian estimate does
 not count forming per-example conv gradients (they come with its backward
@@ -71,6 +72,9 @@ def _factory(model: keras.Model, dtype: str, block_size: int, *, nominal_block: 
   Options the chosen candidate does not take are rejected by name
   (`kernels.make_block_fn`); nominal_block also reaches a structured choice.
   """
+  if not structured.keras_graph.is_functional(model):
+    # A subclassed model has no layer graph to plan: only per-example gradients apply.
+    return kernels.make_block_fn(model, NtkImplementation.JACOBIAN, dtype, block_size, **options)
   input_shape = tuple(model.inputs[0].shape[1:])
   choice = choose_implementation(model, input_shape, nominal_block)
   if choice == NtkImplementation.STRUCTURED:

@@ -23,11 +23,16 @@ F_act = floats of all layer outputs per example, P = trainable parameters:
       (activations with forward-mode tangents, the tangent u and gradients)
   auto:                the formula of the implementation `ntk_tf.auto` chooses.
 
+A model with no layer graph (subclassed; only JACOBIAN and
+NTK_VECTOR_PRODUCTS apply) is counted without its activations (F_act = 0).
+
 `block_size_for_budget` returns the largest B (capped at `max_block`) whose
-peak fits the budget.
+peak fits the budget; `check_block_memory` refuses a block size whose peak
+exceeds the budget (by default the machine's physical memory).
 """
 
 import math
+import os
 from typing import Optional, Union
 
 import keras
@@ -36,6 +41,7 @@ from ntk_tf import auto
 from ntk_tf import kernels
 from ntk_tf import precision
 from ntk_tf import structured
+from ntk_tf import validation
 from ntk_tf.kernels import NtkImplementation
 from ntk_tf.types import DType, Shape
 
@@ -57,6 +63,11 @@ def peak_memory_bytes(model: keras.Model, block_size: int,
   """
   member = kernels.resolve(implementation)
   itemsize = 8 if precision.canonical_dtype(dtype) == "float64" else 4
+  if model_plan is None and not structured.keras_graph.is_functional(model):
+    b, params = int(block_size), validation.parameter_count(model)
+    if member == NtkImplementation.NTK_VECTOR_PRODUCTS:
+      return itemsize * 4 * params
+    return itemsize * (3 * b * params + b * b)  # AUTO is JACOBIAN (`ntk_tf.auto`).
   model_plan = model_plan or structured.ModelPlan(model, nominal_block=nominal_block)
   if member == NtkImplementation.AUTO:
     member = auto.choose_implementation(model, model_plan.input_shape, nominal_block)
@@ -116,3 +127,42 @@ def block_size_for_budget(model: keras.Model, input_shape: Shape, memory_budget_
     raise ValueError(f"memory_budget_bytes is too small for a single example "
                      f"({peak(1)} bytes needed). Received: memory_budget_bytes={memory_budget_bytes}")
   return min(block, max_block)
+
+
+def physical_memory_bytes() -> int:
+  """Returns the machine's physical memory in bytes (0 if the OS does not say)."""
+  try:
+    return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+  except (ValueError, OSError, AttributeError):
+    return 0
+
+
+def check_block_memory(model: keras.Model, block_size: int,
+                       implementation: Union[str, NtkImplementation],
+                       dtype: DType = "float32",
+                       memory_budget_bytes: Optional[int] = None) -> int:
+  """Returns the estimated peak bytes of one block; raises if they exceed the budget.
+
+  Args:
+    model, block_size, implementation, dtype: as `peak_memory_bytes`.
+    memory_budget_bytes: the bytes a block may use; None means the machine's
+      physical memory (`physical_memory_bytes`; no check if unknown).
+  Raises:
+    ValueError: naming block_size and the estimate, when it exceeds the budget.
+  """
+  if memory_budget_bytes is None:
+    memory_budget_bytes = physical_memory_bytes()
+  else:
+    memory_budget_bytes = validation.check_positive_int(memory_budget_bytes,
+                                                        "memory_budget_bytes")
+  if not memory_budget_bytes:
+    return 0
+  peak = peak_memory_bytes(model, block_size, implementation, dtype)
+  if peak > memory_budget_bytes:
+    raise ValueError(
+        f"block_size={block_size} needs about {peak / 2**30:.3g} GiB per block "
+        f"(ntk_tf.block_size.peak_memory_bytes, implementation="
+        f"{kernels.resolve(implementation).value!r}, dtype={dtype!r}), more than the "
+        f"memory budget of {memory_budget_bytes / 2**30:.3g} GiB; use a smaller block_size "
+        f"(ntk_tf.block_size.block_size_for_budget). Received: block_size={block_size}")
+  return peak

@@ -25,6 +25,8 @@ from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Tuple, Unio
 import keras
 import numpy as np
 
+from ntk_tf import validation
+
 
 class NtkImplementation(enum.Enum):
   """How a Gram block is computed; every member must match JACOBIAN in tests."""
@@ -162,11 +164,13 @@ def make_block_fn(model: keras.Model, implementation: Union[str, NtkImplementati
   """Returns the BlockFn of `implementation` for `model` in `dtype`, for blocks of `block_size`.
 
   Raises:
-    ValueError: for an unknown implementation, or an option its factory does
-      not take (named, with the options it takes).
+    ValueError: for an unknown implementation, an option its factory does
+      not take (named, with the options it takes), or a model that is not
+      single-logit with trainable weights (`validation.check_single_logit`).
   """
   member = resolve(implementation)
   check_options(member, options)
+  validation.check_single_logit(model)
   return _factory(member)(model, dtype, block_size, **options)
 
 

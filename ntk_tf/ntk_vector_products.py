@@ -10,6 +10,9 @@ memory, so the top-k eigenvectors of K (Lanczos, k + O(10) products) never
 need the N x N matrix. A full Gram this way costs N products, ~6 N^2 F, so it
 is only the cheapest path when few products are needed.
 
+A model with a grouped convolution (`groups > 1`) is refused by name: TF
+2.21's forward-mode JVPs through them are wrong (`keras_graph.grouped_conv_layers`).
+
 Paper: Sec. 3 (the NTK Gram matrix and its spectrum).
 """
 
@@ -21,6 +24,8 @@ import tensorflow as tf
 
 from ntk_tf import kernels
 from ntk_tf import precision
+from ntk_tf import validation
+from ntk_tf.structured import keras_graph
 from ntk_tf.types import Array, DType, Inputs
 
 
@@ -34,6 +39,13 @@ class _Products:
   """Batched VJP / JVP of a single-logit model with static (padded) batch shapes."""
 
   def __init__(self, model: keras.Model, dtype: str):
+    validation.check_single_logit(model)
+    grouped = keras_graph.grouped_conv_layers(model)
+    if grouped:
+      raise ValueError(
+          f"NTK-vector products use forward-mode JVPs, which TF 2.21 computes wrongly "
+          f"through grouped convolutions; use implementation='jacobian' or 'structured'. "
+          f"Received: model {model.name!r} with groups > 1 in layers {list(grouped)}")
     self.model = precision.cast_model(model, dtype)
     self.dtype = dtype
     # The tf.Variables under Keras' variables: ForwardAccumulator needs TF's own.

@@ -59,6 +59,29 @@ def loop_jacobian(model: keras.Model, x: np.ndarray) -> np.ndarray:
   return np.stack(rows)  # [N, P]
 
 
+def finite_difference_jacobian(model: keras.Model, x: np.ndarray, step: float = 1e-6) -> np.ndarray:
+  """Returns `[N, P]` by central differences of the logit, one parameter at a time.
+
+  J[:, k] = (f(theta + h e_k) - f(theta - h e_k)) / (2 h), f in inference mode;
+  no autodiff at all, so it checks the gradients TF computes. Meant for small
+  float64 models (2 P forward passes); the weights are restored after.
+  """
+  columns = []
+  for variable in model.trainable_variables:
+    base = np.array(variable.numpy(), copy=True)
+    flat = base.reshape(-1)
+    for k in range(flat.size):
+      logits = []
+      for sign in (1.0, -1.0):
+        moved = flat.copy()
+        moved[k] += sign * step
+        variable.assign(moved.reshape(base.shape))
+        logits.append(np.asarray(model(x, training=False))[:, 0])  # [N]
+      columns.append((logits[0] - logits[1]) / (2.0 * step))
+    variable.assign(base)
+  return np.stack(columns, axis=1)  # [N, P]
+
+
 def brute_force_gram(model: keras.Model, x1: np.ndarray, x2=None) -> np.ndarray:
   """Returns Theta(x1, x2) = J(x1) J(x2)^T [N1, N2]."""
   jac_x1 = loop_jacobian(model, x1)

@@ -17,7 +17,13 @@ model has one logit). Then, with `.` the inner product over features:
                                  g_gamma,i = sum_pos xhat_i * D_i,  g_beta,i = sum_pos D_i
   other layers with trainable weights: per-example gradients of f with respect
                                  to that layer's variables by `tape.jacobian`
-                                 (the reference path, restricted to the layer).
+                                 (the reference path, restricted to the layer;
+                                 a while loop instead of pfor when the graph has
+                                 a grouped conv, which pfor differentiates wrongly).
+                                 This covers every layer configuration without a
+                                 rule: grouped, depthwise and separable convs,
+                                 BatchNormalization of a non-last axis, layers
+                                 called more than once.
 
 Each Dense / Conv2D kernel takes the cheaper, by the FLOP estimate in
 `flop_report`, of (a) the structured product ("structured") and (b) forming

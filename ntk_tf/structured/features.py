@@ -106,6 +106,9 @@ class FeatureExtractor:
     self._recorder = keras_graph.Recorder(model_plan.graph, known, pad_channels=on_host)
     self._reference_vars = [v for p in self.plans if p.kind == plan_lib.REFERENCE
                             for v in p.variables]
+    # pfor differentiates grouped convs wrongly (`keras_graph.grouped_conv_layers`):
+    # with any in the graph, reference layers use the exact while-loop Jacobian.
+    self._reference_pfor = not keras_graph.grouped_conv_layers(model_plan.graph)
     # With a host engine, jacobian-form conv kernels form their per-example
     # gradients with NumPy (strided patches and batched BLAS).
     self.host_plans = ([p for p in self.plans
@@ -123,6 +126,7 @@ class FeatureExtractor:
     `host_plans` order; their columns join the gradient there.
     """
     needs_reference = bool(self._reference_vars)
+    use_pfor = self._reference_pfor
     with tf.GradientTape(persistent=needs_reference) as tape:
       tape.watch(x)
       outputs = plan_lib.check_logits(self._recorder.run(x))
@@ -166,8 +170,10 @@ class FeatureExtractor:
         grads.append(tf.reduce_sum(cot, axis=1))  # [N, C]
     if needs_reference:
       try:
-        jac = tape.jacobian(logits, self._reference_vars, experimental_use_pfor=True)
+        jac = tape.jacobian(logits, self._reference_vars, experimental_use_pfor=use_pfor)
       except (ValueError, NotImplementedError, TypeError) as err:
+        if not use_pfor:
+          raise
         logging.warning("pfor failed for the reference layers (%s); using a while loop.", err)
         jac = tape.jacobian(logits, self._reference_vars, experimental_use_pfor=False)
       grads.extend(tf.reshape(j, [n, -1]) for j in jac)  # [N, p_v] each

@@ -18,6 +18,11 @@ import tensorflow as tf
 MIN_CONV_CHANNELS = 8  # CPU: convs with fewer input channels run zero-padded (`Recorder`).
 
 
+def is_functional(model: keras.Model) -> bool:
+  """Whether `model` runs a graph of layers the structured NTK can walk (Functional, Sequential)."""
+  return isinstance(model, keras.Sequential) or hasattr(model, "_run_through_graph")
+
+
 def functional_graph(model: keras.Model):
   """Returns the Functional graph that runs `model` (a Sequential wraps one)."""
   if isinstance(model, keras.Sequential):
@@ -53,6 +58,25 @@ def output_floats(graph) -> int:
   return total
 
 
+def _all_layers(graph) -> Iterator:
+  """Yields every layer of `graph`, nested models' layers included."""
+  for layer in graph.layers:
+    yield from layer._flatten_layers(include_self=True, recursive=True)  # pylint: disable=protected-access
+
+
+def grouped_conv_layers(graph) -> Tuple[str, ...]:
+  """Returns the names of the grouped convolutions (`groups > 1`) anywhere in `graph`.
+
+  TF 2.21 differentiates them wrongly in two places the NTK paths use: the
+  pfor (vectorized) Jacobian of `Conv2DBackpropFilter` with groups (float32:
+  wrong values; float64: "filter_size does not have enough elements") and
+  forward-mode (`ForwardAccumulator`) JVPs through them. Plain per-example
+  GradientTape gradients are right (checked by finite differences in
+  tests/robustness_test.py).
+  """
+  return tuple(layer.name for layer in _all_layers(graph) if getattr(layer, "groups", 1) > 1)
+
+
 def _is_plain(layer, cls) -> bool:
   return (type(layer) is cls and getattr(layer, "quantization_mode", None) is None
           and not getattr(layer, "lora_enabled", False))
@@ -65,9 +89,37 @@ def known_kind(layer) -> Optional[str]:
   if (_is_plain(layer, keras.layers.Conv2D) and layer.groups == 1
       and layer.data_format == "channels_last"):
     return "conv2d"
-  if type(layer) is keras.layers.BatchNormalization and not getattr(layer, "renorm", False):
+  if (type(layer) is keras.layers.BatchNormalization and not getattr(layer, "renorm", False)
+      and _normalizes_last_axis(layer)):
     return "batch_norm"
   return None
+
+
+def _normalizes_last_axis(layer) -> bool:
+  """Whether a BatchNormalization normalizes (holds one gamma per entry of) its input's last axis."""
+  axis = layer.axis if isinstance(layer.axis, int) else tuple(layer.axis)
+  if isinstance(axis, tuple):
+    if len(axis) != 1:
+      return False
+    axis = axis[0]
+  try:
+    rank = len(layer.input.shape)
+  except (AttributeError, ValueError):  # Called more than once: no single input.
+    return axis == -1
+  return axis in (-1, rank - 1)
+
+
+def zero_pad_channels(t: tf.Tensor, extra: int, axis: int) -> tf.Tensor:
+  """Returns `t` with `extra` zero slices appended along `axis` (a concat, not a `tf.Pad`).
+
+  Not `tf.pad`: with oneDNN on, TF's graph rewrite fuses a Pad feeding a
+  Conv2D with padding="valid" into one padded conv that assumes the Pad is
+  spatial, so a channel Pad aborts the process (`mkl_layout_pass.cc` check)
+  or fails with "input depth must be evenly divisible by filter depth". A
+  concat of zeros is the same tensor and is never fused.
+  """
+  zeros_shape = tf.concat([tf.shape(t)[:axis], [extra], tf.shape(t)[axis + 1:]], axis=0)
+  return tf.concat([t, tf.zeros(zeros_shape, t.dtype)], axis=axis)
 
 
 class Recorder:
@@ -118,8 +170,8 @@ class Recorder:
     c_in = inputs.shape[-1]
     if self.pad_channels and c_in < MIN_CONV_CHANNELS:
       extra = MIN_CONV_CHANNELS - c_in
-      padded_inputs = tf.pad(inputs, [[0, 0]] * 3 + [[0, extra]])
-      kernel = tf.pad(layer.kernel, [[0, 0]] * 2 + [[0, extra], [0, 0]])
+      padded_inputs = zero_pad_channels(inputs, extra, axis=3)  # [N, H, W, 8]
+      kernel = zero_pad_channels(layer.kernel, extra, axis=2)  # [kh, kw, 8, C]
       z = layer.convolution_op(padded_inputs, kernel)  # [N, H', W', C]
     else:
       z = layer.convolution_op(inputs, layer.kernel)  # [N, H', W', C]

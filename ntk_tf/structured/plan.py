@@ -186,12 +186,7 @@ class ModelPlan:
         if len(plan.patches[1]) != plan.positions * int(np.prod(plan.layer.kernel_size)):
           raise AssertionError(f"The patch index of layer {plan.name!r} does not match its "
                                f"output shape {tuple(z.shape)}")
-      else:
-        axis = plan.layer.axis if isinstance(plan.layer.axis, int) else plan.layer.axis[0]
-        if axis not in (-1, len(z.shape) - 1):
-          raise NotImplementedError(
-              f"BatchNormalization must normalize the last axis. Received: axis={axis} "
-              f"in layer {plan.name!r}")
+      else:  # BatchNormalization of the last axis (others are REFERENCE: `known_kind`).
         plan.positions = int(np.prod(z.shape[1:-1])) if len(z.shape) > 2 else 1
 
   # ---------------------------------------------------------------- FLOPs
