@@ -69,8 +69,9 @@ _UNROUTED_CHANNEL_PAD = textwrap.dedent("""
     """)
 
 
-def _run_unrouted(script: str) -> subprocess.CompletedProcess:
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+def _run_without_onednn(script: str) -> subprocess.CompletedProcess:
+  """Runs `script` in a fresh process with oneDNN off (the unrouted ops are exact there)."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="0")
   return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                         text=True, timeout=300, check=False)
 
@@ -140,39 +141,24 @@ class FilterGradientTest(parameterized.TestCase):
       self.assertEqual(protected, [])  # bit-for-bit plain Keras
 
   @parameterized.parameters(*_BROKEN_GEOMETRIES)
-  def test_unrouted_kernel_gradient(self, padding, c_in, c_out, n, h):
-    """Plain Conv2D: exact with oneDNN off; crashes or is wrong with it on (in a subprocess)."""
-    if onednn.enabled():
-      result = _run_unrouted(_UNROUTED_FILTER_GRADIENT.format(
-          padding=padding.upper(), c_in=c_in, c_out=c_out, n=n, h=h))
-      if result.returncode == 0:
-        self.skipTest("TF's 1x1 stride-2 Conv2DBackpropFilter was exact in 20 tries here: "
-                      "the routing in ntk_tf/onednn.py may no longer be needed")
-      return
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, h, h, c_in))  # [N, H, W, C_in]
-    model32 = _conv_model(padding, c_in, c_out, h, "float32")
-    model64 = _conv_model(padding, c_in, c_out, h, "float64")
-    model64.set_weights([w.astype("float64") for w in model32.get_weights()])
-    cotangent = rng.standard_normal(model64(x).shape)  # [N, H', W', C_out]
-    self.assertLess(ntk_reference.rel_error(_kernel_gradient(model32, x, cotangent),
-                                            _kernel_gradient(model64, x, cotangent)),
-                    _RTOL["float32"])
+  def test_unrouted_kernel_gradient_exact_without_onednn(self, padding, c_in, c_out, n, h):
+    """The plain op is exact where oneDNN is off (checked in a oneDNN-off process in both twins).
+
+    With oneDNN on it crashes or is wrong only sometimes (heap corruption), so
+    no test asserts that; `ntk_tf/onednn.py` records what was seen.
+    """
+    result = _run_without_onednn(_UNROUTED_FILTER_GRADIENT.format(
+        padding=padding.upper(), c_in=c_in, c_out=c_out, n=n, h=h))
+    self.assertEqual(result.returncode, 0, msg=result.stderr[-2000:])
 
 
 class ChannelPadTest(absltest.TestCase):
   """Bug 2: Pad on the channel axis + Conv2D(VALID), fused by oneDNN."""
 
-  def test_unrouted_bug_still_present(self):
-    if not onednn.enabled():
-      self.skipTest("oneDNN is off")
-    result = _run_unrouted(_UNROUTED_CHANNEL_PAD)
-    if result.returncode == 0:
-      self.skipTest("TF's Pad+Conv2D fusion is exact here")
-    self.assertNotEqual(result.returncode, 0)
+  def test_channel_pad_conv_exact_without_onednn(self):
+    result = _run_without_onednn(_UNROUTED_CHANNEL_PAD)
+    self.assertEqual(result.returncode, 0, msg=result.stderr[-2000:])
 
-  @absltest.skipIf(onednn.enabled(), "needs ntk_tf/structured.py to skip its 8-channel padding "
-                   "when onednn.enabled() (issue 14)")
   def test_two_channel_valid_conv_auto_matches_reference(self):
     inputs = keras.Input((8, 8, 2))
     h = keras.layers.Conv2D(4, 3, padding="valid", activation="relu",

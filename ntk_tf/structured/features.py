@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from ntk_tf import onednn
 from ntk_tf import precision
 from ntk_tf.structured import geometry
 from ntk_tf.structured import keras_graph
@@ -103,7 +104,10 @@ class FeatureExtractor:
     self.on_host = on_host
     self.allow_tf32 = allow_tf32
     known = {id(p.layer): p.kind for p in self.plans if p.kind != plan_lib.REFERENCE}
-    self._recorder = keras_graph.Recorder(model_plan.graph, known, pad_channels=on_host)
+    # Channel padding speeds up TF's own CPU convs; oneDNN's run 2x slower with it (LeNet
+    # conv 1, fwd+bwd at N = 1000), so it is used only where oneDNN is off.
+    self._recorder = keras_graph.Recorder(model_plan.graph, known,
+                                          pad_channels=on_host and not onednn.enabled())
     self._reference_vars = [v for p in self.plans if p.kind == plan_lib.REFERENCE
                             for v in p.variables]
     # pfor differentiates grouped convs wrongly (`keras_graph.grouped_conv_layers`):

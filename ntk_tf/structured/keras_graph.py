@@ -126,8 +126,9 @@ class Recorder:
   """Runs the model's graph, recording (A, z) for the planned layers.
 
   With `pad_channels`, convs with fewer than MIN_CONV_CHANNELS input channels
-  run on inputs and kernels zero-padded to that many channels (TF's CPU conv
-  is faster with 8 input channels than with 3); the zero channels and zero
+  run on inputs and kernels zero-padded to that many channels (TF's own CPU
+  conv, with oneDNN off, is faster with 8 input channels than with 3; the
+  caller turns padding off where oneDNN is on); the zero channels and zero
   kernel rows add exact zeros, and the gradient of the pad is a slice.
   """
 
