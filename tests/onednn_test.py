@@ -200,14 +200,9 @@ class ResNetTest(absltest.TestCase):
     lin = ntk_tf.linearize(model)  # a clone: protected by Linearized itself
     x = np.random.default_rng(0).standard_normal((2, 16, 16, 3)).astype("float32")
     gram_lin = ntk_tf.ntk_gram(lin, x, implementation="jacobian")
-    # Linearized's theta excludes BatchNorm gamma/beta: compare with the network's
-    # Gram over the same variables.
-    bn_ids = {id(v) for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)
-              for v in layer.weights}
+    # Linearized's theta is every trainable weight (BatchNorm gamma/beta too), as the Gram's.
     jac = ntk_tf.jacobian(model, x)  # [N, P]
-    keep = np.concatenate([np.full(int(np.prod(v.shape)), id(v) not in bn_ids)
-                           for v in model.trainable_variables])
-    expected = jac[:, keep] @ jac[:, keep].T  # [N, N]
+    expected = jac @ jac.T  # [N, N]
     self.assertLess(ntk_reference.rel_error(gram_lin, expected), 1e-4)
 
 
