@@ -315,8 +315,9 @@ def _load_state(state_dir: pathlib.Path) -> Optional[Dict]:
   if not (state_dir / "state.json").is_file():
     return None
   saved = json.loads((state_dir / "state.json").read_text())
-  saved.update({name: _load_arrays(state_dir / f"{name}.npz")
-                for name in ("weights", "optimizer", "theta0")})
+  for name in ("weights", "optimizer", "theta0"):
+    with np.load(state_dir / f"{name}.npz") as data:
+      saved[name] = [data[f"arr_{i}"] for i in range(len(data.files))]
   return saved
 
 
@@ -326,11 +327,6 @@ def _save_weights(model: keras.Model, path: pathlib.Path) -> None:
     tmp = pathlib.Path(folder) / path.name
     model.save_weights(str(tmp))
     atomic.write_bytes(path, tmp.read_bytes())
-
-
-def _load_arrays(path: pathlib.Path) -> List[np.ndarray]:
-  with np.load(path) as data:
-    return [data[f"arr_{i}"] for i in range(len(data.files))]
 
 
 def _check_finite_losses(losses: np.ndarray, epoch: int, first_step: int,
@@ -445,6 +441,8 @@ def train(model: keras.Model, x_train: Array, y_train: Optional[Array] = None, *
   writer = None
   if work is not None:
     work.mkdir(parents=True, exist_ok=True)
+    for stray in work.glob("**/.*.tmp"):  # Temporary files of writes killed midway.
+      stray.unlink()
     atomic.write_text(work / "recipe.json", json.dumps(meta, indent=2))
     writer = tf.summary.create_file_writer(str(work / "tensorboard"))
 
