@@ -111,7 +111,8 @@ def _parse_flags(argv: Sequence[str]) -> Sequence[str]:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as err:  # ml_collections: --config.<unknown field>=...
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
-    sys.stderr.write(f"FATAL Flags parsing error: the config has no field {err}; this "
+    field = str(err).strip("\"'")
+    sys.stderr.write(f"FATAL Flags parsing error: the config has no field {field!r}; this "
                      f"experiment does not take it. Received: {overrides}\n"
                      f"Pass --helpfull to see the flags.\n")
     sys.exit(1)
