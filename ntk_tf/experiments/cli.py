@@ -13,11 +13,15 @@ Each binary in `binaries/` is
 
 with flags --config=configs/<name>.py:<variant> (and --config.<field>=...),
 --workdir (required; a rerun resumes it) and, where the experiment reads a
-dataset, --download. A bad config is a usage error raised before any work.
+dataset, --download. A bad config (any field, the model_kwargs included, a
+--config.<field> the experiment lacks) or a --workdir that is a file is a usage
+error raised before any folder is made.
 """
 
 import dataclasses
+import inspect
 import pathlib
+import sys
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 from absl import app
@@ -25,6 +29,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from ntk_tf import models
+from ntk_tf import validation
 from ntk_tf.experiments import workdir
 
 
@@ -55,7 +61,8 @@ def run_experiment(experiment, holders: ExperimentFlags,
   (typed, frozen settings) before any folder is made or work done.
 
   Raises:
-    app.UsageError: extra arguments, or a config the experiment rejects.
+    app.UsageError: extra arguments, a config the experiment rejects (the
+      model_kwargs included), or a --workdir that cannot be a folder.
   """
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
@@ -64,14 +71,54 @@ def run_experiment(experiment, holders: ExperimentFlags,
     config.allow_download = True
   try:
     settings = experiment.settings_from_config(config)
+    check_model_kwargs(settings)
+    path = workdir.resolve_workdir(holders.workdir.value)
   except ValueError as err:
     raise app.UsageError(str(err)) from None
-  path = workdir.resolve_workdir(holders.workdir.value)
   logging.info("Config:\n%s", config)
   return path, experiment.run(settings, path)
+
+
+def check_model_kwargs(settings: Any) -> None:
+  """Checks each model's `config.model_kwargs` entry against its builder, before any work.
+
+  Every keyword must be a parameter of the builder (`ntk_tf.models.<name>`), and
+  one whose default is an int (`width`, `depth`) must be a positive int.
+
+  Raises:
+    ValueError: naming the model, the keyword and the value.
+  """
+  specs = getattr(settings, "models", None) or (getattr(settings, "model", None),)
+  for spec in specs:
+    if spec is None:
+      continue
+    builder = getattr(models, spec.name)
+    parameters = inspect.signature(builder).parameters
+    extras = [p for p in parameters if p not in ("input_shape", "activation", "seed")]
+    for key, value in dict(spec.kwargs).items():
+      name = f"config.model_kwargs.{spec.name}.{key}"
+      if key not in extras:
+        raise ValueError(f"{name} is not an argument of ntk_tf.models.{spec.name}; expected "
+                         f"some of {extras}. Received: {key}={value!r}")
+      default = parameters[key].default
+      if isinstance(default, int) and not isinstance(default, bool):
+        validation.check_positive_int(value, name)
+
+
+def _parse_flags(argv: Sequence[str]) -> Sequence[str]:
+  """absl's flag parsing; an override of a field the config lacks is a usage error too."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as err:  # ml_collections: --config.<unknown field>=...
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    field = str(err).strip("\"'")
+    sys.stderr.write(f"FATAL Flags parsing error: the config has no field {field!r}; this "
+                     f"experiment does not take it. Received: {overrides}\n"
+                     f"Pass --helpfull to see the flags.\n")
+    sys.exit(1)
 
 
 def main(main_fn: Callable[[Sequence[str]], None]) -> None:
   """`app.run(main_fn)` with --workdir required."""
   flags.mark_flag_as_required("workdir")
-  app.run(main_fn)
+  app.run(main_fn, flags_parser=_parse_flags)

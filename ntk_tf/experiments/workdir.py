@@ -36,12 +36,20 @@ atomic_write_json = atomic.write_json
 
 
 def resolve_workdir(workdir: str) -> pathlib.Path:
-  """Absolute workdir; relative paths are taken from where `bazel run` was called."""
+  """Absolute workdir; relative paths are taken from where `bazel run` was called.
+
+  Creates nothing. Raises ValueError if `workdir` is empty or it (or a folder
+  above it) exists as something other than a folder.
+  """
   if not workdir:
     raise ValueError(f"workdir must be a non-empty path. Received: workdir={workdir!r}")
   path = pathlib.Path(workdir).expanduser()
   if not path.is_absolute():
     path = pathlib.Path(os.environ.get("BUILD_WORKING_DIRECTORY", os.getcwd())) / path
+  existing = next(p for p in (path, *path.parents) if p.exists())
+  if not existing.is_dir():
+    raise ValueError(f"workdir must be a folder, but {existing} exists and is not one. "
+                     f"Received: workdir={workdir!r}")
   return path
 
 
