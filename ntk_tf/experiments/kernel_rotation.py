@@ -33,9 +33,11 @@ eigenfunction's ratio is compared with the median and the maximum of the others.
 Outputs in the workdir (besides config.json, settings.json):
   results.csv                 one row per (model, target, epoch) and one summary row per run
   <model>/<target>/alignment_epoch_XXXX.csv   j, phi alignment alpha_t(phi_j)  (a CSV per epoch)
-  <model>/<target>/eigvals_epoch_XXXX.csv     the top-K eigenvalues of Theta_t
+  <model>/<target>/eigvals_epoch_XXXX.csv     the top-K eigenvalues of Theta_t (with energy)
   table1.md                   the Table 1 layout (energy init / end, test accuracy) per model
-  energy_concentration.png    Fig. 6;  alignment_<model>_<target>.png   Figs. 7, 15, 16
+  energy_concentration.png    Fig. 6 (with energy);  alignment_<model>_<target>.png   Figs. 7, 15, 16
+Without `energy_concentration` the columns energy_top_k, eigval_*, energy_init and
+energy_end are NaN / absent.
 
 Paper: Sec. 4.2, Figs. 6, 7, 15, 16, Table 1 (App. E.2, E.3).
 """
