@@ -33,8 +33,10 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
   c.train_seed = 0  # minibatch order
   c.data_seed = 0
   c.num_nads = ml_collections.config_dict.placeholder(int)  # None: all d NADs.
-  c.nad_method = "mtm"
+  c.nad_method = "mtm"  # App. C.2 takes an SVD of M; "mtm" (eigh of M^T M, same directions) is ours
   c.nad_sample_size = 0  # App. C.2: M at the origin x = 0.
+  # Our choice of j (Fig. 4 plots j over all d = 3,072 NADs without listing them): about
+  # evenly spaced in log j.
   c.nad_indices = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 3072)
   c.num_images = 10  # Fig. 10: "First 10 NADs".
   c.train_size = 10_000  # App. C.1: 10,000 training and 10,000 test samples.

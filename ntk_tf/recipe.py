@@ -5,6 +5,11 @@
     100 epochs (200 on CIFAR2). The same recipe trains a network and its
     linearization.
 
+The paper's (App. A, Sec. 3.1): SGD, momentum 0.9, "a decaying learning rate
+starting at 0.05", batch 128, binary cross-entropy on one logit (App. B,
+footnote 8), 100 epochs, 200 on CIFAR2. Ours: the shape of the decay (linear to
+0; the paper does not say which decay) and the +-1 label convention.
+
 `PAPER_SGD` is that recipe, `PAPER_CIFAR2` its 200-epoch variant and
 `PAPER_ADAM` the Adam variant of App. E.1 (Fig. 11). Every value can be
 overridden: `PAPER_SGD.replace(epochs=5)`.

@@ -2,8 +2,8 @@
 
     loss(theta) = mean_i BCE(sigmoid(f(x_i; theta)), (1 + y_i) / 2),   y_i in {-1, +1},
 
-minimized with the optimizer of a `Recipe` (SGD with momentum 0.9 and a linear
-learning-rate decay in the paper, App. A). `train` treats a `keras.Model` and
+minimized with the optimizer of a `Recipe` (App. A: SGD, momentum 0.9, a decaying
+learning rate; its linear shape is our choice, see recipe.py). `train` treats a `keras.Model` and
 a `ntk_tf.Linearized` identically: it updates `model.trainable_weights`, calls
 the model with `training=True` (a network's BatchNorm then updates its moving
 statistics; a linearized model ignores the flag) and evaluates with

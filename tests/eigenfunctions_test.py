@@ -135,6 +135,20 @@ class EigenfunctionsSmokeTest(absltest.TestCase):
     pd.testing.assert_frame_equal(_table(resumed / "results.csv"), _table(fresh / "results.csv"))
 
 
+  def test_baseline_line_trains_for_baseline_epochs(self):
+    config = test_util.smoke_config(self, eigenfunctions_config, train_size=24, test_size=8,
+                                    num_eigenvectors=8, indices=(1,), epochs=1,
+                                    kinds=("network",), baseline_epochs=3)
+    config.model_kwargs.mlp.width = 8
+    out = pathlib.Path(self.create_tempdir().full_path)
+    eigenfunctions.run(eigenfunctions.settings_from_config(config), out)
+    table = pd.read_csv(out / "results.csv").set_index("target")
+    self.assertEqual(table.loc["cifar2", "epochs"], 3)
+    self.assertEqual(table.loc["phi0001", "epochs"], 1)
+    history = pd.read_csv(out / "train" / "mlp_cifar2_network" / "metrics.csv")
+    self.assertEqual(int(history["epoch"].max()), 3)
+
+
 class EigenfunctionsConfigTest(absltest.TestCase):
 
   def test_every_variant_is_valid(self):
@@ -154,6 +168,19 @@ class EigenfunctionsConfigTest(absltest.TestCase):
     self.assertEqual(settings.indices, tuple(sorted(config.indices)))
     adam = eigenfunctions.settings_from_config(eigenfunctions_config.get_config("paper_adam"))
     self.assertEqual(adam.common.recipe, ntk_tf.PAPER_ADAM)
+
+  def test_cifar2_line_trains_200_epochs_in_paper_variants(self):
+    # App. A: "in the experiments involving CIFAR2, we train all models for 200 epochs".
+    for variant in ("paper", "paper_adam", "paper_mnist"):
+      settings = eigenfunctions.settings_from_config(eigenfunctions_config.get_config(variant))
+      self.assertEqual(settings.baseline_recipe.epochs, 200, variant)
+      self.assertEqual(settings.baseline_recipe, settings.common.recipe.replace(epochs=200))
+    self.assertEqual(ntk_tf.recipe.PAPER_CIFAR2.epochs, 200)
+    # smoke / quick: the reference line keeps the tasks' few epochs (results unchanged).
+    for variant in ("smoke", "quick"):
+      settings = eigenfunctions.settings_from_config(eigenfunctions_config.get_config(variant))
+      self.assertIsNone(settings.baseline_epochs)
+      self.assertEqual(settings.baseline_recipe, settings.common.recipe)
 
   def _assert_rejected(self, message, **overrides):
     config = eigenfunctions_config.get_config("smoke")

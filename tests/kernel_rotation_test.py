@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from binaries import kernel_rotation as kernel_rotation_main
 from configs import kernel_rotation as kr_config
+import ntk_tf
 from ntk_tf import models
 from ntk_tf.experiments import kernel_rotation
 from ntk_tf.experiments import pipeline
@@ -97,6 +98,19 @@ class MathTest(absltest.TestCase):
       want = np.sum((f @ jac / 10)**2)
       self.assertAlmostEqual(got[c], want, delta=1e-9 * want)
 
+  def test_lemma1_route_equals_gram_route_in_float64(self):
+    # App. B's route (a weighted average of the Jacobian, no Gram) against phi^T Theta phi / n^2.
+    model = ntk_tf.as_float64_model(models.get("mlp", input_shape=(3, 3, 1), seed=2, width=6))
+    x = np.random.default_rng(0).standard_normal((12, 3, 3, 1))
+    functions = np.random.default_rng(1).standard_normal((12, 5))  # [n, m]
+    gram = ntk_tf.ntk_gram(model, x, dtype="float64", progress=False)  # [n, n]
+    want = kernel_rotation.alignment_from_gram(gram, functions)
+    num_params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    for budget in (4 * num_params * 8, 2 * 1024**3):  # one column per chunk, all at once
+      got = kernel_rotation.alignment_from_jacobian(
+          model, x, functions, batch_size=5, dtype="float64", memory_budget_bytes=budget)
+      np.testing.assert_allclose(got, want, rtol=1e-10, atol=0)
+
   def test_single_axis(self):
     alpha0 = np.array([4.0, 2.0, 1.0, 0.5])
     alpha_t = np.array([8.0, 2.0, 10.0, 1.0])  # ratios 2, 1, 10, 2
@@ -163,6 +177,36 @@ class SmokeTest(absltest.TestCase):
     # Theta_0 on train + test comes from the shared cache, keyed by model and data.
     (gram_dir,) = pathlib.Path(config.gram.cache_dir).iterdir()
     self.assertTrue((gram_dir / "gram.npy").is_file())
+    # No energy concentration (Fig. 7 needs alpha only): no Gram at the checkpoints.
+    self.assertFalse(config.energy_concentration)
+    self.assertEqual(config.alignment_route, "jacobian")
+    self.assertTrue(np.isnan(summary["energy_init"]))
+
+  def test_eigenfunction_task_grams_only_where_needed(self):
+    # alpha by Lemma 1: no GramStore at any checkpoint without energy concentration.
+    config = kernel_rotation.settings_from_config(
+        test_util.smoke_config(self, kr_config, "smoke_eigenfunction"))
+    real_store = ntk_tf.GramStore
+    made = []
+
+    def counting_store(path, *args, **kwargs):
+      made.append(pathlib.Path(path).name)
+      return real_store(path, *args, **kwargs)
+
+    with mock.patch.object(ntk_tf, "GramStore", side_effect=counting_store):
+      kernel_rotation.run(config, pathlib.Path(self.create_tempdir().full_path))
+    self.assertLen(made, 1)  # Theta_0 on train + test only (the spectrum)
+    # With energy: epoch 0 reads the train block of that Theta_0 (a slice), epoch 2 a new Gram.
+    made.clear()
+    config = kernel_rotation.settings_from_config(
+        test_util.smoke_config(self, kr_config, "smoke_eigenfunction", energy_concentration=True))
+    workdir = pathlib.Path(self.create_tempdir().full_path)
+    with mock.patch.object(ntk_tf, "GramStore", side_effect=counting_store):
+      kernel_rotation.run(config, workdir)
+    theta0_dir = made[0]  # the shared store, opened again by the slice (nothing computed)
+    self.assertEqual(made, [theta0_dir, theta0_dir, "gram_epoch_0002"])
+    rows = {r["task"]: r for r in runs_rows(workdir)}
+    self.assertBetween(rows["mlp_phi3_summary"]["energy_init"], 0.0, 1.0)
 
 
 def runs_rows(workdir):

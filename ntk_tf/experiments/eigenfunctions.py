@@ -12,7 +12,9 @@ For each model (MLP, LeNet, ResNet18) at its seeded initialization theta0:
      iterations to training loss 0.01, l2 and cosine distance of theta from
      theta0 (Fig. 3), and the overlap <sign(phi_j)/sqrt(N), phi_j> (App. B: ~0.78);
   5. as Fig. 2's reference line, the network trained on the semantic binary
-     task of the same samples (CIFAR2 / MNIST2: classes 0-4 vs 5-9).
+     task of the same samples (CIFAR2 / MNIST2: classes 0-4 vs 5-9), for
+     `baseline_epochs` epochs (App. A: "in the experiments involving CIFAR2, we
+     train all models for 200 epochs"; None = the tasks' epochs).
 
 Workdir layout (every step resumable; a rerun skips what is done):
   config.json, settings.json       the config and its validated settings
@@ -29,12 +31,13 @@ Task keys: `<model>_phi<j:04d>_<kind>` and `<model>_<baseline>_<kind>`
 import dataclasses
 import math
 import pathlib
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from absl import logging
 import numpy as np
 
 from ntk_tf import data as data_lib
+from ntk_tf import recipe as recipe_lib
 from ntk_tf.eigen import METHODS as EIGEN_METHODS
 from ntk_tf.experiments import pipeline
 from ntk_tf.experiments import plots
@@ -65,7 +68,15 @@ class Settings:
   kinds: Tuple[str, ...]
   baseline: bool
   baseline_kinds: Tuple[str, ...]
+  baseline_epochs: Optional[int]  # None: the recipe's epochs
   train_seed: int
+
+  @property
+  def baseline_recipe(self) -> recipe_lib.Recipe:
+    """The recipe of the CIFAR2 / MNIST2 reference line: the tasks', `baseline_epochs` epochs."""
+    if self.baseline_epochs is None:
+      return self.common.recipe
+    return self.common.recipe.replace(epochs=self.baseline_epochs)
 
 
 def settings_from_config(config: Mapping[str, Any]) -> Settings:
@@ -89,6 +100,8 @@ def settings_from_config(config: Mapping[str, Any]) -> Settings:
       baseline=bool(config["baseline"]),
       baseline_kinds=pipeline.check_names(config["baseline_kinds"], "baseline_kinds",
                                           pipeline.KINDS),
+      baseline_epochs=(None if pipeline.field(config, "baseline_epochs") is None else
+                       pipeline.check_positive_int(config["baseline_epochs"], "baseline_epochs")),
       train_seed=pipeline.check_non_negative_int(config["train_seed"], "train_seed"))
 
 
@@ -121,8 +134,10 @@ def run(settings: Settings, workdir: pathlib.Path) -> Dict[str, Any]:
     if settings.baseline:
       targets.append((baseline, None))
     for target, task in targets:
+      task_recipe = recipe
       if task is None:
         labels, kinds = baseline_y, settings.baseline_kinds
+        task_recipe = settings.baseline_recipe  # App. A: 200 epochs on CIFAR2
         info = {"index": None, "eigenvalue": math.nan, "overlap": math.nan}
         data = pipeline.TaskData(x_all[is_train], labels[is_train], x_all[~is_train],
                                  labels[~is_train])
@@ -137,27 +152,27 @@ def run(settings: Settings, workdir: pathlib.Path) -> Dict[str, Any]:
             "model": dataclasses.asdict(spec), "data": settings.data.identity(),
             "gram_dtype": settings.gram.dtype, "target": target, "kind": kind,
             "num_eigenvectors": settings.num_eigenvectors, "eigen_method": settings.eigen_method,
-            "recipe": recipe.to_dict(), "train_seed": settings.train_seed})
+            "recipe": task_recipe.to_dict(), "train_seed": settings.train_seed})
         if store.get(key, fp) is not None:
           logging.info("%s: done already, skipping.", key)
           continue
         timer = pipeline.Timer()
         network = spec.build(dataset.input_shape)
         model = network if kind == "network" else linearize(network)
-        result = pipeline.train_task(model, data, recipe=recipe, seed=settings.train_seed,
+        result = pipeline.train_task(model, data, recipe=task_recipe, seed=settings.train_seed,
                                      task_dir=work / "train" / key, fingerprint=fp,
                                      progress=settings.common.progress)
         metrics = pipeline.summary(result)
         row = {"model": spec.name, "kind": kind, "target": target, **info,
                "positive_fraction": pipeline.positive_fraction(data.y_train),
                "num_train": dataset.num_train, "num_test": dataset.num_test,
-               "optimizer": recipe.optimizer, "epochs": recipe.epochs,
+               "optimizer": task_recipe.optimizer, "epochs": task_recipe.epochs,
                **{k: metrics[k] for k in ("test_acc", "train_acc", "train_loss",
                                           "steps_to_loss", "l2_distance", "cosine_distance")},
                "seconds": timer.seconds, "history": result.history}
         store.put(key, row, fp)
         logging.info("%s: test acc %.4f, steps to loss %s: %s, l2 %.4g, cos %.4g", key,
-                     row["test_acc"], recipe.loss_threshold, row["steps_to_loss"],
+                     row["test_acc"], task_recipe.loss_threshold, row["steps_to_loss"],
                      row["l2_distance"], row["cosine_distance"])
   rows = [{f: r.get(f) for f in TABLE_FIELDS} for r in store.rows(keys)]
   csv_path = pipeline.write_table(work / "results.csv", rows, TABLE_FIELDS,

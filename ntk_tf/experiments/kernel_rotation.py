@@ -8,6 +8,18 @@ with the paper recipe and, at every epoch t of `measure_epochs` (0 = initializat
     E_t(y)       = ||Phi_t^T y||^2 / ||y||^2   energy concentration of the labels y in {-1, 1}
     alpha_t(f)   = ||E_x[f(x) grad f_t(x)]||^2 = f^T Theta_t f / n^2                  (Lemma 1)
 
+What needs which (Sec. 4.2, App. B):
+  * E_t(y) (Fig. 6, Table 1) needs the eigenvectors of Theta_t, hence its Gram, at every
+    measured epoch (`energy_concentration`, on for task "cifar2"). At epoch 0 of task
+    "eigenfunction" that Gram is the train block of the shared Theta_0 store, read as a
+    slice (`pipeline.theta0_rows`), not computed again.
+  * alpha_t(phi_j) (Figs. 7, 15, 16) needs no Gram: App. B computes it "directly using a
+    weighted average of the Jacobian" (Lemma 1), `ntk_tf.alignment`, label columns
+    chunked to `alignment_memory_budget_bytes` (`alignment_route` "jacobian", the
+    default). `alignment_route` "gram" takes f^T Theta_t f / n^2 from the Gram instead
+    (our option; equal to rounding).
+  * task "cifar2" takes its phi_j from the train Gram at init, so it needs that Gram.
+
 alpha_t is evaluated for the first J eigenfunctions phi_j of Theta_0, each scaled to
 E_x[phi_j^2] = 1 on the training samples (so alpha_0(phi_j) = lambda_j / n for the
 eigenvectors of the train Gram itself), and for the labels y. The phi_j are:
@@ -21,29 +33,35 @@ eigenfunction's ratio is compared with the median and the maximum of the others.
 Outputs in the workdir (besides config.json, settings.json):
   results.csv                 one row per (model, target, epoch) and one summary row per run
   <model>/<target>/alignment_epoch_XXXX.csv   j, phi alignment alpha_t(phi_j)  (a CSV per epoch)
-  <model>/<target>/eigvals_epoch_XXXX.csv     the top-K eigenvalues of Theta_t
+  <model>/<target>/eigvals_epoch_XXXX.csv     the top-K eigenvalues of Theta_t (with energy)
   table1.md                   the Table 1 layout (energy init / end, test accuracy) per model
-  energy_concentration.png    Fig. 6;  alignment_<model>_<target>.png   Figs. 7, 15, 16
+  energy_concentration.png    Fig. 6 (with energy);  alignment_<model>_<target>.png   Figs. 7, 15, 16
+Without `energy_concentration` the columns energy_top_k, eigval_*, energy_init and
+energy_end are NaN / absent.
 
 Paper: Sec. 4.2, Figs. 6, 7, 15, 16, Table 1 (App. E.2, E.3).
 """
 
 import dataclasses
+import functools
 import math
 import pathlib
 import shutil
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from absl import logging
+import keras
 import numpy as np
 
 import ntk_tf
+from ntk_tf.alignment import DEFAULT_MEMORY_BUDGET_BYTES
 from ntk_tf.experiments import pipeline
 from ntk_tf.experiments import plots
 from ntk_tf.experiments import spectrum as spectrum_lib
 from ntk_tf.experiments import workdir as workdir_lib
 
 TASKS = ("cifar2", "eigenfunction")
+ALIGNMENT_ROUTES = ("jacobian", "gram")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +76,10 @@ class Settings:
   measure_epochs: Tuple[int, ...]
   top_k: int
   num_alignment: int
+  energy_concentration: bool  # Theta_t Grams for E_t(y) at every measured epoch
+  alignment_route: str  # "jacobian" (Lemma 1, App. B) | "gram"
+  alignment_batch_size: int  # examples per vector-Jacobian product of ntk_tf.alignment
+  alignment_memory_budget_bytes: int  # for its [m_chunk, P] arrays
   keep_grams: bool
   train_seed: int
 
@@ -96,8 +118,30 @@ def settings_from_config(config: Mapping[str, Any]) -> Settings:
                                   high=num_alignment)
   return Settings(common=common, models=models, data=data, gram=pipeline.check_gram(config),
                   task=task, eigenfunction_indices=indices, measure_epochs=epochs, top_k=top_k,
-                  num_alignment=num_alignment, keep_grams=bool(config.keep_grams),
+                  num_alignment=num_alignment,
+                  energy_concentration=bool(pipeline.field(config, "energy_concentration", True)),
+                  alignment_route=pipeline.check_choice(
+                      pipeline.field(config, "alignment_route", "jacobian"), "alignment_route",
+                      ALIGNMENT_ROUTES),
+                  alignment_batch_size=pipeline.check_positive_int(
+                      pipeline.field(config, "alignment_batch_size", 256), "alignment_batch_size"),
+                  alignment_memory_budget_bytes=pipeline.check_positive_int(
+                      pipeline.field(config, "alignment_memory_budget_bytes",
+                                     DEFAULT_MEMORY_BUDGET_BYTES),
+                      "alignment_memory_budget_bytes"),
+                  keep_grams=bool(config.keep_grams),
                   train_seed=pipeline.check_non_negative_int(config.train_seed, "train_seed"))
+
+
+def unit_mean_square(functions: np.ndarray) -> np.ndarray:
+  """Each column scaled to E_x[f_c^2] = 1: f_c sqrt(n) / ||f_c||, `[n, m]` float64."""
+  functions = np.asarray(functions, np.float64)
+  n = functions.shape[0]
+  norms = np.linalg.norm(functions, axis=0)  # [m]
+  if np.any(norms == 0):
+    raise ValueError(f"functions must have nonzero columns. Received zero columns at "
+                     f"{np.flatnonzero(norms == 0)[:5].tolist()}")
+  return functions * (math.sqrt(n) / norms)  # [n, m], mean square 1
 
 
 def alignment_from_gram(gram: np.ndarray, functions: np.ndarray) -> np.ndarray:
@@ -111,17 +155,34 @@ def alignment_from_gram(gram: np.ndarray, functions: np.ndarray) -> np.ndarray:
   Returns:
     `[m]` float64.
   """
-  functions = np.asarray(functions, np.float64)
-  n = functions.shape[0]
-  norms = np.linalg.norm(functions, axis=0)  # [m]
-  if np.any(norms == 0):
-    raise ValueError(f"functions must have nonzero columns. Received zero columns at "
-                     f"{np.flatnonzero(norms == 0)[:5].tolist()}")
-  scaled = functions * (math.sqrt(n) / norms)  # [n, m], mean square 1
+  scaled = unit_mean_square(functions)  # [n, m]
+  n = scaled.shape[0]
   theta_f = np.empty_like(scaled)  # [n, m]
   for r0 in range(0, n, 2048):  # Row chunks stream a memory-mapped Gram.
     theta_f[r0:r0 + 2048] = np.asarray(gram[r0:r0 + 2048], np.float64) @ scaled
   return np.einsum("nm,nm->m", scaled, theta_f) / n**2  # [m]
+
+
+def alignment_from_jacobian(model: keras.Model, x: np.ndarray, functions: np.ndarray, *,
+                            batch_size: int, dtype: str, memory_budget_bytes: int) -> np.ndarray:
+  """Returns alpha(f_c) = ||E_x[f_c(x) grad f(x)]||^2 per column, f_c scaled to E_x[f_c^2] = 1.
+
+      f_c <- f_c sqrt(n) / ||f_c||,   alpha(f_c) = ||(1/n) sum_i f_c(x_i) grad f(x_i)||^2
+
+  Lemma 1 without the Gram (App. B), `ntk_tf.alignment`; equal to `alignment_from_gram`
+  on the model's Gram.
+
+  Args:
+    model: the network at the checkpoint, one logit.
+    x: `[n, ...]` the samples.
+    functions: `[n, m]` function values on the samples (nonzero columns).
+    batch_size, dtype, memory_budget_bytes: of `ntk_tf.alignment`.
+  Returns:
+    `[m]` float64.
+  """
+  return np.asarray(ntk_tf.alignment(model, x, unit_mean_square(functions), batch_size=batch_size,
+                                     dtype=dtype, memory_budget_bytes=memory_budget_bytes),
+                    np.float64).reshape(-1)  # [m]
 
 
 def single_axis(alpha_init: np.ndarray, alpha_end: np.ndarray,
@@ -153,29 +214,48 @@ def _read_column_csv(path: pathlib.Path) -> np.ndarray:
 
 
 def _measure_epoch(settings: Settings, model, run_dir: pathlib.Path, x_train: np.ndarray,
-                   y: np.ndarray, phi_basis: Optional[np.ndarray], epoch: int) -> Dict[str, Any]:
-  """Theta_t on the training samples -> energy, alignments (files) and the row of epoch t."""
+                   y: np.ndarray, phi_basis: Optional[np.ndarray], epoch: int,
+                   theta0_train: Optional[Callable[[], np.ndarray]] = None) -> Dict[str, Any]:
+  """Energy (Gram of Theta_t), alignments (Lemma 1 or Gram; files) and the row of epoch t.
+
+  Args:
+    theta0_train: at epoch 0, a function returning Theta_0 on the training rows (a slice
+      of the shared store); None computes the Gram of the checkpoint.
+  """
   model_t = pipeline.load_checkpoint(model, run_dir / "train", epoch)
+  row = {"epoch": epoch, "energy_top_k": math.nan, "alpha_labels": math.nan}
   gram_dir = run_dir / f"gram_epoch_{epoch:04d}"
-  store = ntk_tf.GramStore(gram_dir, model_t, x_train, block_size=settings.gram.block_size,
-                           dtype=settings.gram.dtype, implementation=settings.gram.implementation)
-  store.compute(progress=settings.common.progress)
-  gram = store.matrix  # [n, n]
-  eigvals, eigvecs = ntk_tf.eigen(store, settings.top_k)  # [K], [n, K]
-  energy = ntk_tf.energy_concentration(eigvecs, y, settings.top_k)
+  gram = None
+  if settings.energy_concentration or settings.alignment_route == "gram" or phi_basis is None:
+    if epoch == 0 and theta0_train is not None:
+      gram = theta0_train()  # [n, n], the train block of the shared Theta_0
+    else:
+      store = ntk_tf.GramStore(gram_dir, model_t, x_train, block_size=settings.gram.block_size,
+                               dtype=settings.gram.dtype,
+                               implementation=settings.gram.implementation)
+      gram = store.compute(progress=settings.common.progress).matrix  # [n, n]
+  if settings.energy_concentration:
+    eigvals, eigvecs = ntk_tf.eigen(gram, settings.top_k)  # [K], [n, K]
+    row["energy_top_k"] = float(ntk_tf.energy_concentration(eigvecs, y, settings.top_k))
+    _write_column_csv(run_dir / f"eigvals_epoch_{epoch:04d}.csv", "eigval", eigvals)
+    row.update({"eigval_1": float(eigvals[0]), f"eigval_{settings.top_k}": float(eigvals[-1])})
   if phi_basis is None:  # cifar2: the phi_j are the eigenvectors of the train Gram at init.
     assert epoch == 0, "the init basis is computed at epoch 0"
-    _, phi_basis = ntk_tf.eigen(store, settings.num_alignment)  # [n, J]
+    _, phi_basis = ntk_tf.eigen(gram, settings.num_alignment)  # [n, J]
     np.save(run_dir / "phi_init_train.npy", phi_basis)
-  alpha_phi = alignment_from_gram(gram, phi_basis)  # [J]
-  alpha_y = float(alignment_from_gram(gram, y[:, None])[0])
-  _write_column_csv(run_dir / f"alignment_epoch_{epoch:04d}.csv", "alpha", alpha_phi)
-  _write_column_csv(run_dir / f"eigvals_epoch_{epoch:04d}.csv", "eigval", eigvals)
-  del gram, store
+  functions = np.concatenate([phi_basis, y[:, None]], axis=1)  # [n, J + 1]: phi_j, then y
+  if settings.alignment_route == "gram":
+    alpha = alignment_from_gram(gram, functions)  # [J + 1]
+  else:  # Lemma 1 (App. B): no Gram.
+    alpha = alignment_from_jacobian(
+        model_t, x_train, functions, batch_size=settings.alignment_batch_size,
+        dtype=settings.gram.dtype, memory_budget_bytes=settings.alignment_memory_budget_bytes)
+  _write_column_csv(run_dir / f"alignment_epoch_{epoch:04d}.csv", "alpha", alpha[:-1])
+  row["alpha_labels"] = float(alpha[-1])
+  del gram
   if not settings.keep_grams:
     shutil.rmtree(gram_dir, ignore_errors=True)
-  return {"epoch": epoch, "energy_top_k": float(energy), "alpha_labels": alpha_y,
-          "eigval_1": float(eigvals[0]), f"eigval_{settings.top_k}": float(eigvals[-1])}
+  return row
 
 
 def run(settings: Settings, workdir: pathlib.Path) -> List[Dict[str, Any]]:
@@ -205,7 +285,8 @@ def run(settings: Settings, workdir: pathlib.Path) -> List[Dict[str, Any]]:
           "model": dataclasses.asdict(spec), "target": target, "train_seed": settings.train_seed,
           "data": settings.data.identity(), "recipe": recipe.to_dict(),
           "top_k": settings.top_k, "num_alignment": settings.num_alignment,
-          "gram": settings.gram.identity()})
+          "gram": settings.gram.identity(), "energy": settings.energy_concentration,
+          "alignment_route": settings.alignment_route})
       pipeline.fresh_dir(run_dir, fp)
       key = f"{spec.name}_{target}"
       run_keys = [f"{key}_epoch{e:04d}" for e in settings.measure_epochs] + [f"{key}_summary"]
@@ -213,6 +294,7 @@ def run(settings: Settings, workdir: pathlib.Path) -> List[Dict[str, Any]]:
       if all(store.get(k, fp) is not None for k in run_keys):
         logging.info("%s: finished earlier; skipped.", key)
         continue
+      theta0_train = None
       if basis is None:
         y_train, y_test = dataset.y_train, dataset.y_test
         phi_basis, overlap, target_j = None, math.nan, None
@@ -221,6 +303,9 @@ def run(settings: Settings, workdir: pathlib.Path) -> List[Dict[str, Any]]:
         y_train, y_test = task.y_train, task.y_test
         phi_basis = basis.eigvecs[basis.is_train, :settings.num_alignment]  # [n, J]
         overlap, target_j = task.overlap, task.j
+        theta0_train = functools.partial(  # Theta_0 on the train rows: a slice, no new Gram
+            pipeline.theta0_rows, model, spec, dataset.all_x(),
+            np.flatnonzero(basis.is_train), settings.gram)
       y = np.asarray(y_train, np.float32)  # [n] in {-1, +1}
       result = pipeline.train_task(
           pipeline.clone_with_weights(model),
@@ -234,7 +319,7 @@ def run(settings: Settings, workdir: pathlib.Path) -> List[Dict[str, Any]]:
         if phi_basis is None and epoch > 0:
           phi_basis = np.load(run_dir / "phi_init_train.npy")
         logging.info("%s: measuring Theta_%d.", key, epoch)
-        row = _measure_epoch(settings, model, run_dir, x_train, y, phi_basis, epoch)
+        row = _measure_epoch(settings, model, run_dir, x_train, y, phi_basis, epoch, theta0_train)
         history = result.history[epoch]
         row.update({"kind": "epoch", "model": spec.name, "target": target,
                     "train_loss": history["train_loss"], "train_acc": history["train_acc"],
@@ -281,7 +366,9 @@ def write_table1(settings: Settings, rows: List[Dict[str, Any]], path: pathlib.P
            f"Energy concentration on the top K = {settings.top_k} eigenvectors of the Gram of "
            f"Theta_t on {settings.data.train_size or 'all'} training samples, at init (epoch 0) "
            f"and at the end (epoch {settings.measure_epochs[-1]}); test accuracy at the end.\n"]
-  for target in settings.targets:
+  if not settings.energy_concentration:
+    parts.append("\nNot measured: config.energy_concentration is False.\n")
+  for target in settings.targets if settings.energy_concentration else ():
     table = table1_markdown(rows, target)
     if table:
       parts.append(f"\n## Target: {target}\n\n{table}")
@@ -294,7 +381,8 @@ def plot_all(settings: Settings, rows: List[Dict[str, Any]], workdir: pathlib.Pa
   curves = {f"{spec.name} / {target}": [(r["epoch"], r["energy_top_k"]) for r in epoch_rows
                                         if r["model"] == spec.name and r["target"] == target]
             for spec in settings.models for target in settings.targets}
-  plots.plot_energy(curves, settings.top_k, workdir / "energy_concentration.png")
+  if settings.energy_concentration:
+    plots.plot_energy(curves, settings.top_k, workdir / "energy_concentration.png")
   first, last = settings.measure_epochs[0], settings.measure_epochs[-1]
   for spec in settings.models:
     for target in settings.targets:

@@ -336,6 +336,32 @@ def theta0_store(model: keras.Model, spec: ModelSpec, x: np.ndarray, gram: GramS
   return store.compute(progress=progress)
 
 
+def theta0_rows(model: keras.Model, spec: ModelSpec, x: np.ndarray, rows: Sequence[int],
+                gram: GramSpec, progress: bool = False) -> np.ndarray:
+  """Theta_0 on the samples x[rows], `[n, n]`: a slice of the shared store of all of x.
+
+      Theta_0(x[rows], x[rows]) = Theta_0(x, x)[rows][:, rows]
+
+  The store is looked up by the fingerprint of the full sample set x
+  (`theta0_store`, computed there if absent), so e.g. the 50,000 train rows of
+  the 60,000-sample Theta_0 are read from it, not computed again.
+
+  Args:
+    model, spec, gram, progress: as for `theta0_store`.
+    x: `[N, ...]` the full sample set of the store.
+    rows: `[n]` distinct row indices into x, in the order wanted.
+  Returns:
+    `[n, n]` array in the store's dtype.
+  """
+  n = len(x)
+  index = np.asarray(rows)
+  if (index.ndim != 1 or index.size == 0 or not np.issubdtype(index.dtype, np.integer)
+      or index.min() < 0 or index.max() >= n or np.unique(index).size != index.size):
+    raise ValueError(f"rows must be distinct ints in [0, N={n}). Received: rows={rows!r}")
+  store = theta0_store(model, spec, x, gram, progress=progress)
+  return np.asarray(store.matrix[np.ix_(index, index)])  # [n, n]
+
+
 def clone_with_weights(model: keras.Model, weights: Optional[List[np.ndarray]] = None
                        ) -> keras.Model:
   """An independent copy of `model` holding `weights` (default: the model's)."""

@@ -192,12 +192,20 @@ def plot_late_training(histories: Mapping[str, Mapping[str, np.ndarray]], j: int
   return _save(fig, path, dpi=110)
 
 
-def plot_pretraining(points: Sequence[Tuple[float, float]], network_acc: float, model: str,
-                     j: int, path: os.PathLike) -> pathlib.Path:
-  """Fig. 9: test accuracy of the linearization at theta_t against t; the network dashed."""
+def plot_pretraining(points: Union[Sequence[Tuple[float, float]],
+                                    Mapping[str, Sequence[Tuple[float, float]]]],
+                     network_acc: float, model: str, j: int, path: os.PathLike) -> pathlib.Path:
+  """Fig. 9: test accuracy of the linearization at theta_t against t; the network dashed.
+
+  Args:
+    points: (t, test accuracy) pairs of one curve, or {label: pairs}, a curve each
+      (e.g. the unbiased and the offset form of late_linearization).
+  """
+  curves = dict(points) if isinstance(points, Mapping) else {"linearized at theta_t": points}
   fig, axes = _figure()
   ax = axes[0][0]
-  ax.plot(*zip(*sorted(points)), "o-", label="linearized at theta_t")
+  for (label, pairs), style in zip(curves.items(), ("o-", "s:", "^-.", "v--")):
+    ax.plot(*zip(*sorted(pairs)), style, label=label)
   ax.axhline(network_acc, ls="--", color="k", label=f"{model} (non-linear)")
   ax.set(xlabel="pretraining epochs t", ylabel="test accuracy",
          title=f"sign(phi_{j}): linearization after pretraining (Fig. 9)")

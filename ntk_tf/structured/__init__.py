@@ -42,8 +42,9 @@ Shape convention: N examples, P output positions, K = kh*kw*C_in (patch
 length; for Dense, the input width), C = output channels; `_a`, `_b` name the
 two example blocks of a Gram block [Na, Nb].
 
-Reference: the paper's App. B ("the NTK of a Dense layer factorizes") and
-Novak et al. 2022, "Fast finite width neural tangent kernel".
+Reference: Novak et al. 2022, "Fast finite width neural tangent kernel" (the
+factorization of a Dense / conv layer's NTK; not in the paper, whose App. B
+computes Grams with neural_tangents' empirical_kernel_fn).
 """
 
 from ntk_tf.structured.geometry import conv_paddings
