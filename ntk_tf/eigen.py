@@ -32,9 +32,11 @@ dense path uses (K + K^T) / 2 and the top-k paths use K as given.
 
 Memory of the dense path: the float64 copy of K is symmetrized in place, then
 numpy.linalg.eigh (LAPACK syevd) copies it and needs a 2 N^2 workspace and the
-N^2 eigenvectors; the measured peak (VmHWM, N = 4000, see eigen_test) is about
-4.2 N^2 * 8 bytes above the input: ~36 GB at N = 32,766. Use block_lanczos for
-large N.
+N^2 eigenvectors; the measured peak (VmHWM growth in a fresh process, N = 4000,
+eigen_test) is 4.6 N^2 * 8 bytes above the input (DENSE_PEAK_FACTOR bounds it):
+~39 GB at N = 32,766. scipy's eigh(overwrite_a=True) would save about one copy
+but runs another LAPACK build, so the small-N spectra would change bits; use
+block_lanczos for large N instead.
 
 Paper: Sec. 2 (Gram eigenvectors approximate the eigenfunctions phi_j), Sec. 3.1
 (sign(phi_j) as tasks), Sec. 4.2 (top-K eigenvectors Phi_t), App. B
@@ -51,12 +53,16 @@ from ntk_tf import topk_eigen
 from ntk_tf import validation
 
 # Dense eigh is refused from this size on (int16 max; LAPACK's 32-bit workspace
-# sizes 1 + 6N + 2N^2 overflow past ~32,767; ~36 GB peak below it).
+# sizes 1 + 6N + 2N^2 overflow past ~32,767; ~39 GB peak below it).
 DENSE_MAX_N = 32_767
 # `auto` uses dense eigh up to this size, a top-k method above.
 _AUTO_DENSE_MAX_N = 4_096
 # Rows of a memory-mapped matrix read at once in a matrix product.
 _ROW_CHUNK = 2_048
+# Measured peak of the dense path above its input, in N^2 float64 units (eigen_test).
+DENSE_PEAK_FACTOR = 4.8
+# Largest float64 copy of a non-float64 matrix kept for top-k products (N <= 16,384).
+_CACHE_BYTES = 2 << 30
 # Square tiles read at once by the input checks.
 _CHECK_TILE = 2_048
 METHODS = ("auto", "dense", "lanczos", "randomized", "block_lanczos")
@@ -92,13 +98,35 @@ class _Operator:
     if len(self.shape) != 2 or self.shape[0] != self.shape[1]:
       raise ValueError(f"eigen needs a square matrix. Received: shape={self.shape}")
     self.n = self.shape[0]
+    self._cache = None  # float64 copy of a non-float64 dense matrix, see _float64_source.
+
+  def _float64_source(self) -> np.ndarray:
+    """The dense matrix as float64 rows: a float64 copy, made once, when it fits _CACHE_BYTES.
+
+    Upcasting a float32 Gram on every product costs as much as the product itself;
+    the copy holds the same values, so products are bit-identical either way.
+    """
+    if self.dense.dtype == np.float64:
+      return self.dense
+    if self._cache is None and self.n * self.n * 8 <= _CACHE_BYTES:
+      self._cache = np.empty(self.shape, dtype=np.float64)  # [N, N]
+      for r0 in range(0, self.n, _ROW_CHUNK):
+        self._cache[r0:r0 + _ROW_CHUNK] = self.dense[r0:r0 + _ROW_CHUNK]
+    return self._cache if self._cache is not None else self.dense
 
   def matmat(self, v: np.ndarray) -> np.ndarray:
     """Returns Theta V, `[N, N] x [N, m] -> [N, m]`, in float64."""
     if self.dense is not None:
+      source = self._float64_source()
       out = np.empty((self.n, v.shape[1]), dtype=np.float64)
+      rows_buffer = None
       for r0 in range(0, self.n, _ROW_CHUNK):  # Row chunks keep a memmap's pages streaming.
-        rows = np.asarray(self.dense[r0:r0 + _ROW_CHUNK], dtype=np.float64)  # [R, N]
+        rows = source[r0:r0 + _ROW_CHUNK]  # [R, N]
+        if rows.dtype != np.float64:  # Upcast into one reused buffer (no page faults per pass).
+          if rows_buffer is None:
+            rows_buffer = np.empty((min(_ROW_CHUNK, self.n), self.n), dtype=np.float64)
+          np.copyto(rows_buffer[:rows.shape[0]], rows)
+          rows = rows_buffer[:rows.shape[0]]
         out[r0:r0 + rows.shape[0]] = rows @ v  # [R, m]
       return out
     matmat = getattr(self.linear_operator, "matmat", None)
@@ -165,7 +193,7 @@ def _dense(op: _Operator, k: int) -> Tuple[np.ndarray, np.ndarray]:
   if op.n >= DENSE_MAX_N:
     raise ValueError(
         f"Dense eigh is refused for N >= {DENSE_MAX_N} (O(N^3) time, N^2 float64 memory); "
-        f"use a top-k method: eigen(..., k=1000, method='randomized' or 'lanczos'). "
+        f"use a top-k method: eigen(..., k=1000, method='block_lanczos' or 'auto'). "
         f"Received: N={op.n}")
   if op.dense is not None:
     matrix = np.array(op.dense, dtype=np.float64)  # [N, N]
@@ -241,7 +269,7 @@ def eigen(matrix_or_store: Any, k: Optional[int] = None, *, method: str = "auto"
     tol: randomized and block_lanczos, stop when every ||Theta phi_j - lambda_j
       phi_j|| <= tol * lambda_1 (eigenvector error ~ residual / eigengap;
       block_lanczos also bounds that ratio, see `ntk_tf/topk_eigen.py`).
-    block_size: block_lanczos only, columns per product (default max(32, k/8)).
+    block_size: block_lanczos only, columns per product (default max(32, k/16)).
     symmetry_tol: largest accepted max|K - K^T| / max|K| (default ~8 eps of
       the dtype); arrays and memory maps only.
 
@@ -267,7 +295,7 @@ def eigen(matrix_or_store: Any, k: Optional[int] = None, *, method: str = "auto"
     eigvals, eigvecs = _lanczos(op, k, seed)
   elif method == "randomized":
     eigvals, eigvecs = _randomized(op, k, seed, oversample, max_iter, tol)
-  elif k >= op.n - 1:  # block_lanczos needs a basis larger than k; such k is dense anyway.
+  elif k + 2 * (block_size or max(32, k // 16)) > op.n:  # No room for a Krylov basis: dense.
     eigvals, eigvecs = _dense(op, k)
   else:
     eigvals, eigvecs, _ = topk_eigen.block_lanczos(op.matmat, op.n, k, block_size=block_size,

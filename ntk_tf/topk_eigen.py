@@ -101,19 +101,18 @@ def _cholesky_qr2(block: np.ndarray) -> Tuple[Optional[np.ndarray], Optional[np.
   return q, factor
 
 
-def _orth_block(block: np.ndarray, rng: np.random.Generator,
-                basis: Optional[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+def _orth_block(block: np.ndarray, rng: np.random.Generator, basis: Optional[np.ndarray],
+                scale: float) -> Tuple[np.ndarray, np.ndarray]:
   """Returns (Q, R): block = Q R, Q `[N, b]` orthonormal (and orthogonal to basis).
 
-  Columns that are numerically dependent (an invariant subspace was found) are
-  replaced by random directions orthogonal to basis, with zero rows of R, so the
+  Columns whose R diagonal is below 1e-10 * scale (the norm of the block before
+  it was orthogonalized: an invariant subspace was found) are replaced by random directions orthogonal to basis, with zero rows of R, so the
   Krylov relation still holds.
   """
   q, r = _cholesky_qr2(block)
   if q is None:  # Nearly dependent columns: Householder QR, then repair below.
     q, r = np.linalg.qr(block)  # [N, b], [b, b]
-  scale = max(np.max(np.abs(np.diag(r))), np.finfo(np.float64).tiny)
-  weak = np.abs(np.diag(r)) <= 1e-12 * scale
+  weak = np.abs(np.diag(r)) <= 1e-10 * scale
   if np.any(weak):
     fresh = rng.standard_normal((block.shape[0], int(weak.sum())))  # [N, w]
     keep = q[:, ~weak]
@@ -138,19 +137,20 @@ def block_lanczos(matmat: Callable[[np.ndarray], np.ndarray], n: int, k: int, *,
     matmat: `[N, b] float64 -> [N, b] float64`, the product with K.
     n: N.
     k: number of eigenpairs, 1 <= k < N.
-    block_size: b, columns per product (default min(N, max(32, k // 8))).
+    block_size: b, columns per product (default min(N, max(32, k // 16))).
     basis_size: m, Krylov basis size before a restart (default k + max(1.5 k, 4 b),
       at most N); memory N * m * 8 bytes.
     seed: seed of the random start block.
     tol: eigenvalue residual bound, relative to theta_1 (see the module docstring).
     vector_tol: eigenvector residual bound, relative to the eigengap.
-    max_passes: at most this many products K Q_i; a warning if not converged.
+    max_passes: at most this many products K Q_i (but at least the (k + b) / b
+      that span k + b columns); a warning if not converged.
 
   Returns:
     (eigvals `[k]` descending, eigvecs `[N, k]` orthonormal, `TopKInfo`).
   """
   start_time = time.monotonic()
-  b = int(block_size) if block_size is not None else min(n, max(32, k // 8))
+  b = int(block_size) if block_size is not None else min(n, max(32, k // 16))
   m = int(basis_size) if basis_size is not None else k + max(3 * k // 2, 4 * b)
   m = min(n, max(m, k + 2 * b))
   keep = min(k + b, m - b)  # Ritz vectors kept on restart.
@@ -160,7 +160,7 @@ def block_lanczos(matmat: Callable[[np.ndarray], np.ndarray], n: int, k: int, *,
   rng = np.random.default_rng(seed)
   basis = np.empty((n, m), dtype=np.float64)  # [N, m]: Q
   projected = np.zeros((m, m), dtype=np.float64)  # [m, m]: T = Q^T K Q
-  basis[:, :b], _ = _orth_block(rng.standard_normal((n, b)), rng, None)
+  basis[:, :b], _ = _orth_block(rng.standard_normal((n, b)), rng, None, 1.0)
   filled, passes, restarts, last_log = b, 0, 0, start_time
   while True:
     # Grow the Krylov space to m columns: one product per block.
@@ -172,13 +172,15 @@ def block_lanczos(matmat: Callable[[np.ndarray], np.ndarray], n: int, k: int, *,
         raise ValueError(f"block_lanczos: the product K Q_{passes} has "
                          f"{int(np.count_nonzero(~np.isfinite(product)))} non-finite entries "
                          "(NaN or inf in the matrix?)")
+      product_norm = float(np.max(np.linalg.norm(product, axis=0)))
       coefficients, product = _orthonormalize_against(basis[:, :filled], product)  # [c, b]
       projected[:filled, lo:filled] = coefficients
       projected[lo:filled, :filled] = coefficients.T
       diagonal = projected[lo:filled, lo:filled]
       projected[lo:filled, lo:filled] = 0.5 * (diagonal + diagonal.T)
-      next_block, coupling = _orth_block(product, rng, basis[:, :filled])  # [N, b], [b, b]
-      if filled + b > m:
+      next_block, coupling = _orth_block(product, rng, basis[:, :filled],
+                                         product_norm)  # [N, b], [b, b]
+      if filled + b > m or (passes >= max_passes and filled >= keep):
         break
       basis[:, filled:filled + b] = next_block
       projected[filled:filled + b, lo:filled] = coupling
