@@ -18,9 +18,25 @@ Methods:
               matrix-vector products; good for small k.
   randomized  block subspace iteration with Rayleigh-Ritz (Halko et al. 2011,
               Alg. 4.4/5.3) until the Ritz residuals are below tol, one pass
-              over the matrix per iteration, reading a
-              memory-mapped store in row blocks; good for large k (e.g. 1000 at
-              N = 60,000).
+              over the matrix per iteration, reading a memory-mapped store in
+              row blocks; needs tens of width-(k + p) passes on NTK spectra.
+  block_lanczos  thick-restarted block Lanczos with full reorthogonalization
+              (`ntk_tf/topk_eigen.py`, which says why it was chosen); the
+              default for k > 64 above N = 4096, e.g. k = 1000 at N = 60,000.
+
+Inputs are checked before any method runs (arrays and memory maps, in row
+tiles): non-finite entries are refused, naming their count; a matrix whose
+max|K - K^T| / max|K| exceeds `symmetry_tol` (default 8 eps of its dtype, at
+least 1e-12: ~1e-6 for float32) is refused, naming that value; below it, the
+dense path uses (K + K^T) / 2 and the top-k paths use K as given.
+
+Memory of the dense path: the float64 copy of K is symmetrized in place, then
+numpy.linalg.eigh (LAPACK syevd) copies it and needs a 2 N^2 workspace and the
+N^2 eigenvectors; the measured peak (VmHWM growth in a fresh process, N = 4000,
+eigen_test) is 4.6 N^2 * 8 bytes above the input (DENSE_PEAK_FACTOR bounds it):
+~39 GB at N = 32,766. scipy's eigh(overwrite_a=True) would save about one copy
+but runs another LAPACK build, so the small-N spectra would change bits; use
+block_lanczos for large N instead.
 
 Paper: Sec. 2 (Gram eigenvectors approximate the eigenfunctions phi_j), Sec. 3.1
 (sign(phi_j) as tasks), Sec. 4.2 (top-K eigenvectors Phi_t), App. B
@@ -33,15 +49,23 @@ from absl import logging
 import numpy as np
 from scipy.sparse import linalg as sparse_linalg
 
+from ntk_tf import topk_eigen
 from ntk_tf import validation
 
-# Dense eigh is refused from this size on (int16 max; ~8.6 GB in float64).
+# Dense eigh is refused from this size on (int16 max; LAPACK's 32-bit workspace
+# sizes 1 + 6N + 2N^2 overflow past ~32,767; ~39 GB peak below it).
 DENSE_MAX_N = 32_767
 # `auto` uses dense eigh up to this size, a top-k method above.
 _AUTO_DENSE_MAX_N = 4_096
 # Rows of a memory-mapped matrix read at once in a matrix product.
 _ROW_CHUNK = 2_048
-METHODS = ("auto", "dense", "lanczos", "randomized")
+# Measured peak of the dense path above its input, in N^2 float64 units (eigen_test).
+DENSE_PEAK_FACTOR = 4.8
+# Largest float64 copy of a non-float64 matrix kept for top-k products (N <= 16,384).
+_CACHE_BYTES = 2 << 30
+# Square tiles read at once by the input checks.
+_CHECK_TILE = 2_048
+METHODS = ("auto", "dense", "lanczos", "randomized", "block_lanczos")
 
 
 def apply_sign_convention(eigvecs: np.ndarray) -> np.ndarray:
@@ -74,13 +98,35 @@ class _Operator:
     if len(self.shape) != 2 or self.shape[0] != self.shape[1]:
       raise ValueError(f"eigen needs a square matrix. Received: shape={self.shape}")
     self.n = self.shape[0]
+    self._cache = None  # float64 copy of a non-float64 dense matrix, see _float64_source.
+
+  def _float64_source(self) -> np.ndarray:
+    """The dense matrix as float64 rows: a float64 copy, made once, when it fits _CACHE_BYTES.
+
+    Upcasting a float32 Gram on every product costs as much as the product itself;
+    the copy holds the same values, so products are bit-identical either way.
+    """
+    if self.dense.dtype == np.float64:
+      return self.dense
+    if self._cache is None and self.n * self.n * 8 <= _CACHE_BYTES:
+      self._cache = np.empty(self.shape, dtype=np.float64)  # [N, N]
+      for r0 in range(0, self.n, _ROW_CHUNK):
+        self._cache[r0:r0 + _ROW_CHUNK] = self.dense[r0:r0 + _ROW_CHUNK]
+    return self._cache if self._cache is not None else self.dense
 
   def matmat(self, v: np.ndarray) -> np.ndarray:
     """Returns Theta V, `[N, N] x [N, m] -> [N, m]`, in float64."""
     if self.dense is not None:
+      source = self._float64_source()
       out = np.empty((self.n, v.shape[1]), dtype=np.float64)
+      rows_buffer = None
       for r0 in range(0, self.n, _ROW_CHUNK):  # Row chunks keep a memmap's pages streaming.
-        rows = np.asarray(self.dense[r0:r0 + _ROW_CHUNK], dtype=np.float64)  # [R, N]
+        rows = source[r0:r0 + _ROW_CHUNK]  # [R, N]
+        if rows.dtype != np.float64:  # Upcast into one reused buffer (no page faults per pass).
+          if rows_buffer is None:
+            rows_buffer = np.empty((min(_ROW_CHUNK, self.n), self.n), dtype=np.float64)
+          np.copyto(rows_buffer[:rows.shape[0]], rows)
+          rows = rows_buffer[:rows.shape[0]]
         out[r0:r0 + rows.shape[0]] = rows @ v  # [R, m]
       return out
     matmat = getattr(self.linear_operator, "matmat", None)
@@ -90,18 +136,72 @@ class _Operator:
                      .reshape(self.n) for c in range(v.shape[1])], axis=1)  # [N, m]
 
 
+def _tiles(n: int):
+  """Yields (rows_i, rows_j) slices of the upper-triangle `_CHECK_TILE` tiles, i <= j."""
+  for i0 in range(0, n, _CHECK_TILE):
+    for j0 in range(i0, n, _CHECK_TILE):
+      yield slice(i0, i0 + _CHECK_TILE), slice(j0, j0 + _CHECK_TILE)
+
+
+def _symmetrize_in_place(matrix: np.ndarray) -> None:
+  """matrix <- (matrix + matrix^T) / 2 tile by tile, equal bit for bit to the out-of-place form."""
+  for rows, cols in _tiles(matrix.shape[0]):
+    upper = matrix[rows, cols]  # [T, T]
+    mean = 0.5 * (upper + matrix[cols, rows].T)  # fl(0.5 fl(a + b)) is symmetric in a, b.
+    matrix[rows, cols] = mean
+    matrix[cols, rows] = mean.T
+
+
+def check_matrix(matrix: np.ndarray, symmetry_tol: Optional[float] = None) -> float:
+  """Returns max|K - K^T| / max|K| after checking K `[N, N]` is finite and symmetric.
+
+  Reads K in square tiles (a memory map streams once). The default
+  symmetry_tol is max(1e-12, 8 eps(dtype)) (~1e-6 for float32).
+
+  Raises:
+    ValueError: naming the count of non-finite entries, or the relative
+      asymmetry when it exceeds symmetry_tol.
+  """
+  dtype = matrix.dtype if np.issubdtype(matrix.dtype, np.floating) else np.dtype(np.float64)
+  if symmetry_tol is None:
+    symmetry_tol = max(1e-12, 8 * float(np.finfo(dtype).eps))
+  non_finite, max_abs, max_asym = 0, 0.0, 0.0
+  for rows, cols in _tiles(matrix.shape[0]):
+    upper = np.asarray(matrix[rows, cols], dtype=np.float64)  # [T, T]
+    lower_t = np.asarray(matrix[cols, rows], dtype=np.float64).T  # [T, T]
+    finite = np.isfinite(upper)
+    bad = upper.size - int(np.count_nonzero(finite))
+    if rows != cols:
+      bad += lower_t.size - int(np.count_nonzero(np.isfinite(lower_t)))
+    non_finite += bad
+    if bad:
+      continue
+    max_abs = max(max_abs, float(np.max(np.abs(upper))), float(np.max(np.abs(lower_t))))
+    max_asym = max(max_asym, float(np.max(np.abs(upper - lower_t))))
+  if non_finite:
+    raise ValueError(f"eigen needs a finite matrix; {non_finite} of its {matrix.size} entries "
+                     f"are NaN or inf. Received: non_finite={non_finite}")
+  asymmetry = max_asym / max_abs if max_abs > 0 else 0.0
+  if asymmetry > symmetry_tol:
+    raise ValueError(f"eigen needs a symmetric matrix; max|K - K^T| / max|K| = {asymmetry:.3g} "
+                     f"exceeds symmetry_tol={symmetry_tol:.3g} (a corrupted or non-Gram input?). "
+                     f"Received: asymmetry={asymmetry:.3g}")
+  return asymmetry
+
+
 def _dense(op: _Operator, k: int) -> Tuple[np.ndarray, np.ndarray]:
   if op.n >= DENSE_MAX_N:
     raise ValueError(
         f"Dense eigh is refused for N >= {DENSE_MAX_N} (O(N^3) time, N^2 float64 memory); "
-        f"use a top-k method: eigen(..., k=1000, method='randomized' or 'lanczos'). "
+        f"use a top-k method: eigen(..., k=1000, method='block_lanczos' or 'auto'). "
         f"Received: N={op.n}")
   if op.dense is not None:
     matrix = np.array(op.dense, dtype=np.float64)  # [N, N]
   else:
     matrix = op.matmat(np.eye(op.n))  # [N, N]
-  matrix = 0.5 * (matrix + matrix.T)
+  _symmetrize_in_place(matrix)
   eigvals, eigvecs = np.linalg.eigh(matrix)  # ascending
+  del matrix
   return eigvals[::-1][:k], eigvecs[:, ::-1][:, :k]
 
 
@@ -147,7 +247,8 @@ def _randomized(op: _Operator, k: int, seed: int, oversample: Optional[int], max
 
 def eigen(matrix_or_store: Any, k: Optional[int] = None, *, method: str = "auto",
           seed: int = 0, oversample: Optional[int] = None, max_iter: int = 100,
-          tol: float = 1e-10) -> Tuple[np.ndarray, np.ndarray]:
+          tol: float = 1e-10, block_size: Optional[int] = None,
+          symmetry_tol: Optional[float] = None) -> Tuple[np.ndarray, np.ndarray]:
   """Returns the top-k eigenvalues (descending) and unit eigenvectors of a Gram.
 
       Theta phi_j = lambda_j phi_j,  lambda_1 >= ... >= lambda_k,  ||phi_j||_2 = 1,
@@ -159,14 +260,18 @@ def eigen(matrix_or_store: Any, k: Optional[int] = None, *, method: str = "auto"
       (and optionally `.matmat`) for matrix-free top-k.
     k: number of eigenpairs, 1 <= k <= N; None means all N (dense only).
     method: "auto" (dense for k=None or N <= 4096, else lanczos for k <= 64 and
-      randomized above), "dense", "lanczos" or "randomized".
+      block_lanczos above), "dense", "lanczos", "randomized" or "block_lanczos".
     seed: seed of the random start vectors (lanczos, randomized).
     oversample: randomized only, extra basis columns p (default max(20, k/2));
       each pass costs N^2 (k + p) flops, convergence of phi_k goes like
       (lambda_{k+p+1} / lambda_k)^iterations.
     max_iter: randomized only, at most this many passes over the matrix.
-    tol: randomized only, stop when every ||Theta phi_j - lambda_j phi_j|| <=
-      tol * lambda_1 (eigenvector error ~ residual / eigengap).
+    tol: randomized and block_lanczos, stop when every ||Theta phi_j - lambda_j
+      phi_j|| <= tol * lambda_1 (eigenvector error ~ residual / eigengap;
+      block_lanczos also bounds that ratio, see `ntk_tf/topk_eigen.py`).
+    block_size: block_lanczos only, columns per product (default max(32, k/16)).
+    symmetry_tol: largest accepted max|K - K^T| / max|K| (default ~8 eps of
+      the dtype); arrays and memory maps only.
 
   Returns:
     (eigvals `[k]` float64 descending, eigvecs `[N, k]` float64, orthonormal columns).
@@ -177,15 +282,22 @@ def eigen(matrix_or_store: Any, k: Optional[int] = None, *, method: str = "auto"
   validation.check_choice(method, "method", METHODS)
   op = _Operator(matrix_or_store)
   k = validation.check_k(k, op.n)
+  if op.dense is not None:
+    check_matrix(op.dense, symmetry_tol)
   if method == "auto":
     if k == op.n or op.n <= _AUTO_DENSE_MAX_N:
       method = "dense"
     else:
-      method = "lanczos" if k <= 64 else "randomized"
+      method = "lanczos" if k <= 64 else "block_lanczos"
   if method == "dense":
     eigvals, eigvecs = _dense(op, k)
   elif method == "lanczos":
     eigvals, eigvecs = _lanczos(op, k, seed)
-  else:
+  elif method == "randomized":
     eigvals, eigvecs = _randomized(op, k, seed, oversample, max_iter, tol)
+  elif k + 2 * (block_size or max(32, k // 16)) > op.n:  # No room for a Krylov basis: dense.
+    eigvals, eigvecs = _dense(op, k)
+  else:
+    eigvals, eigvecs, _ = topk_eigen.block_lanczos(op.matmat, op.n, k, block_size=block_size,
+                                                   seed=seed, tol=tol)
   return np.asarray(eigvals, dtype=np.float64), apply_sign_convention(eigvecs)

@@ -1,0 +1,234 @@
+"""Top-k eigenpairs of a large symmetric Gram by thick-restarted block Lanczos.
+
+    K Q_m = Q_m T_m + Q_next R E_last^T,    Q_m^T Q_m = I,   T_m = Q_m^T K Q_m   [m, m]
+    Ritz pairs (theta_j, x_j = Q_m y_j) of T_m;  ||K x_j - theta_j x_j|| = ||R y_j[last block]||
+
+Shapes: K `[N, N]` (used only through products K V, `[N, b] -> [N, b]`); Krylov
+basis Q `[N, m]` float64; block `[N, b]`; T `[m, m]`; Ritz vectors `[N, k]`.
+
+Algorithm: a block Krylov space K_q(K, Q_0) = span{Q_0, K Q_0, ..., K^{q-1} Q_0}
+of b columns per block is grown one product K Q_i (one pass over the Gram) at
+a time, each new block orthogonalized against the whole basis twice ("twice is
+enough", full reorthogonalization: the Ritz vectors stay orthonormal to float64
+precision and no ghost eigenvalues appear). The coefficients of that
+orthogonalization are the columns of T_m = Q_m^T K Q_m, so no product is spent
+on the Rayleigh-Ritz step, and the residual of every Ritz pair comes from the
+last block's R without another pass. When the basis reaches m columns and some
+of the top k are not converged, it is restarted from the top k + b Ritz
+vectors and the residual block (thick restart, Wu & Simon 2000 for b = 1).
+
+Stopping rule, tied to what the eigenfunction tasks need (lambda_j, and the
+signs of phi_j): pair j converged when
+    r_j <= tol * theta_1                              (eigenvalue error <= r_j)
+and r_j <= max(vector_tol * gap_j, tol * theta_1 * 1e-3)   (sin angle(x_j, phi_j) <= r_j / gap_j)
+with gap_j the distance from theta_j to its nearest other Ritz value. An
+eigenvector error of norm e flips the sign of about 0.8 e of the entries of a
+Gaussian-like phi_j, so vector_tol = 1e-4 keeps sign(phi_j) agreement far
+above 99.9% wherever phi_j is determined at all; below the floor, phi_j sits
+in a cluster it cannot be told apart from by any float64 solver.
+
+Why block Lanczos: for k in the thousands the cost is dominated by products
+with the Gram (N^2 flops per column). Subspace iteration (the "randomized"
+method) multiplies all k + p columns per pass and converges like
+(lambda_{k+p+1} / lambda_k)^pass, which on NTK spectra (fast decay at the top,
+clustered around j = 1000) takes tens of passes: tens of thousands of columns
+for k = 1000. Krylov convergence depends on the square root of the relative
+gap; on the MLP's 8,000-sample CIFAR-10 Gram block Lanczos needed ~3,900
+columns (63 products of 62, one restart) for all 1,000 pairs
+(benchmarks/eigen_solvers.py prints the timings; they belong to the machine,
+see README). LOBPCG and Chebyshev filtering were not measured: both also
+multiply the whole block of >= k columns per step.
+
+Products take float64 blocks against row chunks of the (possibly float32,
+memory-mapped) Gram upcast to float64: float32 accumulation would put a
+residual floor near 1e-7 * lambda_1, above the smallest eigengaps among the top
+1,000 (3.9e-8 * lambda_1 on the 8,000-sample MLP Gram), so some phi_j would
+not be resolved (an estimate; float32 products were not measured).
+
+Paper: App. B ("Eigendecompositions": top eigenvectors of the 60,000-sample
+Gram), Sec. 3.1 (sign(phi_j) as tasks).
+"""
+
+import time
+from typing import Callable, NamedTuple, Optional, Tuple
+
+from absl import logging
+import numpy as np
+from scipy import linalg as scipy_linalg
+
+# Seconds between progress lines on long solves.
+_LOG_EVERY_S = 30.0
+
+
+class TopKInfo(NamedTuple):
+  """What a top-k solve did: `passes` products K V (of `block_size` columns),
+  `restarts`, the final `max_residual` (max_j r_j / theta_1 over j <= k) and
+  `seconds`."""
+  passes: int
+  restarts: int
+  max_residual: float
+  seconds: float
+
+
+def _orthonormalize_against(basis: np.ndarray, block: np.ndarray
+                            ) -> Tuple[np.ndarray, np.ndarray]:
+  """Returns (C, W) with W = block - basis C orthogonal to basis; two Gram-Schmidt sweeps.
+
+  basis `[N, c]` orthonormal, block `[N, b]`; C `[c, b]` = basis^T block.
+  """
+  coefficients = basis.T @ block  # [c, b]
+  block = block - basis @ coefficients  # [N, b]
+  correction = basis.T @ block  # [c, b]
+  block -= basis @ correction
+  return coefficients + correction, block
+
+
+def _cholesky_qr2(block: np.ndarray) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+  """Returns (Q, R) with block = Q R by Cholesky QR twice (Yamamoto et al. 2015), or (None, None).
+
+  Two GEMMs of `[N, b]` per sweep instead of Householder's level-2 panels; the
+  second sweep restores orthogonality to float64 precision when cond(block) <~ 1e7,
+  which is checked (diag(R) ratio), else (None, None) for the Householder fallback.
+  """
+  factor = np.eye(block.shape[1])
+  q = block
+  for _ in range(2):
+    gram = q.T @ q  # [b, b]
+    try:
+      upper = scipy_linalg.cholesky(gram, lower=False)  # [b, b]: gram = U^T U
+    except np.linalg.LinAlgError:
+      return None, None
+    diag = np.abs(np.diag(upper))
+    if not np.all(np.isfinite(diag)) or diag.min() <= 1e-7 * diag.max():
+      return None, None
+    q = scipy_linalg.solve_triangular(upper, q.T, trans="T", lower=False).T  # [N, b]: Q U = block
+    factor = upper @ factor
+  return q, factor
+
+
+def _orth_block(block: np.ndarray, rng: np.random.Generator, basis: Optional[np.ndarray],
+                scale: float) -> Tuple[np.ndarray, np.ndarray]:
+  """Returns (Q, R): block = Q R, Q `[N, b]` orthonormal (and orthogonal to basis).
+
+  Columns whose R diagonal is below 1e-10 * scale (the norm of the block before
+  it was orthogonalized: an invariant subspace was found) are replaced by random directions orthogonal to basis, with zero rows of R, so the
+  Krylov relation still holds.
+  """
+  q, r = _cholesky_qr2(block)
+  if q is None:  # Nearly dependent columns: Householder QR, then repair below.
+    q, r = np.linalg.qr(block)  # [N, b], [b, b]
+  weak = np.abs(np.diag(r)) <= 1e-10 * scale
+  if np.any(weak):
+    fresh = rng.standard_normal((block.shape[0], int(weak.sum())))  # [N, w]
+    keep = q[:, ~weak]
+    full = keep if basis is None else np.concatenate([basis, keep], axis=1)
+    for _ in range(2):
+      fresh -= full @ (full.T @ fresh)
+    fresh, _ = np.linalg.qr(fresh)
+    q[:, weak] = fresh
+    r[weak, :] = 0.0
+  return q, r
+
+
+def block_lanczos(matmat: Callable[[np.ndarray], np.ndarray], n: int, k: int, *,
+                  block_size: Optional[int] = None, basis_size: Optional[int] = None,
+                  seed: int = 0, tol: float = 1e-10, vector_tol: float = 1e-4,
+                  max_passes: int = 1000) -> Tuple[np.ndarray, np.ndarray, TopKInfo]:
+  """Returns the top-k eigenpairs of a symmetric K given by `matmat(V) = K V`.
+
+      K x_j = theta_j x_j + residual_j,  theta_1 >= ... >= theta_k,  X^T X = I
+
+  Args:
+    matmat: `[N, b] float64 -> [N, b] float64`, the product with K.
+    n: N.
+    k: number of eigenpairs, 1 <= k < N.
+    block_size: b, columns per product (default min(N, max(32, k // 16))).
+    basis_size: m, Krylov basis size before a restart (default k + max(1.5 k, 4 b),
+      at most N); memory N * m * 8 bytes.
+    seed: seed of the random start block.
+    tol: eigenvalue residual bound, relative to theta_1 (see the module docstring).
+    vector_tol: eigenvector residual bound, relative to the eigengap.
+    max_passes: at most this many products K Q_i (but at least the (k + b) / b
+      that span k + b columns); a warning if not converged.
+
+  Returns:
+    (eigvals `[k]` descending, eigvecs `[N, k]` orthonormal, `TopKInfo`).
+  """
+  start_time = time.monotonic()
+  b = int(block_size) if block_size is not None else min(n, max(32, k // 16))
+  m = int(basis_size) if basis_size is not None else k + max(3 * k // 2, 4 * b)
+  m = min(n, max(m, k + 2 * b))
+  keep = min(k + b, m - b)  # Ritz vectors kept on restart.
+  if keep < k:
+    raise ValueError(f"block_lanczos needs basis_size >= k + 2 * block_size. Received: "
+                     f"k={k}, block_size={b}, basis_size={m}, N={n}")
+  rng = np.random.default_rng(seed)
+  basis = np.empty((n, m), dtype=np.float64)  # [N, m]: Q
+  projected = np.zeros((m, m), dtype=np.float64)  # [m, m]: T = Q^T K Q
+  basis[:, :b], _ = _orth_block(rng.standard_normal((n, b)), rng, None, 1.0)
+  filled, passes, restarts, last_log = b, 0, 0, start_time
+  while True:
+    # Grow the Krylov space to m columns: one product per block.
+    while True:
+      lo = filled - b
+      product = np.asarray(matmat(basis[:, lo:filled]), dtype=np.float64)  # [N, b]: K Q_i
+      passes += 1
+      if not np.all(np.isfinite(product)):
+        raise ValueError(f"block_lanczos: the product K Q_{passes} has "
+                         f"{int(np.count_nonzero(~np.isfinite(product)))} non-finite entries "
+                         "(NaN or inf in the matrix?)")
+      product_norm = float(np.max(np.linalg.norm(product, axis=0)))
+      coefficients, product = _orthonormalize_against(basis[:, :filled], product)  # [c, b]
+      projected[:filled, lo:filled] = coefficients
+      projected[lo:filled, :filled] = coefficients.T
+      diagonal = projected[lo:filled, lo:filled]
+      projected[lo:filled, lo:filled] = 0.5 * (diagonal + diagonal.T)
+      next_block, coupling = _orth_block(product, rng, basis[:, :filled],
+                                         product_norm)  # [N, b], [b, b]
+      if filled + b > m or (passes >= max_passes and filled >= keep):
+        break
+      basis[:, filled:filled + b] = next_block
+      projected[filled:filled + b, lo:filled] = coupling
+      projected[lo:filled, filled:filled + b] = coupling.T
+      filled += b
+    # Rayleigh-Ritz on T: the top `keep` Ritz pairs, descending.
+    ritz_vals, ritz_vecs = scipy_linalg.eigh(projected[:filled, :filled],
+                                             subset_by_index=[filled - keep, filled - 1])
+    ritz_vals, ritz_vecs = ritz_vals[::-1], ritz_vecs[:, ::-1]  # [keep], [m, keep]
+    residuals = np.linalg.norm(coupling @ ritz_vecs[filled - b:filled], axis=0)  # [keep]
+    scale = max(abs(ritz_vals[0]), np.finfo(np.float64).tiny)
+    gaps = np.full(keep, np.inf)
+    gaps[1:] = ritz_vals[:-1] - ritz_vals[1:]
+    gaps[:-1] = np.minimum(gaps[:-1], ritz_vals[:-1] - ritz_vals[1:])
+    vector_bound = np.maximum(vector_tol * gaps[:k], 1e-3 * tol * scale)
+    converged = (residuals[:k] <= tol * scale) & (residuals[:k] <= vector_bound)
+    max_residual = float(np.max(residuals[:k]) / scale)
+    now = time.monotonic()
+    done = bool(np.all(converged)) or passes >= max_passes
+    if now - last_log >= _LOG_EVERY_S or done:
+      rate = (now - start_time) / passes
+      logging.info("eigen(method='block_lanczos'): pass %d, restart %d, %d/%d converged, "
+                   "max residual %.2e of lambda_1, %.0f s elapsed (%.1f s/pass)%s",
+                   passes, restarts, int(converged.sum()), k, max_residual, now - start_time,
+                   rate, "" if done else f", ETA ~{rate * (m - keep) / b:.0f} s per restart")
+      last_log = now
+    if done:
+      if not np.all(converged):
+        logging.warning("eigen(method='block_lanczos'): %d of the top %d pairs not converged "
+                        "after max_passes=%d (max residual %.2e of lambda_1)",
+                        int(k - converged.sum()), k, max_passes, max_residual)
+      eigvecs = basis[:, :filled] @ ritz_vecs[:, :k]  # [N, k]
+      info = TopKInfo(passes, restarts, max_residual, time.monotonic() - start_time)
+      return ritz_vals[:k].copy(), eigvecs, info
+    # Thick restart: Q <- [Q Y_keep, Q_next], T <- [[diag(theta), S^T], [S, .]].
+    restarts += 1
+    kept = basis[:, :filled] @ ritz_vecs  # [N, keep]
+    basis[:, :keep] = kept
+    del kept
+    basis[:, keep:keep + b] = next_block
+    projected[:] = 0.0
+    projected[np.arange(keep), np.arange(keep)] = ritz_vals
+    coupling_kept = coupling @ ritz_vecs[filled - b:filled]  # [b, keep]: Q_next^T K X
+    projected[keep:keep + b, :keep] = coupling_kept
+    projected[:keep, keep:keep + b] = coupling_kept.T
+    filled = keep + b
