@@ -115,7 +115,8 @@ def gemm_seconds(flops: int, n: int, repeats: int = 3, max_bytes: int = 1 << 26)
   return scale_to_flops(best, n, k, flops)
 
 
-def _inputs(input_shape: Sequence[int], n: int, data_dir: Optional[str]) -> np.ndarray:
+def inputs(input_shape: Sequence[int], n: int, data_dir: Optional[str]) -> np.ndarray:
+  """Returns `[n, *input_shape]` float32 CIFAR-10 training inputs (Gaussian without the data)."""
   if data_dir:
     try:
       from ntk_tf import data  # pylint: disable=g-import-not-at-top
@@ -171,7 +172,7 @@ def measure_path(name: str, n: int, path: str, input_shape, memory_budget: int,
   fresh one per path.
   """
   model, block = _model_and_block(name, n, input_shape, memory_budget)
-  x = _inputs(input_shape, n, data_dir)
+  x = inputs(input_shape, n, data_dir)
   run, m = _path_fn(path, model, x, block, naive_max_n)
   times = []
   timed = lambda: times.append(_seconds(run))

@@ -4,6 +4,8 @@ See benchmarks/gram_paths.py (the paths and what is timed) and
 benchmarks/machine.py (the features printed beside the table).
 
     bazel run //binaries:bench_gram -- --data_dir=/work/shared/data [--smoke]
+    bazel run //binaries:bench_gram -- --data_dir=... --export_weights=/tmp/peer.npz
+        (for the neural-tangents yardstick, benchmarks/neural_tangents_peer.py)
 """
 
 import os
@@ -14,6 +16,7 @@ from absl import logging
 
 from benchmarks import gram_paths
 from benchmarks import machine
+from benchmarks import peer_export
 from configs import bench_gram
 from ntk_tf import atomic
 
@@ -26,6 +29,9 @@ _NAIVE_MAX_N = flags.DEFINE_integer("naive_max_n", None,
                                     "examples and extrapolate as N^2 (default: per model).")
 _MODELS = flags.DEFINE_list("models", None, "Subset of the config's models (default: all).")
 _OUT = flags.DEFINE_string("out", None, "Optional folder for config.json and table.txt.")
+_EXPORT_WEIGHTS = flags.DEFINE_string(
+    "export_weights", None, "Only write the .npz for benchmarks/neural_tangents_peer.py "
+    "(weights, inputs, ntk_tf's Grams of MLP N=2000 and LeNet N=1000) to this path.")
 
 flags.register_validator("memory_budget", lambda v: v is None or v > 0,
                          "--memory_budget must be a positive number of bytes")
@@ -35,6 +41,10 @@ flags.register_validator("naive_max_n", lambda v: v is None or v > 0,
 
 def main(argv):
   del argv
+  if _EXPORT_WEIGHTS.value:
+    print(machine.format_features(machine.features()))
+    print("wrote", peer_export.export(_EXPORT_WEIGHTS.value, data_dir=_DATA_DIR.value))
+    return
   config = bench_gram.get_config(smoke=_SMOKE.value)
   config["data_dir"] = _DATA_DIR.value
   if _MEMORY_BUDGET.value:

@@ -24,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+from benchmarks import machine  # pylint: disable=g-import-not-at-top
 import ntk_tf  # pylint: disable=g-import-not-at-top
 from ntk_tf import atomic  # pylint: disable=g-import-not-at-top
 from ntk_tf import training  # pylint: disable=g-import-not-at-top
@@ -93,6 +94,7 @@ def main(argv):
     times = compare_step_times(model, data.x_train, data.y_train, steps=_STEPS.value,
                                repeats=_REPEATS.value)
     rows.append({"model": name, **times})
+  print(machine.format_features(machine.features()) + "\n")
   print(f"{'model':<10}{'network step ms':>18}{'linearized step ms':>21}{'ratio':>8}")
   for row in rows:
     print(f"{row['model']:<10}{row['network_ms']:>18.2f}{row['linearized_ms']:>21.2f}"

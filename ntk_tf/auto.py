@@ -32,6 +32,7 @@ from typing import Dict
 
 import keras
 
+from ntk_tf import engine_cache
 from ntk_tf import jacobian_block  # pylint: disable=unused-import (registers JACOBIAN)
 from ntk_tf import kernels
 from ntk_tf import structured
@@ -71,7 +72,13 @@ def _factory(model: keras.Model, dtype: str, block_size: int, *, nominal_block: 
 
   Options the chosen candidate does not take are rejected by name
   (`kernels.make_block_fn`); nominal_block also reaches a structured choice.
+  Without a `matmul_engine` option, the engine pinned or cached for this
+  machine and model name (`ntk_tf.engine_cache`) is used, if any.
   """
+  if "matmul_engine" not in options:
+    engine = engine_cache.matmul_engine(model.name)
+    if engine is not None:
+      options["matmul_engine"] = engine
   if not structured.keras_graph.is_functional(model):
     # A subclassed model has no layer graph to plan: only per-example gradients apply.
     return kernels.make_block_fn(model, NtkImplementation.JACOBIAN, dtype, block_size, **options)

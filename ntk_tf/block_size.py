@@ -166,3 +166,51 @@ def check_block_memory(model: keras.Model, block_size: int,
         f"memory budget of {memory_budget_bytes / 2**30:.3g} GiB; use a smaller block_size "
         f"(ntk_tf.block_size.block_size_for_budget). Received: block_size={block_size}")
   return peak
+
+
+# The budget of a block when `ntk_gram` chooses the block size (block_size=None)
+# and no memory_budget_bytes is given: this, or a quarter of physical memory if less.
+DEFAULT_MEMORY_BUDGET_BYTES = 1 << 30
+
+
+def default_memory_budget_bytes() -> int:
+  """Returns min(DEFAULT_MEMORY_BUDGET_BYTES, physical memory / 4) (the first if unknown)."""
+  physical = physical_memory_bytes()
+  return min(DEFAULT_MEMORY_BUDGET_BYTES, physical // 4) if physical else \
+      DEFAULT_MEMORY_BUDGET_BYTES
+
+
+def largest_block_size(model: keras.Model, implementation: Union[str, NtkImplementation],
+                       dtype: DType, max_block: int,
+                       memory_budget_bytes: Optional[int] = None) -> int:
+  """Returns the largest B in [1, max_block] with peak_memory_bytes(B) <= the budget.
+
+  The block size `ntk_gram` uses by default. Peak memory grows with B (every
+  formula of the module docstring is non-decreasing in B), so B is found by
+  bisection. Returns 1 when not even one example fits (`check_block_memory`
+  then decides against the machine's memory). Works for any model
+  `peak_memory_bytes` takes (subclassed ones included).
+
+  Args:
+    model, implementation, dtype: as `peak_memory_bytes`.
+    max_block: upper bound on B (a Gram's max(N1, N2)).
+    memory_budget_bytes: bytes one block may use; None:
+      `default_memory_budget_bytes()`.
+  """
+  max_block = validation.check_positive_int(max_block, "max_block")
+  if memory_budget_bytes is None:
+    memory_budget_bytes = default_memory_budget_bytes()
+  member, model_plan = kernels.resolve(implementation), None
+  if structured.keras_graph.is_functional(model):
+    model_plan = structured.ModelPlan(model)
+    if member == NtkImplementation.AUTO:
+      member = auto.choose_implementation(model, model_plan.input_shape, 256)
+  fits = lambda b: peak_memory_bytes(model, b, member, dtype,
+                                     model_plan=model_plan) <= memory_budget_bytes
+  if fits(max_block):
+    return max_block
+  low, high = 1, max_block  # fits(low) or low == 1; not fits(high).
+  while high - low > 1:
+    mid = (low + high) // 2
+    low, high = (mid, high) if fits(mid) else (low, mid)
+  return low

@@ -16,6 +16,7 @@ implementation modules imported below register their factories on import.
 Paper: Sec. 2 (empirical NTK), App. B (Gram matrices of the trained networks).
 """
 
+import collections
 from typing import List, Optional, Tuple, Union
 
 import keras
@@ -49,6 +50,41 @@ def block_fn(model: keras.Model, implementation: Union[str, NtkImplementation],
   """Returns the `BlockFn` of `implementation` for `model` in `dtype` (`kernels.make_block_fn`)."""
   return kernels.make_block_fn(model, implementation, precision.canonical_dtype(dtype),
                                block_size, **options)
+
+
+# BlockFns kept between `ntk_gram` calls, so a repeated Gram of the same model
+# does not rebuild its plan and retrace its tf.functions: the last few, by
+# (id(model), implementation, dtype, block_size, options). Only BlockFns that
+# declare `reusable = True` (they read the model's live variables, and the
+# feature cache, their only state, is emptied before and after each Gram)
+# and that run on the caller's model itself (no dtype-cast copy) are kept.
+_REUSED_MAX = 2
+_reused: "collections.OrderedDict[tuple, BlockFn]" = collections.OrderedDict()
+
+
+def clear_block_fn_cache() -> None:
+  """Forgets the BlockFns `ntk_gram` keeps between calls (and the models they hold)."""
+  _reused.clear()
+
+
+def _reusable_block_fn(model: keras.Model, implementation: Union[str, NtkImplementation],
+                       dtype: str, block_size: int, options: dict) -> BlockFn:
+  """Returns `block_fn(...)`, the one kept from an earlier call when there is one."""
+  try:
+    key = (id(model), kernels.resolve(implementation), dtype, block_size,
+           repr(sorted(options.items())))
+  except TypeError:  # Options that do not sort: no reuse.
+    return block_fn(model, implementation, dtype, block_size, **options)
+  fn = _reused.get(key)
+  if fn is not None and getattr(fn, "model", None) is model:
+    _reused.move_to_end(key)
+    return fn
+  fn = block_fn(model, implementation, dtype, block_size, **options)
+  if getattr(fn, "reusable", False) and getattr(fn, "model", None) is model:
+    _reused[key] = fn
+    while len(_reused) > _REUSED_MAX:
+      _reused.popitem(last=False)
+  return fn
 
 
 def iter_blocks(n1: int, n2: int, block_size: int, symmetric: bool) -> List[Block]:
@@ -120,7 +156,7 @@ def effective_block_size(block_size: int, n1: int, n2: int) -> int:
 
 
 def prepare(model: keras.Model, x1: types.Inputs, x2: Optional[types.Inputs],
-            block_size: int, dtype: types.DType, *,
+            block_size: Optional[int], dtype: types.DType, *,
             implementation: Union[None, str, NtkImplementation] = None,
             cap_block_size: bool = False, memory_budget_bytes: Optional[int] = None):
   """Validates the arguments of a Gram job; returns (x1, x2, block_size, dtype name).
@@ -129,13 +165,21 @@ def prepare(model: keras.Model, x1: types.Inputs, x2: Optional[types.Inputs],
   max(N1, N2)). With `implementation`, the block's estimated peak memory
   (`block_size.check_block_memory`) must fit `memory_budget_bytes` (None:
   the machine's physical memory), else ValueError names block_size.
+  `block_size=None` (only with `implementation`) means the largest block of
+  at most max(N1, N2) rows whose peak fits `memory_budget_bytes`
+  (`block_size.largest_block_size`; None: its default budget).
   """
-  block_size = validation.check_positive_int(block_size, "block_size")
+  if block_size is not None or implementation is None:
+    block_size = validation.check_positive_int(block_size, "block_size")
   dtype = precision.canonical_dtype(dtype)
   validation.check_single_logit(model)
   validation.check_finite_weights(model)
   x1 = validation.check_inputs(model, x1, "x1")
   x2 = None if x2 is None else validation.check_inputs(model, x2, "x2")
+  if block_size is None:
+    n = max(x1.shape[0], x1.shape[0] if x2 is None else x2.shape[0])
+    block_size = block_size_lib.largest_block_size(model, implementation, dtype, n,
+                                                   memory_budget_bytes)
   if cap_block_size:
     block_size = effective_block_size(block_size, x1.shape[0],
                                       x1.shape[0] if x2 is None else x2.shape[0])
@@ -146,7 +190,7 @@ def prepare(model: keras.Model, x1: types.Inputs, x2: Optional[types.Inputs],
 
 
 def ntk_gram(model: keras.Model, x1: types.Inputs, x2: Optional[types.Inputs] = None, *,
-             block_size: int = 256,
+             block_size: Optional[int] = None,
              implementation: Union[str, NtkImplementation] = "jacobian",
              dtype: types.DType = "float32", progress: bool = True,
              memory_budget_bytes: Optional[int] = None, **options) -> np.ndarray:
@@ -165,6 +209,10 @@ def ntk_gram(model: keras.Model, x1: types.Inputs, x2: Optional[types.Inputs] = 
   Jacobians, features and products are in `dtype`, each block is summed in
   `accumulate_dtype` (an option; default `dtype`), and the result is `dtype`.
 
+  Block size: by default (None) the largest block of at most max(N1, N2)
+  rows whose estimated peak memory fits `memory_budget_bytes` (None: 1 GiB
+  or a quarter of physical memory, `block_size.largest_block_size`), so a
+  Gram of a few thousand small-model examples is one block.
   Blocks are at most max(N1, N2) rows (`effective_block_size`: a larger
   block_size is capped, so a small Gram is not padded to a full block). The
   padded batch size can change the last bits of the batched TF ops, so a Gram
@@ -182,13 +230,15 @@ def ntk_gram(model: keras.Model, x1: types.Inputs, x2: Optional[types.Inputs] = 
     model: Keras model with one output logit, `[N, ...] -> [N, 1]`.
     x1: `[N1, ...]` inputs (finite, matching the model's input shape).
     x2: `[N2, ...]` inputs, or None for Theta(x1, x1).
-    block_size: B, examples per block (> 0, capped at max(N1, N2)); N1, N2
-      need not be multiples.
+    block_size: B, examples per block (> 0, capped at max(N1, N2)), or
+      None for the largest B that fits the memory budget; N1, N2 need not
+      be multiples.
     implementation: an `NtkImplementation` member or its value.
     dtype: "float32" or "float64" (the precision rule above).
     progress: show blocks done, rate and ETA.
     memory_budget_bytes: bytes one block may use (estimated); None means the
-      machine's physical memory.
+      machine's physical memory for an explicit block_size, and the default
+      budget above when block_size is None.
     **options: options of the implementation's factory (`kernels.OPTIONS`:
       matmul_engine, accumulate_dtype, allow_tf32, nominal_block, choices,
       feature_cache_bytes); one the implementation does not take raises
@@ -202,7 +252,20 @@ def ntk_gram(model: keras.Model, x1: types.Inputs, x2: Optional[types.Inputs] = 
   x1, x2, block_size, dtype = prepare(model, x1, x2, block_size, dtype,
                                       implementation=implementation, cap_block_size=True,
                                       memory_budget_bytes=memory_budget_bytes)
-  fn = block_fn(model, implementation, dtype, block_size, **options)
+  fn = _reusable_block_fn(model, implementation, dtype, block_size, options)
+  feature_cache = getattr(fn, "cache", None)
+  if feature_cache is not None:
+    feature_cache.clear()  # Weights may have changed since a reused fn last ran.
+  try:
+    return _fill_gram(fn, x1, x2, block_size, dtype, progress)
+  finally:
+    if feature_cache is not None:
+      feature_cache.clear()  # Do not hold block features past the call.
+
+
+def _fill_gram(fn: BlockFn, x1: np.ndarray, x2: Optional[np.ndarray], block_size: int,
+               dtype: str, progress: bool) -> np.ndarray:
+  """Returns Theta(x1, x2) `[N1, N2]` from `fn`'s blocks (upper triangle mirrored if x2 None)."""
   n1 = x1.shape[0]
   n2 = n1 if x2 is None else x2.shape[0]
   blocks = iter_blocks(n1, n2, block_size, symmetric=x2 is None)

@@ -32,6 +32,9 @@ class StructuredNtk:
   """
 
   exactly_symmetric = True  # Diagonal blocks: see the class docstring.
+  # `ntk_gram` may keep it between Grams of `model`: its tf.functions read the
+  # model's live variables, and its one state, the feature cache, is cleared.
+  reusable = True
 
   def __init__(self, model: keras.Model, dtype: DType = "float32", *,
                choices: Union[None, str, Mapping[str, str]] = None,
