@@ -5,6 +5,7 @@ import os
 
 from absl.testing import absltest
 
+from ntk_tf import atomic
 from ntk_tf.experiments import workdir
 
 
@@ -45,7 +46,7 @@ class WorkdirTest(absltest.TestCase):
 
   def test_atomic_write_leaves_no_temp_files(self):
     root = self.create_tempdir().full_path
-    workdir.atomic_write_json(os.path.join(root, "x.json"), {"a": 1})
+    atomic.write_json(os.path.join(root, "x.json"), {"a": 1})
     self.assertEqual(os.listdir(root), ["x.json"])
 
   def test_resolve_workdir_uses_bazel_working_directory(self):

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Mapping, Tuple
 from absl import logging
 import numpy as np
 
+from ntk_tf import atomic
 from ntk_tf.experiments import pipeline
 from ntk_tf.experiments import plots
 from ntk_tf.experiments import workdir as workdir_lib
@@ -160,7 +161,7 @@ def run(settings: Settings, workdir: pathlib.Path) -> Dict[str, Any]:
   rows = [{f: r.get(f) for f in TABLE_FIELDS} for r in store.rows(keys)]
   summary = summarize(rows)
   paths = {"csv": pipeline.write_table(work / "results.csv", rows, TABLE_FIELDS),
-           "json": workdir_lib.atomic_write_json(work / "results.json", rows),
+           "json": atomic.write_json(work / "results.json", rows),
            "summary_csv": pipeline.write_table(work / "summary.csv", summary)}
   figure = plots.plot_sample_size(summary, work / FIG5, settings.data.dataset)
   return {"rows": rows, "summary": summary, **paths, "figures": [figure]}

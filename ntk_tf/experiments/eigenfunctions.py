@@ -36,6 +36,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from absl import logging
 import numpy as np
 
+from ntk_tf import atomic
 from ntk_tf import data as data_lib
 from ntk_tf import recipe as recipe_lib
 from ntk_tf.eigen import METHODS as EIGEN_METHODS
@@ -177,7 +178,7 @@ def run(settings: Settings, workdir: pathlib.Path) -> Dict[str, Any]:
   rows = [{f: r.get(f) for f in TABLE_FIELDS} for r in store.rows(keys)]
   csv_path = pipeline.write_table(work / "results.csv", rows, TABLE_FIELDS,
                                   int_columns=("index", "steps_to_loss"))
-  json_path = workdir_lib.atomic_write_json(work / "results.json", rows)
+  json_path = atomic.write_json(work / "results.json", rows)
   figures = [plots.plot_test_accuracy(rows, work / FIG2, baseline),
              plots.plot_training_metrics(rows, work / FIG3)]
   return {"rows": rows, "csv": csv_path, "json": json_path, "figures": figures}

@@ -54,6 +54,7 @@ import keras
 import numpy as np
 
 import ntk_tf
+from ntk_tf import atomic
 from ntk_tf.alignment import DEFAULT_MEMORY_BUDGET_BYTES
 from ntk_tf.experiments import pipeline
 from ntk_tf.experiments import plots
@@ -206,7 +207,7 @@ def single_axis(alpha_init: np.ndarray, alpha_end: np.ndarray,
 
 def _write_column_csv(path: pathlib.Path, name: str, values: np.ndarray) -> None:
   lines = [f"j,{name}"] + [f"{j},{v:.10g}" for j, v in enumerate(values, start=1)]
-  workdir_lib.atomic_write_text(path, "\n".join(lines) + "\n")
+  atomic.write_text(path, "\n".join(lines) + "\n")
 
 
 def _read_column_csv(path: pathlib.Path) -> np.ndarray:
@@ -372,7 +373,7 @@ def write_table1(settings: Settings, rows: List[Dict[str, Any]], path: pathlib.P
     table = table1_markdown(rows, target)
     if table:
       parts.append(f"\n## Target: {target}\n\n{table}")
-  workdir_lib.atomic_write_text(path, "\n".join(parts))
+  atomic.write_text(path, "\n".join(parts))
 
 
 def plot_all(settings: Settings, rows: List[Dict[str, Any]], workdir: pathlib.Path) -> None:

@@ -144,7 +144,7 @@ def run(settings: Settings, workdir: pathlib.Path) -> List[Dict[str, Any]]:
   alignment = singular_values.astype(np.float64)**2  # [k]: alpha(g_{v_j}) = s_j^2
   lines = ["j,singular_value,alignment"] + [
       f"{j},{s:.10g},{a:.10g}" for j, (s, a) in enumerate(zip(singular_values, alignment), 1)]
-  workdir_lib.atomic_write_text(workdir / "alignment_curve.csv", "\n".join(lines) + "\n")
+  atomic.write_text(workdir / "alignment_curve.csv", "\n".join(lines) + "\n")
 
   base = {**_nad_settings(settings), "recipe": recipe.to_dict(),
           "train_size": settings.train_size, "test_size": settings.test_size,

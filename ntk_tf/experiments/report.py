@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 
+from ntk_tf import atomic
 from ntk_tf.experiments import workdir as workdir_lib
 
 # Table 1 of the paper (App. E.2), quoted from its text:
@@ -393,6 +394,6 @@ def write(root: os.PathLike) -> Tuple[pathlib.Path, pathlib.Path]:
   root = pathlib.Path(root)
   doc, _ = build(root)
   md_path, html_path = root / "report.md", root / "report.html"
-  workdir_lib.atomic_write_text(md_path, doc.markdown())
-  workdir_lib.atomic_write_text(html_path, doc.html("ntk_tf experiment report"))
+  atomic.write_text(md_path, doc.markdown())
+  atomic.write_text(html_path, doc.html("ntk_tf experiment report"))
   return md_path, html_path

@@ -22,17 +22,10 @@ from absl import logging
 from ntk_tf import atomic
 
 
-_jsonable = atomic.jsonable
-
-
 def fingerprint(settings: Mapping[str, Any]) -> str:
   """sha256 (16 hex digits) of the canonical JSON of `settings`."""
-  text = json.dumps(_jsonable(settings), sort_keys=True)
+  text = json.dumps(atomic.jsonable(settings), sort_keys=True)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-atomic_write_text = atomic.write_text
-atomic_write_json = atomic.write_json
 
 
 def resolve_workdir(workdir: str) -> pathlib.Path:
@@ -58,7 +51,7 @@ def prepare(workdir: os.PathLike, config: Any) -> pathlib.Path:
   path = pathlib.Path(workdir)
   path.mkdir(parents=True, exist_ok=True)
   config_path = path / "config.json"
-  new = _jsonable(config)
+  new = atomic.jsonable(config)
   if config_path.exists():
     old = json.loads(config_path.read_text())
     if old != new:
@@ -67,7 +60,7 @@ def prepare(workdir: os.PathLike, config: Any) -> pathlib.Path:
         n += 1
       os.replace(config_path, path / f"config.{n}.json")
       logging.info("Config changed; the previous one is kept as config.%d.json", n)
-  atomic_write_json(config_path, new)
+  atomic.write_json(config_path, new)
   return path
 
 
@@ -97,11 +90,11 @@ class ResultStore:
     return row
 
   def put(self, key: str, row: Mapping[str, Any], fingerprint_: Optional[str] = None) -> None:
-    row = dict(_jsonable(row))
+    row = dict(atomic.jsonable(row))
     row["task"] = key
     if fingerprint_ is not None:
       row["fingerprint"] = fingerprint_
-    atomic_write_json(self._path(key), row)
+    atomic.write_json(self._path(key), row)
     self.write_csv()
 
   def rows(self, keys: Optional[Iterable[str]] = None) -> List[Dict[str, Any]]:
@@ -114,4 +107,4 @@ class ResultStore:
   def write_csv(self) -> None:
     import pandas as pd  # Heavy import; only where tables are written.
     rows = [{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in self.rows()]
-    atomic_write_text(self.csv_path, pd.DataFrame(rows).to_csv(index=False))
+    atomic.write_text(self.csv_path, pd.DataFrame(rows).to_csv(index=False))
