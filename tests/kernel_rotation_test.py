@@ -20,6 +20,7 @@ import ntk_tf
 from ntk_tf import models
 from ntk_tf.experiments import kernel_rotation
 from ntk_tf.experiments import pipeline
+from tests import ntk_reference
 from tests import test_util
 
 
@@ -140,6 +141,23 @@ class SmokeTest(absltest.TestCase):
     for key in ("energy_init", "energy_end", "test_acc"):
       self.assertBetween(summary[key], 0.0, 1.0)
     self.assertIn("| Energy conc. (init) |", (workdir / "table1.md").read_text())
+    # Both label encodings against a brute-force Gram (per-example gradients, float64) of
+    # the init model, and NumPy's eigh: ||Phi^T y||^2 / ||y||^2, y in {-1, 1} and {0, 1}.
+    config = kernel_rotation.settings_from_config(
+        test_util.smoke_config(self, kr_config, data_dir=data_dir))
+    dataset = config.data.load()
+    spec = config.models[0]
+    init = pipeline.load_checkpoint(spec.build(dataset.input_shape),
+                                    workdir / "mlp/cifar2/train", 0)
+    _, vecs = np.linalg.eigh(ntk_reference.brute_force_gram(init, dataset.x_train))
+    phi = vecs[:, ::-1][:, :config.top_k]  # [n, K], descending eigenvalues
+    y = np.asarray(dataset.y_train, np.float64)
+    self.assertEqual(set(np.unique(y)), {-1.0, 1.0})
+    for field, labels in (("energy_init", y), ("energy_init_01", (y + 1) / 2)):
+      expected = np.sum((phi.T @ labels) ** 2) / np.sum(labels ** 2)
+      self.assertAlmostEqual(summary[field], expected, places=4, msg=field)
+    self.assertNotAlmostEqual(summary["energy_init"], summary["energy_init_01"], places=2)
+    self.assertIn("| Energy conc. (init), y in {0, 1} |", (workdir / "table1.md").read_text())
     # At init the phi_j are the eigenvectors of the same Gram: alpha_0(phi_j) = lambda_j / n.
     eigvals = np.loadtxt(workdir / "mlp/cifar2/eigvals_epoch_0000.csv", delimiter=",", skiprows=1)
     alpha0 = np.loadtxt(workdir / "mlp/cifar2/alignment_epoch_0000.csv", delimiter=",", skiprows=1)

@@ -6,6 +6,8 @@ with the paper recipe and, at every epoch t of `measure_epochs` (0 = initializat
     Theta_t        Gram of the NTK at the checkpoint theta_t on the n training samples   [n, n]
     Phi_t          its top-K eigenvectors                                                [n, K]
     E_t(y)       = ||Phi_t^T y||^2 / ||y||^2   energy concentration of the labels y in {-1, 1}
+    E_t(b)         the same for b = (y + 1) / 2 in {0, 1}, the encoding of the authors' code
+                   (their `binarize_labels`); the paper does not say which one Table 1 uses
     alpha_t(f)   = ||E_x[f(x) grad f_t(x)]||^2 = f^T Theta_t f / n^2                  (Lemma 1)
 
 What needs which (Sec. 4.2, App. B):
@@ -238,6 +240,8 @@ def _measure_epoch(settings: Settings, model, run_dir: pathlib.Path, x_train: np
   if settings.energy_concentration:
     eigvals, eigvecs = ntk_tf.eigen(gram, settings.top_k)  # [K], [n, K]
     row["energy_top_k"] = float(ntk_tf.energy_concentration(eigvecs, y, settings.top_k))
+    row["energy_top_k_01"] = float(ntk_tf.energy_concentration(eigvecs, (y + 1) / 2,
+                                                               settings.top_k))
     _write_column_csv(run_dir / f"eigvals_epoch_{epoch:04d}.csv", "eigval", eigvals)
     row.update({"eigval_1": float(eigvals[0]), f"eigval_{settings.top_k}": float(eigvals[-1])})
   if phi_basis is None:  # cifar2: the phi_j are the eigenvectors of the train Gram at init.
@@ -331,6 +335,9 @@ def run(settings: Settings, workdir: pathlib.Path) -> List[Dict[str, Any]]:
       summary = {"kind": "summary", "model": spec.name, "target": target,
                  "energy_init": rows[first]["energy_top_k"],
                  "energy_end": rows[last]["energy_top_k"],
+                 # Rows written before the {0, 1} column existed have none: NaN.
+                 "energy_init_01": rows[first].get("energy_top_k_01", math.nan),
+                 "energy_end_01": rows[last].get("energy_top_k_01", math.nan),
                  "test_acc": result.final["test_acc"], "train_loss": result.final["train_loss"],
                  "alpha_labels_ratio": rows[last]["alpha_labels"] / rows[first]["alpha_labels"],
                  "overlap": overlap, "epoch": last}
@@ -357,8 +364,12 @@ def table1_markdown(rows: List[Dict[str, Any]], target: str = "cifar2") -> str:
   sep = "|---|" + "---|" * len(summaries)
   lines = [header, sep]
   for label, field in (("Energy conc. (init)", "energy_init"), ("Energy conc. (end)", "energy_end"),
+                       ("Energy conc. (init), y in {0, 1}", "energy_init_01"),
+                       ("Energy conc. (end), y in {0, 1}", "energy_end_01"),
                        ("Test accuracy", "test_acc")):
-    lines.append(f"| {label} | " + " | ".join(f"{100 * r[field]:.1f}%" for r in summaries) + " |")
+    values = [r.get(field, math.nan) for r in summaries]
+    lines.append(f"| {label} | " + " | ".join(
+        "n/a" if math.isnan(v) else f"{100 * v:.1f}%" for v in values) + " |")
   return "\n".join(lines) + "\n"
 
 
