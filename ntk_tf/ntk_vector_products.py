@@ -29,12 +29,6 @@ from ntk_tf.structured import keras_graph
 from ntk_tf.types import Array, DType, Inputs
 
 
-def _check_batch_size(batch_size: int) -> int:
-  if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
-    raise ValueError(f"batch_size must be a positive int. Received: batch_size={batch_size!r}")
-  return batch_size
-
-
 class _Products:
   """Batched VJP / JVP of a single-logit model with static (padded) batch shapes."""
 
@@ -99,7 +93,7 @@ class NtkOperator:
   def __init__(self, model: keras.Model, x: Inputs, *, batch_size: int = 256,
                dtype: DType = "float32"):
     self.dtype = np.dtype(precision.canonical_dtype(dtype))
-    self.batch_size = _check_batch_size(batch_size)
+    self.batch_size = validation.check_positive_int(batch_size, "batch_size")
     self._x = np.asarray(x, dtype=self.dtype)
     self._products = _Products(model, self.dtype.name)
     self.shape = (len(self._x), len(self._x))
