@@ -40,6 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ntk_tf import forward_mode
 from ntk_tf import onednn
 from ntk_tf import validation
 from ntk_tf.types import Inputs
@@ -170,11 +171,11 @@ class Linearized(keras.Model):
   def call(self, inputs: Inputs, training=None) -> tf.Tensor:
     """Returns f_lin(x; theta), `[N, K]`. BatchNorm is always in inference mode."""
     del training  # The wrapped model is frozen: inference mode always (App. B).
-    primals = [v.value for v in self._theta_star()]  # the tf.Variables holding theta_star
-    tangents = [t - o for t, o in zip(self.theta, self.theta_origin)]  # theta - theta_origin
-    with tf.autodiff.ForwardAccumulator(primals=primals, tangents=tangents) as acc:
-      f_star = self.network(inputs, training=False)  # f(x; theta_star), [N, K]
-    jvp = acc.jvp(f_star, unconnected_gradients=tf.UnconnectedGradients.ZERO)  # J dtheta, [N, K]
+    tangents = {id(v): t - o  # theta - theta_origin, shaped like theta_star's variable v
+                for v, t, o in zip(self._theta_star(), self.theta, self.theta_origin)}
+    f_star, jvp = forward_mode.primal_and_jvp(self.network, inputs, tangents)  # [N, K] each
+    if jvp is None:  # No parameter reaches the output.
+      jvp = tf.zeros_like(f_star)
     return f_star + jvp if self.offset else jvp
 
   def compute_output_shape(self, input_shape):
