@@ -25,9 +25,11 @@ normalization for the linear approximations." `batch_norm="trained"` takes
 them from the expansion point instead (our option, not the paper's).
 
 The Jacobian-vector product J (theta - theta_origin) is computed in forward
-mode (`tf.autodiff.ForwardAccumulator`), one extra forward pass per call; J is
-never materialized. Gradients with respect to theta flow back through the
-JVP, so `fit()` trains the linear model.
+mode together with f(x; theta_star), in one pass through the wrapped model's
+layers (`ntk_tf.forward_mode.primal_and_jvp`); J is never materialized.
+Gradients with respect to theta flow back through the JVP, which is linear in
+theta: d loss / d theta = J^T d loss / d f_lin, one reverse pass through the
+network at theta_star. So `fit()` trains the linear model.
 
 Shapes (the whole module): x `[N, ...]` model inputs; outputs `[N, K]` (K = 1
 for the paper's models); theta a list of arrays with the shapes of the
@@ -241,8 +243,8 @@ def linearize(model: keras.Model, *, expansion_point: Optional[ExpansionPoint] =
   coordinates of theta (the paper's text does not say whether the linear
   model trains them; keeping them makes its NTK at theta0 the model's).
 
-  The JVP is computed in forward mode (`tf.autodiff.ForwardAccumulator`);
-  J is never materialized. `model` itself is not modified (it is cloned).
+  The JVP is computed in forward mode, with f(x; theta_star) in one pass
+  (`ntk_tf.forward_mode`); J is never materialized. `model` itself is not modified (it is cloned).
 
   Args:
     model: a built Keras model at theta0, `[N, ...] -> [N, K]`, finite weights.
