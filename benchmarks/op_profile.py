@@ -3,7 +3,7 @@ r"""Where the time goes: a model's Gram and training steps, timed per TensorFlow
     .venv/bin/python -m benchmarks.op_profile --model=resnet18 --n=128 \
         --data_dir=/work/shared/data
 
-For the N-sample Gram (`ntk_gram` with default arguments), one training step of
+For the N-sample Gram (`ntk_gram`, `--implementation`), one training step of
 the network and one of its linearization (as `ntk_tf.train` runs them, batch
 `--batch_size`), prints the wall time of one profiled run, the CPU time of all
 TensorFlow ops in it (summed over threads), the part of that in convolutions
@@ -40,6 +40,7 @@ _MODEL = flags.DEFINE_enum("model", "resnet18", list(ntk_tf.models.MODEL_NAMES),
 _N = flags.DEFINE_integer("n", 128, "Samples of the Gram.", lower_bound=1)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", ntk_tf.PAPER_SGD.batch_size,
                                    "Examples per training step.", lower_bound=1)
+_IMPLEMENTATION = flags.DEFINE_string("implementation", "auto", "ntk_gram's implementation.")
 _STEPS = flags.DEFINE_integer("steps", 1, "Training steps per profiled call.", lower_bound=1)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder with cifar10.npz (default: synthetic).")
 
@@ -105,9 +106,11 @@ def main(argv):
   x = gram_paths.inputs((32, 32, 3), max(n, batch), _DATA_DIR.value)  # [max(N, B), 32, 32, 3]
   model = ntk_tf.models.get(name, input_shape=(32, 32, 3))
   rows = []
-  ntk_tf.ntk_gram(model, x[:n], progress=False)  # warm-up: traces and engine choice
-  wall, ops = profile_ops(lambda: ntk_tf.ntk_gram(model, x[:n], progress=False))
-  rows.append(_format(f"Gram N={n}", wall, ops))
+  gram = lambda m: ntk_tf.ntk_gram(model, x[:m], implementation=_IMPLEMENTATION.value,
+                                  progress=False)
+  gram(min(n, 8))  # warm-up: traces and engine choice
+  wall, ops = profile_ops(lambda: gram(n))
+  rows.append(_format(f"Gram N={n} {_IMPLEMENTATION.value}", wall, ops))
   steps = _STEPS.value
   xs = tf.constant(np.concatenate([x[:batch]] * steps))  # [steps * B, 32, 32, 3]
   ts = tf.constant(np.tile((np.arange(batch) % 2).astype(np.float32)[:, None], (steps, 1)))
