@@ -1,8 +1,9 @@
 r"""Benchmark: one training step of a linearized model vs. its network.
 
 Prints, per model on CIFAR-10 batches, the wall time of one `ntk_tf.train`
-step (forward, backward, SGD update) of the network and of its linearization
-(forward-mode JVP, paper Eq. 1), measured in the same run, and their ratio.
+step (forward, backward, SGD update; `--steps` steps per call, as `train` runs
+them) of the network and of its linearization (primal and JVP in one pass,
+paper Eq. 1), measured in the same run, and their ratio.
 Not a timed test; timings belong to the machine they were taken on.
 
   bazel run //binaries:bench_train -- --models=mlp,lenet
@@ -27,6 +28,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 from benchmarks import machine  # pylint: disable=g-import-not-at-top
 import ntk_tf  # pylint: disable=g-import-not-at-top
 from ntk_tf import atomic  # pylint: disable=g-import-not-at-top
+from ntk_tf import train_step  # pylint: disable=g-import-not-at-top
 from ntk_tf import training  # pylint: disable=g-import-not-at-top
 
 _MODELS = flags.DEFINE_list("models", ["mlp", "lenet"], "Architectures to time.")
@@ -47,18 +49,20 @@ def time_train_step(model: keras.Model, x: np.ndarray, y: np.ndarray, *,
                     warmup: int = 3) -> float:
   """Mean wall seconds of one `ntk_tf.train` step of `model` on the batch (x `[B, ...]`, y `[B]` +-1).
 
-  The step is compiled once and run `warmup` times first; it trains `model` in place.
+  The steps run as `train` runs them: `steps` consecutive steps in one call of
+  `train_step.make_train_loop` (here all on the same batch). The loop is traced
+  and run first on at least `warmup` steps; it trains `model` in place.
   """
   dtype = tf.as_dtype(model.compute_dtype)
-  step = training.make_train_step(model, training.make_optimizer(recipe, steps + warmup))
-  xb = tf.constant(x, dtype)
-  tb = tf.constant((np.asarray(y) > 0).reshape(-1, 1), dtype)  # [B, 1] BCE targets (1 + y) / 2
-  for _ in range(max(1, warmup)):
-    step(xb, tb).numpy()
+  warmup_calls = -(-max(1, warmup) // steps)  # ceil: each call runs `steps` steps
+  optimizer = training.make_optimizer(recipe, steps * (warmup_calls + 1))
+  loop = train_step.make_train_loop(model, optimizer, len(x))
+  xs = tf.constant(np.concatenate([x] * steps), dtype)  # [steps * B, ...]
+  ts = tf.constant(np.concatenate([(np.asarray(y) > 0).reshape(-1, 1)] * steps), dtype)  # (1 + y) / 2
+  for _ in range(warmup_calls):
+    loop(xs, ts).numpy()
   start = time.perf_counter()
-  for _ in range(steps):
-    loss = step(xb, tb)
-  loss.numpy()
+  loop(xs, ts).numpy()
   return (time.perf_counter() - start) / steps
 
 

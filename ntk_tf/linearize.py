@@ -25,9 +25,11 @@ normalization for the linear approximations." `batch_norm="trained"` takes
 them from the expansion point instead (our option, not the paper's).
 
 The Jacobian-vector product J (theta - theta_origin) is computed in forward
-mode (`tf.autodiff.ForwardAccumulator`), one extra forward pass per call; J is
-never materialized. Gradients with respect to theta flow back through the
-JVP, so `fit()` trains the linear model.
+mode together with f(x; theta_star), in one pass through the wrapped model's
+layers (`ntk_tf.forward_mode.primal_and_jvp`); J is never materialized.
+Gradients with respect to theta flow back through the JVP, which is linear in
+theta: d loss / d theta = J^T d loss / d f_lin, one reverse pass through the
+network at theta_star. So `fit()` trains the linear model.
 
 Shapes (the whole module): x `[N, ...]` model inputs; outputs `[N, K]` (K = 1
 for the paper's models); theta a list of arrays with the shapes of the
@@ -40,6 +42,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ntk_tf import forward_mode
 from ntk_tf import onednn
 from ntk_tf import validation
 from ntk_tf.types import Inputs
@@ -170,11 +173,11 @@ class Linearized(keras.Model):
   def call(self, inputs: Inputs, training=None) -> tf.Tensor:
     """Returns f_lin(x; theta), `[N, K]`. BatchNorm is always in inference mode."""
     del training  # The wrapped model is frozen: inference mode always (App. B).
-    primals = [v.value for v in self._theta_star()]  # the tf.Variables holding theta_star
-    tangents = [t - o for t, o in zip(self.theta, self.theta_origin)]  # theta - theta_origin
-    with tf.autodiff.ForwardAccumulator(primals=primals, tangents=tangents) as acc:
-      f_star = self.network(inputs, training=False)  # f(x; theta_star), [N, K]
-    jvp = acc.jvp(f_star, unconnected_gradients=tf.UnconnectedGradients.ZERO)  # J dtheta, [N, K]
+    tangents = {id(v): t - o  # theta - theta_origin, shaped like theta_star's variable v
+                for v, t, o in zip(self._theta_star(), self.theta, self.theta_origin)}
+    f_star, jvp = forward_mode.primal_and_jvp(self.network, inputs, tangents)  # [N, K] each
+    if jvp is None:  # No parameter reaches the output.
+      jvp = tf.zeros_like(f_star)
     return f_star + jvp if self.offset else jvp
 
   def compute_output_shape(self, input_shape):
@@ -240,8 +243,8 @@ def linearize(model: keras.Model, *, expansion_point: Optional[ExpansionPoint] =
   coordinates of theta (the paper's text does not say whether the linear
   model trains them; keeping them makes its NTK at theta0 the model's).
 
-  The JVP is computed in forward mode (`tf.autodiff.ForwardAccumulator`);
-  J is never materialized. `model` itself is not modified (it is cloned).
+  The JVP is computed in forward mode, with f(x; theta_star) in one pass
+  (`ntk_tf.forward_mode`); J is never materialized. `model` itself is not modified (it is cloned).
 
   Args:
     model: a built Keras model at theta0, `[N, ...] -> [N, K]`, finite weights.

@@ -68,11 +68,17 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from ntk_tf import atomic
-from ntk_tf import onednn
 from ntk_tf.recipe import PAPER_SGD
 from ntk_tf.recipe import Recipe
+from ntk_tf.train_step import bce_with_logits  # pylint: disable=unused-import  (public here too)
+from ntk_tf.train_step import make_train_loop
+from ntk_tf.train_step import make_train_step  # pylint: disable=unused-import  (public here too)
 from ntk_tf.types import Array
 from ntk_tf.validation import check_finite_weights
+
+# Bytes of inputs per `make_train_loop` call: the steps of an epoch run in
+# calls of K = _SLAB_BYTES // (bytes per batch) steps (at least 1).
+_SLAB_BYTES = 64 << 20
 
 HISTORY_FIELDS = ("epoch", "step", "learning_rate", "batch_loss", "train_loss", "train_acc",
                   "test_loss", "test_acc", "l2_distance", "cosine_distance", "seconds")
@@ -148,31 +154,6 @@ def make_optimizer(recipe: Recipe, total_steps: int) -> keras.optimizers.Optimiz
   if recipe.optimizer == "sgd":
     return keras.optimizers.SGD(learning_rate=lr, momentum=recipe.momentum)
   return keras.optimizers.Adam(learning_rate=lr)
-
-
-def bce_with_logits(y01: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-  """mean_i [softplus(f_i) - y_i f_i], the binary cross-entropy of one logit. `[B, 1]` -> `[]`."""
-  return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y01, logits=logits))
-
-
-def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer):
-  """The compiled step of `train`: forward, BCE, backward, optimizer update; returns the loss.
-
-  `step(x [B, ...], t [B, 1])`, t the {0, 1} BCE targets in the model's compute dtype.
-  """
-  onednn.protect(model)  # exact conv gradients with oneDNN on
-  params = model.trainable_weights
-
-  @tf.function
-  def train_step(x, y01):
-    with tf.GradientTape() as tape:
-      logits = model(x, training=True)  # [B, 1]
-      loss = bce_with_logits(y01, logits)
-    grads = tape.gradient(loss, params)
-    optimizer.apply_gradients(zip(grads, params))
-    return loss
-
-  return train_step
 
 
 def _make_eval_step(model: keras.Model):
@@ -418,7 +399,9 @@ def train(model: keras.Model, x_train: Array, y_train: Optional[Array] = None, *
   optimizer = make_optimizer(recipe, total_steps)
   params = model.trainable_weights
   optimizer.build(params)
-  train_step = make_train_step(model, optimizer)
+  train_loop = make_train_loop(model, optimizer, batch)
+  example_bytes = int(np.prod(x_train.shape[1:])) * dtype.size
+  steps_per_call = max(1, min(steps_per_epoch, _SLAB_BYTES // max(1, batch * example_bytes)))
   eval_step = _make_eval_step(model)
   meta = {"recipe": recipe.to_dict(), "seed": seed, "num_train": num_train,
           "num_weights": len(model.weights)}
@@ -484,13 +467,14 @@ def train(model: keras.Model, x_train: Array, y_train: Optional[Array] = None, *
     start = time.time()
     order = np.random.default_rng([seed, epoch]).permutation(num_train)  # [N]
     bar = keras.utils.Progbar(steps_per_epoch, verbose=1) if progress else None
-    losses = []  # [steps_per_epoch] loss tensors, read once at the end of the epoch.
-    for k in range(steps_per_epoch):
-      idx = order[k * batch:(k + 1) * batch]  # [B]
-      losses.append(train_step(tf.constant(x_train[idx], dtype), tf.constant(y_train[idx], dtype)))
+    losses = []  # [K] loss tensors per call, read once at the end of the epoch.
+    for first in range(0, steps_per_epoch, steps_per_call):
+      last = min(first + steps_per_call, steps_per_epoch)
+      idx = order[first * batch:last * batch]  # [K*B], K = last - first steps in one call
+      losses.append(train_loop(tf.constant(x_train[idx], dtype), tf.constant(y_train[idx], dtype)))
       if bar is not None:
-        bar.update(k + 1, values=[("loss", float(losses[-1]))])
-    batch_losses = np.array([float(loss) for loss in losses])  # [steps_per_epoch] float64
+        bar.update(last, values=[("loss", float(np.mean(losses[-1].numpy())))])
+    batch_losses = np.concatenate([l.numpy() for l in losses]).astype(np.float64)  # [steps_per_epoch]
     _check_finite_losses(batch_losses, epoch, (epoch - 1) * steps_per_epoch, recipe)
     record(epoch, float(np.mean(batch_losses)), time.time() - start)
   return TrainResult(history=history, recipe=recipe, seed=seed)

@@ -165,8 +165,11 @@ class LinearizeValueTest(parameterized.TestCase):
       _set(other.weights, [d + s for d, s in zip(diff, theta_star)] if offset else diff)
       np.testing.assert_allclose(_f(lin, x), _f(other, x), rtol=1e-12, atol=1e-12)
 
-  def test_gradient_is_jacobian_transpose_times_loss_gradient(self):
-    model = _tiny("mlp", "float64")
+  @parameterized.parameters("mlp", "lenet", "resnet18")  # resnet18: BatchNorm, Add, 1x1 stride 2
+  def test_gradient_is_jacobian_transpose_times_loss_gradient(self, name):
+    # The tape's gradient through the one-pass JVP (ntk_tf/forward_mode.py) equals
+    # J^T dL/df from per-example GradientTape Jacobians of the network, float64.
+    model = _tiny(name, "float64")
     lin = ntk_tf.linearize(model)
     x = _inputs(model, 6)
     y01 = np.array([0, 1, 1, 0, 1, 0], np.float64)
