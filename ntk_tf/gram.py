@@ -191,7 +191,7 @@ def prepare(model: keras.Model, x1: types.Inputs, x2: Optional[types.Inputs],
 
 def ntk_gram(model: keras.Model, x1: types.Inputs, x2: Optional[types.Inputs] = None, *,
              block_size: Optional[int] = None,
-             implementation: Union[str, NtkImplementation] = "jacobian",
+             implementation: Union[str, NtkImplementation] = "auto",
              dtype: types.DType = "float32", progress: bool = True,
              memory_budget_bytes: Optional[int] = None, **options) -> np.ndarray:
   """Returns the empirical NTK Gram Theta(x1, x2) as a NumPy array.
@@ -233,7 +233,8 @@ def ntk_gram(model: keras.Model, x1: types.Inputs, x2: Optional[types.Inputs] = 
     block_size: B, examples per block (> 0, capped at max(N1, N2)), or
       None for the largest B that fits the memory budget; N1, N2 need not
       be multiples.
-    implementation: an `NtkImplementation` member or its value.
+    implementation: an `NtkImplementation` member or its value; "auto" (the default)
+      picks the cheaper exact path by a FLOP estimate (`ntk_tf.auto`).
     dtype: "float32" or "float64" (the precision rule above).
     progress: show blocks done, rate and ETA.
     memory_budget_bytes: bytes one block may use (estimated); None means the

@@ -135,7 +135,8 @@ class GramStore:
     x: `[N, ...]` inputs.
     block_size: B (> 0).
     dtype: "float32" or "float64".
-    implementation: an `NtkImplementation` member or its value.
+    implementation: an `NtkImplementation` member or its value; "auto" (the default)
+      picks the cheaper exact path by a FLOP estimate (`ntk_tf.auto`).
     commit_interval_s: seconds between commits (flush of the matrix, append and
       fsync of the log), >= 0; a kill loses at most this much work. 0 commits
       after every block.
@@ -148,7 +149,7 @@ class GramStore:
 
   def __init__(self, path: Union[str, os.PathLike], model: keras.Model, x: types.Inputs, *,
                block_size: int = 256, dtype: types.DType = "float32",
-               implementation: Union[str, gram_lib.NtkImplementation] = "jacobian",
+               implementation: Union[str, gram_lib.NtkImplementation] = "auto",
                commit_interval_s: float = 5.0, lock: str = "wait", overwrite: bool = False,
                verify: bool = True, **options):
     x, _, block_size, dtype = gram_lib.prepare(model, x, None, block_size, dtype)
