@@ -1,0 +1,125 @@
+"""A localhost TensorFlow cluster: N worker processes and one parameter server.
+
+    LocalCluster(num_workers) -> ClusterSpec {"worker": [N], "ps": [1], "chief": [1]}
+
+Each worker and the parameter server is a `tf.distribute.Server` in its own
+subprocess (`python -m ntk_tf.distributed.server`) on a free localhost port;
+the chief entry is the coordinator (the calling process). The servers are
+killed when the cluster is closed, when the interpreter exits, and (Linux
+`PR_SET_PDEATHSIG`) when the coordinator dies, even by SIGKILL.
+
+For single-machine multi-process runs and for tests; a real cluster's tasks
+are started by its scheduler with `TF_CONFIG` (`ntk_tf.distributed.cluster`).
+"""
+
+import atexit
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+import tensorflow as tf
+
+_PR_SET_PDEATHSIG = 1
+_START_TIMEOUT_S = 180.0
+
+
+def free_port() -> int:
+  """A localhost TCP port free at the time of the call."""
+  with socket.socket() as probe:
+    probe.bind(("localhost", 0))
+    return probe.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+  """Runs in the child before exec: SIGKILL it when its parent (the coordinator) dies."""
+  libc = ctypes.CDLL("libc.so.6", use_errno=True)
+  libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _listening(address: str) -> bool:
+  host, port = address.rsplit(":", 1)
+  try:
+    with socket.create_connection((host, int(port)), timeout=1.0):
+      return True
+  except OSError:
+    return False
+
+
+class LocalCluster:
+  """N worker servers and one parameter server on localhost (see the module docstring).
+
+  Args:
+    num_workers: N >= 1 worker processes.
+    intra_op_threads: TF intra-op threads of each worker (None: TF's default,
+      all cores). The parameter server gets 1.
+  """
+
+  def __init__(self, num_workers: int, intra_op_threads: Optional[int] = None):
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+      raise ValueError(f"num_workers must be an int >= 1. Received: num_workers={num_workers!r}")
+    self.num_workers = num_workers
+    self.spec: Dict[str, List[str]] = {
+        "worker": [f"localhost:{free_port()}" for _ in range(num_workers)],
+        "ps": [f"localhost:{free_port()}"],
+        "chief": [f"localhost:{free_port()}"],
+    }
+    self.processes: Dict[str, subprocess.Popen] = {}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for job, threads in (("ps", 1), ("worker", intra_op_threads)):
+      for index in range(len(self.spec[job])):
+        command = [sys.executable, "-m", "ntk_tf.distributed.server",
+                   f"--cluster_spec={json.dumps(self.spec)}", f"--job={job}",
+                   f"--index={index}", f"--intra_op_threads={threads or 0}"]
+        self.processes[f"{job}:{index}"] = subprocess.Popen(
+            command, env=env, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
+    atexit.register(self.close)
+    self._wait_until_listening()
+
+  def _wait_until_listening(self) -> None:
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    for name, address in self.server_addresses().items():
+      while not _listening(address):
+        if self.processes[name].poll() is not None:
+          self.close()
+          raise RuntimeError(f"Server {name} at {address} exited with code "
+                             f"{self.processes[name].returncode} while starting.")
+        if time.monotonic() > deadline:
+          self.close()
+          raise RuntimeError(f"Server {name} at {address} did not start in "
+                             f"{_START_TIMEOUT_S:.0f} s.")
+        time.sleep(0.2)
+
+  def server_addresses(self) -> Dict[str, str]:
+    """{"worker:0": "localhost:port", ..., "ps:0": ...} of the server processes."""
+    return {f"{job}:{i}": address for job in ("worker", "ps")
+            for i, address in enumerate(self.spec[job])}
+
+  def cluster_resolver(self) -> tf.distribute.cluster_resolver.ClusterResolver:
+    """The coordinator's (chief 0's) resolver of this cluster."""
+    return tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(self.spec), task_type="chief", task_id=0, rpc_layer="grpc")
+
+  def kill(self, name: str) -> None:
+    """SIGKILLs the server `name` ("worker:1", ...), as a failed machine would stop."""
+    self.processes[name].kill()
+    self.processes[name].wait()
+
+  def close(self) -> None:
+    """Kills every server process (idempotent)."""
+    for process in self.processes.values():
+      if process.poll() is None:
+        process.kill()
+        process.wait()
+
+  def __enter__(self) -> "LocalCluster":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

@@ -1,0 +1,189 @@
+"""Where Gram blocks run: one device, several local devices, or a parameter-server cluster.
+
+    submit(x_a [B, ...], x_b [B, ...] | None) -> handle;  result(handle) -> Theta [B, B]
+
+A `Runner` takes padded example blocks and returns the `[B, B]` block of
+`device_block.DeviceBlock` (x_b None: the diagonal block Theta(x_a, x_a),
+symmetrized). Blocks are assigned, never split: every block is computed whole
+by the same traced function on one device, so the bytes of a block do not
+depend on which device or worker computed it (on identical hardware and
+thread settings). `slots` is how many blocks the caller keeps in flight.
+
+  LocalRunner    one process, D local devices (GPUs, or logical CPU devices
+                 from `split_cpu`): block k runs on device k mod D (round
+                 robin) in that device's thread, with that device's own
+                 DeviceBlock (own traces). With D > 1 the model's variables
+                 are mirrored on every device (`tf.distribute.MirroredStrategy`).
+  ClusterRunner  a `tf.distribute.experimental.ParameterServerStrategy` and its
+                 `tf.distribute.coordinator.ClusterCoordinator` (`ntk_tf.distributed.cluster`):
+                 each block is a closure scheduled on some worker; the model's
+                 variables live on the parameter servers.
+"""
+
+import concurrent.futures
+from typing import Any, List, Optional, Sequence, Union
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ntk_tf import kernels
+from ntk_tf import precision
+from ntk_tf import types
+from ntk_tf.distributed import device_block
+
+
+def split_cpu(num_devices: int) -> List[str]:
+  """Splits the host CPU into `num_devices` logical devices; returns their names.
+
+  Must run before TensorFlow initializes its devices (before any op runs).
+  """
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  tf.config.set_logical_device_configuration(
+      cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(num_devices)])
+  return [device.name for device in tf.config.list_logical_devices("CPU")]
+
+
+def local_devices(num_devices: int) -> List[str]:
+  """The first `num_devices` GPUs, else (no GPU) `num_devices` logical CPU devices.
+
+  Raises:
+    ValueError: more devices asked than there are GPUs, naming both counts.
+  """
+  if num_devices < 1:
+    raise ValueError(f"num_devices must be >= 1. Received: num_devices={num_devices}")
+  gpus = tf.config.list_logical_devices("GPU")
+  if gpus:
+    if num_devices > len(gpus):
+      raise ValueError(f"Only {len(gpus)} GPUs are visible. Received: num_devices={num_devices}")
+    return [device.name for device in gpus[:num_devices]]
+  cpus = tf.config.list_logical_devices("CPU")
+  if len(cpus) >= num_devices:
+    return [device.name for device in cpus[:num_devices]]
+  return split_cpu(num_devices)
+
+
+def place_model(model: keras.Model, strategy: tf.distribute.Strategy) -> keras.Model:
+  """A copy of `model` whose variables `strategy` creates (mirrored, or on parameter servers).
+
+  Same architecture (`get_config`/`from_config`) and the same weights, bit for bit.
+  """
+  with strategy.scope():
+    placed = model.__class__.from_config(model.get_config())
+    placed.set_weights(model.get_weights())
+  return placed
+
+
+def _tensor(x: np.ndarray, dtype: str) -> tf.Tensor:
+  """A padded block `[B, ...]` as a tensor of the block's dtype (as the reference casts it)."""
+  return tf.constant(np.ascontiguousarray(x, dtype=dtype))
+
+
+class Runner:
+  """Runs blocks; subclasses say where. `slots`: blocks the caller keeps in flight."""
+
+  slots: int = 1
+
+  def submit(self, x_a: np.ndarray, x_b: Optional[np.ndarray]) -> Any:
+    raise NotImplementedError
+
+  def result(self, handle: Any) -> np.ndarray:
+    raise NotImplementedError
+
+  def close(self) -> None:
+    """Releases threads or connections (the default holds none)."""
+
+  def __enter__(self) -> "Runner":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def _call(block: device_block.DeviceBlock, x_a: np.ndarray,
+          x_b: Optional[np.ndarray]) -> np.ndarray:
+  if x_b is None:
+    return block.diagonal(_tensor(x_a, block.dtype)).numpy()  # [B, B]
+  return block.block(_tensor(x_a, block.dtype), _tensor(x_b, block.dtype)).numpy()  # [B, B]
+
+
+class LocalRunner(Runner):
+  """Blocks round robin over local devices, one thread and one DeviceBlock per device.
+
+  Args:
+    model: Keras model with one output logit (any dtype; cast to `dtype`).
+    implementation: "jacobian" or "structured" (`device_block.IMPLEMENTATION_NAMES`).
+    dtype: "float32" or "float64".
+    devices: device names (None: the caller's default device, no threads).
+  """
+
+  def __init__(self, model: keras.Model, implementation: Union[str, kernels.NtkImplementation],
+               dtype: types.DType = "float32", devices: Optional[Sequence[str]] = None):
+    model = precision.cast_model(model, dtype)
+    self.devices = list(devices) if devices else [None]
+    if len(self.devices) > 1:
+      model = place_model(model, tf.distribute.MirroredStrategy(self.devices))
+    self.blocks = [device_block.DeviceBlock(model, implementation, dtype, device=device)
+                   for device in self.devices]
+    self.slots = 2 * len(self.devices)
+    self._pools = ([concurrent.futures.ThreadPoolExecutor(1) for _ in self.devices]
+                   if len(self.devices) > 1 else None)
+    self._next = 0
+
+  def submit(self, x_a: np.ndarray, x_b: Optional[np.ndarray]) -> Any:
+    device = self._next % len(self.devices)
+    self._next += 1
+    if self._pools is None:
+      return _call(self.blocks[0], x_a, x_b)  # Computed now: one device, nothing to overlap.
+    return self._pools[device].submit(_call, self.blocks[device], x_a, x_b)
+
+  def result(self, handle: Any) -> np.ndarray:
+    return handle if self._pools is None else handle.result()
+
+  def warm_up(self, x: np.ndarray) -> None:
+    """Traces every device's functions on `x [B, ...]`, one device at a time.
+
+    Tracing writes to Keras' and the structured recorder's Python state, so the
+    device threads must not trace concurrently; after this they only execute.
+    """
+    for block in self.blocks:
+      _call(block, x, None)
+      _call(block, x, x)
+
+  def close(self) -> None:
+    for pool in self._pools or ():
+      pool.shutdown(wait=True)
+
+
+class ClusterRunner(Runner):
+  """Each block a closure scheduled by a `ClusterCoordinator` on some worker.
+
+  The coordinator re-runs a closure on another worker when its worker fails
+  (`tf.distribute.coordinator.ClusterCoordinator`), so a lost worker costs its
+  blocks in flight, not the job.
+
+  Args:
+    model: as for `LocalRunner`; copied onto the parameter servers.
+    implementation, dtype: as for `LocalRunner`.
+    strategy: a `tf.distribute.experimental.ParameterServerStrategy`.
+    num_workers: its number of workers (blocks in flight: 2 per worker + 2).
+  """
+
+  def __init__(self, model: keras.Model, implementation: Union[str, kernels.NtkImplementation],
+               dtype: types.DType, strategy: tf.distribute.Strategy, num_workers: int):
+    self.strategy = strategy
+    self.coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
+    placed = place_model(precision.cast_model(model, dtype), strategy)
+    self.block = device_block.DeviceBlock(placed, implementation, dtype)
+    self.num_workers = int(num_workers)
+    self.slots = 2 * self.num_workers + 2
+
+  def submit(self, x_a: np.ndarray, x_b: Optional[np.ndarray]) -> Any:
+    if x_b is None:
+      return self.coordinator.schedule(self.block.diagonal,
+                                       args=(_tensor(x_a, self.block.dtype),))
+    return self.coordinator.schedule(
+        self.block.block, args=(_tensor(x_a, self.block.dtype), _tensor(x_b, self.block.dtype)))
+
+  def result(self, handle: Any) -> np.ndarray:
+    return np.asarray(handle.fetch())  # [B, B]; waits, re-running on a failed worker.
