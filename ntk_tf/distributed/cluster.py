@@ -17,19 +17,19 @@ from the store's committed blocks. The parameter server holds the model's
 weights (read by every block); losing it fails the job, which then resumes.
 
 Every task of a TF_CONFIG cluster runs the same command; `serve_if_server`
-turns the worker and ps tasks into servers that serve until killed, and the
-chief (task type "chief") coordinates. Servers need >= 2 inter-op threads
-(remote function calls deadlock with 1); their intra-op threads are settable.
+turns the worker and ps tasks into servers (`server.serve`) that serve until
+killed, and the chief (task type "chief") coordinates.
 """
 
 import json
 import os
 import re
-from typing import Dict, List, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import tensorflow as tf
 
 from ntk_tf.distributed import local_cluster
+from ntk_tf.distributed import server
 
 _LOCAL = re.compile(r"^local:([1-9][0-9]*)$")
 
@@ -41,23 +41,6 @@ def check_cluster(value: Optional[str]) -> Optional[str]:
   return value or None
 
 
-def server_config(intra_op_threads: Optional[int] = None) -> tf.compat.v1.ConfigProto:
-  """The ConfigProto of a server task: TF's default inter-op pool, `intra_op_threads`."""
-  config = tf.compat.v1.ConfigProto()
-  if intra_op_threads:
-    config.intra_op_parallelism_threads = int(intra_op_threads)
-  return config
-
-
-def serve(spec: Dict[str, List[str]], job: str, index: int,
-          intra_op_threads: Optional[int] = None) -> None:
-  """Runs task `job`:`index` of the cluster `spec` as a gRPC server; returns never."""
-  server = tf.distribute.Server(tf.train.ClusterSpec(spec), job_name=job, task_index=index,
-                                protocol="grpc", config=server_config(intra_op_threads),
-                                start=True)
-  server.join()
-
-
 def serve_if_server(intra_op_threads: Optional[int] = None) -> None:
   """With TF_CONFIG naming this task a worker or ps, serves forever; else returns."""
   if "TF_CONFIG" not in os.environ:
@@ -65,7 +48,7 @@ def serve_if_server(intra_op_threads: Optional[int] = None) -> None:
   tf_config = json.loads(os.environ["TF_CONFIG"])
   task = tf_config.get("task", {})
   if task.get("type") in ("worker", "ps"):
-    serve(tf_config["cluster"], task["type"], int(task.get("index", 0)), intra_op_threads)
+    server.serve(tf_config["cluster"], task["type"], int(task.get("index", 0)), intra_op_threads)
 
 
 class Cluster(NamedTuple):

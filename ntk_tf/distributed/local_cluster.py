@@ -3,10 +3,16 @@
     LocalCluster(num_workers) -> ClusterSpec {"worker": [N], "ps": [1], "chief": [1]}
 
 Each worker and the parameter server is a `tf.distribute.Server` in its own
-subprocess (`python -m ntk_tf.distributed.server`) on a free localhost port;
+subprocess (`ntk_tf/distributed/server.py`, run by path) on a free localhost port;
 the chief entry is the coordinator (the calling process). The servers are
 killed when the cluster is closed, when the interpreter exits, and (Linux
 `PR_SET_PDEATHSIG`) when the coordinator dies, even by SIGKILL.
+
+A server that dies while the cluster is open is restarted on its port, as a
+cluster manager (Kubernetes, SLURM) restarts a lost task: the
+`ClusterCoordinator` re-runs the lost worker's closures on the other workers
+at once, but it rebuilds its cluster view (`update_server_def`) only once
+every worker answers again, and until then its remote calls can stall.
 
 For single-machine multi-process runs and for tests; a real cluster's tasks
 are started by its scheduler with `TF_CONFIG` (`ntk_tf.distributed.cluster`).
@@ -20,13 +26,17 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Dict, List, Optional
 
+from absl import logging
 import tensorflow as tf
 
 _PR_SET_PDEATHSIG = 1
 _START_TIMEOUT_S = 180.0
+_SUPERVISE_EVERY_S = 0.5
+_SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "server.py")
 
 
 def free_port() -> int:
@@ -70,17 +80,39 @@ class LocalCluster:
         "chief": [f"localhost:{free_port()}"],
     }
     self.processes: Dict[str, subprocess.Popen] = {}
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    self.restarts = 0  # Servers restarted after they died.
+    self._env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    self._env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    self._commands: Dict[str, List[str]] = {}
     for job, threads in (("ps", 1), ("worker", intra_op_threads)):
       for index in range(len(self.spec[job])):
-        command = [sys.executable, "-m", "ntk_tf.distributed.server",
-                   f"--cluster_spec={json.dumps(self.spec)}", f"--job={job}",
-                   f"--index={index}", f"--intra_op_threads={threads or 0}"]
-        self.processes[f"{job}:{index}"] = subprocess.Popen(
-            command, env=env, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
+        name = f"{job}:{index}"
+        self._commands[name] = [sys.executable, _SERVER, f"--cluster_spec={json.dumps(self.spec)}",
+                                f"--job={job}", f"--index={index}",
+                                f"--intra_op_threads={threads or 0}"]
+        self._spawn(name)
+    self._closed = threading.Event()
     atexit.register(self.close)
     self._wait_until_listening()
+    # PR_SET_PDEATHSIG follows the spawning thread: restarted servers die with the
+    # supervisor thread, which lives until `close`.
+    self._supervisor = threading.Thread(target=self._supervise, daemon=True)
+    self._supervisor.start()
+
+  def _spawn(self, name: str) -> None:
+    self.processes[name] = subprocess.Popen(self._commands[name], env=self._env,
+                                            preexec_fn=_die_with_parent,
+                                            stdin=subprocess.DEVNULL)
+
+  def _supervise(self) -> None:
+    """Restarts, on its port, every server that dies while the cluster is open."""
+    while not self._closed.wait(_SUPERVISE_EVERY_S):
+      for name, process in list(self.processes.items()):
+        if process.poll() is not None and not self._closed.is_set():
+          logging.warning("LocalCluster: server %s exited with code %s; restarting it.", name,
+                          process.returncode)
+          self.restarts += 1
+          self._spawn(name)
 
   def _wait_until_listening(self) -> None:
     deadline = time.monotonic() + _START_TIMEOUT_S
@@ -109,10 +141,10 @@ class LocalCluster:
   def kill(self, name: str) -> None:
     """SIGKILLs the server `name` ("worker:1", ...), as a failed machine would stop."""
     self.processes[name].kill()
-    self.processes[name].wait()
 
   def close(self) -> None:
-    """Kills every server process (idempotent)."""
+    """Kills every server process (idempotent); none is restarted after this."""
+    self._closed.set()
     for process in self.processes.values():
       if process.poll() is None:
         process.kill()

@@ -36,9 +36,13 @@ from ntk_tf.distributed import device_block
 def split_cpu(num_devices: int) -> List[str]:
   """Splits the host CPU into `num_devices` logical devices; returns their names.
 
-  Must run before TensorFlow initializes its devices (before any op runs).
+  Must run before TensorFlow initializes its devices (before any op runs);
+  if they are already split into `num_devices`, returns those.
   """
   cpu = tf.config.list_physical_devices("CPU")[0]
+  configured = tf.config.get_logical_device_configuration(cpu)
+  if configured and len(configured) == num_devices:
+    return [device.name for device in tf.config.list_logical_devices("CPU")]
   tf.config.set_logical_device_configuration(
       cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(num_devices)])
   return [device.name for device in tf.config.list_logical_devices("CPU")]
@@ -52,14 +56,13 @@ def local_devices(num_devices: int) -> List[str]:
   """
   if num_devices < 1:
     raise ValueError(f"num_devices must be >= 1. Received: num_devices={num_devices}")
-  gpus = tf.config.list_logical_devices("GPU")
-  if gpus:
+  # Physical devices first: listing logical ones initializes them, after which the
+  # CPU can no longer be split.
+  if tf.config.list_physical_devices("GPU"):
+    gpus = tf.config.list_logical_devices("GPU")
     if num_devices > len(gpus):
       raise ValueError(f"Only {len(gpus)} GPUs are visible. Received: num_devices={num_devices}")
     return [device.name for device in gpus[:num_devices]]
-  cpus = tf.config.list_logical_devices("CPU")
-  if len(cpus) >= num_devices:
-    return [device.name for device in cpus[:num_devices]]
   return split_cpu(num_devices)
 
 

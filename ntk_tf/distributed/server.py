@@ -1,34 +1,45 @@
 """One task of a TensorFlow cluster: a `tf.distribute.Server` that serves until killed.
 
-    python -m ntk_tf.distributed.server --cluster_spec='{"worker": [...], "ps": [...]}' \
+    python ntk_tf/distributed/server.py --cluster_spec='{"worker": [...], "ps": [...]}' \
         --job=worker --index=0 [--intra_op_threads=1]
 
-Started by `local_cluster.LocalCluster` for each worker and parameter server.
-(A TF_CONFIG cluster runs the gram binary itself on every task:
-`cluster.serve_if_server` turns its worker and ps tasks into such servers.)
+`local_cluster.LocalCluster` starts one per worker and parameter server, by
+path, so a server imports TensorFlow only (not ntk_tf and Keras: it runs the
+coordinator's functions, it does not build them). A TF_CONFIG cluster runs
+the gram binary on every task instead: `cluster.serve_if_server` calls `serve`.
+
+Servers keep TF's default inter-op pool: with one inter-op thread, remote
+function calls deadlock.
 """
 
+import argparse
 import json
+from typing import Dict, List, Optional
 
-from absl import app
-from absl import flags
-
-from ntk_tf.distributed import cluster
-
-_CLUSTER_SPEC = flags.DEFINE_string("cluster_spec", None, "The cluster's spec as JSON.")
-_JOB = flags.DEFINE_enum("job", None, ["worker", "ps"], "This task's job.")
-_INDEX = flags.DEFINE_integer("index", 0, "This task's index in its job.", lower_bound=0)
-_INTRA_OP_THREADS = flags.DEFINE_integer("intra_op_threads", 0,
-                                         "TF intra-op threads (0: TF's default).",
-                                         lower_bound=0)
-flags.mark_flags_as_required(["cluster_spec", "job"])
+import tensorflow as tf
 
 
-def main(argv):
-  del argv
-  cluster.serve(json.loads(_CLUSTER_SPEC.value), _JOB.value, _INDEX.value,
-                _INTRA_OP_THREADS.value or None)
+def serve(spec: Dict[str, List[str]], job: str, index: int,
+          intra_op_threads: Optional[int] = None) -> None:
+  """Runs task `job`:`index` of the cluster `spec` as a gRPC server; returns never."""
+  config = tf.compat.v1.ConfigProto()
+  if intra_op_threads:
+    config.intra_op_parallelism_threads = int(intra_op_threads)
+  server = tf.distribute.Server(tf.train.ClusterSpec(spec), job_name=job, task_index=index,
+                                protocol="grpc", config=config, start=True)
+  server.join()
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--cluster_spec", required=True, help="The cluster's spec as JSON.")
+  parser.add_argument("--job", required=True, choices=["worker", "ps"])
+  parser.add_argument("--index", type=int, default=0, help="This task's index in its job.")
+  parser.add_argument("--intra_op_threads", type=int, default=0,
+                      help="TF intra-op threads (0: TF's default).")
+  args = parser.parse_args()
+  serve(json.loads(args.cluster_spec), args.job, args.index, args.intra_op_threads or None)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()
