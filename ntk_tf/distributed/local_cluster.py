@@ -68,9 +68,13 @@ class LocalCluster:
     num_workers: N >= 1 worker processes.
     intra_op_threads: TF intra-op threads of each worker (None: TF's default,
       all cores). The parameter server gets 1.
+    pin_workers: pin worker i to CPU core i mod (number of cores), so each
+      worker uses one core (intra-op threads alone do not bound TF's inter-op
+      pool, which runs independent ops, and map_fn iterations, in parallel).
   """
 
-  def __init__(self, num_workers: int, intra_op_threads: Optional[int] = None):
+  def __init__(self, num_workers: int, intra_op_threads: Optional[int] = None,
+               pin_workers: bool = False):
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
       raise ValueError(f"num_workers must be an int >= 1. Received: num_workers={num_workers!r}")
     self.num_workers = num_workers
@@ -87,9 +91,10 @@ class LocalCluster:
     for job, threads in (("ps", 1), ("worker", intra_op_threads)):
       for index in range(len(self.spec[job])):
         name = f"{job}:{index}"
+        cpu = index % os.cpu_count() if pin_workers and job == "worker" else -1
         self._commands[name] = [sys.executable, _SERVER, f"--cluster_spec={json.dumps(self.spec)}",
                                 f"--job={job}", f"--index={index}",
-                                f"--intra_op_threads={threads or 0}"]
+                                f"--intra_op_threads={threads or 0}", f"--cpu={cpu}"]
         self._spawn(name)
     self._closed = threading.Event()
     atexit.register(self.close)

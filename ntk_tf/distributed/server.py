@@ -14,6 +14,7 @@ function calls deadlock.
 
 import argparse
 import json
+import os
 from typing import Dict, List, Optional
 
 import tensorflow as tf
@@ -37,7 +38,12 @@ def main() -> None:
   parser.add_argument("--index", type=int, default=0, help="This task's index in its job.")
   parser.add_argument("--intra_op_threads", type=int, default=0,
                       help="TF intra-op threads (0: TF's default).")
+  parser.add_argument("--cpu", type=int, default=-1,
+                      help="Pin the server to this CPU core (-1: no pinning).")
   args = parser.parse_args()
+  if args.cpu >= 0:
+    # One core, whatever TF's inter-op pool and oneDNN do with their own threads.
+    os.sched_setaffinity(0, {args.cpu})
   serve(json.loads(args.cluster_spec), args.job, args.index, args.intra_op_threads or None)
 
 
