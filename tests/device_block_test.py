@@ -61,9 +61,9 @@ class _FailingRunner(runners.LocalRunner):
     self.submitted = 0
     self.returned = 0
 
-  def submit(self, x_a, x_b):
+  def submit(self, i0, j0):
     self.submitted += 1
-    return super().submit(x_a, x_b)
+    return super().submit(i0, j0)
 
   def result(self, handle):
     if self.fail_after is not None and self.returned >= self.fail_after:

@@ -39,13 +39,6 @@ from ntk_tf.distributed import device_block
 from ntk_tf.distributed import runners as runners_lib
 
 
-def _pad(x: np.ndarray, block_size: int) -> np.ndarray:
-  """`x [b, ...]` zero-padded to `[block_size, ...]` (one static shape per Gram)."""
-  if x.shape[0] == block_size:
-    return x
-  return np.concatenate([x, np.zeros((block_size - x.shape[0],) + x.shape[1:], x.dtype)])
-
-
 class RunnerGramStore(gram_store_lib.GramStore):
   """A `GramStore` whose missing blocks are computed by a `Runner` (see the module docstring).
 
@@ -76,6 +69,7 @@ class RunnerGramStore(gram_store_lib.GramStore):
                              if index not in self._done)
     in_flight = collections.deque()  # (index, handle), oldest first.
     written = []  # (index, checksum) since the last commit.
+    self.runner.start(self._x, self.block_size)
     with self._log.appender() as appender, progress_lib.Progress(
         len(self._blocks), desc=f"Gram {self.path.name}", unit="blocks",
         initial=len(self._done), enabled=progress) as bar:
@@ -98,11 +92,9 @@ class RunnerGramStore(gram_store_lib.GramStore):
         self._matrix_stat = self._stat()
 
   def _submit(self, block: gram_lib.Block):
-    """Hands the padded example blocks of `block` to the runner; returns its handle."""
-    i0, i1, j0, j1 = block
-    x_a = _pad(self._x[i0:i1], self.block_size)  # [B, ...]
-    x_b = None if i0 == j0 else _pad(self._x[j0:j1], self.block_size)  # [B, ...]
-    return self.runner.submit(x_a, x_b)
+    """Hands `block`'s row offsets to the runner; returns its handle."""
+    i0, _, j0, _ = block
+    return self.runner.submit(i0, j0)
 
   def _write(self, matrix: np.memmap, block: gram_lib.Block, padded: np.ndarray) -> int:
     """Writes the block `[B, B]` (cropped) and its mirror into `matrix`; returns its checksum."""

@@ -1,10 +1,11 @@
 """Where Gram blocks run: one device, several local devices, or a parameter-server cluster.
 
-    submit(x_a [B, ...], x_b [B, ...] | None) -> handle;  result(handle) -> Theta [B, B]
+    start(x [N, ...], B);  submit(i0, j0) -> handle;  result(handle) -> Theta [B, B]
 
-A `Runner` takes padded example blocks and returns the `[B, B]` block of
-`device_block.DeviceBlock` (x_b None: the diagonal block Theta(x_a, x_a),
-symmetrized). Blocks are assigned, never split: every block is computed whole
+A `Runner` is given the inputs once (`start`: zero-padded to a multiple of B
+rows) and then row offsets: block (i0, j0) is the `[B, B]` block of
+`device_block.DeviceBlock` on x[i0:i0+B] and x[j0:j0+B] (i0 == j0: the
+diagonal block Theta(x_a, x_a), symmetrized). Blocks are assigned, never split: every block is computed whole
 by the same traced function on one device, so the bytes of a block do not
 depend on which device or worker computed it (on identical hardware and
 thread settings). `slots` is how many blocks the caller keeps in flight.
@@ -17,7 +18,10 @@ thread settings). `slots` is how many blocks the caller keeps in flight.
   ClusterRunner  a `tf.distribute.experimental.ParameterServerStrategy` and its
                  `tf.distribute.coordinator.ClusterCoordinator` (`ntk_tf.distributed.cluster`):
                  each block is a closure scheduled on some worker; the model's
-                 variables live on the parameter servers.
+                 variables live on the parameter servers. Inputs up to
+                 `RESIDENT_MAX_BYTES` are sent once to every worker (a
+                 per-worker dataset) and closures take only row offsets;
+                 larger inputs travel with each closure (two [B, ...] blocks).
 """
 
 import concurrent.futures
@@ -31,6 +35,10 @@ from ntk_tf import kernels
 from ntk_tf import precision
 from ntk_tf import types
 from ntk_tf.distributed import device_block
+
+# Inputs kept on every worker when they are at most this large (a graph constant:
+# protocol buffers cap at 2 GiB); larger inputs are sent with each block.
+RESIDENT_MAX_BYTES = 1 << 30
 
 
 def split_cpu(num_devices: int) -> List[str]:
@@ -87,7 +95,18 @@ class Runner:
 
   slots: int = 1
 
-  def submit(self, x_a: np.ndarray, x_b: Optional[np.ndarray]) -> Any:
+  def start(self, x: np.ndarray, block_size: int) -> None:
+    """Takes the inputs `x [N, ...]` of the blocks to come, zero-padded to a multiple of B."""
+    padded_rows = -(-x.shape[0] // block_size) * block_size  # ceil(N / B) * B
+    self.block_size = block_size
+    self.x = np.concatenate([x, np.zeros((padded_rows - x.shape[0],) + x.shape[1:], x.dtype)])
+
+  def rows(self, i0: int) -> np.ndarray:
+    """The padded example block x[i0:i0+B] `[B, ...]`."""
+    return self.x[i0:i0 + self.block_size]
+
+  def submit(self, i0: int, j0: int) -> Any:
+    """Starts block (i0, j0) (i0 == j0: a diagonal block); returns a handle for `result`."""
     raise NotImplementedError
 
   def result(self, handle: Any) -> np.ndarray:
@@ -133,9 +152,10 @@ class LocalRunner(Runner):
                    if len(self.devices) > 1 else None)
     self._next = 0
 
-  def submit(self, x_a: np.ndarray, x_b: Optional[np.ndarray]) -> Any:
+  def submit(self, i0: int, j0: int) -> Any:
     device = self._next % len(self.devices)
     self._next += 1
+    x_a, x_b = self.rows(i0), None if i0 == j0 else self.rows(j0)
     if self._pools is None:
       return _call(self.blocks[0], x_a, x_b)  # Computed now: one device, nothing to overlap.
     return self._pools[device].submit(_call, self.blocks[device], x_a, x_b)
@@ -181,12 +201,45 @@ class ClusterRunner(Runner):
     self.num_workers = int(num_workers)
     self.slots = 2 * self.num_workers + 2
 
-  def submit(self, x_a: np.ndarray, x_b: Optional[np.ndarray]) -> Any:
-    if x_b is None:
-      return self.coordinator.schedule(self.block.diagonal,
-                                       args=(_tensor(x_a, self.block.dtype),))
+  def start(self, x: np.ndarray, block_size: int) -> None:
+    """Sends `x` (padded) to every worker once, if it is at most RESIDENT_MAX_BYTES."""
+    super().start(x, block_size)
+    self._iterator = None
+    if self.x.nbytes > RESIDENT_MAX_BYTES:
+      return
+    x_all = tf.constant(np.ascontiguousarray(self.x, dtype=self.block.dtype))  # [N_pad, ...]
+    rows_shape = [block_size] + list(self.x.shape[1:])
+    self._iterator = iter(self.coordinator.create_per_worker_dataset(
+        lambda: tf.data.Dataset.from_tensors(x_all).repeat()))
+    block = self.block
+
+    def sliced(x_rows, i0):  # x [N_pad, ...] -> x[i0:i0+B] [B, ...] (static shape).
+      return tf.ensure_shape(tf.slice(x_rows, [i0] + [0] * (len(rows_shape) - 1), rows_shape),
+                             rows_shape)
+
+    @tf.function
+    def resident_diagonal(iterator, i0):
+      return block.diagonal(sliced(next(iterator), i0))  # [B, B]
+
+    @tf.function
+    def resident_block(iterator, i0, j0):
+      x_rows = next(iterator)
+      return block.block(sliced(x_rows, i0), sliced(x_rows, j0))  # [B, B]
+
+    self._resident = (resident_diagonal, resident_block)
+
+  def submit(self, i0: int, j0: int) -> Any:
+    if self._iterator is not None:
+      diagonal, pair = self._resident
+      if i0 == j0:
+        return self.coordinator.schedule(diagonal, args=(self._iterator, tf.constant(i0)))
+      return self.coordinator.schedule(pair, args=(self._iterator, tf.constant(i0),
+                                                   tf.constant(j0)))
+    dtype = self.block.dtype
+    if i0 == j0:
+      return self.coordinator.schedule(self.block.diagonal, args=(_tensor(self.rows(i0), dtype),))
     return self.coordinator.schedule(
-        self.block.block, args=(_tensor(x_a, self.block.dtype), _tensor(x_b, self.block.dtype)))
+        self.block.block, args=(_tensor(self.rows(i0), dtype), _tensor(self.rows(j0), dtype)))
 
   def result(self, handle: Any) -> np.ndarray:
     return np.asarray(handle.fetch())  # [B, B]; waits, re-running on a failed worker.
