@@ -22,8 +22,17 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/gram.py:smoke",
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (a rerun resumes it).")
 _CLUSTER = flags.DEFINE_string("cluster", None,
                                "local:N: start N localhost workers and a parameter server.")
-flags.register_validator("cluster", lambda v: v is None or cluster.check_cluster(v) == v,
-                         "--cluster must be local:N with N >= 1")
+
+
+def _valid_cluster(value) -> bool:
+  try:
+    return cluster.check_cluster(value) == (value or None)
+  except ValueError:
+    return False
+
+
+flags.register_validator("cluster", _valid_cluster,
+                         "--cluster must be local:N with N >= 1 workers")
 
 
 def main(argv):
