@@ -1,0 +1,58 @@
+"""Computes the NTK Gram of one model at one checkpoint into a workdir (paper App. B).
+
+  python -m binaries.gram --config=configs/gram.py:smoke --workdir=/tmp/gram
+  python -m binaries.gram --config=configs/gram.py:smoke --cluster=local:2 --workdir=/tmp/gram2
+
+Without --cluster: the cluster of TF_CONFIG when it is set (worker and ps tasks
+serve, the chief coordinates), else one process. See configs/gram.py and
+ntk_tf/distributed/gram_experiment.py.
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from ntk_tf.distributed import cluster
+from ntk_tf.distributed import gram_experiment
+from ntk_tf.experiments import workdir as workdir_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/gram.py:smoke",
+                                          "Config file and variant (configs/gram.py:<variant>).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (a rerun resumes it).")
+_CLUSTER = flags.DEFINE_string("cluster", None,
+                               "local:N: start N localhost workers and a parameter server.")
+
+
+def _valid_cluster(value) -> bool:
+  try:
+    return cluster.check_cluster(value) == (value or None)
+  except ValueError:
+    return False
+
+
+flags.register_validator("cluster", _valid_cluster,
+                         "--cluster must be local:N with N >= 1 workers")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
+  config = _CONFIG.value
+  if not _CLUSTER.value:
+    cluster.serve_if_server(config.get("worker_threads"))  # TF_CONFIG worker/ps: never returns.
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required.")
+  try:
+    settings = gram_experiment.settings_from_config(config)
+    path = workdir_lib.resolve_workdir(_WORKDIR.value)
+  except ValueError as err:
+    raise app.UsageError(str(err)) from None
+  logging.info("Config:\n%s", config)
+  info = gram_experiment.run(settings, path, _CLUSTER.value)
+  print(f"Gram [{info['n']}, {info['n']}] ({info['n_train']} train + {info['n_test']} test) "
+        f"on {info['where']} in {info['seconds']:.1f} s: {info['matrix']}")
+
+
+if __name__ == "__main__":
+  app.run(main)

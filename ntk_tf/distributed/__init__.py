@@ -1,0 +1,15 @@
+"""Gram matrices on many devices and many machines, on TensorFlow's distributed engine.
+
+  device_block  one Gram block as one tf.function (runs on any device or worker)
+  runners       where blocks run: local devices (round robin) or a PS cluster
+  gram_job      a Gram computed by a runner into a resumable GramStore
+  cluster       TF_CONFIG / --cluster=local:N -> ParameterServerStrategy
+  local_cluster a localhost cluster of tf.distribute.Server processes
+"""
+
+from ntk_tf.distributed.device_block import DeviceBlock
+from ntk_tf.distributed.gram_job import RunnerGramStore
+from ntk_tf.distributed.gram_job import compute_gram
+from ntk_tf.distributed.runners import ClusterRunner
+from ntk_tf.distributed.runners import LocalRunner
+from ntk_tf.distributed.runners import local_devices

@@ -1,0 +1,138 @@
+"""The gram binary's job: a config in, the Gram of one model at one checkpoint in a workdir.
+
+    <workdir>/gram.npy   Theta(x, x) [N, N], x = train samples then test samples
+                         (test_size > 0: Theta(x_train, x_test) = gram[:N_train, N_train:])
+    <workdir>/manifest.json, blocks.log   the GramStore's (resumable: rerun the same command)
+    <workdir>/config.json, gram_info.json  the config, and sizes / devices / seconds
+
+Runs in one process on `local_devices` devices, or (`cluster`) on a
+ParameterServerStrategy cluster (`ntk_tf.distributed.cluster`). Every path
+computes each block with the same `device_block.DeviceBlock`, so the bytes of
+gram.npy do not depend on where it ran. See configs/gram.py for the variants.
+
+Paper: App. B (the Grams of the paper's models on CIFAR-10 and MNIST).
+"""
+
+import dataclasses
+import pathlib
+import time
+from typing import Any, Mapping, Optional
+
+from absl import logging
+import keras
+import numpy as np
+
+from ntk_tf import atomic
+from ntk_tf import models as models_lib
+from ntk_tf import validation
+from ntk_tf.distributed import cluster as cluster_lib
+from ntk_tf.distributed import device_block
+from ntk_tf.distributed import gram_job
+from ntk_tf.distributed import runners
+from ntk_tf.experiments import pipeline
+
+DTYPES = ("float32", "float64")
+
+
+@dataclasses.dataclass(frozen=True)
+class GramSettings:
+  """A gram config, validated (see configs/gram.py for each field)."""
+  model: str
+  activation: str
+  model_kwargs: Mapping[str, Any]
+  model_seed: int
+  weights: Optional[str]
+  data: pipeline.DataSpec
+  block_size: int
+  dtype: str
+  implementation: str
+  local_devices: int
+  worker_threads: Optional[int]
+  commit_interval_s: float
+  progress: bool
+  config: Mapping[str, Any]
+
+
+def settings_from_config(config: Mapping[str, Any]) -> GramSettings:
+  """Validates `config` (configs/gram.py) into GramSettings; raises ValueError naming a bad field."""
+  weights = pipeline.field(config, "weights")
+  if weights is not None and not pathlib.Path(weights).is_file():
+    raise ValueError(f"config.weights must be a weights file or None. Received: weights={weights!r}")
+  threads = pipeline.field(config, "worker_threads")
+  return GramSettings(
+      model=pipeline.check_choice(config["model"], "model", models_lib.MODEL_NAMES),
+      activation=pipeline.check_choice(config["activation"], "activation",
+                                       models_lib.ACTIVATIONS),
+      model_kwargs=atomic.jsonable(pipeline.field(config, "model_kwargs") or {}),
+      model_seed=pipeline.check_non_negative_int(config["model_seed"], "model_seed"),
+      weights=weights,
+      data=pipeline.check_data(config, ("cifar10", "mnist")),
+      block_size=pipeline.check_positive_int(config["block_size"], "block_size"),
+      dtype=pipeline.check_choice(config["dtype"], "dtype", DTYPES),
+      implementation=pipeline.check_choice(config["implementation"], "implementation",
+                                           device_block.IMPLEMENTATION_NAMES),
+      local_devices=pipeline.check_positive_int(config["local_devices"], "local_devices"),
+      worker_threads=None if threads is None else pipeline.check_positive_int(
+          threads, "worker_threads"),
+      commit_interval_s=pipeline.check_positive_number(config["commit_interval_s"],
+                                                       "commit_interval_s"),
+      progress=bool(config["progress"]),
+      config=atomic.jsonable(config))
+
+
+def build_model(settings: GramSettings, input_shape) -> keras.Model:
+  """The model at its checkpoint: initialized by `model_seed`, then `weights` if given."""
+  model = models_lib.get(settings.model, input_shape=tuple(input_shape),
+                         activation=settings.activation, seed=settings.model_seed,
+                         **dict(settings.model_kwargs))
+  if settings.weights:
+    model.load_weights(settings.weights)
+  return model
+
+
+def run(settings: GramSettings, workdir: pathlib.Path, cluster: Optional[str] = None) -> dict:
+  """Computes (or resumes) the Gram of `settings` into `workdir`; returns gram_info.
+
+  Args:
+    settings: validated settings (`settings_from_config`).
+    workdir: output folder (created).
+    cluster: "local:N", or None (TF_CONFIG when set, else one process on
+      `settings.local_devices` devices).
+  """
+  start = time.monotonic()
+  devices = runners.local_devices(settings.local_devices) if settings.local_devices > 1 else None
+  resolved = cluster_lib.resolve(cluster, settings.worker_threads)
+  try:
+    dataset = settings.data.load()
+    x_train, x_test = dataset.x_train, dataset.x_test
+    model = build_model(settings, x_train.shape[1:])
+    validation.check_finite_weights(model)
+    workdir.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(workdir / "config.json", settings.config)
+    if resolved is not None:
+      runner = runners.ClusterRunner(model, settings.implementation, settings.dtype,
+                                     resolved.strategy, resolved.num_workers)
+      where = f"a cluster of {runner.num_workers} workers"
+    else:
+      runner = runners.LocalRunner(model, settings.implementation, settings.dtype, devices)
+      where = f"{len(runner.devices)} local device(s)"
+      if devices:
+        runner.warm_up(np.zeros((settings.block_size,) + x_train.shape[1:], x_train.dtype))
+    logging.info("Gram of %s on %d + %d samples, block %d, %s, %s, on %s", settings.model,
+                 len(x_train), len(x_test), settings.block_size, settings.implementation,
+                 settings.dtype, where)
+    with runner:
+      store = gram_job.compute_gram(workdir, model, x_train, runner,
+                                    x_test=x_test if len(x_test) else None,
+                                    block_size=settings.block_size, dtype=settings.dtype,
+                                    implementation=settings.implementation,
+                                    commit_interval_s=settings.commit_interval_s,
+                                    progress=settings.progress)
+  finally:
+    if resolved is not None and resolved.local is not None:
+      resolved.local.close()
+  info = {"n_train": len(x_train), "n_test": len(x_test), "n": store.n,
+          "num_blocks": store.num_blocks, "where": where, "seconds": time.monotonic() - start,
+          "matrix": str(store.matrix_path)}
+  atomic.write_json(workdir / "gram_info.json", info)
+  return info

@@ -1,0 +1,166 @@
+"""A model's Gram computed by a `Runner` into a `GramStore`: resumable, with progress and ETA.
+
+    Theta(x, x) = J(x) J(x)^T   [N, N],   stored as `<path>/gram.npy`
+    with x_test: x = concat(x_train, x_test), so Theta(x_train, x_test) is the
+    block [:N_train, N_train:] of the stored matrix (App. B: the Gram of the
+    train and test samples together)
+
+Blocks are those of `gram.iter_blocks(N, N, B, symmetric=True)` (upper
+triangle, mirrored). The caller's process is the only writer: it submits up to
+`runner.slots` blocks, takes their results in submission order, writes each
+into the store's memory map and commits (flush, then log lines with
+checksums) every `commit_interval_s` (`ntk_tf.gram_store_format`). Workers
+hold no state, so a killed writer loses only uncommitted blocks: rerunning the
+same job reopens the store and submits only the missing ones.
+
+Every block is computed whole by `device_block.DeviceBlock` (XLA engine), so
+the matrix is the same bytes whatever runner, device count or worker count
+computed it, on identical hardware and thread settings.
+
+Paper: App. B (the Grams of 60,000 images, computed block by block).
+"""
+
+import collections
+import os
+import time
+from typing import Optional, Union
+
+import keras
+import numpy as np
+
+from ntk_tf import gram as gram_lib
+from ntk_tf import gram_store as gram_store_lib
+from ntk_tf import gram_store_format as fmt
+from ntk_tf import kernels
+from ntk_tf import precision
+from ntk_tf import progress as progress_lib
+from ntk_tf import types
+from ntk_tf.distributed import device_block
+from ntk_tf.distributed import runners as runners_lib
+
+
+class RunnerGramStore(gram_store_lib.GramStore):
+  """A `GramStore` whose missing blocks are computed by a `Runner` (see the module docstring).
+
+  Its identity holds the implementation with `matmul_engine="xla"`
+  (`device_block.store_options`): a store made by `GramStore.compute` with
+  another engine is refused, not mixed.
+  """
+
+  def __init__(self, path: Union[str, os.PathLike], model: keras.Model, x: types.Inputs,
+               runner: runners_lib.Runner, *, block_size: int, dtype: types.DType,
+               implementation: Union[str, kernels.NtkImplementation],
+               commit_interval_s: float = 5.0, lock: str = "wait", overwrite: bool = False):
+    self.runner = runner
+    super().__init__(path, model, x, block_size=block_size, dtype=dtype,
+                     implementation=implementation, commit_interval_s=commit_interval_s,
+                     lock=lock, overwrite=overwrite,
+                     **device_block.store_options(implementation))
+
+  def _compute_missing(self, progress: bool) -> None:
+    """Submits the missing blocks, writes them in submission order, commits every interval.
+
+    The commit protocol is `GramStore`'s (flush the matrix, then append the
+    blocks' log lines); only the source of the blocks differs: a runner with
+    `runner.slots` blocks in flight instead of one block at a time.
+    """
+    matrix = fmt.open_matrix(self.path, "r+")  # [N, N]
+    todo = collections.deque(index for index in range(len(self._blocks))
+                             if index not in self._done)
+    in_flight = collections.deque()  # (index, handle), oldest first.
+    written = []  # (index, checksum) since the last commit.
+    self.runner.start(self._x, self.block_size)
+    with self._log.appender() as appender, progress_lib.Progress(
+        len(self._blocks), desc=f"Gram {self.path.name}", unit="blocks",
+        initial=len(self._done), enabled=progress) as bar:
+      last_commit = time.monotonic()
+      try:
+        while todo or in_flight:
+          while todo and len(in_flight) < self.runner.slots:
+            index = todo.popleft()
+            in_flight.append((index, self._submit(self._blocks[index])))
+          index, handle = in_flight.popleft()
+          written.append((index, self._write(matrix, self._blocks[index],
+                                             self.runner.result(handle))))
+          bar.update()
+          if time.monotonic() - last_commit >= self.commit_interval_s:
+            self._commit(matrix, appender, written)
+            last_commit = time.monotonic()
+      finally:
+        self._commit(matrix, appender, written)  # Blocks fully written before an error are kept.
+        del matrix
+        self._matrix_stat = self._stat()
+
+  def _submit(self, block: gram_lib.Block):
+    """Hands `block`'s row offsets to the runner; returns its handle."""
+    i0, _, j0, _ = block
+    return self.runner.submit(i0, j0)
+
+  def _write(self, matrix: np.memmap, block: gram_lib.Block, padded: np.ndarray) -> int:
+    """Writes the block `[B, B]` (cropped) and its mirror into `matrix`; returns its checksum."""
+    i0, i1, j0, j1 = block
+    tile = np.ascontiguousarray(padded[:i1 - i0, :j1 - j0], dtype=self.dtype)  # [i1-i0, j1-j0]
+    gram_lib.check_finite_block(tile, block)
+    matrix[i0:i1, j0:j1] = tile
+    if i0 != j0:
+      matrix[j0:j1, i0:i1] = tile.T
+    return fmt.block_checksum(tile)
+
+  def _commit(self, matrix: np.memmap, appender, written: list) -> None:
+    """Flushes the matrix, then logs `written` (bytes on disk before the lines naming them)."""
+    if written:
+      matrix.flush()
+      appender.commit(written)
+      self._done.update(written)
+      written.clear()
+
+
+def compute_gram(path: Union[str, os.PathLike], model: keras.Model, x: types.Inputs,
+                 runner: Optional[runners_lib.Runner] = None, *,
+                 x_test: Optional[types.Inputs] = None, block_size: int = 256,
+                 dtype: types.DType = "float32",
+                 implementation: Union[str, kernels.NtkImplementation] = "structured",
+                 commit_interval_s: float = 5.0, overwrite: bool = False,
+                 progress: bool = True) -> RunnerGramStore:
+  """Computes the Gram Theta(x, x) of `model` into the store at `path`; returns it, complete.
+
+      Theta(x, x) = J(x) J(x)^T  [N, N]  (x = concat(x, x_test) when x_test is given)
+
+  A rerun of the same job resumes the store (see the module docstring); a store
+  of another job (model, weights, data, block size, dtype, implementation)
+  raises ValueError naming the field, unless `overwrite`.
+
+  Args:
+    path: the store directory (its matrix is `<path>/gram.npy`).
+    model: Keras model with one output logit (inference mode).
+    x: `[N, ...]` inputs (the train samples when `x_test` is given).
+    runner: where blocks run (None: a `LocalRunner` on the default device).
+    x_test: optional `[N_test, ...]` inputs appended to x: the stored matrix
+      then holds Theta(x, x_test) as its block `[:N, N:]`.
+    block_size: B, examples per block (> 0).
+    dtype: "float32" or "float64".
+    implementation: "structured" or "jacobian" (`device_block.IMPLEMENTATION_NAMES`).
+    commit_interval_s: seconds between commits (>= 0).
+    overwrite: empty a store made for another job instead of refusing it.
+    progress: show blocks done, rate and ETA.
+
+  Returns:
+    The complete `RunnerGramStore` (`store.matrix`: `[N (+ N_test), ...]` memory map).
+
+  Paper: App. B.
+  """
+  x = np.asarray(x)
+  if x_test is not None:
+    x = np.concatenate([x, np.asarray(x_test, x.dtype)])  # [N + N_test, ...]
+  dtype = precision.canonical_dtype(dtype)
+  own_runner = runner is None
+  if own_runner:
+    runner = runners_lib.LocalRunner(model, implementation, dtype)
+  try:
+    store = RunnerGramStore(path, model, x, runner, block_size=block_size, dtype=dtype,
+                            implementation=implementation,
+                            commit_interval_s=commit_interval_s, overwrite=overwrite)
+    return store.compute(progress=progress)
+  finally:
+    if own_runner:
+      runner.close()

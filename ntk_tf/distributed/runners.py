@@ -1,0 +1,245 @@
+"""Where Gram blocks run: one device, several local devices, or a parameter-server cluster.
+
+    start(x [N, ...], B);  submit(i0, j0) -> handle;  result(handle) -> Theta [B, B]
+
+A `Runner` is given the inputs once (`start`: zero-padded to a multiple of B
+rows) and then row offsets: block (i0, j0) is the `[B, B]` block of
+`device_block.DeviceBlock` on x[i0:i0+B] and x[j0:j0+B] (i0 == j0: the
+diagonal block Theta(x_a, x_a), symmetrized). Blocks are assigned, never split: every block is computed whole
+by the same traced function on one device, so the bytes of a block do not
+depend on which device or worker computed it (on identical hardware and
+thread settings). `slots` is how many blocks the caller keeps in flight.
+
+  LocalRunner    one process, D local devices (GPUs, or logical CPU devices
+                 from `split_cpu`): block k runs on device k mod D (round
+                 robin) in that device's thread, with that device's own
+                 DeviceBlock (own traces). With D > 1 the model's variables
+                 are mirrored on every device (`tf.distribute.MirroredStrategy`).
+  ClusterRunner  a `tf.distribute.experimental.ParameterServerStrategy` and its
+                 `tf.distribute.coordinator.ClusterCoordinator` (`ntk_tf.distributed.cluster`):
+                 each block is a closure scheduled on some worker; the model's
+                 variables live on the parameter servers. Inputs up to
+                 `RESIDENT_MAX_BYTES` are sent once to every worker (a
+                 per-worker dataset) and closures take only row offsets;
+                 larger inputs travel with each closure (two [B, ...] blocks).
+"""
+
+import concurrent.futures
+from typing import Any, List, Optional, Sequence, Union
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ntk_tf import kernels
+from ntk_tf import precision
+from ntk_tf import types
+from ntk_tf.distributed import device_block
+
+# Inputs kept on every worker when they are at most this large (a graph constant:
+# protocol buffers cap at 2 GiB); larger inputs are sent with each block.
+RESIDENT_MAX_BYTES = 1 << 30
+
+
+def split_cpu(num_devices: int) -> List[str]:
+  """Splits the host CPU into `num_devices` logical devices; returns their names.
+
+  Must run before TensorFlow initializes its devices (before any op runs);
+  if they are already split into `num_devices`, returns those.
+  """
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  configured = tf.config.get_logical_device_configuration(cpu)
+  if configured and len(configured) == num_devices:
+    return [device.name for device in tf.config.list_logical_devices("CPU")]
+  tf.config.set_logical_device_configuration(
+      cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(num_devices)])
+  return [device.name for device in tf.config.list_logical_devices("CPU")]
+
+
+def local_devices(num_devices: int) -> List[str]:
+  """The first `num_devices` GPUs, else (no GPU) `num_devices` logical CPU devices.
+
+  Raises:
+    ValueError: more devices asked than there are GPUs, naming both counts.
+  """
+  if num_devices < 1:
+    raise ValueError(f"num_devices must be >= 1. Received: num_devices={num_devices}")
+  # Physical devices first: listing logical ones initializes them, after which the
+  # CPU can no longer be split.
+  if tf.config.list_physical_devices("GPU"):
+    gpus = tf.config.list_logical_devices("GPU")
+    if num_devices > len(gpus):
+      raise ValueError(f"Only {len(gpus)} GPUs are visible. Received: num_devices={num_devices}")
+    return [device.name for device in gpus[:num_devices]]
+  return split_cpu(num_devices)
+
+
+def place_model(model: keras.Model, strategy: tf.distribute.Strategy) -> keras.Model:
+  """A copy of `model` whose variables `strategy` creates (mirrored, or on parameter servers).
+
+  Same architecture (`get_config`/`from_config`) and the same weights, bit for bit.
+  """
+  with strategy.scope():
+    placed = model.__class__.from_config(model.get_config())
+    placed.set_weights(model.get_weights())
+  return placed
+
+
+def _tensor(x: np.ndarray, dtype: str) -> tf.Tensor:
+  """A padded block `[B, ...]` as a tensor of the block's dtype (as the reference casts it)."""
+  return tf.constant(np.ascontiguousarray(x, dtype=dtype))
+
+
+class Runner:
+  """Runs blocks; subclasses say where. `slots`: blocks the caller keeps in flight."""
+
+  slots: int = 1
+
+  def start(self, x: np.ndarray, block_size: int) -> None:
+    """Takes the inputs `x [N, ...]` of the blocks to come, zero-padded to a multiple of B."""
+    padded_rows = -(-x.shape[0] // block_size) * block_size  # ceil(N / B) * B
+    self.block_size = block_size
+    self.x = np.concatenate([x, np.zeros((padded_rows - x.shape[0],) + x.shape[1:], x.dtype)])
+
+  def rows(self, i0: int) -> np.ndarray:
+    """The padded example block x[i0:i0+B] `[B, ...]`."""
+    return self.x[i0:i0 + self.block_size]
+
+  def submit(self, i0: int, j0: int) -> Any:
+    """Starts block (i0, j0) (i0 == j0: a diagonal block); returns a handle for `result`."""
+    raise NotImplementedError
+
+  def result(self, handle: Any) -> np.ndarray:
+    raise NotImplementedError
+
+  def close(self) -> None:
+    """Releases threads or connections (the default holds none)."""
+
+  def __enter__(self) -> "Runner":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def _call(block: device_block.DeviceBlock, x_a: np.ndarray,
+          x_b: Optional[np.ndarray]) -> np.ndarray:
+  if x_b is None:
+    return block.diagonal(_tensor(x_a, block.dtype)).numpy()  # [B, B]
+  return block.block(_tensor(x_a, block.dtype), _tensor(x_b, block.dtype)).numpy()  # [B, B]
+
+
+class LocalRunner(Runner):
+  """Blocks round robin over local devices, one thread and one DeviceBlock per device.
+
+  Args:
+    model: Keras model with one output logit (any dtype; cast to `dtype`).
+    implementation: "jacobian" or "structured" (`device_block.IMPLEMENTATION_NAMES`).
+    dtype: "float32" or "float64".
+    devices: device names (None: the caller's default device, no threads).
+  """
+
+  def __init__(self, model: keras.Model, implementation: Union[str, kernels.NtkImplementation],
+               dtype: types.DType = "float32", devices: Optional[Sequence[str]] = None):
+    model = precision.cast_model(model, dtype)
+    self.devices = list(devices) if devices else [None]
+    if len(self.devices) > 1:
+      model = place_model(model, tf.distribute.MirroredStrategy(self.devices))
+    self.blocks = [device_block.DeviceBlock(model, implementation, dtype, device=device)
+                   for device in self.devices]
+    self.slots = 2 * len(self.devices)
+    self._pools = ([concurrent.futures.ThreadPoolExecutor(1) for _ in self.devices]
+                   if len(self.devices) > 1 else None)
+    self._next = 0
+
+  def submit(self, i0: int, j0: int) -> Any:
+    device = self._next % len(self.devices)
+    self._next += 1
+    x_a, x_b = self.rows(i0), None if i0 == j0 else self.rows(j0)
+    if self._pools is None:
+      return _call(self.blocks[0], x_a, x_b)  # Computed now: one device, nothing to overlap.
+    return self._pools[device].submit(_call, self.blocks[device], x_a, x_b)
+
+  def result(self, handle: Any) -> np.ndarray:
+    return handle if self._pools is None else handle.result()
+
+  def warm_up(self, x: np.ndarray) -> None:
+    """Traces every device's functions on `x [B, ...]`, one device at a time.
+
+    Tracing writes to Keras' and the structured recorder's Python state, so the
+    device threads must not trace concurrently; after this they only execute.
+    """
+    for block in self.blocks:
+      _call(block, x, None)
+      _call(block, x, x)
+
+  def close(self) -> None:
+    for pool in self._pools or ():
+      pool.shutdown(wait=True)
+
+
+class ClusterRunner(Runner):
+  """Each block a closure scheduled by a `ClusterCoordinator` on some worker.
+
+  The coordinator re-runs a closure on another worker when its worker fails
+  (`tf.distribute.coordinator.ClusterCoordinator`), so a lost worker costs its
+  blocks in flight, not the job.
+
+  Args:
+    model: as for `LocalRunner`; copied onto the parameter servers.
+    implementation, dtype: as for `LocalRunner`.
+    strategy: a `tf.distribute.experimental.ParameterServerStrategy`.
+    num_workers: its number of workers (blocks in flight: 2 per worker + 2).
+  """
+
+  def __init__(self, model: keras.Model, implementation: Union[str, kernels.NtkImplementation],
+               dtype: types.DType, strategy: tf.distribute.Strategy, num_workers: int):
+    self.strategy = strategy
+    self.coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
+    placed = place_model(precision.cast_model(model, dtype), strategy)
+    self.block = device_block.DeviceBlock(placed, implementation, dtype)
+    self.num_workers = int(num_workers)
+    self.slots = 2 * self.num_workers + 2
+
+  def start(self, x: np.ndarray, block_size: int) -> None:
+    """Sends `x` (padded) to every worker once, if it is at most RESIDENT_MAX_BYTES."""
+    super().start(x, block_size)
+    self._iterator = None
+    if self.x.nbytes > RESIDENT_MAX_BYTES:
+      return
+    x_all = tf.constant(np.ascontiguousarray(self.x, dtype=self.block.dtype))  # [N_pad, ...]
+    rows_shape = [block_size] + list(self.x.shape[1:])
+    self._iterator = iter(self.coordinator.create_per_worker_dataset(
+        lambda: tf.data.Dataset.from_tensors(x_all).repeat()))
+    block = self.block
+
+    def sliced(x_rows, i0):  # x [N_pad, ...] -> x[i0:i0+B] [B, ...] (static shape).
+      return tf.ensure_shape(tf.slice(x_rows, [i0] + [0] * (len(rows_shape) - 1), rows_shape),
+                             rows_shape)
+
+    @tf.function
+    def resident_diagonal(iterator, i0):
+      return block.diagonal(sliced(next(iterator), i0))  # [B, B]
+
+    @tf.function
+    def resident_block(iterator, i0, j0):
+      x_rows = next(iterator)
+      return block.block(sliced(x_rows, i0), sliced(x_rows, j0))  # [B, B]
+
+    self._resident = (resident_diagonal, resident_block)
+
+  def submit(self, i0: int, j0: int) -> Any:
+    if self._iterator is not None:
+      diagonal, pair = self._resident
+      if i0 == j0:
+        return self.coordinator.schedule(diagonal, args=(self._iterator, tf.constant(i0)))
+      return self.coordinator.schedule(pair, args=(self._iterator, tf.constant(i0),
+                                                   tf.constant(j0)))
+    dtype = self.block.dtype
+    if i0 == j0:
+      return self.coordinator.schedule(self.block.diagonal, args=(_tensor(self.rows(i0), dtype),))
+    return self.coordinator.schedule(
+        self.block.block, args=(_tensor(self.rows(i0), dtype), _tensor(self.rows(j0), dtype)))
+
+  def result(self, handle: Any) -> np.ndarray:
+    return np.asarray(handle.fetch())  # [B, B]; waits, re-running on a failed worker.

@@ -1,0 +1,162 @@
+"""DeviceBlock and compute_gram against independent Grams; the gram binary's smoke run.
+
+Independent computations:
+  - per-example gradients by one GradientTape per example, Theta = G G^T in
+    NumPy (float64), on a tiny MLP and a tiny LeNet;
+  - the existing exact reference `ntk_tf.ntk_gram` (same implementation, XLA
+    engine), which the device block must match bit for bit in float64 and to
+    rounding in float32.
+Resumption: a job whose runner fails after some blocks, rerun, computes only
+the missing blocks and gives the bytes of an uninterrupted run.
+"""
+
+import json
+import pathlib
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import numpy as np
+import tensorflow as tf
+
+from tests import test_util  # pylint: disable=g-bad-import-order
+import ntk_tf
+from binaries import gram as gram_main
+from ntk_tf import models
+from ntk_tf.distributed import cluster
+from ntk_tf.distributed import device_block
+from ntk_tf.distributed import gram_job
+from ntk_tf.distributed import runners
+
+_SHAPES = {"mlp": (6, 6, 1), "lenet": (12, 12, 1)}
+_KWARGS = {"mlp": {"width": 8}, "lenet": {}}
+
+
+def _model(name: str, dtype: str = "float64"):
+  model = models.get(name, input_shape=_SHAPES[name], seed=3, **_KWARGS[name])
+  return ntk_tf.precision.cast_model(model, dtype)
+
+
+def _inputs(name: str, n: int) -> np.ndarray:
+  return np.random.default_rng(0).normal(size=(n,) + _SHAPES[name]).astype("float32")
+
+
+def _brute_force_gram(model, x: np.ndarray) -> np.ndarray:
+  """Theta = G G^T with G [N, P] from one GradientTape per example (float64)."""
+  rows = []
+  for x_i in x.astype("float64"):
+    with tf.GradientTape() as tape:
+      logit = tf.reduce_sum(model(x_i[None], training=False))
+    grads = tape.gradient(logit, model.trainable_variables)
+    rows.append(np.concatenate([g.numpy().ravel() for g in grads]))  # [P]
+  jac = np.stack(rows)  # [N, P]
+  return jac @ jac.T  # [N, N]
+
+
+class _FailingRunner(runners.LocalRunner):
+  """A LocalRunner that raises after `fail_after` results (a killed job), counting submits."""
+
+  def __init__(self, *args, fail_after=None, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.fail_after = fail_after
+    self.submitted = 0
+    self.returned = 0
+
+  def submit(self, i0, j0):
+    self.submitted += 1
+    return super().submit(i0, j0)
+
+  def result(self, handle):
+    if self.fail_after is not None and self.returned >= self.fail_after:
+      raise KeyboardInterrupt("killed")
+    self.returned += 1
+    return super().result(handle)
+
+
+class DeviceBlockTest(parameterized.TestCase):
+
+  @parameterized.product(name=("mlp", "lenet"), implementation=("jacobian", "structured"))
+  def test_matches_brute_force_and_reference(self, name, implementation):
+    model = _model(name)
+    x = _inputs(name, 10)  # Blocks of 4: a partial last block.
+    store = gram_job.compute_gram(self.create_tempdir().full_path, model, x, block_size=4,
+                                  dtype="float64", implementation=implementation,
+                                  progress=False)
+    theta = np.array(store.matrix)  # [10, 10]
+    expected = _brute_force_gram(model, x)
+    np.testing.assert_allclose(theta, expected, rtol=1e-10, atol=1e-12 * np.abs(expected).max())
+    reference = ntk_tf.ntk_gram(model, x, block_size=4, dtype="float64",
+                                implementation=implementation, matmul_engine="xla",
+                                progress=False)
+    np.testing.assert_array_equal(theta, reference)
+
+  def test_float32_close_to_float64(self):
+    model = _model("lenet", "float32")
+    x = _inputs("lenet", 6)
+    store = gram_job.compute_gram(self.create_tempdir().full_path, model, x, block_size=4,
+                                  dtype="float32", progress=False)
+    expected = _brute_force_gram(_model("lenet"), x)
+    np.testing.assert_allclose(store.matrix, expected, rtol=2e-4,
+                               atol=2e-5 * np.abs(expected).max())
+
+  def test_one_trace_per_block_shape(self):
+    block = device_block.DeviceBlock(_model("mlp", "float32"), "structured", "float32")
+    x = _inputs("mlp", 8)
+    for start in (0, 4):
+      block.block(tf.constant(x[start:start + 4]), tf.constant(x[4 - start:8 - start]))
+      block.diagonal(tf.constant(x[start:start + 4]))
+    self.assertEqual(block.block.experimental_get_tracing_count(), 1)
+    self.assertEqual(block.diagonal.experimental_get_tracing_count(), 1)
+
+  def test_rejects_other_implementations(self):
+    with self.assertRaisesRegex(ValueError, "implementation='ntk_vector_products'"):
+      device_block.DeviceBlock(_model("mlp"), "ntk_vector_products", "float64")
+
+  def test_killed_job_resumes_with_the_same_bytes(self):
+    model, x = _model("mlp", "float32"), _inputs("mlp", 12)
+    clean = self.create_tempdir().full_path
+    gram_job.compute_gram(clean, model, x, block_size=4, dtype="float32", progress=False)
+    path = self.create_tempdir().full_path
+    kwargs = dict(block_size=4, dtype="float32", implementation="structured",
+                  commit_interval_s=0, progress=False)
+    with self.assertRaises(KeyboardInterrupt):
+      gram_job.compute_gram(path, model, x, _FailingRunner(model, "structured", "float32",
+                                                           fail_after=2), **kwargs)
+    rerun = _FailingRunner(model, "structured", "float32")
+    store = gram_job.compute_gram(path, model, x, rerun, **kwargs)
+    self.assertEqual(rerun.submitted, 6 - 2)  # 3 row blocks: 6 blocks, 2 committed.
+    self.assertEqual(pathlib.Path(path, "gram.npy").read_bytes(),
+                     pathlib.Path(clean, "gram.npy").read_bytes())
+    self.assertTrue(store.is_complete)
+
+  def test_cross_kernel_is_the_off_diagonal_block(self):
+    model = _model("mlp")
+    x, x_test = _inputs("mlp", 6), _inputs("mlp", 9)[6:]
+    store = gram_job.compute_gram(self.create_tempdir().full_path, model, x, x_test=x_test,
+                                  block_size=4, dtype="float64", progress=False)
+    expected = _brute_force_gram(model, np.concatenate([x, x_test]))[:6, 6:]  # [6, 3]
+    np.testing.assert_allclose(store.matrix[:6, 6:], expected, rtol=1e-10)
+
+  def test_check_cluster(self):
+    self.assertEqual(cluster.check_cluster("local:2"), "local:2")
+    self.assertIsNone(cluster.check_cluster(None))
+    for bad in ("local:0", "local", "remote:2"):
+      with self.assertRaisesRegex(ValueError, f"cluster={bad!r}"):
+        cluster.check_cluster(bad)
+
+
+class GramBinaryTest(absltest.TestCase):
+
+  def test_smoke(self):
+    out = self.create_tempdir().full_path
+    test_util.run_binary_main(self, gram_main, "configs/gram.py:smoke", out)
+    theta = np.load(pathlib.Path(out, "gram.npy"))
+    info = json.loads(pathlib.Path(out, "gram_info.json").read_text())
+    self.assertEqual(theta.shape, (48, 48))
+    self.assertEqual((info["n_train"], info["n_test"]), (40, 8))
+    np.testing.assert_array_equal(theta, theta.T)
+    self.assertGreater(np.linalg.eigvalsh(theta.astype("float64")).min(),
+                       -1e-4 * np.abs(theta).max())  # PSD up to float32 rounding.
+
+
+if __name__ == "__main__":
+  absltest.main()
