@@ -87,7 +87,12 @@ class DistributedGramTest(absltest.TestCase):
   def _wait_for_lines(self, process: subprocess.Popen, workdir: pathlib.Path, lines: int) -> int:
     deadline = time.monotonic() + _TIMEOUT_S
     while _log_lines(workdir) < lines:
-      self.assertIsNone(process.poll(), "the job ended before it could be interrupted")
+      if process.poll() is not None:
+        output = process.stdout.read().decode(errors="replace")
+        start = output.find("Traceback")  # the error, not gRPC's shutdown noise after it
+        output = output[start:start + 6000] if start >= 0 else output[-6000:]
+        self.fail(f"the job ended (exit {process.returncode}) before it could be "
+                  f"interrupted, at {_log_lines(workdir)} blocks:\n{output}")
       self.assertLess(time.monotonic(), deadline)
       time.sleep(0.02)
     return _log_lines(workdir)

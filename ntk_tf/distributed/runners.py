@@ -39,6 +39,8 @@ from ntk_tf.distributed import device_block
 # Inputs kept on every worker when they are at most this large (a graph constant:
 # protocol buffers cap at 2 GiB); larger inputs are sent with each block.
 RESIDENT_MAX_BYTES = 1 << 30
+# Times `ClusterRunner.result` tries a block whose worker was lost after computing it.
+FETCH_ATTEMPTS = 5
 
 
 def split_cpu(num_devices: int) -> List[str]:
@@ -229,6 +231,9 @@ class ClusterRunner(Runner):
     self._resident = (resident_diagonal, resident_block)
 
   def submit(self, i0: int, j0: int) -> Any:
+    return (i0, j0, self._schedule(i0, j0))
+
+  def _schedule(self, i0: int, j0: int) -> Any:
     if self._iterator is not None:
       diagonal, pair = self._resident
       if i0 == j0:
@@ -242,4 +247,14 @@ class ClusterRunner(Runner):
         self.block.block, args=(_tensor(self.rows(i0), dtype), _tensor(self.rows(j0), dtype)))
 
   def result(self, handle: Any) -> np.ndarray:
-    return np.asarray(handle.fetch())  # [B, B]; waits, re-running on a failed worker.
+    """The block `[B, B]`; waits. A closure whose worker fails is re-run by the
+    coordinator; a result lost with its worker after the closure finished (the
+    copy to the coordinator fails with UnavailableError, which the coordinator
+    does not retry) is computed again, up to `FETCH_ATTEMPTS` times."""
+    i0, j0, remote = handle
+    for _ in range(FETCH_ATTEMPTS - 1):
+      try:
+        return np.asarray(remote.fetch())
+      except (tf.errors.UnavailableError, tf.errors.AbortedError):
+        remote = self._schedule(i0, j0)
+    return np.asarray(remote.fetch())
