@@ -26,12 +26,14 @@ _NUM_KILLS = 20
 
 # The job each forked process runs (`tests/job_server.py`): `job` is the dict sent.
 # It runs at a lower priority than this test (nice 10), so that on a loaded machine
-# the test's polling is not starved while the job runs to its end before a kill.
+# the test's polling is not starved while the job runs to its end before a kill, and
+# on the per-example-Jacobian path: the structured one ("auto") finishes all blocks
+# before the first kill can land.
 _JOB = """
 os.nice(10)
 model = ntk_tf.models.get("mlp", input_shape=(4, 4, 1), seed=0, width=7)
 x = np.random.RandomState(0).randn(%d, 4, 4, 1).astype(np.float32)
-ntk_tf.GramStore(job["path"], model, x, block_size=%d,
+ntk_tf.GramStore(job["path"], model, x, block_size=%d, implementation="jacobian",
                  commit_interval_s=job["commit_interval_s"],
                  lock=job["lock"]).compute(progress=False)
 """ % (_N, _BLOCK_SIZE)
