@@ -27,7 +27,7 @@ import json
 import os
 import pathlib
 import time
-from typing import Any, List, Union
+from typing import Any, Iterator, List, Tuple, Union
 
 from absl import logging
 import keras
@@ -286,9 +286,20 @@ class GramStore:
         self._compute_missing(progress)
     return self
 
-  def _compute_missing(self, progress: bool) -> None:
+  def _missing_blocks(self) -> Iterator[Tuple[int, np.ndarray]]:
+    """(index, Theta block `[i1-i0, j1-j0]`, finite) of every block not yet committed.
+
+    The one source of blocks a subclass replaces (e.g. blocks computed on other
+    devices or workers, `ntk_tf.distributed.RunnerGramStore`); the writing and
+    the commit protocol stay in `_compute_missing`.
+    """
     fn = gram_lib.block_fn(self._model, self.implementation, self.dtype, self.block_size,
                            **self._options)
+    for index, block in enumerate(self._blocks):
+      if index not in self._done:
+        yield index, gram_lib.compute_block(fn, self._x, None, block, self.block_size)
+
+  def _compute_missing(self, progress: bool) -> None:
     matrix = fmt.open_matrix(self.path, "r+")  # [N, N]
     pending: List = []  # (index, checksum) written since the last commit.
 
@@ -304,11 +315,8 @@ class GramStore:
         initial=len(self._done), enabled=progress) as bar:
       try:
         last_commit = time.monotonic()
-        for index, block in enumerate(self._blocks):
-          if index in self._done:
-            continue
-          i0, i1, j0, j1 = block
-          theta_block = gram_lib.compute_block(fn, self._x, None, block, self.block_size)
+        for index, theta_block in self._missing_blocks():
+          i0, i1, j0, j1 = self._blocks[index]
           theta_block = np.ascontiguousarray(theta_block, dtype=self.dtype)  # [i1-i0, j1-j0]
           matrix[i0:i1, j0:j1] = theta_block
           if i0 != j0:

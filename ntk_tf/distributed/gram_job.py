@@ -7,9 +7,10 @@
 
 Blocks are those of `gram.iter_blocks(N, N, B, symmetric=True)` (upper
 triangle, mirrored). The caller's process is the only writer: it submits up to
-`runner.slots` blocks, takes their results in submission order, writes each
-into the store's memory map and commits (flush, then log lines with
-checksums) every `commit_interval_s` (`ntk_tf.gram_store_format`). Workers
+`runner.slots` blocks, takes their results in submission order, and
+`GramStore`'s own loop writes each into the store's memory map and commits
+(flush, then log lines with checksums) every `commit_interval_s`
+(`ntk_tf.gram_store_format`). Workers
 hold no state, so a killed writer loses only uncommitted blocks: rerunning the
 same job reopens the store and submits only the missing ones.
 
@@ -22,18 +23,15 @@ Paper: App. B (the Grams of 60,000 images, computed block by block).
 
 import collections
 import os
-import time
-from typing import Optional, Union
+from typing import Iterator, Optional, Tuple, Union
 
 import keras
 import numpy as np
 
 from ntk_tf import gram as gram_lib
 from ntk_tf import gram_store as gram_store_lib
-from ntk_tf import gram_store_format as fmt
 from ntk_tf import kernels
 from ntk_tf import precision
-from ntk_tf import progress as progress_lib
 from ntk_tf import types
 from ntk_tf.distributed import device_block
 from ntk_tf.distributed import runners as runners_lib
@@ -57,62 +55,26 @@ class RunnerGramStore(gram_store_lib.GramStore):
                      lock=lock, overwrite=overwrite,
                      **device_block.store_options(implementation))
 
-  def _compute_missing(self, progress: bool) -> None:
-    """Submits the missing blocks, writes them in submission order, commits every interval.
+  def _missing_blocks(self) -> Iterator[Tuple[int, np.ndarray]]:
+    """The missing blocks from the runner, `runner.slots` in flight, in submission order.
 
-    The commit protocol is `GramStore`'s (flush the matrix, then append the
-    blocks' log lines); only the source of the blocks differs: a runner with
-    `runner.slots` blocks in flight instead of one block at a time.
+    `GramStore._compute_missing` writes and commits them (flush the matrix, then
+    append the blocks' log lines); only the source of the blocks differs.
     """
-    matrix = fmt.open_matrix(self.path, "r+")  # [N, N]
     todo = collections.deque(index for index in range(len(self._blocks))
                              if index not in self._done)
     in_flight = collections.deque()  # (index, handle), oldest first.
-    written = []  # (index, checksum) since the last commit.
     self.runner.start(self._x, self.block_size)
-    with self._log.appender() as appender, progress_lib.Progress(
-        len(self._blocks), desc=f"Gram {self.path.name}", unit="blocks",
-        initial=len(self._done), enabled=progress) as bar:
-      last_commit = time.monotonic()
-      try:
-        while todo or in_flight:
-          while todo and len(in_flight) < self.runner.slots:
-            index = todo.popleft()
-            in_flight.append((index, self._submit(self._blocks[index])))
-          index, handle = in_flight.popleft()
-          written.append((index, self._write(matrix, self._blocks[index],
-                                             self.runner.result(handle))))
-          bar.update()
-          if time.monotonic() - last_commit >= self.commit_interval_s:
-            self._commit(matrix, appender, written)
-            last_commit = time.monotonic()
-      finally:
-        self._commit(matrix, appender, written)  # Blocks fully written before an error are kept.
-        del matrix
-        self._matrix_stat = self._stat()
-
-  def _submit(self, block: gram_lib.Block):
-    """Hands `block`'s row offsets to the runner; returns its handle."""
-    i0, _, j0, _ = block
-    return self.runner.submit(i0, j0)
-
-  def _write(self, matrix: np.memmap, block: gram_lib.Block, padded: np.ndarray) -> int:
-    """Writes the block `[B, B]` (cropped) and its mirror into `matrix`; returns its checksum."""
-    i0, i1, j0, j1 = block
-    tile = np.ascontiguousarray(padded[:i1 - i0, :j1 - j0], dtype=self.dtype)  # [i1-i0, j1-j0]
-    gram_lib.check_finite_block(tile, block)
-    matrix[i0:i1, j0:j1] = tile
-    if i0 != j0:
-      matrix[j0:j1, i0:i1] = tile.T
-    return fmt.block_checksum(tile)
-
-  def _commit(self, matrix: np.memmap, appender, written: list) -> None:
-    """Flushes the matrix, then logs `written` (bytes on disk before the lines naming them)."""
-    if written:
-      matrix.flush()
-      appender.commit(written)
-      self._done.update(written)
-      written.clear()
+    while todo or in_flight:
+      while todo and len(in_flight) < self.runner.slots:
+        index = todo.popleft()
+        i0, _, j0, _ = self._blocks[index]
+        in_flight.append((index, self.runner.submit(i0, j0)))
+      index, handle = in_flight.popleft()
+      i0, i1, j0, j1 = block = self._blocks[index]
+      tile = self.runner.result(handle)[:i1 - i0, :j1 - j0]  # the padded [B, B], cropped
+      gram_lib.check_finite_block(tile, block)
+      yield index, tile
 
 
 def compute_gram(path: Union[str, os.PathLike], model: keras.Model, x: types.Inputs,
