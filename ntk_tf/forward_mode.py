@@ -78,6 +78,11 @@ def _sum(terms: List[Optional[tf.Tensor]]) -> Optional[tf.Tensor]:
   return total
 
 
+def _primals(structure):
+  """`structure` with each `_Dual` leaf replaced by its primal value."""
+  return tf.nest.map_structure(lambda l: l.primal if _is_dual(l) else l, structure)
+
+
 def _weight_tangent(variable, tangents: ParameterTangents) -> Optional[tf.Tensor]:
   return None if variable is None else tangents.get(id(variable))
 
@@ -95,7 +100,7 @@ def _local_jvp(fn: Callable, args, tangents: ParameterTangents, variables) -> Tu
     dv = _weight_tangent(v, tangents)
     if dv is not None:
       watched.append((v.value, dv))
-  plain = tf.nest.map_structure(lambda l: l.primal if _is_dual(l) else l, args)
+  plain = _primals(args)
   if not watched:
     out = fn(plain)
     return out, tf.nest.map_structure(lambda _: None, out)
@@ -167,7 +172,7 @@ def _call_layer(layer, tangents: ParameterTangents, *args, **kwargs):
     kwargs["training"] = False
   leaves = tf.nest.flatten((args, kwargs))
   if isinstance(layer, _LINEAR_LAYERS) and not layer.weights:
-    plain = tf.nest.map_structure(lambda l: l.primal if _is_dual(l) else l, (args, kwargs))
+    plain = _primals((args, kwargs))
     out = layer(*plain[0], **plain[1])
     if all(l.tangent is None for l in leaves if _is_dual(l)):
       return tf.nest.map_structure(lambda o: _Dual(o, None), out)
@@ -195,12 +200,8 @@ def primal_and_jvp(model: keras.Model, inputs, tangents: ParameterTangents
   Returns:
     (f `[N, K]`, jvp `[N, K]`); jvp is None when no tangent reaches the output.
   """
-  if not keras_graph.is_functional(model):
-    watched = [(v, tangents[id(v)]) for v in model.weights if id(v) in tangents]
-    with tf.autodiff.ForwardAccumulator(primals=[v.value for v, _ in watched],
-                                        tangents=[t for _, t in watched]) as acc:
-      out = model(inputs, training=False)
-    return out, acc.jvp(out, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  if not keras_graph.is_functional(model):  # the whole model under one accumulator
+    return _local_jvp(lambda x: model(x, training=False), inputs, tangents, model.weights)
   graph = keras_graph.functional_graph(model)
   flat_inputs = tf.nest.flatten(graph._standardize_inputs(inputs))  # pylint: disable=protected-access
   outputs = graph._run_through_graph(  # pylint: disable=protected-access
