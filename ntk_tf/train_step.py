@@ -31,6 +31,7 @@ import keras
 import tensorflow as tf
 
 from ntk_tf import onednn
+from ntk_tf import validation
 
 
 def bce_with_logits(y01: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
@@ -52,7 +53,8 @@ def _make_update(optimizer: keras.optimizers.Optimizer, params: List) -> Callabl
   """update(grads): applies one optimizer step to `params` (traced inside a step)."""
   if not fuses_update(optimizer):
     return lambda grads: optimizer.apply_gradients(zip(grads, params))
-  optimizer.build(params) if not optimizer.built else None
+  if not optimizer.built:
+    optimizer.build(params)
   momentums = [optimizer.momentums[optimizer._get_variable_index(p)]  # pylint: disable=protected-access
                for p in params]
 
@@ -107,8 +109,7 @@ def make_train_loop(model: keras.Model, optimizer: keras.optimizers.Optimizer,
     loop(xs `[K*B, ...]`, ts `[K*B, 1]`) -> `[K]` losses; any K >= 1 without
     retracing.
   """
-  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-    raise ValueError(f"batch_size must be a positive int. Received: batch_size={batch_size!r}")
+  batch_size = validation.check_positive_int(batch_size, "batch_size")
   step = _make_step_body(model, optimizer)
 
   @tf.function(reduce_retracing=True)
