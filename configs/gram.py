@@ -39,7 +39,7 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
   # The model at its checkpoint.
   c.model = "mlp"  # "mlp" | "lenet" | "resnet18"
   c.activation = "relu"
-  c.model_kwargs = ml_collections.ConfigDict()  # builder extras, e.g. {"width": 16}
+  c.model_kwargs = ml_collections.ConfigDict()  # builder extras by model, e.g. {"mlp": {"width": 16}}
   c.model_seed = 0  # theta0 by seed ...
   c.weights = config_dict.placeholder(str)  # ... or a Keras weights file (.weights.h5)
   # The samples: train then test (test_size 0 or None: as the split allows, see ntk_tf.data).
@@ -59,7 +59,7 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
   c.progress = True
 
   if variant == "smoke":
-    c.model_kwargs = ml_collections.ConfigDict({"width": 16})
+    c.model_kwargs = ml_collections.ConfigDict({"mlp": {"width": 16}})
     c.train_size, c.test_size = 40, 8  # N = 48: 6 row blocks, 21 blocks
     c.block_size = 8
     c.commit_interval_s = 1.0

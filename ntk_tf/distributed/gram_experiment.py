@@ -23,7 +23,6 @@ import keras
 import numpy as np
 
 from ntk_tf import atomic
-from ntk_tf import models as models_lib
 from ntk_tf import validation
 from ntk_tf.distributed import cluster as cluster_lib
 from ntk_tf.distributed import device_block
@@ -37,10 +36,7 @@ DTYPES = ("float32", "float64")
 @dataclasses.dataclass(frozen=True)
 class GramSettings:
   """A gram config, validated (see configs/gram.py for each field)."""
-  model: str
-  activation: str
-  model_kwargs: Mapping[str, Any]
-  model_seed: int
+  model: pipeline.ModelSpec
   weights: Optional[str]
   data: pipeline.DataSpec
   block_size: int
@@ -59,12 +55,9 @@ def settings_from_config(config: Mapping[str, Any]) -> GramSettings:
   if weights is not None and not pathlib.Path(weights).is_file():
     raise ValueError(f"config.weights must be a weights file or None. Received: weights={weights!r}")
   threads = pipeline.field(config, "worker_threads")
+  (model,) = pipeline.check_models(config, "model")
   return GramSettings(
-      model=pipeline.check_choice(config["model"], "model", models_lib.MODEL_NAMES),
-      activation=pipeline.check_choice(config["activation"], "activation",
-                                       models_lib.ACTIVATIONS),
-      model_kwargs=atomic.jsonable(pipeline.field(config, "model_kwargs") or {}),
-      model_seed=pipeline.check_non_negative_int(config["model_seed"], "model_seed"),
+      model=model,
       weights=weights,
       data=pipeline.check_data(config, ("cifar10", "mnist")),
       block_size=pipeline.check_positive_int(config["block_size"], "block_size"),
@@ -82,9 +75,7 @@ def settings_from_config(config: Mapping[str, Any]) -> GramSettings:
 
 def build_model(settings: GramSettings, input_shape) -> keras.Model:
   """The model at its checkpoint: initialized by `model_seed`, then `weights` if given."""
-  model = models_lib.get(settings.model, input_shape=tuple(input_shape),
-                         activation=settings.activation, seed=settings.model_seed,
-                         **dict(settings.model_kwargs))
+  model = settings.model.build(input_shape)
   if settings.weights:
     model.load_weights(settings.weights)
   return model
@@ -118,7 +109,7 @@ def run(settings: GramSettings, workdir: pathlib.Path, cluster: Optional[str] = 
       where = f"{len(runner.devices)} local device(s)"
       if devices:
         runner.warm_up(np.zeros((settings.block_size,) + x_train.shape[1:], x_train.dtype))
-    logging.info("Gram of %s on %d + %d samples, block %d, %s, %s, on %s", settings.model,
+    logging.info("Gram of %s on %d + %d samples, block %d, %s, %s, on %s", settings.model.name,
                  len(x_train), len(x_test), settings.block_size, settings.implementation,
                  settings.dtype, where)
     with runner:
