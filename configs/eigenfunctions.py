@@ -62,6 +62,9 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
   c.gram.implementation = "auto"
   # Theta_0 cache shared by experiments; None: $NTK_TF_CACHE_DIR/grams or ~/.cache/ntk_tf/grams.
   c.gram.cache_dir = config_dict.placeholder(str)
+  # Where a missing Theta_0 is computed: None (TF_CONFIG's cluster when set, else this
+  # process) or "local:N" (N localhost workers); see ntk_tf/experiments/theta0.py.
+  c.gram.cluster = config_dict.placeholder(str)
   c.num_eigenvectors = 1000  # App. B / Sec. 4.2: the first 1,000 eigenfunctions.
   c.eigen_method = "auto"
   c.indices = PAPER_INDICES  # our grid (see PAPER_INDICES); the paper does not list its j

@@ -57,6 +57,9 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
   c.worker_threads = config_dict.placeholder(int)  # --cluster=local:N workers' intra-op threads
   c.commit_interval_s = 5.0  # a killed job loses at most this much work
   c.progress = True
+  # None: the store is the workdir. A folder: the experiments' shared Theta_0 store of this
+  # model and data in it (what --config.gram.cache_dir=<folder> of an experiment reuses).
+  c.cache_dir = config_dict.placeholder(str)
 
   if variant == "smoke":
     c.model_kwargs = ml_collections.ConfigDict({"mlp": {"width": 16}})

@@ -60,6 +60,9 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
       {"block_size": 256, "implementation": "auto", "dtype": "float32"})
   # Theta_0 cache shared by experiments; None: $NTK_TF_CACHE_DIR/grams or ~/.cache/ntk_tf/grams.
   c.gram.cache_dir = ml_collections.config_dict.placeholder(str)
+  # Where a missing Theta_0 is computed: None (TF_CONFIG's cluster when set, else this
+  # process) or "local:N" (N localhost workers); see ntk_tf/experiments/theta0.py.
+  c.gram.cluster = ml_collections.config_dict.placeholder(str)
   if variant == "small":
     c.model = "lenet"
     c.train_size = 2000

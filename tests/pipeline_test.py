@@ -108,50 +108,6 @@ class TrainTaskTest(absltest.TestCase):
     self.assertFalse((task_dir / "stray.txt").exists())
     self.assertEqual((task_dir / "fingerprint.txt").read_text(), "b")
 
-  def test_theta0_store_reopens_with_the_settings_it_was_made_with(self):
-    spec = pipeline.ModelSpec("mlp", "relu", {"width": 4}, 0)
-    model = spec.build((3, 3, 1))
-    x = self._task().x_train
-    cache = self.create_tempdir().full_path
-    store = pipeline.theta0_store(model, spec, x, pipeline.GramSpec(3, "jacobian", "float32", cache))
-    reopened = pipeline.theta0_store(model, spec, x,
-                                     pipeline.GramSpec(8, "auto", "float32", cache))
-    self.assertEqual(reopened.path, store.path)
-    self.assertEqual(reopened.block_size, 3)
-    np.testing.assert_array_equal(reopened.matrix, store.matrix)
-    float64 = pipeline.theta0_store(model, spec, x, pipeline.GramSpec(8, "auto", "float64", cache))
-    self.assertNotEqual(float64.path, store.path)
-    np.testing.assert_allclose(float64.matrix, store.matrix, rtol=1e-5)
-
-  def test_theta0_rows_is_a_slice_of_the_full_store_equal_to_a_fresh_gram(self):
-    spec = pipeline.ModelSpec("mlp", "relu", {"width": 4}, 0)
-    model = spec.build((3, 3, 1))
-    x = np.random.default_rng(3).standard_normal((12, 3, 3, 1)).astype(np.float32)  # [N, ...]
-    cache = self.create_tempdir().full_path
-    gram = pipeline.GramSpec(4, "jacobian", "float32", cache)
-    full = pipeline.theta0_store(model, spec, x, gram)
-    # The train rows (the first 8, whole blocks of 4): bit for bit a fresh Gram of the subset.
-    train_rows = np.arange(8)
-    fresh = ntk_tf.GramStore(self.create_tempdir().full_path, model, x[train_rows], block_size=4,
-                             dtype="float32", implementation="jacobian").compute(progress=False)
-    with mock.patch.object(ntk_tf.GramStore, "_compute_missing",
-                           side_effect=AssertionError("a new Gram was computed")):
-      sliced = pipeline.theta0_rows(model, spec, x, train_rows, gram)
-    self.assertEqual(sliced.dtype, np.float32)
-    np.testing.assert_array_equal(sliced, fresh.matrix)
-    # Any rows, any order: the same entries of the full Gram (J J^T from one Jacobian).
-    rows = np.array([10, 2, 7, 5])
-    jac = ntk_tf.jacobian(model, x, dtype="float64")  # [N, P]
-    jac = np.asarray(jac).reshape(len(x), -1)
-    np.testing.assert_allclose(pipeline.theta0_rows(model, spec, x, rows, gram),
-                               jac[rows] @ jac[rows].T, rtol=2e-5, atol=1e-6)
-    self.assertEqual(len(list(pathlib.Path(cache).iterdir())), 1)  # one store, no new ones
-    np.testing.assert_array_equal(full.matrix[np.ix_(rows, rows)],
-                                  pipeline.theta0_rows(model, spec, x, rows, gram))
-    for bad in ([], [0, 0], [12], [-1]):
-      with self.assertRaisesRegex(ValueError, "rows must be distinct ints"):
-        pipeline.theta0_rows(model, spec, x, bad, gram)
-
 
 if __name__ == "__main__":
   absltest.main()

@@ -19,8 +19,14 @@ weights (read by every block); losing it fails the job, which then resumes.
 Every task of a TF_CONFIG cluster runs the same command; `serve_if_server`
 turns the worker and ps tasks into servers (`server.serve`) that serve until
 killed, and the chief (task type "chief") coordinates.
+
+A process that trains models and also computes Grams on a cluster (an
+experiment's Theta_0, `experiments/theta0.py`) connects once, with `connect`,
+before it builds any model: connecting moves TF's eager context onto the
+cluster, and variables made before it are no longer readable.
 """
 
+import atexit
 import json
 import os
 import re
@@ -84,3 +90,37 @@ def resolve(cluster: Optional[str], intra_op_threads: Optional[int] = None) -> O
     return None
   num_workers = resolver.cluster_spec().num_tasks("worker")
   return Cluster(tf.distribute.experimental.ParameterServerStrategy(resolver), num_workers, started)
+
+
+_connected: Optional[Cluster] = None
+_connected_as: Optional[str] = None
+
+
+def connect(cluster: Optional[str], intra_op_threads: Optional[int] = None) -> Optional[Cluster]:
+  """Connects this process to its cluster, once; returns it (None: no cluster to connect to).
+
+  `cluster` is resolved as by `resolve`; a second call with the same value
+  returns the same `Cluster`, and a LocalCluster started here is closed when
+  the process exits. Call it before building any model (module docstring).
+
+  Raises:
+    ValueError: as `resolve`, or a call naming another cluster than the first.
+  """
+  global _connected, _connected_as
+  key = check_cluster(cluster) or ("TF_CONFIG" if "TF_CONFIG" in os.environ else None)
+  if key is None:
+    return None
+  if _connected is not None:
+    if key != _connected_as:
+      raise ValueError(f"This process is connected to {_connected_as!r}; it cannot connect to "
+                       f"another cluster. Received: cluster={key!r}")
+    return _connected
+  _connected, _connected_as = resolve(cluster, intra_op_threads), key
+  if _connected.local is not None:
+    atexit.register(_connected.local.close)
+  return _connected
+
+
+def connected() -> Optional[Cluster]:
+  """The cluster `connect` connected this process to, or None."""
+  return _connected

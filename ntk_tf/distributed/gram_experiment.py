@@ -4,6 +4,10 @@
                          (test_size > 0: Theta(x_train, x_test) = gram[:N_train, N_train:])
     <workdir>/manifest.json, blocks.log   the GramStore's (resumable: rerun the same command)
     <workdir>/config.json, gram_info.json  the config, and sizes / devices / seconds
+    with cache_dir: the store (gram.npy, manifest.json, blocks.log) is instead
+    the experiments' shared Theta_0 store of this model and data in cache_dir
+    (`experiments.theta0.path`), so `--config.gram.cache_dir=<cache_dir>` of an
+    experiment on the same model and data reuses it (gram_info.json names it)
 
 Runs in one process on `local_devices` devices, or (`cluster`) on a
 ParameterServerStrategy cluster (`ntk_tf.distributed.cluster`). Every path
@@ -29,6 +33,7 @@ from ntk_tf.distributed import device_block
 from ntk_tf.distributed import gram_job
 from ntk_tf.distributed import runners
 from ntk_tf.experiments import pipeline
+from ntk_tf.experiments import theta0
 
 DTYPES = ("float32", "float64")
 
@@ -46,6 +51,7 @@ class GramSettings:
   worker_threads: Optional[int]
   commit_interval_s: float
   progress: bool
+  cache_dir: Optional[str]
   config: Mapping[str, Any]
 
 
@@ -55,6 +61,10 @@ def settings_from_config(config: Mapping[str, Any]) -> GramSettings:
   if weights is not None and not pathlib.Path(weights).is_file():
     raise ValueError(f"config.weights must be a weights file or None. Received: weights={weights!r}")
   threads = pipeline.field(config, "worker_threads")
+  cache_dir = pipeline.field(config, "cache_dir")
+  if cache_dir is not None and not isinstance(cache_dir, str):
+    raise ValueError(f"config.cache_dir must be a folder path or None. Received: "
+                     f"cache_dir={cache_dir!r}")
   (model,) = pipeline.check_models(config, "model")
   return GramSettings(
       model=model,
@@ -70,6 +80,7 @@ def settings_from_config(config: Mapping[str, Any]) -> GramSettings:
       commit_interval_s=pipeline.check_positive_number(config["commit_interval_s"],
                                                        "commit_interval_s"),
       progress=bool(config["progress"]),
+      cache_dir=str(pathlib.Path(cache_dir).expanduser().absolute()) if cache_dir else None,
       config=atomic.jsonable(config))
 
 
@@ -112,8 +123,12 @@ def run(settings: GramSettings, workdir: pathlib.Path, cluster: Optional[str] = 
     logging.info("Gram of %s on %d + %d samples, block %d, %s, %s, on %s", settings.model.name,
                  len(x_train), len(x_test), settings.block_size, settings.implementation,
                  settings.dtype, where)
+    store_dir = workdir
+    if settings.cache_dir:  # The experiments' Theta_0 store of this model and data.
+      store_dir = theta0.path(model, settings.model, dataset.all_x(), settings.dtype,
+                              settings.cache_dir)
     with runner:
-      store = gram_job.compute_gram(workdir, model, x_train, runner,
+      store = gram_job.compute_gram(store_dir, model, x_train, runner,
                                     x_test=x_test if len(x_test) else None,
                                     block_size=settings.block_size, dtype=settings.dtype,
                                     implementation=settings.implementation,

@@ -16,6 +16,12 @@ with flags --config=configs/<name>.py:<variant> (and --config.<field>=...),
 dataset, --download. A bad config (any field, the model_kwargs included, a
 --config.<field> the experiment lacks) or a --workdir that is a file is a usage
 error raised before any folder is made.
+
+On a TF_CONFIG cluster every task runs the same command: the worker and ps
+tasks serve (`distributed.cluster.serve_if_server`), the chief runs the
+experiment and computes a missing Theta_0 on them (`experiments/theta0.py`).
+`--config.gram.cluster=local:N` does the same on N localhost workers. Either
+way the process connects to its cluster before it builds any model.
 """
 
 import dataclasses
@@ -31,6 +37,7 @@ from ml_collections import config_flags
 
 from ntk_tf import models
 from ntk_tf import validation
+from ntk_tf.distributed import cluster
 from ntk_tf.experiments import workdir
 
 
@@ -66,6 +73,7 @@ def run_experiment(experiment, holders: ExperimentFlags,
   """
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
+  cluster.serve_if_server()  # A TF_CONFIG worker or ps task serves the chief: never returns.
   config = holders.config.value
   if holders.download is not None and holders.download.value:
     config.allow_download = True
@@ -75,6 +83,9 @@ def run_experiment(experiment, holders: ExperimentFlags,
     path = workdir.resolve_workdir(holders.workdir.value)
   except ValueError as err:
     raise app.UsageError(str(err)) from None
+  gram = getattr(settings, "gram", None)
+  if gram is not None:  # Before any model is built (`cluster.connect`).
+    cluster.connect(gram.cluster)
   logging.info("Config:\n%s", config)
   return path, experiment.run(settings, path)
 

@@ -3,7 +3,7 @@
 For each model (MLP, LeNet, ResNet18) at its seeded initialization theta0:
 
   1. Theta0 = J(X) J(X)^T on X = train and test samples together (App. B), from
-     the shared Gram cache (`pipeline.theta0_store`);
+     the shared Gram cache (`theta0.store`);
   2. its top-k eigenpairs Theta0 phi_j = lambda_j phi_j (k = 1000 in the paper);
   3. for each index j, the task y = sign(phi_j) on the same samples, keeping the
      dataset's split (`spectrum.eigenfunction_task`);

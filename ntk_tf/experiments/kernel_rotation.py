@@ -14,7 +14,7 @@ What needs which (Sec. 4.2, App. B):
   * E_t(y) (Fig. 6, Table 1) needs the eigenvectors of Theta_t, hence its Gram, at every
     measured epoch (`energy_concentration`, on for task "cifar2"). At epoch 0 of task
     "eigenfunction" that Gram is the train block of the shared Theta_0 store, read as a
-    slice (`pipeline.theta0_rows`), not computed again.
+    slice (`theta0.rows`), not computed again.
   * alpha_t(phi_j) (Figs. 7, 15, 16) needs no Gram: App. B computes it "directly using a
     weighted average of the Jacobian" (Lemma 1), `ntk_tf.alignment`, label columns
     chunked to `alignment_memory_budget_bytes` (`alignment_route` "jacobian", the
@@ -61,6 +61,7 @@ from ntk_tf.alignment import DEFAULT_MEMORY_BUDGET_BYTES
 from ntk_tf.experiments import pipeline
 from ntk_tf.experiments import plots
 from ntk_tf.experiments import spectrum as spectrum_lib
+from ntk_tf.experiments import theta0 as theta0_lib
 from ntk_tf.experiments import workdir as workdir_lib
 
 TASKS = ("cifar2", "eigenfunction")
@@ -309,7 +310,7 @@ def run(settings: Settings, workdir: pathlib.Path) -> List[Dict[str, Any]]:
         phi_basis = basis.eigvecs[basis.is_train, :settings.num_alignment]  # [n, J]
         overlap, target_j = task.overlap, task.j
         theta0_train = functools.partial(  # Theta_0 on the train rows: a slice, no new Gram
-            pipeline.theta0_rows, model, spec, dataset.all_x(),
+            theta0_lib.rows, model, spec, dataset.all_x(),
             np.flatnonzero(basis.is_train), settings.gram)
       y = np.asarray(y_train, np.float32)  # [n] in {-1, +1}
       result = pipeline.train_task(

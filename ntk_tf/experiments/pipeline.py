@@ -2,7 +2,7 @@
 
     config -> settings (validated, typed, frozen; before any folder is made)
            -> data (`DataSpec.load`) -> model at theta0 (`ModelSpec.build`)
-           -> Theta_0 (`theta0_store`: a content-addressed GramStore shared by experiments)
+           -> Theta_0 (`theta0.store`: a content-addressed GramStore shared by experiments)
            -> spectrum and tasks (`experiments/spectrum.py`)
            -> training (`train_task`: resumable, one folder per task)
            -> result rows (`workdir.ResultStore`, `summary`) -> figures (`experiments/plots.py`)
@@ -11,14 +11,9 @@ An experiment module holds only what is particular to it: its settings
 dataclass, its loop over tasks and its rows. Errors of a config name the field
 ("config.train_size must be ..."). Labels are +-1 everywhere (`ntk_tf.train`).
 
-Theta_0 cache: `<gram_cache_dir>/<model>-<key>/`, key = sha256 of the model's
-architecture (name, activation, extras, input shape, seed), the fingerprint of
-its weights, the fingerprint of the inputs and the dtype. The implementation and
-block size are not part of the key: every implementation computes the same
-exact Gram (they agree to rounding), so a store made by one experiment is
-reused by every other with the same model, seed, data and dtype. Default
-folder: `$NTK_TF_CACHE_DIR/grams`, else `~/.cache/ntk_tf/grams`. Two processes
-must not fill the same store at once.
+Theta_0 cache: one content-addressed store per (model, seed, weights, data,
+dtype), shared by every experiment and by the gram binary (`theta0`). Default
+folder: `$NTK_TF_CACHE_DIR/grams`, else `~/.cache/ntk_tf/grams`.
 """
 
 import dataclasses
@@ -37,12 +32,12 @@ import numpy as np
 import ntk_tf
 from ntk_tf import atomic
 from ntk_tf import data as data_lib
-from ntk_tf import gram_store as gram_store_lib
 from ntk_tf import models as models_lib
 from ntk_tf import recipe as recipe_lib
 from ntk_tf import training
 from ntk_tf import validation
 from ntk_tf.data import sources
+from ntk_tf.distributed import cluster as cluster_lib
 from ntk_tf.experiments import workdir as workdir_lib
 
 KINDS = ("network", "linearized")
@@ -240,11 +235,13 @@ def check_data(config: Mapping[str, Any], datasets: Sequence[str] = data_lib.DAT
 
 @dataclasses.dataclass(frozen=True)
 class GramSpec:
-  """How Theta_0 is computed (block size, implementation, dtype) and where it is cached."""
+  """How Theta_0 is computed (block size, implementation, dtype), where it is cached, and on
+  which cluster ("local:N", or None: TF_CONFIG when set, else this process; `theta0`)."""
   block_size: int
   implementation: str
   dtype: str
   cache_dir: str
+  cluster: Optional[str] = None
 
   def identity(self) -> Dict[str, Any]:
     """What determines a Gram's values (for fingerprints): not where it is cached."""
@@ -259,6 +256,16 @@ def default_gram_cache_dir() -> pathlib.Path:
   return base / "grams"
 
 
+def check_cluster(value: Any) -> Optional[str]:
+  """config.gram.cluster: None or "local:N" (N >= 1 localhost workers)."""
+  if value is not None and not isinstance(value, str):
+    raise ValueError(f"config.gram.cluster must be 'local:N' or None. Received: cluster={value!r}")
+  try:
+    return cluster_lib.check_cluster(value)
+  except ValueError as err:
+    raise ValueError(f"config.gram.{err}") from None
+
+
 def check_gram(config: Mapping[str, Any]) -> GramSpec:
   gram = config["gram"]
   cache_dir = field(gram, "cache_dir")
@@ -270,7 +277,7 @@ def check_gram(config: Mapping[str, Any]) -> GramSpec:
                   implementation=check_choice(gram["implementation"], "gram.implementation",
                                               GRAM_IMPLEMENTATIONS),
                   dtype=check_choice(gram["dtype"], "gram.dtype", GRAM_DTYPES),
-                  cache_dir=str(path.absolute()))
+                  cache_dir=str(path.absolute()), cluster=check_cluster(field(gram, "cluster")))
 
 
 # ----------------------------------------------------------------------------
@@ -309,57 +316,6 @@ def fresh_dir(path: os.PathLike, fingerprint: str) -> pathlib.Path:
   if not stamp.is_file():
     atomic.write_text(stamp, fingerprint)
   return path
-
-
-def theta0_store(model: keras.Model, spec: ModelSpec, x: np.ndarray, gram: GramSpec,
-                 progress: bool = False) -> ntk_tf.GramStore:
-  """The complete Gram Theta_0 = J(x) J(x)^T `[N, N]` of `model` on `x`, from the shared cache.
-
-  A store already in the cache (complete or not) is opened with the block size
-  and implementation it was started with; a new one uses `gram`'s.
-  Paper: App. B (Gram of train and test samples together).
-  """
-  identity = {"model": spec.name, "activation": spec.activation, "kwargs": dict(spec.kwargs),
-              "seed": spec.seed, "input_shape": list(x.shape[1:]), "dtype": gram.dtype,
-              "weights": gram_store_lib.model_fingerprint(model),
-              "data": gram_store_lib.data_fingerprint(x)}
-  path = pathlib.Path(gram.cache_dir) / f"{spec.name}-{workdir_lib.fingerprint(identity)}"
-  block_size, implementation = gram.block_size, gram.implementation
-  manifest = path / "manifest.json"
-  if manifest.is_file():
-    made = json.loads(manifest.read_text())
-    block_size, implementation = made["block_size"], made["implementation"]
-  store = ntk_tf.GramStore(path, model, x, block_size=block_size, dtype=gram.dtype,
-                           implementation=implementation)
-  logging.info("%s: Theta_0 on %d samples, %d/%d blocks cached (%s)", spec.name, len(x),
-               store.num_done, store.num_blocks, path)
-  return store.compute(progress=progress)
-
-
-def theta0_rows(model: keras.Model, spec: ModelSpec, x: np.ndarray, rows: Sequence[int],
-                gram: GramSpec, progress: bool = False) -> np.ndarray:
-  """Theta_0 on the samples x[rows], `[n, n]`: a slice of the shared store of all of x.
-
-      Theta_0(x[rows], x[rows]) = Theta_0(x, x)[rows][:, rows]
-
-  The store is looked up by the fingerprint of the full sample set x
-  (`theta0_store`, computed there if absent), so e.g. the 50,000 train rows of
-  the 60,000-sample Theta_0 are read from it, not computed again.
-
-  Args:
-    model, spec, gram, progress: as for `theta0_store`.
-    x: `[N, ...]` the full sample set of the store.
-    rows: `[n]` distinct row indices into x, in the order wanted.
-  Returns:
-    `[n, n]` array in the store's dtype.
-  """
-  n = len(x)
-  index = np.asarray(rows)
-  if (index.ndim != 1 or index.size == 0 or not np.issubdtype(index.dtype, np.integer)
-      or index.min() < 0 or index.max() >= n or np.unique(index).size != index.size):
-    raise ValueError(f"rows must be distinct ints in [0, N={n}). Received: rows={rows!r}")
-  store = theta0_store(model, spec, x, gram, progress=progress)
-  return np.asarray(store.matrix[np.ix_(index, index)])  # [n, n]
 
 
 def clone_with_weights(model: keras.Model, weights: Optional[List[np.ndarray]] = None

@@ -10,7 +10,7 @@ eigenfunction, kernel-rotation and late-linearization experiments.
 Shapes: X `[N, H, W, C]` with N = N_train + N_test (train rows first,
 `Dataset.all_x()`), eigenvalues `[k]`, eigenvectors `[N, k]` unit columns.
 
-Cache: the Gram is the shared content-addressed store of `pipeline.theta0_store`;
+Cache: the Gram is the shared content-addressed store of `theta0.store`;
 the eigenpairs sit beside it in that folder as `eigen_k<k>_<method>_s<seed>.npz`,
 so they too are computed once per (model, seed, data, dtype, k, method, seed).
 """
@@ -27,6 +27,7 @@ import ntk_tf
 from ntk_tf import atomic
 from ntk_tf import data as data_lib
 from ntk_tf.experiments import pipeline
+from ntk_tf.experiments import theta0 as theta0_lib
 from ntk_tf.tasks import eigenfunction_signs
 
 
@@ -87,7 +88,7 @@ def spectrum(model: keras.Model, spec: pipeline.ModelSpec, dataset: data_lib.Dat
   n = x_all.shape[0]
   if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
     raise ValueError(f"k must be an int in [1, N={n}] (N = train + test samples). Received: k={k!r}")
-  store = pipeline.theta0_store(model, spec, x_all, gram, progress=progress)
+  store = theta0_lib.store(model, spec, x_all, gram, progress=progress)
   cache = store.path / f"eigen_k{k}_{method}_s{seed}.npz"
   if cache.is_file():
     logging.info("%s: reusing the eigenpairs in %s", spec.name, cache)

@@ -1,0 +1,87 @@
+"""Theta_0 of the experiments computed on a localhost cluster (ntk_tf/experiments/theta0.py).
+
+This process connects to a cluster of 2 workers and a parameter server
+(`cluster.connect("local:2")`) before it builds any model, as the experiment
+binaries do. Each Gram is checked against per-example gradients taken here
+with tf.GradientTape (`ntk_reference.brute_force_gram`).
+"""
+
+import json
+import os
+import pathlib
+from unittest import mock
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl.testing import absltest
+import numpy as np
+
+from tests import ntk_reference  # pylint: disable=g-bad-import-order
+from tests import test_util
+from binaries import eigenfunctions as eigenfunctions_binary
+from configs import eigenfunctions as eigenfunctions_config
+from ntk_tf.distributed import cluster
+from ntk_tf.distributed import runners
+from ntk_tf.experiments import eigenfunctions
+from ntk_tf.experiments import pipeline
+from ntk_tf.experiments import theta0
+
+_SPEC = pipeline.ModelSpec("mlp", "relu", {"width": 4}, 0)
+
+
+class Theta0ClusterTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.cluster = cluster.connect("local:2")  # Before any model is built.
+
+  def test_connect_is_once_per_process(self):
+    self.assertEqual(self.cluster.num_workers, 2)
+    self.assertIs(cluster.connect("local:2"), self.cluster)
+    self.assertIs(cluster.connected(), self.cluster)
+    with self.assertRaisesRegex(ValueError, r"connected to 'local:2'.*cluster='local:3'"):
+      cluster.connect("local:3")
+
+  def test_store_on_the_cluster_then_reused_without_it(self):
+    model = _SPEC.build((3, 3, 1))
+    x = np.random.default_rng(3).standard_normal((12, 3, 3, 1)).astype(np.float32)
+    cache = self.create_tempdir().full_path
+    store = theta0.store(model, _SPEC, x, pipeline.GramSpec(4, "auto", "float32", cache,
+                                                            cluster="local:2"))
+    np.testing.assert_allclose(store.matrix, ntk_reference.brute_force_gram(model, x), rtol=1e-5, atol=1e-6)
+    manifest = json.loads((store.path / "manifest.json").read_text())
+    self.assertEqual(manifest["options"], {"matmul_engine": "xla"})  # made by the gram job
+    made = np.array(store.matrix)
+    with mock.patch.object(runners.ClusterRunner, "submit",
+                           side_effect=AssertionError("recomputed")), \
+        mock.patch.object(runners.LocalRunner, "submit", side_effect=AssertionError("recomputed")):
+      again = theta0.store(model, _SPEC, x, pipeline.GramSpec(8, "auto", "float32", cache))
+    np.testing.assert_array_equal(again.matrix, made)
+
+  def test_the_eigenfunctions_binary_gets_theta0_from_the_cluster(self):
+    workdir = self.create_tempdir().full_path
+    cache = self.create_tempdir().full_path
+    with mock.patch.object(runners.LocalRunner, "submit",
+                           side_effect=AssertionError("computed outside the cluster")):
+      data_dir = test_util.run_binary_main(
+          self, eigenfunctions_binary, "configs/eigenfunctions.py:smoke", workdir,
+          **{"gram.cache_dir": cache, "gram.cluster": "local:2", "models": ("mlp",),
+             "kinds": ("network",), "epochs": 1})
+    self.assertTrue((pathlib.Path(workdir) / "results.csv").is_file())
+    (folder,) = pathlib.Path(cache).iterdir()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    self.assertEqual(manifest["options"], {"matmul_engine": "xla"})
+    config = eigenfunctions_config.get_config("smoke")
+    config.data_dir, config.models = data_dir, ("mlp",)
+    settings = eigenfunctions.settings_from_config(config)
+    dataset = settings.data.load()
+    (spec,) = settings.models
+    model = spec.build(dataset.input_shape)
+    gram = np.load(folder / "gram.npy", mmap_mode="r")
+    np.testing.assert_allclose(gram, ntk_reference.brute_force_gram(model, dataset.all_x()),
+                               rtol=1e-4, atol=1e-5 * float(np.max(np.abs(gram))))
+
+
+if __name__ == "__main__":
+  absltest.main()
