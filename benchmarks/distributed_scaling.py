@@ -11,7 +11,9 @@ in a fresh coordinator process. Timed:
 `compute_gram` of the whole Gram after a warm-up Gram of 4 row blocks on the
 same cluster (so XLA compilation on the workers and cluster start are not
 counted). Printed: this machine's features, seconds per configuration, the
-speedup t(1 worker) / t(2 workers) (ideal 2.0), whether the two Grams are
+speedup t(1 worker) / t(2 workers) (ideal 2.0), the coordinator process's own
+CPU seconds in the timed part (it shares the machine's cores with the
+workers, so it bounds the speedup), whether the two Grams are
 byte-identical, and the machine's own ceiling measured in the same run
 (`machine_parallel_speedup`: two independent single-threaded processes).
 """
@@ -68,13 +70,14 @@ def time_one(model_name: str, num_workers: int, n: int, block_size: int,
       kwargs = dict(block_size=block_size, implementation=implementation, progress=False)
       gram_job.compute_gram(os.path.join(out, "warm_up"), model, x[:4 * block_size], runner,
                             **kwargs)
-      start = time.perf_counter()
+      start, start_cpu = time.perf_counter(), time.process_time()
       store = gram_job.compute_gram(os.path.join(out, "gram"), model, x, runner, **kwargs)
-      seconds = time.perf_counter() - start
+      seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
   finally:
     local.close()
   return {"model": model_name, "workers": num_workers, "n": n, "blocks": store.num_blocks,
-          "seconds": seconds, "data": source, "gram": str(store.matrix_path)}
+          "seconds": seconds, "coordinator_cpu_s": cpu, "data": source,
+          "gram": str(store.matrix_path)}
 
 
 # A fixed single-threaded float32 GEMM workload (about 2 s on one core), for
@@ -131,7 +134,7 @@ def main(argv):
         f"float32; each worker 1 intra-op thread, pinned to a core: {_PIN.value}; "
         f"--cluster=local:W\n")
   print(f"{'model':8} {'workers':>7} {'blocks':>6} {'seconds':>9} {'speedup':>8} "
-        f"{'bytes == baseline':>18}")
+        f"{'bytes == baseline':>18} {'coordinator CPU s':>18}")
   for model_name in _MODELS.value:
     baseline = None
     for workers in _WORKERS.value:
@@ -142,7 +145,7 @@ def main(argv):
         baseline = (row["seconds"], gram_bytes)
       print(f"{model_name:8} {workers:>7} {row['blocks']:>6} {row['seconds']:>9.1f} "
             f"{baseline[0] / row['seconds']:>7.2f}x {str(gram_bytes == baseline[1]):>18}"
-            f"   ({row['data']})", flush=True)
+            f" {row['coordinator_cpu_s']:>18.2f}   ({row['data']})", flush=True)
   print(f"\nThis machine's ceiling after: two single-threaded GEMM loops on cores 0 and 1 "
         f"vs one: {machine_parallel_speedup():.2f}x")
   print(f"load average after: {os.getloadavg()}")
