@@ -7,11 +7,14 @@ gradient J^T g. Models: the MLP and LeNet of the paper, and one taking every
 rule of the cache (a Conv2D with tanh inside, max pooling, BatchNorm, a
 ReLU layer and a nested model under a local ForwardAccumulator, Add, a
 frozen Dense and a parameter-free branch of the input meeting a varying one
-in a Concatenate). Training with the cache is compared with training without it.
+in a Concatenate). Training with the cache is compared with training without
+it, and a run stopped and resumed with the cache with an uninterrupted one.
 """
 
 from tests import test_util  # pylint: disable=unused-import  (quiet TF)
 from tests import ntk_reference
+
+from unittest import mock  # pylint: disable=g-importing-member
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -190,6 +193,30 @@ class PrimalCacheTrainingTest(absltest.TestCase):
         self.assertAlmostEqual(cached[key], uncached[key], delta=1e-12 * max(1.0, abs(uncached[key])))
     for cached, uncached in zip(results[1][1], results[0][1]):
       np.testing.assert_allclose(cached, uncached, rtol=1e-10, atol=1e-13)
+
+  def test_resumed_run_with_cache_ends_bit_identical(self):
+    recipe = ntk_tf.PAPER_SGD.replace(batch_size=8, epochs=2)
+    x = _inputs(_network("mlp", "float32"), 24)
+    y = np.where(x.reshape(24, -1).sum(axis=1) > 0, 1, -1)
+    uninterrupted = ntk_tf.linearize(_network("mlp", "float32"))
+    training.train(uninterrupted, x, y, recipe=recipe, progress=False,
+                   workdir=self.create_tempdir().full_path)
+    workdir = self.create_tempdir().full_path
+    check = training._check_finite_losses  # pylint: disable=protected-access
+
+    def stop_in_epoch_2(losses, epoch, *args):
+      if epoch == 2:
+        raise KeyboardInterrupt("stopped in epoch 2")
+      return check(losses, epoch, *args)
+
+    with mock.patch.object(training, "_check_finite_losses", stop_in_epoch_2):
+      with self.assertRaises(KeyboardInterrupt):
+        training.train(ntk_tf.linearize(_network("mlp", "float32")), x, y, recipe=recipe,
+                       progress=False, workdir=workdir)
+    resumed = ntk_tf.linearize(_network("mlp", "float32"))
+    training.train(resumed, x, y, recipe=recipe, progress=False, workdir=workdir)
+    for a, b in zip(resumed.get_weights(), uninterrupted.get_weights()):
+      np.testing.assert_array_equal(a, b)
 
   def test_loop_refuses_a_missing_index_or_another_models_cache(self):
     lin = ntk_tf.linearize(_network("mlp", "float32"))
