@@ -25,6 +25,10 @@ tangent. Here a tape differentiating the tangent with respect to dW sees
 plain matmuls and convolutions: its backward is one reverse pass,
 dL/dW = x^T dL/dz per layer, the network's own backward at theta_star.
 
+`AffineRule`, `is_linear_layer`, `linear_layer_tangent` and `local_jvp` are
+the layer rules, shared with `ntk_tf.primal_cache`, whose tangent pass reads
+the primals at theta_star from a per-example cache instead of computing them.
+
 Uses Keras 3's private `Function._run_through_graph(call_fn=...)` and
 `Layer._call_has_training_arg`, like `ntk_tf.structured.keras_graph`.
 
@@ -54,7 +58,7 @@ _LINEAR_LAYERS = tuple(getattr(keras.layers, name) for name in (
 
 
 class Dual:
-  """A graph node's value and tangent (None = identically zero)."""
+  """A graph node's value and tangent (tangent None = identically zero; primal None = not needed)."""
 
   __slots__ = ("primal", "tangent")
 
