@@ -2,8 +2,10 @@ r"""Benchmark: one training step of a linearized model vs. its network.
 
 Prints, per model on CIFAR-10 batches, the wall time of one `ntk_tf.train`
 step (forward, backward, SGD update; `--steps` steps per call, as `train` runs
-them) of the network and of its linearization (primal and JVP in one pass,
-paper Eq. 1), measured in the same run, and their ratio.
+them) of the network, of its linearization (primal and JVP in one pass,
+paper Eq. 1) and of the linearization reading its theta_star primals from a
+`ntk_tf.primal_cache` (what `train` runs by default), measured in the same
+run, and the ratios of the linearized steps to the network's.
 Not a timed test; timings belong to the machine they were taken on.
 
   bazel run //binaries:bench_train -- --models=mlp,lenet
@@ -13,7 +15,7 @@ Not a timed test; timings belong to the machine they were taken on.
 import json
 import os
 import time
-from typing import Dict
+from typing import Dict, Optional
 
 from absl import app
 from absl import flags
@@ -28,6 +30,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 from benchmarks import machine  # pylint: disable=g-import-not-at-top
 import ntk_tf  # pylint: disable=g-import-not-at-top
 from ntk_tf import atomic  # pylint: disable=g-import-not-at-top
+from ntk_tf import primal_cache as primal_cache_lib  # pylint: disable=g-import-not-at-top
 from ntk_tf import train_step  # pylint: disable=g-import-not-at-top
 from ntk_tf import training  # pylint: disable=g-import-not-at-top
 
@@ -46,43 +49,53 @@ flags.register_validator("models", lambda names: names and set(names) <= set(ntk
 
 def time_train_step(model: keras.Model, x: np.ndarray, y: np.ndarray, *,
                     recipe: ntk_tf.Recipe = ntk_tf.PAPER_SGD, steps: int = 20,
-                    warmup: int = 3) -> float:
+                    warmup: int = 3,
+                    primal_cache: Optional[primal_cache_lib.PrimalCache] = None) -> float:
   """Mean wall seconds of one `ntk_tf.train` step of `model` on the batch (x `[B, ...]`, y `[B]` +-1).
 
   The steps run as `train` runs them: `steps` consecutive steps in one call of
   `train_step.make_train_loop` (here all on the same batch). The loop is traced
-  and run first on at least `warmup` steps; it trains `model` in place.
+  and run first on at least `warmup` steps; it trains `model` in place. With
+  `primal_cache` (of a Linearized `model` on x), the steps read it at indices 0..B-1.
   """
   dtype = tf.as_dtype(model.compute_dtype)
   warmup_calls = -(-max(1, warmup) // steps)  # ceil: each call runs `steps` steps
   optimizer = training.make_optimizer(recipe, steps * (warmup_calls + 1))
-  loop = train_step.make_train_loop(model, optimizer, len(x))
+  loop = train_step.make_train_loop(model, optimizer, len(x), primal_cache=primal_cache)
   xs = tf.constant(np.concatenate([x] * steps), dtype)  # [steps * B, ...]
   ts = tf.constant(np.concatenate([(np.asarray(y) > 0).reshape(-1, 1)] * steps), dtype)  # (1 + y) / 2
+  indices = () if primal_cache is None else (tf.constant(np.tile(np.arange(len(x)), steps),
+                                                         tf.int32),)  # [steps * B]
   for _ in range(warmup_calls):
-    loop(xs, ts).numpy()
+    loop(xs, ts, *indices).numpy()
   start = time.perf_counter()
-  loop(xs, ts).numpy()
+  loop(xs, ts, *indices).numpy()
   return (time.perf_counter() - start) / steps
 
 
 def compare_step_times(model: keras.Model, x: np.ndarray, y: np.ndarray, *, steps: int,
                        repeats: int) -> Dict[str, float]:
-  """Step times of `model` and of its linearization, and their ratio.
+  """Step times of `model`, of its linearization without and with a primal cache, and ratios.
 
       ratio = t_step(linearize(model)) / t_step(model),
+      cached_ratio = t_step(linearize(model), primal cache) / t_step(model),
 
   each t_step the fastest of `repeats` alternating measurements (the minimum is
   the least disturbed by other processes), on the same batch in the same process.
   """
   linearized = ntk_tf.linearize(model)
-  network_s, linearized_s = [], []
+  cached = ntk_tf.linearize(model)
+  cache = primal_cache_lib.build(cached, x)
+  times = {"network": [], "linearized": [], "cached": []}
   for _ in range(repeats):
-    network_s.append(time_train_step(model, x, y, steps=steps))
-    linearized_s.append(time_train_step(linearized, x, y, steps=steps))
-  network_ms, linearized_ms = 1e3 * min(network_s), 1e3 * min(linearized_s)
-  return {"network_ms": network_ms, "linearized_ms": linearized_ms,
-          "ratio": linearized_ms / network_ms}
+    times["network"].append(time_train_step(model, x, y, steps=steps))
+    times["linearized"].append(time_train_step(linearized, x, y, steps=steps))
+    times["cached"].append(time_train_step(cached, x, y, steps=steps, primal_cache=cache))
+  ms = {name: 1e3 * min(seconds) for name, seconds in times.items()}
+  return {"network_ms": ms["network"], "linearized_ms": ms["linearized"],
+          "cached_ms": ms["cached"], "ratio": ms["linearized"] / ms["network"],
+          "cached_ratio": ms["cached"] / ms["network"],
+          "cache_bytes_per_example": cache.bytes_per_example}
 
 
 def main(argv):
@@ -98,11 +111,15 @@ def main(argv):
     times = compare_step_times(model, data.x_train, data.y_train, steps=_STEPS.value,
                                repeats=_REPEATS.value)
     rows.append({"model": name, **times})
-  print(machine.format_features(machine.features()) + "\n")
-  print(f"{'model':<10}{'network step ms':>18}{'linearized step ms':>21}{'ratio':>8}")
+  print(machine.format_features({**machine.features(),
+                                  "load average": " ".join(f"{l:.2f}" for l in os.getloadavg())})
+        + "\n")
+  print(f"{'model':<10}{'network ms':>12}{'linearized ms':>15}{'ratio':>8}"
+        f"{'cached ms':>12}{'ratio':>8}{'cache B/example':>17}")
   for row in rows:
-    print(f"{row['model']:<10}{row['network_ms']:>18.2f}{row['linearized_ms']:>21.2f}"
-          f"{row['ratio']:>8.2f}")
+    print(f"{row['model']:<10}{row['network_ms']:>12.2f}{row['linearized_ms']:>15.2f}"
+          f"{row['ratio']:>8.2f}{row['cached_ms']:>12.2f}{row['cached_ratio']:>8.2f}"
+          f"{row['cache_bytes_per_example']:>17d}")
   if _OUT.value:
     atomic.write_json(_OUT.value, {"config": config, "results": rows})
 

@@ -25,6 +25,10 @@ tangent. Here a tape differentiating the tangent with respect to dW sees
 plain matmuls and convolutions: its backward is one reverse pass,
 dL/dW = x^T dL/dz per layer, the network's own backward at theta_star.
 
+`AffineRule`, `is_linear_layer`, `linear_layer_tangent` and `local_jvp` are
+the layer rules, shared with `ntk_tf.primal_cache`, whose tangent pass reads
+the primals at theta_star from a per-example cache instead of computing them.
+
 Uses Keras 3's private `Function._run_through_graph(call_fn=...)` and
 `Layer._call_has_training_arg`, like `ntk_tf.structured.keras_graph`.
 
@@ -32,7 +36,7 @@ Shapes: x `[N, ...]`; outputs and tangents shaped like the model's outputs,
 `[N, K]` for the paper's models.
 """
 
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import keras
 import tensorflow as tf
@@ -53,8 +57,8 @@ _LINEAR_LAYERS = tuple(getattr(keras.layers, name) for name in (
                        if hasattr(keras.layers, name))
 
 
-class _Dual:
-  """A graph node's value and tangent (None = identically zero)."""
+class Dual:
+  """A graph node's value and tangent (tangent None = identically zero; primal None = not needed)."""
 
   __slots__ = ("primal", "tangent")
 
@@ -63,11 +67,11 @@ class _Dual:
     self.tangent = tangent
 
 
-def _is_dual(x) -> bool:
-  return isinstance(x, _Dual)
+def is_dual(x) -> bool:
+  return isinstance(x, Dual)
 
 
-def _sum(terms: List[Optional[tf.Tensor]]) -> Optional[tf.Tensor]:
+def tangent_sum(terms: List[Optional[tf.Tensor]]) -> Optional[tf.Tensor]:
   """The sum of the non-None terms, None if there are none."""
   terms = [t for t in terms if t is not None]
   if not terms:
@@ -78,29 +82,29 @@ def _sum(terms: List[Optional[tf.Tensor]]) -> Optional[tf.Tensor]:
   return total
 
 
-def _primals(structure):
-  """`structure` with each `_Dual` leaf replaced by its primal value."""
-  return tf.nest.map_structure(lambda l: l.primal if _is_dual(l) else l, structure)
+def primals(structure):
+  """`structure` with each `Dual` leaf replaced by its primal value."""
+  return tf.nest.map_structure(lambda l: l.primal if is_dual(l) else l, structure)
 
 
 def _weight_tangent(variable, tangents: ParameterTangents) -> Optional[tf.Tensor]:
   return None if variable is None else tangents.get(id(variable))
 
 
-def _local_jvp(fn: Callable, args, tangents: ParameterTangents, variables) -> Tuple:
+def local_jvp(fn: Callable, args, tangents: ParameterTangents, variables) -> Tuple:
   """fn(args with primal values) and its JVP, by a ForwardAccumulator local to this call.
 
-  `args` is a structure whose `_Dual` leaves are watched with their tangents;
+  `args` is a structure whose `Dual` leaves are watched with their tangents;
   `variables` are the weights fn reads, watched with theirs.
   """
   leaves = tf.nest.flatten(args)
   watched = [(leaf.primal, leaf.tangent) for leaf in leaves
-             if _is_dual(leaf) and leaf.tangent is not None]
+             if is_dual(leaf) and leaf.tangent is not None]
   for v in variables:
     dv = _weight_tangent(v, tangents)
     if dv is not None:
       watched.append((v.value, dv))
-  plain = _primals(args)
+  plain = primals(args)
   if not watched:
     out = fn(plain)
     return out, tf.nest.map_structure(lambda _: None, out)
@@ -112,14 +116,14 @@ def _local_jvp(fn: Callable, args, tangents: ParameterTangents, variables) -> Tu
   return out, jvp
 
 
-def _activation(fn, z: tf.Tensor, dz: Optional[tf.Tensor], tangents) -> _Dual:
+def _activation(fn, z: tf.Tensor, dz: Optional[tf.Tensor], tangents) -> Dual:
   """(fn(z), fn'(z) dz); identity for a linear (or absent) activation."""
   if fn is None or fn is keras.activations.linear:
-    return _Dual(z, dz)
+    return Dual(z, dz)
   if dz is None:
-    return _Dual(fn(z), None)
-  out, jvp = _local_jvp(fn, _Dual(z, dz), tangents, ())
-  return _Dual(out, jvp)
+    return Dual(fn(z), None)
+  out, jvp = local_jvp(fn, Dual(z, dz), tangents, ())
+  return Dual(out, jvp)
 
 
 def _own_weight(layer, name: str):
@@ -130,11 +134,38 @@ def _own_weight(layer, name: str):
   return value if any(value is w for w in layer.weights) else False
 
 
-def _affine_layer(layer, x: _Dual, tangents: ParameterTangents) -> Optional[_Dual]:
-  """The exact rule of a plain Dense or Conv2D layer; None if `layer` is neither.
+class AffineRule(NamedTuple):
+  """A plain Dense or Conv2D layer as a bilinear op, a bias and an activation.
 
-      z = op(x, W) + b,   dz = op(dx, W) + op(x, dW) + db,   op bilinear.
+      z = op(x, W) + b,   dz = op(dx, W) + op(x, dW) + db,   out = activation(z).
   """
+  op: Callable  # Dense: matmul [N, ..., D_in] x [D_in, D_out]; Conv2D: [N, H, W, C_in] * [h, w, C_in, C_out]
+  kernel: keras.Variable
+  bias: Optional[keras.Variable]
+  bias_shape: Optional[Tuple[int, ...]]  # None: added as is (Dense); (1, 1, 1, C_out) (Conv2D)
+  activation: Optional[Callable]  # None or keras.activations.linear: the identity
+
+  def pre_activation(self, x: tf.Tensor) -> tf.Tensor:
+    """z = op(x, W) + b."""
+    z = self.op(x, self.kernel)
+    if self.bias is None:
+      return z
+    return keras.ops.add(z, self.bias if self.bias_shape is None
+                         else keras.ops.reshape(self.bias, self.bias_shape))
+
+  def tangent(self, x: tf.Tensor, dx: Optional[tf.Tensor],
+              tangents: ParameterTangents) -> Optional[tf.Tensor]:
+    """dz = op(dx, W) + op(x, dW) + db; terms with a zero factor are skipped; None if all are."""
+    dkernel, dbias = _weight_tangent(self.kernel, tangents), _weight_tangent(self.bias, tangents)
+    if dbias is not None and self.bias_shape is not None:
+      dbias = tf.reshape(dbias, self.bias_shape)
+    return tangent_sum([self.op(dx, self.kernel) if dx is not None else None,
+                 self.op(x, dkernel) if dkernel is not None else None,
+                 dbias])
+
+
+def affine_rule(layer) -> Optional[AffineRule]:
+  """The exact rule of a plain Dense or channels-last Conv2D layer; None for any other layer."""
   if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
     return None
   if layer.compute_dtype != layer.variable_dtype:
@@ -143,47 +174,56 @@ def _affine_layer(layer, x: _Dual, tangents: ParameterTangents) -> Optional[_Dua
   if kernel is False or bias is False or kernel is None:
     return None
   if type(layer) is keras.layers.Dense:  # pylint: disable=unidiomatic-typecheck
-    op = keras.ops.matmul  # [N, ..., D_in] x [D_in, D_out]
-    bias_shape = None
-  elif type(layer) is keras.layers.Conv2D and layer.data_format == "channels_last":  # pylint: disable=unidiomatic-typecheck
-    op = layer.convolution_op  # [N, H, W, C_in] * [h, w, C_in, C_out]
-    bias_shape = (1, 1, 1, layer.filters)
-  else:
+    return AffineRule(keras.ops.matmul, kernel, bias, None, layer.activation)
+  if type(layer) is keras.layers.Conv2D and layer.data_format == "channels_last":  # pylint: disable=unidiomatic-typecheck
+    return AffineRule(layer.convolution_op, kernel, bias, (1, 1, 1, layer.filters),
+                      layer.activation)
+  return None
+
+
+def _affine_layer(layer, x: Dual, tangents: ParameterTangents) -> Optional[Dual]:
+  """The exact rule of a plain Dense or Conv2D layer; None if `layer` is neither."""
+  rule = affine_rule(layer)
+  if rule is None:
     return None
-  dkernel, dbias = _weight_tangent(kernel, tangents), _weight_tangent(bias, tangents)
-  z = op(x.primal, kernel)
-  if bias is not None:
-    z = keras.ops.add(z, bias if bias_shape is None else keras.ops.reshape(bias, bias_shape))
-    if dbias is not None and bias_shape is not None:
-      dbias = tf.reshape(dbias, bias_shape)
-  dz = _sum([op(x.tangent, kernel) if x.tangent is not None else None,
-             op(x.primal, dkernel) if dkernel is not None else None,
-             dbias])
-  return _activation(layer.activation, z, dz, tangents)
+  return _activation(rule.activation, rule.pre_activation(x.primal),
+                     rule.tangent(x.primal, x.tangent, tangents), tangents)
+
+
+def is_linear_layer(layer) -> bool:
+  """Whether `layer` is parameter-free and linear in its inputs (its tangent is itself on the tangent)."""
+  return isinstance(layer, _LINEAR_LAYERS) and not layer.weights
+
+
+def linear_layer_tangent(layer, args, kwargs) -> Optional[tf.Tensor]:
+  """layer(dx...) for a linear layer's `Dual` arguments; zeros for the zero ones; None if all are."""
+  leaves = tf.nest.flatten((args, kwargs))
+  if all(l.tangent is None for l in leaves if is_dual(l)):
+    return None
+  tangent_args = tf.nest.map_structure(
+      lambda l: (tf.zeros_like(l.primal) if l.tangent is None else l.tangent)
+      if is_dual(l) else l, (args, kwargs))
+  return layer(*tangent_args[0], **tangent_args[1])
 
 
 def _call_layer(layer, tangents: ParameterTangents, *args, **kwargs):
-  """One graph node: the layer's outputs as `_Dual`s, in inference mode."""
-  if len(args) == 1 and not kwargs and _is_dual(args[0]):
+  """One graph node: the layer's outputs as `Dual`s, in inference mode."""
+  if len(args) == 1 and not kwargs and is_dual(args[0]):
     affine = _affine_layer(layer, args[0], tangents)
     if affine is not None:
       return affine
   if getattr(layer, "_call_has_training_arg", False):
     kwargs["training"] = False
-  leaves = tf.nest.flatten((args, kwargs))
-  if isinstance(layer, _LINEAR_LAYERS) and not layer.weights:
-    plain = _primals((args, kwargs))
+  if is_linear_layer(layer):
+    plain = primals((args, kwargs))
     out = layer(*plain[0], **plain[1])
-    if all(l.tangent is None for l in leaves if _is_dual(l)):
-      return tf.nest.map_structure(lambda o: _Dual(o, None), out)
-    tangent_args = tf.nest.map_structure(
-        lambda l: (tf.zeros_like(l.primal) if l.tangent is None else l.tangent)
-        if _is_dual(l) else l, (args, kwargs))
-    jvp = layer(*tangent_args[0], **tangent_args[1])
-    return tf.nest.map_structure(_Dual, out, jvp)
-  out, jvp = _local_jvp(lambda a: layer(*a[0], **a[1]), (args, kwargs), tangents,
+    jvp = linear_layer_tangent(layer, args, kwargs)
+    if jvp is None:
+      return tf.nest.map_structure(lambda o: Dual(o, None), out)
+    return tf.nest.map_structure(Dual, out, jvp)
+  out, jvp = local_jvp(lambda a: layer(*a[0], **a[1]), (args, kwargs), tangents,
                         layer.weights)
-  return tf.nest.map_structure(_Dual, out, jvp)
+  return tf.nest.map_structure(Dual, out, jvp)
 
 
 def primal_and_jvp(model: keras.Model, inputs, tangents: ParameterTangents
@@ -201,11 +241,11 @@ def primal_and_jvp(model: keras.Model, inputs, tangents: ParameterTangents
     (f `[N, K]`, jvp `[N, K]`); jvp is None when no tangent reaches the output.
   """
   if not keras_graph.is_functional(model):  # the whole model under one accumulator
-    return _local_jvp(lambda x: model(x, training=False), inputs, tangents, model.weights)
+    return local_jvp(lambda x: model(x, training=False), inputs, tangents, model.weights)
   graph = keras_graph.functional_graph(model)
   flat_inputs = tf.nest.flatten(graph._standardize_inputs(inputs))  # pylint: disable=protected-access
   outputs = graph._run_through_graph(  # pylint: disable=protected-access
-      [_Dual(x, None) for x in flat_inputs],
+      [Dual(x, None) for x in flat_inputs],
       call_fn=lambda layer, *args, **kwargs: _call_layer(layer, tangents, *args, **kwargs))
   return (tf.nest.map_structure(lambda o: o.primal, outputs),
           tf.nest.map_structure(lambda o: o.tangent, outputs))

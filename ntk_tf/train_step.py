@@ -8,6 +8,8 @@ t_i = (1 + y_i) / 2 the {0, 1} BCE target of the label y_i in {-1, +1}.
 consecutive minibatches in one call (a loop inside one tf.function), so the
 host dispatches once per K steps and never waits for a step's loss. Both run
 the same step, and their results are bitwise equal (tests/train_step_test.py).
+For a `Linearized` model the loop can read the constant theta_star primals of
+its examples from a `ntk_tf.primal_cache.PrimalCache` instead of recomputing them.
 
 The paper's optimizer, `keras.optimizers.SGD` with momentum (no Nesterov,
 weight decay, clipping, EMA or gradient accumulation), is applied by TF's
@@ -25,13 +27,14 @@ Shapes: x `[B, ...]`, targets t `[B, 1]` in the model's compute dtype;
 a loop's slab `[K*B, ...]` and `[K*B, 1]`, its losses `[K]`.
 """
 
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import keras
 import tensorflow as tf
 
 from ntk_tf import onednn
 from ntk_tf import validation
+from ntk_tf.primal_cache import PrimalCache
 
 
 def bce_with_logits(y01: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
@@ -72,15 +75,23 @@ def _make_update(optimizer: keras.optimizers.Optimizer, params: List) -> Callabl
   return update
 
 
-def _make_step_body(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> Callable:
-  """step(x [B, ...], t [B, 1]) -> loss, untraced: one forward, backward and update."""
+def _make_step_body(model: keras.Model, optimizer: keras.optimizers.Optimizer,
+                    primal_cache: Optional[PrimalCache] = None) -> Callable:
+  """step(x [B, ...], t [B, 1], indices [B] or None) -> loss, untraced: forward, backward, update.
+
+  With a primal cache, the forward is `primal_cache(x, indices)`, the same f_lin
+  as `model(x)` without recomputing f(x; theta_star).
+  """
   onednn.protect(model)  # exact conv gradients with oneDNN on
   params = model.trainable_weights
   update = _make_update(optimizer, params)
 
-  def step(x, y01):
+  def step(x, y01, indices=None):
     with tf.GradientTape() as tape:
-      logits = model(x, training=True)  # [B, 1]
+      if primal_cache is None:
+        logits = model(x, training=True)  # [B, 1]
+      else:
+        logits = primal_cache(x, indices)  # [B, 1]
       loss = bce_with_logits(y01, logits)
     update(tape.gradient(loss, params))
     return loss
@@ -97,31 +108,45 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer) -
 
 
 def make_train_loop(model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                    batch_size: int) -> Callable:
-  """K steps of `make_train_step` in one call: `loop(xs, ts) -> losses [K]`.
+                    batch_size: int, primal_cache: Optional[PrimalCache] = None) -> Callable:
+  """K steps of `make_train_step` in one call: `loop(xs, ts[, indices]) -> losses [K]`.
 
       for k in 0..K-1:  losses[k] = step(xs[k B : (k+1) B], ts[k B : (k+1) B])
+
+  With `primal_cache` (a `Linearized` model's, `ntk_tf.primal_cache`), each
+  step reads f(x; theta_star) and the other theta_star primals of its examples
+  from the cache: `indices[k B : (k+1) B]` are their positions in it, and
+  xs their inputs. The same f_lin and gradients, without the primal forward.
 
   Args:
     model, optimizer: as for `make_train_step`.
     batch_size: B, the examples per step.
+    primal_cache: None, or the cache of `model` (then `indices` is required).
   Returns:
-    loop(xs `[K*B, ...]`, ts `[K*B, 1]`) -> `[K]` losses; any K >= 1 without
-    retracing.
+    loop(xs `[K*B, ...]`, ts `[K*B, 1]`, indices `[K*B]` int32 with a cache) ->
+    `[K]` losses; any K >= 1 without retracing.
   """
   batch_size = validation.check_positive_int(batch_size, "batch_size")
-  step = _make_step_body(model, optimizer)
+  if primal_cache is not None and primal_cache.model is not model:
+    raise ValueError(f"primal_cache must be the cache of model {model.name!r}. "
+                     f"Received: the cache of {primal_cache.model.name!r}")
+  step = _make_step_body(model, optimizer, primal_cache)
 
   @tf.function(reduce_retracing=True)
-  def train_loop(xs, ys):
+  def train_loop(xs, ys, indices=None):
+    if (indices is None) != (primal_cache is None):
+      raise ValueError(f"The loop takes indices exactly when it has a primal cache. Received: "
+                       f"indices={indices!r}, primal_cache={primal_cache!r}")
     shape = tf.shape(xs)
     num_steps = shape[0] // batch_size  # K
     batches = tf.reshape(xs, tf.concat([[num_steps, batch_size], shape[1:]], 0))  # [K, B, ...]
     batches = tf.ensure_shape(batches, [None, batch_size] + xs.shape[1:].as_list())
     targets = tf.reshape(ys, [num_steps, batch_size, 1])  # [K, B, 1]
+    index_batches = None if indices is None else tf.reshape(indices, [num_steps, batch_size])  # [K, B]
     losses = tf.TensorArray(ys.dtype, size=num_steps)
     for k in tf.range(num_steps):
-      losses = losses.write(k, step(batches[k], targets[k]))
+      losses = losses.write(k, step(batches[k], targets[k],
+                                    None if index_batches is None else index_batches[k]))
     return losses.stack()  # [K]
 
   return train_loop

@@ -68,6 +68,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from ntk_tf import atomic
+from ntk_tf import primal_cache as primal_cache_lib
 from ntk_tf.recipe import PAPER_SGD
 from ntk_tf.recipe import Recipe
 from ntk_tf.train_step import bce_with_logits  # pylint: disable=unused-import  (public here too)
@@ -329,7 +330,7 @@ def train(model: keras.Model, x_train: Array, y_train: Optional[Array] = None, *
           x_test: Optional[Array] = None, y_test: Optional[Array] = None,
           recipe: Recipe = PAPER_SGD, seed: int = 0, workdir: Optional[str] = None,
           checkpoint_epochs: Sequence[int] = (), progress: bool = True,
-          y_train01: Optional[Array] = None, y_test01: Optional[Array] = None) -> TrainResult:
+          primal_cache: bool = True, y_train01: Optional[Array] = None, y_test01: Optional[Array] = None) -> TrainResult:
   """Trains `model` in place with `recipe` and returns its per-epoch metrics.
 
       theta_{k+1} = optimizer step on mean_{i in batch_k} BCE(f(x_i; theta_k), y_i)
@@ -348,6 +349,10 @@ def train(model: keras.Model, x_train: Array, y_train: Optional[Array] = None, *
     checkpoint_epochs: epochs after which to save the weights to
       `checkpoints/epoch_XXXX.weights.h5` (0 = before training); needs workdir.
     progress: show a progress bar per epoch.
+    primal_cache: for a `Linearized` model, compute f(x_i; theta_star) and the
+      other theta_star primals of the training set once and read them in
+      each step (`ntk_tf.primal_cache`; same f_lin and gradients, to rounding);
+      falls back to the model's own call where the cache exceeds its memory budget.
     y_train01, y_test01: deprecated {0, 1} forms of `y_train`, `y_test`.
   Returns:
     A TrainResult; `steps_to_loss(0.01)`, `l2_distance`, `cosine_distance`
@@ -399,7 +404,6 @@ def train(model: keras.Model, x_train: Array, y_train: Optional[Array] = None, *
   optimizer = make_optimizer(recipe, total_steps)
   params = model.trainable_weights
   optimizer.build(params)
-  train_loop = make_train_loop(model, optimizer, batch)
   example_bytes = int(np.prod(x_train.shape[1:])) * dtype.size
   steps_per_call = max(1, min(steps_per_epoch, _SLAB_BYTES // max(1, batch * example_bytes)))
   eval_step = _make_eval_step(model)
@@ -428,6 +432,9 @@ def train(model: keras.Model, x_train: Array, y_train: Optional[Array] = None, *
       stray.unlink()
     atomic.write_text(work / "recipe.json", json.dumps(meta, indent=2))
     writer = tf.summary.create_file_writer(str(work / "tensorboard"))
+  # After a resume's set_weights; theta_star is frozen, so the cache holds for the whole run.
+  cache = primal_cache_lib.for_training(model, x_train) if primal_cache else None
+  train_loop = make_train_loop(model, optimizer, batch, primal_cache=cache)
 
   def record(epoch: int, batch_loss: float, seconds: float) -> None:
     train_metrics = _evaluate(eval_step, x_train, y_train, recipe.eval_batch_size, dtype)
@@ -471,7 +478,9 @@ def train(model: keras.Model, x_train: Array, y_train: Optional[Array] = None, *
     for first in range(0, steps_per_epoch, steps_per_call):
       last = min(first + steps_per_call, steps_per_epoch)
       idx = order[first * batch:last * batch]  # [K*B], K = last - first steps in one call
-      losses.append(train_loop(tf.constant(x_train[idx], dtype), tf.constant(y_train[idx], dtype)))
+      cache_indices = () if cache is None else (tf.constant(idx, tf.int32),)
+      losses.append(train_loop(tf.constant(x_train[idx], dtype), tf.constant(y_train[idx], dtype),
+                               *cache_indices))
       if bar is not None:
         bar.update(last, values=[("loss", float(np.mean(losses[-1].numpy())))])
     batch_losses = np.concatenate([l.numpy() for l in losses]).astype(np.float64)  # [steps_per_epoch]

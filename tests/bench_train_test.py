@@ -28,6 +28,8 @@ class BenchTrainTest(absltest.TestCase):
     self.assertGreater(row["network_ms"], 0)
     self.assertGreater(row["linearized_ms"], 0)
     self.assertTrue(math.isclose(row["ratio"], row["linearized_ms"] / row["network_ms"]))
+    self.assertGreater(row["cached_ms"], 0)
+    self.assertTrue(math.isclose(row["cached_ratio"], row["cached_ms"] / row["network_ms"]))
 
   def test_time_train_step_trains_like_train(self):
     # One timed step (warmup 0 still runs one) updates the weights as one ntk_tf.train step would.
