@@ -330,7 +330,8 @@ def train(model: keras.Model, x_train: Array, y_train: Optional[Array] = None, *
           x_test: Optional[Array] = None, y_test: Optional[Array] = None,
           recipe: Recipe = PAPER_SGD, seed: int = 0, workdir: Optional[str] = None,
           checkpoint_epochs: Sequence[int] = (), progress: bool = True,
-          primal_cache: bool = True, y_train01: Optional[Array] = None, y_test01: Optional[Array] = None) -> TrainResult:
+          primal_cache: bool = True, y_train01: Optional[Array] = None,
+          y_test01: Optional[Array] = None) -> TrainResult:
   """Trains `model` in place with `recipe` and returns its per-epoch metrics.
 
       theta_{k+1} = optimizer step on mean_{i in batch_k} BCE(f(x_i; theta_k), y_i)
