@@ -1,7 +1,7 @@
 """Sharded alignment and Theta v on a localhost cluster (2 workers + 1 ps), with a worker killed.
 
-The cluster (`LocalCluster`, one intra-op thread per worker) runs the shard
-closures; x is resident on the workers. Checked against the brute force of
+The cluster (`LocalCluster`, one intra-op thread per worker, each pinned to its
+own core) runs the shard closures; x is resident on the workers. Checked against the brute force of
 `sharded_reference` (per-example GradientTape gradients, float64) and the
 single-process `ntk_tf.alignment` / `ntk_tf.NtkOperator` within its bound
 (the sum over examples is split across shards: not bytewise). A worker
@@ -49,7 +49,9 @@ class ShardedPassesClusterTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.cluster = local_cluster.LocalCluster(2, intra_op_threads=1)
+    # Pinned, one core per worker, as the benchmark runs them (TF's inter-op pool
+    # would be one thread there, in which the shard loops deadlock: server.serve).
+    cls.cluster = local_cluster.LocalCluster(2, intra_op_threads=1, pin_workers=True)
     strategy = tf.distribute.experimental.ParameterServerStrategy(cls.cluster.cluster_resolver())
     # Variables are made after the strategy connects to the cluster (which resets
     # the eager context).
