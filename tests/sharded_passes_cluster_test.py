@@ -12,6 +12,7 @@ thread settings on every worker).
 """
 
 import time
+from unittest import mock
 
 from absl.testing import absltest
 import numpy as np
@@ -83,6 +84,13 @@ class ShardedPassesClusterTest(absltest.TestCase):
     sharded = self._alignment()
     sharded_reference.assert_within(self, sharded, expected, scale, "cluster vs brute force")
     sharded_reference.assert_within(self, sharded, single, scale, "cluster vs one process")
+
+  def test_alignment_with_inputs_sent_per_closure(self):
+    # Inputs over RESIDENT_MAX_BYTES travel with each closure instead of living on the workers.
+    with mock.patch.object(runners, "RESIDENT_MAX_BYTES", 0):
+      sharded = self._alignment()
+    sharded_reference.assert_within(self, sharded, self.expected, self.scale,
+                                    "per-closure inputs vs brute force")
 
   def test_matmat_matches_brute_force_and_one_process(self):
     vectors = self.labels[:, :2]  # [N, k]
