@@ -31,8 +31,16 @@ needs every example's gradient, and a shard needs only its rows and the
 model; each shard sends back one `[m_chunk, P]` partial (S m P numbers per
 pass, independent of N), while its compute is N m / S VJPs. The label
 columns are chunked as in `ntk_tf.alignment` (`label_chunks`: one pass over
-the data per chunk, `memory_budget_bytes` per device or worker); the
-coordinator holds the float64 sum and one partial.
+the data per chunk, `memory_budget_bytes` per device or worker, so a
+LocalRunner on D logical CPU devices holds D budgets in one host); the
+coordinator holds the float64 sum and one partial. Theta v needs two rounds
+because J_s u needs the whole u = J^T v: the coordinator is the barrier
+between them, and ships u (P numbers) with each round-2 closure.
+
+Faults (ClusterRunner): a shard closure whose worker dies is re-run by the
+`ClusterCoordinator` on another worker, and one whose result is lost with its
+worker is scheduled again (`ClusterRunner.result`); shards hold no state
+between closures, so nothing else is redone.
 
 Not byte-identical to one process: `ntk_tf.alignment` and `NtkOperator` sum
 the ceil(N/B) batch partials in one left-to-right chain, here each shard sums
