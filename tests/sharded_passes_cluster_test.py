@@ -18,7 +18,8 @@ from absl.testing import absltest
 import numpy as np
 import tensorflow as tf
 
-from tests import ntk_reference  # pylint: disable=g-bad-import-order
+from tests import test_util  # pylint: disable=g-bad-import-order,unused-import
+from tests import ntk_reference
 from tests import sharded_reference
 import ntk_tf
 from ntk_tf.distributed import local_cluster

@@ -13,7 +13,8 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 
-from tests import ntk_reference  # pylint: disable=g-bad-import-order
+from tests import test_util  # pylint: disable=g-bad-import-order,unused-import
+from tests import ntk_reference
 from tests import sharded_reference
 import ntk_tf
 from ntk_tf import validation
