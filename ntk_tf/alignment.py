@@ -16,9 +16,13 @@ pass over the data per chunk, so that the [m_chunk, P] arrays live at once
 fit in `memory_budget_bytes` (`label_chunks`); each column's arithmetic is the
 same whatever the chunking, so results are bit-identical across budgets.
 Memory: that budget plus one batch of activations (batch_size examples).
+
+One pass (`label_gradients_fn`: J(x)^T y `[m, P]` over any rows x, batches
+summed in order) is a pure-TF function: `alignment` runs it on all of x,
+`ntk_tf.distributed.sharded_passes` on one shard of x per device or worker.
 """
 
-from typing import List
+from typing import Callable, List, Tuple
 
 import keras
 import numpy as np
@@ -110,53 +114,101 @@ def alignment(model: keras.Model, x: types.Inputs, y: types.Array, *, batch_size
   """
   dtype = precision.canonical_dtype(dtype)
   batch_size = validation.check_positive_int(batch_size, "batch_size")
+  x, labels = check_alignment_inputs(model, x, y)
+  n = x.shape[0]
+  labels_2d = labels.reshape(n, -1)  # [N, m]
+  work_model = precision.model_for_dtype(model, dtype)
+  gradients = tf.function(label_gradients_fn(work_model, batch_size))
+  # Pad to a whole number of batches with zero labels (zero contribution), so
+  # every batch has one shape and the VJP is traced once per chunk width.
+  padded = -(-n // batch_size) * batch_size  # ceil(N / B) * B
+  x = tf.constant(np.pad(x.astype(dtype), [(0, padded - n)] + [(0, 0)] * (x.ndim - 1)))  # [N', ...]
+  labels_2d = np.pad(labels_2d, [(0, padded - n), (0, 0)])  # [N', m]
+  chunks = label_chunks(labels_2d.shape[1], validation.parameter_count(work_model), dtype,
+                        memory_budget_bytes)
+  alphas = np.concatenate([  # [m]
+      _chunk_alignment(gradients, x, labels_2d[:, chunk], n, tf.as_dtype(dtype))
+      for chunk in chunks])
+  return alphas.reshape(labels.shape[1:])  # [] or [m]
+
+
+def check_alignment_inputs(model: keras.Model, x: types.Inputs,
+                           y: types.Array) -> Tuple[np.ndarray, np.ndarray]:
+  """Checks `model` (one logit, finite weights), `x [N, ...]` and `y [N]` / `[N, m]`.
+
+  Returns:
+    (x as an ndarray, y as a float64 ndarray). Raises ValueError naming the bad value.
+  """
   validation.check_single_logit(model)
   validation.check_finite_weights(model)
   x = validation.check_inputs(model, x, "x")
-  n = x.shape[0]
-  labels = _check_labels(y, n)
-  labels_2d = labels.reshape(n, -1)  # [N, m]
-  work_model = precision.model_for_dtype(model, dtype)
-  variables = work_model.trainable_variables
-  tf_dtype = tf.as_dtype(dtype)
+  return x, _check_labels(y, x.shape[0])
+
+
+def label_gradients_fn(model: keras.Model, batch_size: int) -> Callable[[tf.Tensor, tf.Tensor],
+                                                                        tf.Tensor]:
+  """Returns g(x [R, ...], y [R, m]) = J(x)^T y as `[m, P]`: m VJPs per batch, summed in order.
+
+      g(x, y) = sum_b J_b^T y_b,   b = rows [b B, (b+1) B) of x,  R a multiple of B
+
+  Row c of the result is J(x)^T y[:, c] = sum_i y_ic grad_theta f(x_i) (Lemma 1,
+  before the 1/N and the squared norm), flattened over the trainable variables
+  in order (P = their total size). Each batch is one forward pass and m
+  backward passes (`tape.jacobian` of the m projections y_b[:, c]^T f(x_b));
+  batches are summed in order in the model's dtype. The batch loop is a
+  `tf.range` loop, so g runs eagerly or (wrapped in `tf.function`) as one
+  graph anywhere: `alignment` calls it on all of x, `sharded_passes` on one
+  shard of x per device or worker.
+
+  Args:
+    model: a one-logit Keras model in the dtype of the gradients (variables
+      wherever they live: host, mirrored, parameter servers).
+    batch_size: B, examples per VJP batch (> 0).
+  """
+  batch_size = validation.check_positive_int(batch_size, "batch_size")
+  variables = model.trainable_variables
+  num_params = validation.parameter_count(model)
 
   @tf.function(reduce_retracing=True)
   def batch_vjps(x_b, y_b):  # [B, ...], [B, m] -> [m, P]: rows J_b^T y_b[:, c]
     with tf.GradientTape() as tape:
-      logits = tf.reshape(work_model(x_b, training=False), [-1])  # [B]
+      logits = tf.reshape(model(x_b, training=False), [-1])  # [B]
       projected = tf.linalg.matvec(y_b, logits, transpose_a=True)  # [m]
     grads = tape.jacobian(projected, variables, experimental_use_pfor=False,
                           unconnected_gradients=tf.UnconnectedGradients.ZERO)  # m VJPs
     return tf.concat([tf.reshape(g, [tf.shape(y_b)[1], -1]) for g in grads], axis=1)  # [m, P]
 
-  # Pad to a whole number of batches with zero labels (zero contribution), so
-  # every call has one shape and batch_vjps is traced once per chunk width.
-  num_batches = -(-n // batch_size)
-  padded = num_batches * batch_size
-  x = np.pad(x.astype(dtype), [(0, padded - n)] + [(0, 0)] * (x.ndim - 1))  # [N', ...]
-  labels_2d = np.pad(labels_2d, [(0, padded - n), (0, 0)])  # [N', m]
-  chunks = label_chunks(labels_2d.shape[1], validation.parameter_count(work_model), dtype,
-                        memory_budget_bytes)
-  alphas = np.concatenate([  # [m]
-      _chunk_alignment(batch_vjps, x, labels_2d[:, chunk], n, batch_size, tf_dtype)
-      for chunk in chunks])
-  return alphas.reshape(labels.shape[1:])  # [] or [m]
+  def label_gradients(x, labels):
+    batch_shape = [batch_size] + list(x.shape[1:])
+    labels = tf.cast(labels, variables[0].dtype)  # [R, m]
+    total = tf.zeros([labels.shape[1], num_params], labels.dtype)  # [m, P]
+    for start in tf.range(0, tf.shape(x)[0], batch_size):
+      x_b = tf.ensure_shape(x[start:start + batch_size], batch_shape)  # [B, ...]
+      y_b = tf.ensure_shape(labels[start:start + batch_size], [batch_size, labels.shape[1]])
+      total += batch_vjps(x_b, y_b)  # [m, P]
+    return total
+
+  return label_gradients
 
 
-def _chunk_alignment(batch_vjps, x: np.ndarray, labels_chunk: np.ndarray, n: int,
-                     batch_size: int, tf_dtype: tf.DType) -> np.ndarray:
-  """One pass over the padded `x [N', ...]` for `labels_chunk [N', m_chunk]`: alphas `[m_chunk]`."""
-  total = None
-  for start in range(0, x.shape[0], batch_size):
-    vjps = batch_vjps(tf.constant(x[start:start + batch_size]),
-                      tf.constant(labels_chunk[start:start + batch_size], dtype=tf_dtype))
-    total = vjps if total is None else total + vjps  # [m_chunk, P]
-    del vjps
-  mean_gradients = total.numpy().astype(np.float64)  # [m_chunk, P]
-  del total
+def alphas_from_label_gradients(label_gradients: np.ndarray, n: int) -> np.ndarray:
+  """alpha_c = ||(1/N) g_c||^2 for the rows g_c = J^T y[:, c] of `[m, P]`: `[m]` float64.
+
+  Overwrites `label_gradients` when it is a writable float64 ndarray (else works on a copy).
+  """
+  mean_gradients = np.asarray(label_gradients, dtype=np.float64)  # [m, P]
+  if not mean_gradients.flags.writeable:
+    mean_gradients = mean_gradients.copy()
   mean_gradients /= n  # (1/N) J^T y
   np.square(mean_gradients, out=mean_gradients)
-  return np.sum(mean_gradients, axis=1)  # [m_chunk]
+  return np.sum(mean_gradients, axis=1)  # [m]
+
+
+def _chunk_alignment(gradients, x: tf.Tensor, labels_chunk: np.ndarray, n: int,
+                     tf_dtype: tf.DType) -> np.ndarray:
+  """One pass over the padded `x [N', ...]` for `labels_chunk [N', m_chunk]`: alphas `[m_chunk]`."""
+  total = gradients(x, tf.constant(labels_chunk, dtype=tf_dtype)).numpy()  # [m_chunk, P]
+  return alphas_from_label_gradients(total, n)
 
 
 def energy_concentration(eigvecs: types.Array, y: types.Array, k: int) -> np.ndarray:

@@ -29,8 +29,15 @@ from ntk_tf.structured import keras_graph
 from ntk_tf.types import Array, DType, Inputs
 
 
-class _Products:
-  """Batched VJP / JVP of a single-logit model with static (padded) batch shapes."""
+class BatchProducts:
+  """Batched VJP / JVP of a single-logit model with static (padded) batch shapes.
+
+      vjp_batch(x [B, ...], v [B]) = J_B^T v    (a list shaped like the variables)
+      jvp_batch(x [B, ...], u)     = J_B u  [B] (u a list shaped like the variables)
+
+  `_vjp` / `_jvp` are their `tf.function`s; `NtkOperator` and
+  `distributed.sharded_passes` (one shard of x per device or worker) call them.
+  """
 
   def __init__(self, model: keras.Model, dtype: str):
     validation.check_single_logit(model)
@@ -44,8 +51,8 @@ class _Products:
     self.dtype = dtype
     # The tf.Variables under Keras' variables: ForwardAccumulator needs TF's own.
     self.variables = [getattr(v, "value", v) for v in self.model.trainable_variables]
-    self._vjp = tf.function(self._vjp_batch)
-    self._jvp = tf.function(self._jvp_batch)
+    self._vjp = tf.function(self.vjp_batch)
+    self._jvp = tf.function(self.jvp_batch)
 
   def _logits(self, x):
     out = self.model(x, training=False)
@@ -56,14 +63,14 @@ class _Products:
                        f"Received: output shape {tuple(out.shape)}")
     return out[:, 0]  # [B]
 
-  def _vjp_batch(self, x, v):
+  def vjp_batch(self, x, v):
     """Returns J_B^T v_B as a list shaped like the variables; x [B, ...], v [B]."""
     with tf.GradientTape() as tape:
       total = tf.reduce_sum(self._logits(x) * v)
     return tape.gradient(total, self.variables,
                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
-  def _jvp_batch(self, x, tangents):
+  def jvp_batch(self, x, tangents):
     """Returns J_B u [B] for u given as a list shaped like the variables."""
     with tf.autodiff.ForwardAccumulator(self.variables, tangents) as acc:
       logits = self._logits(x)
@@ -95,7 +102,7 @@ class NtkOperator:
     self.dtype = np.dtype(precision.canonical_dtype(dtype))
     self.batch_size = validation.check_positive_int(batch_size, "batch_size")
     self._x = np.asarray(x, dtype=self.dtype)
-    self._products = _Products(model, self.dtype.name)
+    self._products = BatchProducts(model, self.dtype.name)
     self.shape = (len(self._x), len(self._x))
 
   def transposed_jacobian_product(self, v: Array) -> list:
@@ -147,7 +154,7 @@ class NtkVectorProductBlockFn:
   def __init__(self, model: keras.Model, dtype: DType = "float32", *, allow_tf32: bool = False):
     self.dtype = np.dtype(precision.canonical_dtype(dtype))
     self.allow_tf32 = bool(allow_tf32)
-    self._products = _Products(model, self.dtype.name)
+    self._products = BatchProducts(model, self.dtype.name)
 
   def __call__(self, x_a: Inputs, x_b: Optional[Inputs] = None) -> Array:
     x_a = tf.constant(np.asarray(x_a, self.dtype))

@@ -5,6 +5,7 @@
   gram_job      a Gram computed by a runner into a resumable GramStore
   cluster       TF_CONFIG / --cluster=local:N -> ParameterServerStrategy
   local_cluster a localhost cluster of tf.distribute.Server processes
+  sharded_passes alignment (Lemma 1) and Theta v with x sharded over a runner's places
 """
 
 from ntk_tf.distributed.device_block import DeviceBlock
@@ -13,3 +14,5 @@ from ntk_tf.distributed.gram_job import compute_gram
 from ntk_tf.distributed.runners import ClusterRunner
 from ntk_tf.distributed.runners import LocalRunner
 from ntk_tf.distributed.runners import local_devices
+from ntk_tf.distributed.sharded_passes import ShardedNtkOperator
+from ntk_tf.distributed.sharded_passes import sharded_alignment

@@ -22,10 +22,21 @@ thread settings). `slots` is how many blocks the caller keeps in flight.
                  `RESIDENT_MAX_BYTES` are sent once to every worker (a
                  per-worker dataset) and closures take only row offsets;
                  larger inputs travel with each closure (two [B, ...] blocks).
+
+Row passes (`distributed.sharded_passes`) use the same inputs and places:
+
+    fns = replicate(make);  submit_rows(fns, i0, *args) -> handle;  result(handle)
+
+`replicate(make)` builds `make(model)` (a pure-TF function of `x_rows [R, ...]`
+and tensors, on the runner's placed model) once per place it runs (each
+local device; one function for the cluster); `submit_rows` runs it on the
+rows x[i0:i0+B] of the inputs given to `start` (B = start's block_size): on
+the next device round robin, or as a closure on some worker, which reads a
+resident x there and is re-run elsewhere if its worker is lost.
 """
 
 import concurrent.futures
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import keras
 import numpy as np
@@ -93,9 +104,11 @@ def _tensor(x: np.ndarray, dtype: str) -> tf.Tensor:
 
 
 class Runner:
-  """Runs blocks; subclasses say where. `slots`: blocks the caller keeps in flight."""
+  """Runs blocks; subclasses say where. `slots`: blocks the caller keeps in flight;
+  `places`: devices or workers that run them at once."""
 
   slots: int = 1
+  places: int = 1
 
   def start(self, x: np.ndarray, block_size: int) -> None:
     """Takes the inputs `x [N, ...]` of the blocks to come, zero-padded to a multiple of B."""
@@ -114,6 +127,18 @@ class Runner:
   def result(self, handle: Any) -> np.ndarray:
     raise NotImplementedError
 
+  def replicate(self, make: Callable[[keras.Model], Callable]) -> Any:
+    """`make(model)` on the runner's placed model, as one `tf.function` per place it runs.
+
+    `make(model)` returns f(x_rows [R, ...], *tensors) -> tensor, pure TF
+    (graph-safe); it is called once per place so each has its own traces.
+    """
+    raise NotImplementedError
+
+  def submit_rows(self, functions: Any, i0: int, *args: np.ndarray) -> Any:
+    """Starts f(x[i0:i0+B], *args) (f from `replicate`, B = start's block_size); a handle."""
+    raise NotImplementedError
+
   def close(self) -> None:
     """Releases threads or connections (the default holds none)."""
 
@@ -122,6 +147,22 @@ class Runner:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def _on_device(fn: Callable, device: Optional[str]) -> Callable:
+  """`fn` as a `tf.function` whose ops run on `device` (None: the caller's)."""
+  if device is None:
+    return tf.function(fn)
+
+  def placed(*args):
+    with tf.device(device):
+      return fn(*args)
+
+  return tf.function(placed)
+
+
+def _call_rows(fn: Callable, x_rows: np.ndarray, dtype: str, args) -> np.ndarray:
+  return fn(_tensor(x_rows, dtype), *(tf.constant(arg) for arg in args)).numpy()
 
 
 def _call(block: device_block.DeviceBlock, x_a: np.ndarray,
@@ -149,18 +190,42 @@ class LocalRunner(Runner):
       model = place_model(model, tf.distribute.MirroredStrategy(self.devices))
     self.blocks = [device_block.DeviceBlock(model, implementation, dtype, device=device)
                    for device in self.devices]
+    self.model = model  # in `dtype`, mirrored over the devices when D > 1
+    self.dtype = self.blocks[0].dtype
     self.slots = 2 * len(self.devices)
+    self.places = len(self.devices)
     self._pools = ([concurrent.futures.ThreadPoolExecutor(1) for _ in self.devices]
                    if len(self.devices) > 1 else None)
     self._next = 0
 
-  def submit(self, i0: int, j0: int) -> Any:
+  def _run(self, fn: Callable, *args) -> Any:
+    """fn(device index, *args) on the next device round robin: its value (one device) or a future."""
     device = self._next % len(self.devices)
     self._next += 1
-    x_a, x_b = self.rows(i0), None if i0 == j0 else self.rows(j0)
     if self._pools is None:
-      return _call(self.blocks[0], x_a, x_b)  # Computed now: one device, nothing to overlap.
-    return self._pools[device].submit(_call, self.blocks[device], x_a, x_b)
+      return fn(0, *args)  # Computed now: one device, nothing to overlap.
+    return self._pools[device].submit(fn, device, *args)
+
+  def submit(self, i0: int, j0: int) -> Any:
+    x_b = None if i0 == j0 else self.rows(j0)
+    return self._run(lambda device, x_a, x_b: _call(self.blocks[device], x_a, x_b),
+                     self.rows(i0), x_b)
+
+  def replicate(self, make: Callable[[keras.Model], Callable]) -> List[Callable]:
+    return [_on_device(make(self.model), device) for device in self.devices]
+
+  def submit_rows(self, functions: List[Callable], i0: int, *args: np.ndarray) -> Any:
+    x_rows = self.rows(i0)
+    if self._pools is not None:
+      # Tracing writes Keras' Python state, so the device threads must not trace
+      # concurrently: trace these shapes on every device here, one at a time
+      # (a cache lookup once traced); the threads then only execute.
+      specs = [tf.TensorSpec(x_rows.shape, self.dtype)] + [
+          tf.TensorSpec(np.shape(arg), tf.as_dtype(np.asarray(arg).dtype)) for arg in args]
+      for fn in functions:
+        fn.get_concrete_function(*specs)
+    return self._run(lambda device, rows: _call_rows(functions[device], rows, self.dtype, args),
+                     x_rows)
 
   def result(self, handle: Any) -> np.ndarray:
     return handle if self._pools is None else handle.result()
@@ -200,8 +265,11 @@ class ClusterRunner(Runner):
     self.coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
     placed = place_model(precision.cast_model(model, dtype), strategy)
     self.block = device_block.DeviceBlock(placed, implementation, dtype)
+    self.model = placed  # in `dtype`, its variables on the parameter servers
+    self.dtype = self.block.dtype
     self.num_workers = int(num_workers)
     self.slots = 2 * self.num_workers + 2
+    self.places = self.num_workers
 
   def start(self, x: np.ndarray, block_size: int) -> None:
     """Sends `x` (padded) to every worker once, if it is at most RESIDENT_MAX_BYTES."""
@@ -231,7 +299,34 @@ class ClusterRunner(Runner):
     self._resident = (resident_diagonal, resident_block)
 
   def submit(self, i0: int, j0: int) -> Any:
-    return (i0, j0, self._schedule(i0, j0))
+    return self._submitted(lambda: self._schedule(i0, j0))
+
+  def _submitted(self, schedule: Callable[[], Any]) -> Any:
+    """A handle: the closure scheduled now, and how to schedule it again."""
+    return (schedule, schedule())
+
+  def replicate(self, make: Callable[[keras.Model], Callable]) -> Any:
+    """One function f(x_rows, *args) for every worker, and its resident twin
+    f'(iterator, i0, rows, *args) = f(x_all[i0:i0+rows], *args) on the worker's own x."""
+    fn = make(self.model)
+
+    def resident(iterator, i0, rows, *args):
+      x_all = next(iterator)  # [N_pad, ...]
+      begin = tf.concat([[i0], tf.zeros([len(x_all.shape) - 1], tf.int32)], 0)
+      size = tf.concat([[rows], tf.shape(x_all)[1:]], 0)
+      return fn(tf.slice(x_all, begin, size), *args)  # x[i0:i0+rows] [rows, ...]
+
+    return tf.function(fn), tf.function(resident)
+
+  def submit_rows(self, functions: Any, i0: int, *args: np.ndarray) -> Any:
+    fn, resident = functions
+    tensors = tuple(tf.constant(arg) for arg in args)
+    if self._iterator is not None:
+      return self._submitted(lambda: self.coordinator.schedule(
+          resident, args=(self._iterator, tf.constant(i0), tf.constant(self.block_size))
+          + tensors))
+    x_rows = _tensor(self.rows(i0), self.dtype)
+    return self._submitted(lambda: self.coordinator.schedule(fn, args=(x_rows,) + tensors))
 
   def _schedule(self, i0: int, j0: int) -> Any:
     if self._iterator is not None:
@@ -247,14 +342,15 @@ class ClusterRunner(Runner):
         self.block.block, args=(_tensor(self.rows(i0), dtype), _tensor(self.rows(j0), dtype)))
 
   def result(self, handle: Any) -> np.ndarray:
-    """The block `[B, B]`; waits. A closure whose worker fails is re-run by the
-    coordinator; a result lost with its worker after the closure finished (the
-    copy to the coordinator fails with UnavailableError, which the coordinator
-    does not retry) is computed again, up to `FETCH_ATTEMPTS` times."""
-    i0, j0, remote = handle
+    """The block `[B, B]` (or a row pass's value); waits. A closure whose worker
+    fails is re-run by the coordinator; a result lost with its worker after the
+    closure finished (the copy to the coordinator fails with UnavailableError,
+    which the coordinator does not retry) is computed again, up to
+    `FETCH_ATTEMPTS` times."""
+    schedule, remote = handle
     for _ in range(FETCH_ATTEMPTS - 1):
       try:
         return np.asarray(remote.fetch())
       except (tf.errors.UnavailableError, tf.errors.AbortedError):
-        remote = self._schedule(i0, j0)
+        remote = schedule()
     return np.asarray(remote.fetch())

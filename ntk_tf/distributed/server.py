@@ -26,6 +26,11 @@ def serve(spec: Dict[str, List[str]], job: str, index: int,
   config = tf.compat.v1.ConfigProto()
   if intra_op_threads:
     config.intra_op_parallelism_threads = int(intra_op_threads)
+  if len(os.sched_getaffinity(0)) < 2:
+    # TF sizes its default inter-op pool by the cores this process may run on:
+    # pinned to one core (`--cpu`, a one-core cpuset) that is one thread, and a
+    # closure that loops over nested functions (sharded_passes) deadlocks.
+    config.inter_op_parallelism_threads = 2
   server = tf.distribute.Server(tf.train.ClusterSpec(spec), job_name=job, task_index=index,
                                 protocol="grpc", config=config, start=True)
   server.join()

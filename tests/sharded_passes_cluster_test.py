@@ -1,0 +1,124 @@
+"""Sharded alignment and Theta v on a localhost cluster (2 workers + 1 ps), with a worker killed.
+
+The cluster (`LocalCluster`, one intra-op thread per worker, each pinned to its
+own core) runs the shard closures; x is resident on the workers. Checked against the brute force of
+`sharded_reference` (per-example GradientTape gradients, float64) and the
+single-process `ntk_tf.alignment` / `ntk_tf.NtkOperator` within its bound
+(the sum over examples is split across shards: not bytewise). A worker
+SIGKILLed mid-pass (LocalCluster restarts it, as a cluster manager would)
+costs its closures in flight, which re-run on a live worker: the result is
+the same bytes as an undisturbed cluster pass (same shards, same code, same
+thread settings on every worker).
+"""
+
+import time
+from unittest import mock
+
+from absl.testing import absltest
+import numpy as np
+import tensorflow as tf
+
+from tests import test_util  # pylint: disable=g-bad-import-order,unused-import
+from tests import ntk_reference
+from tests import sharded_reference
+import ntk_tf
+from ntk_tf.distributed import local_cluster
+from ntk_tf.distributed import runners
+from ntk_tf.distributed import sharded_passes
+
+_N = 64
+_BATCH = 4
+_SHARDS = 8  # more shards than workers: closures queue up, so a kill finds some in flight
+
+
+class _KillingRunner(runners.ClusterRunner):
+  """A ClusterRunner that SIGKILLs worker 1 when the first result of a pass is asked for."""
+
+  def __init__(self, *args, cluster: local_cluster.LocalCluster, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.cluster = cluster
+    self.kill_next = False
+
+  def result(self, handle):
+    if self.kill_next:
+      self.kill_next = False
+      self.cluster.kill("worker:1")
+    return super().result(handle)
+
+
+class ShardedPassesClusterTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    # Pinned, one core per worker, as the benchmark runs them (TF's inter-op pool
+    # would be one thread there, in which the shard loops deadlock: server.serve).
+    cls.cluster = local_cluster.LocalCluster(2, intra_op_threads=1, pin_workers=True)
+    strategy = tf.distribute.experimental.ParameterServerStrategy(cls.cluster.cluster_resolver())
+    # Variables are made after the strategy connects to the cluster (which resets
+    # the eager context).
+    cls.model, twin = ntk_reference.model_and_twin("lenet", "gelu", seed=7)
+    cls.x = ntk_reference.inputs(_N, seed=3)
+    cls.jac = ntk_reference.loop_jacobian(twin, cls.x)  # [N, P] float64, brute force
+    cls.labels = np.random.RandomState(4).randn(_N, 3)  # [N, m]
+    # NumPy references now, not while LocalCluster restarts a killed worker: its
+    # fork can deadlock with an OpenBLAS call running in this thread (OpenBLAS's
+    # fork handler stops the BLAS threads that call waits for).
+    cls.expected = sharded_reference.alignment(cls.jac, cls.labels)  # [m]
+    cls.scale = sharded_reference.alignment_scale(cls.jac, cls.labels)
+    cls.runner = _KillingRunner(cls.model, "jacobian", "float64", strategy, 2,
+                                cluster=cls.cluster)
+
+  @classmethod
+  def tearDownClass(cls):
+    cls.cluster.close()
+    super().tearDownClass()
+
+  def _alignment(self):
+    return sharded_passes.sharded_alignment(self.runner, self.x, self.labels, batch_size=_BATCH,
+                                            num_shards=_SHARDS)
+
+  def test_alignment_matches_brute_force_and_one_process(self):
+    expected, scale = self.expected, self.scale
+    single = ntk_tf.alignment(self.model, self.x, self.labels, batch_size=_BATCH,
+                              dtype="float64")
+    sharded = self._alignment()
+    sharded_reference.assert_within(self, sharded, expected, scale, "cluster vs brute force")
+    sharded_reference.assert_within(self, sharded, single, scale, "cluster vs one process")
+
+  def test_alignment_with_inputs_sent_per_closure(self):
+    # Inputs over RESIDENT_MAX_BYTES travel with each closure instead of living on the workers.
+    with mock.patch.object(runners, "RESIDENT_MAX_BYTES", 0):
+      sharded = self._alignment()
+    sharded_reference.assert_within(self, sharded, self.expected, self.scale,
+                                    "per-closure inputs vs brute force")
+
+  def test_matmat_matches_brute_force_and_one_process(self):
+    vectors = self.labels[:, :2]  # [N, k]
+    expected = sharded_reference.product(self.jac, vectors)
+    scale = sharded_reference.product_scale(self.jac, vectors)
+    single = ntk_tf.NtkOperator(self.model, self.x, batch_size=_BATCH,
+                                dtype="float64").matmat(vectors)
+    operator = sharded_passes.ShardedNtkOperator(self.runner, self.x, batch_size=_BATCH)
+    sharded = operator.matmat(vectors)  # [N, k], 2 shards (one per worker)
+    sharded_reference.assert_within(self, sharded, expected, scale, "cluster vs brute force")
+    sharded_reference.assert_within(self, sharded, single, scale, "cluster vs one process")
+
+  def test_worker_killed_mid_pass(self):  # runs last (alphabetical): it disturbs the cluster
+    undisturbed = self._alignment()
+    restarts = self.cluster.restarts
+    self.runner.kill_next = True
+    disturbed = self._alignment()
+    self.assertFalse(self.runner.kill_next)  # the kill happened during the pass
+    np.testing.assert_array_equal(disturbed, undisturbed)
+    sharded_reference.assert_within(self, disturbed, self.expected, self.scale,
+                                    "after a worker loss vs brute force")
+    deadline = time.monotonic() + 60  # LocalCluster restarts worker 1 on its port
+    while not (self.cluster.restarts > restarts and
+               local_cluster._listening(self.cluster.spec["worker"][1])):  # pylint: disable=protected-access
+      self.assertLess(time.monotonic(), deadline, "worker 1 was not killed and restarted")
+      time.sleep(0.1)
+
+
+if __name__ == "__main__":
+  absltest.main()
