@@ -3,7 +3,8 @@
 This process connects to a cluster of 2 workers and a parameter server
 (`cluster.connect("local:2")`) before it builds any model, as the experiment
 binaries do. Each Gram is checked against per-example gradients taken here
-with tf.GradientTape (`ntk_reference.brute_force_gram`).
+with tf.GradientTape (`ntk_reference.brute_force_gram`); so is kernel_rotation's
+alignment, whose samples are then sharded over the workers.
 """
 
 import json
@@ -22,7 +23,9 @@ from binaries import eigenfunctions as eigenfunctions_binary
 from configs import eigenfunctions as eigenfunctions_config
 from ntk_tf.distributed import cluster
 from ntk_tf.distributed import runners
+from ntk_tf.distributed import sharded_passes
 from ntk_tf.experiments import eigenfunctions
+from ntk_tf.experiments import kernel_rotation
 from ntk_tf.experiments import pipeline
 from ntk_tf.experiments import theta0
 
@@ -81,6 +84,21 @@ class Theta0ClusterTest(absltest.TestCase):
     gram = np.load(folder / "gram.npy", mmap_mode="r")
     np.testing.assert_allclose(gram, ntk_reference.brute_force_gram(model, dataset.all_x()),
                                rtol=1e-4, atol=1e-5 * float(np.max(np.abs(gram))))
+
+  def test_kernel_rotation_alignment_is_sharded_over_the_workers(self):
+    model = _SPEC.build((3, 3, 1))
+    x = np.random.default_rng(4).standard_normal((20, 3, 3, 1)).astype(np.float32)
+    functions = np.random.default_rng(5).standard_normal((20, 3))  # [n, m]
+    with mock.patch.object(sharded_passes, "sharded_alignment",
+                           wraps=sharded_passes.sharded_alignment) as spy:
+      alpha = kernel_rotation.alignment_from_jacobian(model, x, functions, batch_size=8,
+                                                      dtype="float32",
+                                                      memory_budget_bytes=1 << 20)
+    spy.assert_called_once()
+    scaled = functions * np.sqrt(20) / np.linalg.norm(functions, axis=0)  # E[f^2] = 1
+    theta = ntk_reference.brute_force_gram(model, x).astype(np.float64)  # [n, n]
+    expected = np.einsum("nm,nk,km->m", scaled, theta, scaled) / 20**2  # f^T Theta f / n^2
+    np.testing.assert_allclose(alpha, expected, rtol=1e-5)
 
 
 if __name__ == "__main__":

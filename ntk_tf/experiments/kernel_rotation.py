@@ -58,6 +58,9 @@ import numpy as np
 import ntk_tf
 from ntk_tf import atomic
 from ntk_tf.alignment import DEFAULT_MEMORY_BUDGET_BYTES
+from ntk_tf.distributed import cluster as cluster_lib
+from ntk_tf.distributed import runners
+from ntk_tf.distributed import sharded_passes
 from ntk_tf.experiments import pipeline
 from ntk_tf.experiments import plots
 from ntk_tf.experiments import spectrum as spectrum_lib
@@ -174,7 +177,9 @@ def alignment_from_jacobian(model: keras.Model, x: np.ndarray, functions: np.nda
       f_c <- f_c sqrt(n) / ||f_c||,   alpha(f_c) = ||(1/n) sum_i f_c(x_i) grad f(x_i)||^2
 
   Lemma 1 without the Gram (App. B), `ntk_tf.alignment`; equal to `alignment_from_gram`
-  on the model's Gram.
+  on the model's Gram. In a process connected to a cluster (`distributed.cluster.connect`,
+  which the experiment binaries call when gram.cluster or TF_CONFIG is set), the samples
+  are sharded over its workers (`distributed.sharded_passes.sharded_alignment`).
 
   Args:
     model: the network at the checkpoint, one logit.
@@ -184,9 +189,17 @@ def alignment_from_jacobian(model: keras.Model, x: np.ndarray, functions: np.nda
   Returns:
     `[m]` float64.
   """
-  return np.asarray(ntk_tf.alignment(model, x, unit_mean_square(functions), batch_size=batch_size,
-                                     dtype=dtype, memory_budget_bytes=memory_budget_bytes),
-                    np.float64).reshape(-1)  # [m]
+  functions = unit_mean_square(functions)
+  cluster = cluster_lib.connected()
+  if cluster is None:
+    alpha = ntk_tf.alignment(model, x, functions, batch_size=batch_size, dtype=dtype,
+                             memory_budget_bytes=memory_budget_bytes)
+  else:  # The experiment's cluster (gram.cluster or TF_CONFIG): x sharded over its workers.
+    with runners.ClusterRunner(model, "jacobian", dtype, cluster.strategy,
+                               cluster.num_workers) as runner:
+      alpha = sharded_passes.sharded_alignment(runner, x, functions, batch_size=batch_size,
+                                               memory_budget_bytes=memory_budget_bytes)
+  return np.asarray(alpha, np.float64).reshape(-1)  # [m]
 
 
 def single_axis(alpha_init: np.ndarray, alpha_end: np.ndarray,
