@@ -157,11 +157,9 @@ def sharded_alignment(runner: runners_lib.Runner, x: types.Inputs, y: types.Arra
   x, labels = check_alignment_inputs(runner.model, x, y)
   data = _ShardedData(runner, x, batch_size, num_shards)
   labels_2d = labels.reshape(data.n, -1)  # [N, m]
-  chunks = label_chunks(labels_2d.shape[1],
-                                      validation.parameter_count(runner.model), runner.dtype,
-                                      memory_budget_bytes)
-  functions = runner.replicate(
-      lambda model: label_gradients_fn(model, data.batch_size))
+  chunks = label_chunks(labels_2d.shape[1], validation.parameter_count(runner.model),
+                        runner.dtype, memory_budget_bytes)
+  functions = runner.replicate(lambda model: label_gradients_fn(model, data.batch_size))
   data.start()
   alphas = []
   for chunk in chunks:
