@@ -20,9 +20,9 @@ _SHAPE = (8, 8, 3)
 
 class AlignmentTest(parameterized.TestCase):
 
-  @parameterized.parameters(("mlp", {}), ("lenet", {}))
-  def test_matches_brute_force_gram(self, name, extra):
-    kwargs = dict(input_shape=_SHAPE, activation="gelu", seed=2, **extra)
+  @parameterized.product(name=("mlp", "lenet"), route=("vjp", "jacobian"))
+  def test_matches_brute_force_gram(self, name, route):
+    kwargs = dict(input_shape=_SHAPE, activation="gelu", seed=2)
     model = ntk_tf.models.get(name, **kwargs)
     twin = ntk_reference.float64_twin(name, model, **kwargs)
     n = 11
@@ -31,22 +31,23 @@ class AlignmentTest(parameterized.TestCase):
     theta = jac @ jac.T  # [N, N] brute-force Gram
     labels = np.random.RandomState(1).randn(n, 3)  # [N, m]
     with self.subTest("y [N, m]"):
-      alphas = ntk_tf.alignment(model, x, labels, batch_size=4, dtype="float64")
+      alphas = ntk_tf.alignment(model, x, labels, batch_size=4, dtype="float64", route=route)
       expected = np.einsum("im,ij,jm->m", labels, theta, labels) / n**2  # y^T Theta y / N^2
       self.assertEqual(alphas.shape, (3,))
       np.testing.assert_allclose(alphas, expected, rtol=1e-10)
     with self.subTest("y [N]"):
-      alpha = ntk_tf.alignment(model, x, labels[:, 0], batch_size=4, dtype="float64")
+      alpha = ntk_tf.alignment(model, x, labels[:, 0], batch_size=4, dtype="float64",
+                               route=route)
       self.assertIsInstance(alpha, np.ndarray)
       self.assertEqual(alpha.shape, ())
       self.assertEqual(alpha.dtype, np.float64)
       self.assertAlmostEqual(float(alpha) / expected[0], 1.0, delta=1e-10)
     with self.subTest("eigenvectors: alpha(phi_j) = lambda_j / N^2"):
       eigvals, eigvecs = np.linalg.eigh(theta)  # unit eigenvectors (NumPy)
-      alphas = ntk_tf.alignment(model, x, eigvecs[:, -3:], dtype="float64")
+      alphas = ntk_tf.alignment(model, x, eigvecs[:, -3:], dtype="float64", route=route)
       np.testing.assert_allclose(alphas, eigvals[-3:] / n**2, rtol=1e-8)
     with self.subTest("float32"):
-      alphas = ntk_tf.alignment(model, x, labels)
+      alphas = ntk_tf.alignment(model, x, labels, route=route)
       np.testing.assert_allclose(alphas, expected, rtol=1e-4)
 
   @parameterized.parameters("mlp", "lenet")
@@ -77,6 +78,27 @@ class AlignmentTest(parameterized.TestCase):
         np.testing.assert_array_equal(results[1], results[m])
         np.testing.assert_array_equal(results[2], results[m])
     np.testing.assert_allclose(expected[:2], eigvals[-2:] / n**2, rtol=1e-12)  # alpha(phi_j) = lambda_j / N^2
+
+  def test_auto_route_takes_the_jacobian_for_many_columns_that_fit(self):
+    model = ntk_tf.models.get("mlp", input_shape=_SHAPE, seed=0)
+    n, m = 6, alignment_lib.JACOBIAN_MIN_LABELS
+    x = np.random.RandomState(5).randn(n, *_SHAPE).astype(np.float32)
+    labels = np.random.RandomState(6).randn(n, m)  # [N, m]
+    num_params = validation.parameter_count(model)
+    for columns, budget, route in (
+        (m, None, "jacobian"),  # m columns in one chunk, J_b well within 2 GiB
+        (m - 1, None, "vjp"),  # fewer columns than JACOBIAN_MIN_LABELS
+        (m, 4 * num_params * 4 * m, "vjp")):  # the chunk fits, J_b [2 m * 4, P] does not
+      kwargs = {} if budget is None else {"memory_budget_bytes": budget,
+                                          "batch_size": 2 * 4 * m}
+      with mock.patch.object(alignment_lib, "label_gradients_fn",
+                             wraps=alignment_lib.label_gradients_fn) as spy:
+        got = ntk_tf.alignment(model, x, labels[:, :columns], **kwargs)
+      self.assertEqual(spy.call_args.args[2], route, f"columns={columns}, budget={budget}")
+      expected = ntk_tf.alignment(model, x, labels[:, :columns], route="vjp", **kwargs)
+      np.testing.assert_allclose(got, expected, rtol=1e-4)
+    with self.assertRaisesRegex(ValueError, r"route must be one of.*route='pfor'"):
+      ntk_tf.alignment(model, x, labels, route="pfor")
 
   def test_label_chunks_fit_the_budget(self):
     for num_labels, num_params, dtype, budget in ((1000, 11_000_000, "float32", 2 * 1024**3),
