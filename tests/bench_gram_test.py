@@ -66,8 +66,11 @@ class BenchGramTest(absltest.TestCase):
     peak = benchmark.run_in_fresh_process(benchmark.peak_rss_of_call, np.ones, nbytes // 8)
     if peak is None:
       self.skipTest("no /proc/self/clear_refs here")
-    # The kernel's RSS counters are batched per CPU (up to ~64 pages each): 1 MiB slack below.
-    self.assertBetween(peak, nbytes - (1 << 20), nbytes + (32 << 20))
+    # Slack below: the kernel's RSS counters are batched per CPU (up to ~64 pages each), and
+    # the resident set read just before the call can include a few MiB the process frees as
+    # the call starts (7 MiB seen once, on a machine short of free memory). A missed reset
+    # of VmHWM or a unit error would be off by far more.
+    self.assertBetween(peak, nbytes - (16 << 20), nbytes + (32 << 20))
 
   def test_bench_model_in_fresh_processes(self):
     row = benchmark.bench_model("mlp", 24, input_shape=(4, 4, 3), memory_budget=1 << 26,
