@@ -138,14 +138,11 @@ def alignment(model: keras.Model, x: types.Inputs, y: types.Array, *, batch_size
   x, labels = check_alignment_inputs(model, x, y)
   n = x.shape[0]
   labels_2d = labels.reshape(n, -1)  # [N, m]
-  route = validation.check_choice(route, "route", ROUTES)
   work_model = precision.model_for_dtype(model, dtype)
   num_params = validation.parameter_count(work_model)
   chunks = label_chunks(labels_2d.shape[1], num_params, dtype, memory_budget_bytes)
-  if route == "auto":
-    jacobian_bytes = batch_size * num_params * np.dtype(dtype).itemsize  # J_b [B, P]
-    wide = chunks[0].stop - chunks[0].start >= JACOBIAN_MIN_LABELS
-    route = "jacobian" if wide and jacobian_bytes <= memory_budget_bytes else "vjp"
+  route = choose_route(route, chunks[0].stop - chunks[0].start, batch_size, num_params, dtype,
+                       memory_budget_bytes)
   gradients = tf.function(label_gradients_fn(work_model, batch_size, route))
   # Pad to a whole number of batches with zero labels (zero contribution), so
   # every batch has one shape and the VJP is traced once per chunk width.
@@ -156,6 +153,21 @@ def alignment(model: keras.Model, x: types.Inputs, y: types.Array, *, batch_size
       _chunk_alignment(gradients, x, labels_2d[:, chunk], n, tf.as_dtype(dtype))
       for chunk in chunks])
   return alphas.reshape(labels.shape[1:])  # [] or [m]
+
+
+def choose_route(route: str, chunk_columns: int, batch_size: int, num_params: int,
+                 dtype: types.DType, memory_budget_bytes: int) -> str:
+  """"vjp" or "jacobian" for `route` ("auto": the module docstring's rule).
+
+  "auto" is "jacobian" when a chunk has at least `JACOBIAN_MIN_LABELS` columns and
+  the batch's Jacobian `[batch_size, P]` fits in `memory_budget_bytes`.
+  """
+  route = validation.check_choice(route, "route", ROUTES)
+  if route != "auto":
+    return route
+  jacobian_bytes = batch_size * num_params * np.dtype(precision.canonical_dtype(dtype)).itemsize
+  wide = chunk_columns >= JACOBIAN_MIN_LABELS
+  return "jacobian" if wide and jacobian_bytes <= memory_budget_bytes else "vjp"
 
 
 def check_alignment_inputs(model: keras.Model, x: types.Inputs,

@@ -9,6 +9,8 @@ of the same terms in other orders, so they are compared within the bound of
 one shard the pass is the single-process one and the bytes must match.
 """
 
+from unittest import mock
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
@@ -74,6 +76,18 @@ class ShardedAlignmentTest(parameterized.TestCase):
     with runners.LocalRunner(model, "jacobian", "float64") as runner:  # one device, S = 1
       one_shard = sharded_passes.sharded_alignment(runner, x, labels, batch_size=_BATCH)
     np.testing.assert_array_equal(one_shard, single)  # the same single chain of batches
+
+  def test_jacobian_route_on_two_devices_matches_brute_force(self):
+    model, x, jac, labels = _fixture("lenet")
+    expected = sharded_reference.alignment(jac, labels)  # [m], brute force
+    scale = sharded_reference.alignment_scale(jac, labels)
+    with runners.LocalRunner(model, "jacobian", "float64", runners.local_devices(2)) as runner, \
+        mock.patch.object(sharded_passes, "label_gradients_fn",
+                          wraps=sharded_passes.label_gradients_fn) as spy:
+      sharded = sharded_passes.sharded_alignment(runner, x, labels, batch_size=_BATCH,
+                                                 route="jacobian")
+    self.assertEqual({call.args[2] for call in spy.call_args_list}, {"jacobian"})
+    sharded_reference.assert_within(self, sharded, expected, scale, "route jacobian")
 
   def test_label_chunks_are_bit_identical(self):
     model, x, jac, labels = _fixture("mlp", m=5)

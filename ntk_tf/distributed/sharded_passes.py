@@ -18,7 +18,8 @@ x resident on every worker), and each shard is one closure
 (`Runner.submit_rows`) on some device or worker, computing
 
     alignment   J_s^T Phi_s[:, chunk]   [m_chunk, P]  (`alignment.label_gradients_fn`:
-                m VJPs per batch of B rows, batches summed in order)
+                per batch of B rows m VJPs, or the per-example Jacobian and one
+                GEMM (`alignment.choose_route`), batches summed in order)
     round 1     J_s^T v_s               [P]           (`ntk_vector_products.BatchProducts`)
     round 2     J_s u                   [R]
 
@@ -62,6 +63,7 @@ import tensorflow as tf
 from ntk_tf.alignment import DEFAULT_MEMORY_BUDGET_BYTES
 from ntk_tf.alignment import alphas_from_label_gradients
 from ntk_tf.alignment import check_alignment_inputs
+from ntk_tf.alignment import choose_route
 from ntk_tf.alignment import label_chunks
 from ntk_tf.alignment import label_gradients_fn
 from ntk_tf import ntk_vector_products
@@ -129,7 +131,7 @@ class _ShardedData:
 def sharded_alignment(runner: runners_lib.Runner, x: types.Inputs, y: types.Array, *,
                       batch_size: int = 256,
                       memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
-                      num_shards: Optional[int] = None) -> np.ndarray:
+                      num_shards: Optional[int] = None, route: str = "auto") -> np.ndarray:
   """Returns alpha(y_c) = ||(1/N) sum_s J_s^T y_s[:, c]||^2, the shards of x on `runner`.
 
       alpha(y) = ||J^T y||^2 / N^2 = y^T Theta y / N^2,   J = d f(x) / d theta  [N, P]
@@ -148,6 +150,8 @@ def sharded_alignment(runner: runners_lib.Runner, x: types.Inputs, y: types.Arra
     memory_budget_bytes: bytes for the `[m_chunk, P]` arrays of one shard, on
       each device or worker (`alignment.label_chunks`).
     num_shards: S (default: `runner.places`, one shard per device or worker).
+    route: how a batch's J_b^T Y_b is formed, "auto", "vjp" or "jacobian"
+      (`alignment.choose_route`; the same rule as `ntk_tf.alignment`).
 
   Returns:
     float64 ndarray: 0-d for `y [N]`, `[m]` for `y [N, m]`.
@@ -157,9 +161,11 @@ def sharded_alignment(runner: runners_lib.Runner, x: types.Inputs, y: types.Arra
   x, labels = check_alignment_inputs(runner.model, x, y)
   data = _ShardedData(runner, x, batch_size, num_shards)
   labels_2d = labels.reshape(data.n, -1)  # [N, m]
-  chunks = label_chunks(labels_2d.shape[1], validation.parameter_count(runner.model),
-                        runner.dtype, memory_budget_bytes)
-  functions = runner.replicate(lambda model: label_gradients_fn(model, data.batch_size))
+  num_params = validation.parameter_count(runner.model)
+  chunks = label_chunks(labels_2d.shape[1], num_params, runner.dtype, memory_budget_bytes)
+  route = choose_route(route, chunks[0].stop - chunks[0].start, data.batch_size, num_params,
+                       runner.dtype, memory_budget_bytes)
+  functions = runner.replicate(lambda model: label_gradients_fn(model, data.batch_size, route))
   data.start()
   alphas = []
   for chunk in chunks:
