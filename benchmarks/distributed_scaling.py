@@ -107,17 +107,25 @@ def machine_parallel_speedup() -> float:
   return 2 * wall([0]) / wall([0, 1 % os.cpu_count()])
 
 
-def _run_child(spec: str) -> dict:
-  command = [sys.executable, "-m", "benchmarks.distributed_scaling", f"--child={spec}",
-             f"--n={_N.value}", f"--block_size={_BLOCK_SIZE.value}",
-             f"--implementation={_IMPLEMENTATION.value}", f"--pin_workers={_PIN.value}"]
+def run_json_child(module: str, args, what: str) -> dict:
+  """Runs `python -m module *args` in a fresh process; returns the last JSON line it printed.
+
+  Raises RuntimeError naming `what`, with the end of its stderr, if it fails or prints none.
+  """
+  command = [sys.executable, "-m", module, *args]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
              PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
   done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
   lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
   if done.returncode or not lines:
-    raise RuntimeError(f"{spec} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    raise RuntimeError(f"{what} failed ({done.returncode}):\n{done.stderr[-3000:]}")
   return json.loads(lines[-1])
+
+
+def _run_child(spec: str) -> dict:
+  return run_json_child("benchmarks.distributed_scaling", [
+      f"--child={spec}", f"--n={_N.value}", f"--block_size={_BLOCK_SIZE.value}",
+      f"--implementation={_IMPLEMENTATION.value}", f"--pin_workers={_PIN.value}"], spec)
 
 
 def main(argv):

@@ -18,8 +18,6 @@ two-process ceiling measured in the same run
 
 import json
 import os
-import subprocess
-import sys
 import time
 
 from absl import app
@@ -70,16 +68,10 @@ def time_one(num_workers: int) -> dict:
 
 
 def _run_child(workers: str) -> dict:
-  command = [sys.executable, "-m", "benchmarks.sharded_alignment_scaling", f"--alignment_child={workers}",
-             f"--model={_MODEL.value}", f"--n={_N.value}", f"--m={_M.value}",
-             f"--batch_size={_BATCH_SIZE.value}", f"--passes={_PASSES.value}"]
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-             PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-  done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-  lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-  if done.returncode or not lines:
-    raise RuntimeError(f"local:{workers} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-  return json.loads(lines[-1])
+  return distributed_scaling.run_json_child("benchmarks.sharded_alignment_scaling", [
+      f"--alignment_child={workers}", f"--model={_MODEL.value}", f"--n={_N.value}",
+      f"--m={_M.value}", f"--batch_size={_BATCH_SIZE.value}", f"--passes={_PASSES.value}"],
+      f"local:{workers}")
 
 
 def main(argv):
