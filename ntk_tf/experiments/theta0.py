@@ -124,17 +124,13 @@ def store(model: keras.Model, spec: pipeline.ModelSpec, x: np.ndarray,
     return result.compute(progress=progress)
 
   implementation = device_implementation(model, implementation)
-  options = dict(block_size=block_size, dtype=gram.dtype, implementation=implementation,
-                 progress=progress)
   with runners.LocalRunner(model, implementation, gram.dtype) as local:
     opened = gram_job.RunnerGramStore(folder, model, x, local, block_size=block_size,
                                       dtype=gram.dtype, implementation=implementation)
     logging.info("%s: Theta_0 on %d samples by the gram job, %d/%d blocks cached (%s)",
                  spec.name, len(x), opened.num_done, opened.num_blocks, folder)
-    if opened.is_complete:
-      return opened
-    if not on_cluster:  # A store the gram job started, resumed in this process.
-      return gram_job.compute_gram(folder, model, x, local, **options)
+    if opened.is_complete or not on_cluster:  # Without a cluster: resumed in this process.
+      return opened.compute(progress=progress)
   resolved = cluster_lib.connected()
   if resolved is None:
     raise ValueError(
@@ -145,7 +141,9 @@ def store(model: keras.Model, spec: pipeline.ModelSpec, x: np.ndarray,
                resolved.num_workers)
   with runners.ClusterRunner(model, implementation, gram.dtype, resolved.strategy,
                              resolved.num_workers) as runner:
-    return gram_job.compute_gram(folder, model, x, runner, **options)
+    return gram_job.compute_gram(folder, model, x, runner, block_size=block_size,
+                                 dtype=gram.dtype, implementation=implementation,
+                                 progress=progress)
 
 
 def rows(model: keras.Model, spec: pipeline.ModelSpec, x: np.ndarray, indices: Sequence[int],
