@@ -60,6 +60,8 @@ class ShardedPassesClusterTest(absltest.TestCase):
     cls.model, twin = ntk_reference.model_and_twin("lenet", "gelu", seed=7)
     cls.x = ntk_reference.inputs(_N, seed=3)
     cls.jac = ntk_reference.loop_jacobian(twin, cls.x)  # [N, P] float64, brute force
+    cls.x_other = ntk_reference.inputs(_N, seed=5)  # same shape as x, other values
+    cls.jac_other = ntk_reference.loop_jacobian(twin, cls.x_other)
     cls.labels = np.random.RandomState(4).randn(_N, 3)  # [N, m]
     # NumPy references now, not while LocalCluster restarts a killed worker: its
     # fork can deadlock with an OpenBLAS call running in this thread (OpenBLAS's
@@ -103,6 +105,27 @@ class ShardedPassesClusterTest(absltest.TestCase):
     sharded = operator.matmat(vectors)  # [N, k], 2 shards (one per worker)
     sharded_reference.assert_within(self, sharded, expected, scale, "cluster vs brute force")
     sharded_reference.assert_within(self, sharded, single, scale, "cluster vs one process")
+
+  def test_gram_blocks_of_two_inputs_of_one_shape(self):
+    # The second start reuses the first one's traced block functions (same
+    # shapes); each Gram must come from its own resident inputs.
+    block = 16
+    for x, jac in ((self.x, self.jac), (self.x_other, self.jac_other)):
+      self.runner.start(x, block)
+      for i0, j0 in ((0, 0), (0, 32), (48, 16)):
+        got = self.runner.result(self.runner.submit(i0, j0))  # [B, B]
+        want = jac[i0:i0 + block] @ jac[j0:j0 + block].T  # brute force
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max(),
+                                   err_msg=f"block ({i0}, {j0})")
+
+  def test_server_cpu_seconds(self):
+    seconds = self.cluster.cpu_seconds()
+    self.assertEqual(sorted(seconds), ["ps:0", "worker:0", "worker:1"])
+    before = seconds["worker:0"] + seconds["worker:1"]
+    self._alignment()  # work on the workers
+    after = self.cluster.cpu_seconds()
+    self.assertGreater(after["worker:0"] + after["worker:1"], before)
+    self.assertTrue(all(value >= 0 for value in after.values()), after)
 
   def test_worker_killed_mid_pass(self):  # runs last (alphabetical): it disturbs the cluster
     undisturbed = self._alignment()

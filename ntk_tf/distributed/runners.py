@@ -36,7 +36,7 @@ resident x there and is re-run elsewhere if its worker is lost.
 """
 
 import concurrent.futures
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import keras
 import numpy as np
@@ -245,6 +245,26 @@ class LocalRunner(Runner):
       pool.shutdown(wait=True)
 
 
+def _resident_functions(block: device_block.DeviceBlock, rows_shape) -> Tuple[Callable, Callable]:
+  """(diagonal(iterator, i0), pair(iterator, i0, j0)): `block`'s functions on rows
+  x[i0:i0+B] (`rows_shape` [B, ...]) of the resident x [N_pad, ...] the iterator yields."""
+
+  def sliced(x_rows, i0):  # x [N_pad, ...] -> x[i0:i0+B] [B, ...] (static shape).
+    return tf.ensure_shape(tf.slice(x_rows, [i0] + [0] * (len(rows_shape) - 1), rows_shape),
+                           rows_shape)
+
+  @tf.function
+  def resident_diagonal(iterator, i0):
+    return block.diagonal(sliced(next(iterator), i0))  # [B, B]
+
+  @tf.function
+  def resident_block(iterator, i0, j0):
+    x_rows = next(iterator)
+    return block.block(sliced(x_rows, i0), sliced(x_rows, j0))  # [B, B]
+
+  return resident_diagonal, resident_block
+
+
 class ClusterRunner(Runner):
   """Each block a closure scheduled by a `ClusterCoordinator` on some worker.
 
@@ -272,31 +292,22 @@ class ClusterRunner(Runner):
     self.places = self.num_workers
 
   def start(self, x: np.ndarray, block_size: int) -> None:
-    """Sends `x` (padded) to every worker once, if it is at most RESIDENT_MAX_BYTES."""
+    """Sends `x` (padded) to every worker once, if it is at most RESIDENT_MAX_BYTES.
+
+    The resident block functions are traced once per (N_pad, B): a second
+    Gram of the same shapes (a test kernel, a rerun) reuses their traces.
+    """
     super().start(x, block_size)
     self._iterator = None
     if self.x.nbytes > RESIDENT_MAX_BYTES:
       return
     x_all = tf.constant(np.ascontiguousarray(self.x, dtype=self.block.dtype))  # [N_pad, ...]
-    rows_shape = [block_size] + list(self.x.shape[1:])
     self._iterator = iter(self.coordinator.create_per_worker_dataset(
         lambda: tf.data.Dataset.from_tensors(x_all).repeat()))
-    block = self.block
-
-    def sliced(x_rows, i0):  # x [N_pad, ...] -> x[i0:i0+B] [B, ...] (static shape).
-      return tf.ensure_shape(tf.slice(x_rows, [i0] + [0] * (len(rows_shape) - 1), rows_shape),
-                             rows_shape)
-
-    @tf.function
-    def resident_diagonal(iterator, i0):
-      return block.diagonal(sliced(next(iterator), i0))  # [B, B]
-
-    @tf.function
-    def resident_block(iterator, i0, j0):
-      x_rows = next(iterator)
-      return block.block(sliced(x_rows, i0), sliced(x_rows, j0))  # [B, B]
-
-    self._resident = (resident_diagonal, resident_block)
+    key = (self.x.shape, block_size)
+    if getattr(self, "_resident_key", None) != key:
+      self._resident = _resident_functions(self.block, [block_size] + list(self.x.shape[1:]))
+      self._resident_key = key
 
   def submit(self, i0: int, j0: int) -> Any:
     return self._submitted(lambda: self._schedule(i0, j0))
