@@ -8,12 +8,14 @@ on `--cluster=local:1` and on `--cluster=local:2`, every worker with ONE
 intra-op thread and pinned to its own core (worker i on core i; without
 pinning TF's inter-op pool lets one worker use every core), each configuration
 in a fresh coordinator process. Timed:
-`compute_gram` of the whole Gram after a warm-up Gram of 4 row blocks on the
-same cluster (so XLA compilation on the workers and cluster start are not
-counted). Printed: this machine's features, seconds per configuration, the
-speedup t(1 worker) / t(2 workers) (ideal 2.0), the coordinator process's own
-CPU seconds in the timed part (it shares the machine's cores with the
-workers, so it bounds the speedup), whether the two Grams are
+`compute_gram` of the whole Gram after a warm-up Gram of the same inputs on the
+same cluster (so cluster start, tracing and XLA compilation on the workers,
+fixed costs of a job whatever its size, are not counted; sending the inputs
+to the workers is). Printed: this machine's features, seconds per configuration, the
+speedup t(1 worker) / t(2 workers) (ideal 2.0), the CPU seconds the
+coordinator, the parameter server and the workers used in the timed part (the
+coordinator and the parameter server share the machine's cores with the
+workers, so their CPU bounds the speedup), whether the two Grams are
 byte-identical, and the machine's own ceiling measured in the same run
 (`machine_parallel_speedup`: two independent single-threaded processes).
 """
@@ -68,15 +70,18 @@ def time_one(model_name: str, num_workers: int, n: int, block_size: int,
     with runners.ClusterRunner(model, implementation, "float32", strategy,
                                num_workers) as runner:
       kwargs = dict(block_size=block_size, implementation=implementation, progress=False)
-      gram_job.compute_gram(os.path.join(out, "warm_up"), model, x[:4 * block_size], runner,
-                            **kwargs)
-      start, start_cpu = time.perf_counter(), time.process_time()
+      # The same shapes as the timed Gram: its traces and XLA programs are then made.
+      gram_job.compute_gram(os.path.join(out, "warm_up"), model, x, runner, **kwargs)
+      start, start_cpu, servers = time.perf_counter(), time.process_time(), local.cpu_seconds()
       store = gram_job.compute_gram(os.path.join(out, "gram"), model, x, runner, **kwargs)
       seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+      servers = {name: s - servers.get(name, 0.0) for name, s in local.cpu_seconds().items()}
   finally:
     local.close()
   return {"model": model_name, "workers": num_workers, "n": n, "blocks": store.num_blocks,
           "seconds": seconds, "coordinator_cpu_s": cpu, "data": source,
+          "ps_cpu_s": servers.get("ps:0", float("nan")),
+          "worker_cpu_s": sum(s for name, s in servers.items() if name.startswith("worker")),
           "gram": str(store.matrix_path)}
 
 
@@ -142,7 +147,7 @@ def main(argv):
         f"float32; each worker 1 intra-op thread, pinned to a core: {_PIN.value}; "
         f"--cluster=local:W\n")
   print(f"{'model':8} {'workers':>7} {'blocks':>6} {'seconds':>9} {'speedup':>8} "
-        f"{'bytes == baseline':>18} {'coordinator CPU s':>18}")
+        f"{'bytes == baseline':>18} {'CPU s: coordinator':>18} {'ps':>5} {'workers':>7}")
   for model_name in _MODELS.value:
     baseline = None
     for workers in _WORKERS.value:
@@ -153,7 +158,8 @@ def main(argv):
         baseline = (row["seconds"], gram_bytes)
       print(f"{model_name:8} {workers:>7} {row['blocks']:>6} {row['seconds']:>9.1f} "
             f"{baseline[0] / row['seconds']:>7.2f}x {str(gram_bytes == baseline[1]):>18}"
-            f" {row['coordinator_cpu_s']:>18.2f}   ({row['data']})", flush=True)
+            f" {row['coordinator_cpu_s']:>18.2f} {row['ps_cpu_s']:>5.2f} {row['worker_cpu_s']:>7.2f}"
+            f"   ({row['data']})", flush=True)
   print(f"\nThis machine's ceiling after: two single-threaded GEMM loops on cores 0 and 1 "
         f"vs one: {machine_parallel_speedup():.2f}x")
   print(f"load average after: {os.getloadavg()}")

@@ -143,6 +143,22 @@ class LocalCluster:
     return tf.distribute.cluster_resolver.SimpleClusterResolver(
         tf.train.ClusterSpec(self.spec), task_type="chief", task_id=0, rpc_layer="grpc")
 
+  def cpu_seconds(self) -> Dict[str, float]:
+    """{"worker:0": s, ..., "ps:0": s}: CPU seconds (user + system) each live server has used.
+
+    Read from /proc/PID/stat (Linux); a server restarted after a crash counts from its restart.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    seconds = {}
+    for name, process in self.processes.items():
+      try:
+        with open(f"/proc/{process.pid}/stat") as f:
+          fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)"
+      except OSError:
+        continue
+      seconds[name] = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return seconds
+
   def kill(self, name: str) -> None:
     """SIGKILLs the server `name` ("worker:1", ...), as a failed machine would stop."""
     self.processes[name].kill()
