@@ -107,6 +107,31 @@ class DeviceBlockTest(parameterized.TestCase):
     self.assertEqual(block.block.experimental_get_tracing_count(), 1)
     self.assertEqual(block.diagonal.experimental_get_tracing_count(), 1)
 
+  @parameterized.parameters("mlp", "lenet")
+  def test_weights_as_inputs(self, name):
+    # The weights given as tensors are the ones used: with other weights the result
+    # is the block of a model holding them, bit for bit (the same ops).
+    model, other = _model(name, "float32"), _model(name, "float32")
+    other.set_weights([w * 1.5 for w in model.get_weights()])
+    block = device_block.DeviceBlock(model, "structured", "float32")
+    self.assertTrue(block.takes_weights)
+    x = _inputs(name, 8)
+    x_a, x_b = tf.constant(x[:4]), tf.constant(x[4:])
+    weights = [tf.constant(w) for w in other.get_weights()]
+    pair = tf.function(block.stateless_block)(x_a, x_b, weights)
+    diagonal = tf.function(block.stateless_diagonal)(x_a, weights)
+    expected = device_block.DeviceBlock(other, "structured", "float32")
+    np.testing.assert_array_equal(pair, expected.block(x_a, x_b))
+    np.testing.assert_array_equal(diagonal, expected.diagonal(x_a))
+    self.assertFalse(np.array_equal(pair, block.block(x_a, x_b)))
+
+  def test_jacobian_block_takes_no_weights(self):
+    block = device_block.DeviceBlock(_model("mlp"), "jacobian", "float64")
+    self.assertFalse(block.takes_weights)
+    x = tf.constant(_inputs("mlp", 4), tf.float64)
+    with self.assertRaisesRegex(ValueError, "'jacobian' DeviceBlock takes no weights"):
+      block.stateless_diagonal(x, [])
+
   def test_rejects_other_implementations(self):
     with self.assertRaisesRegex(ValueError, "implementation='ntk_vector_products'"):
       device_block.DeviceBlock(_model("mlp"), "ntk_vector_products", "float64")

@@ -54,7 +54,8 @@ class ShardedPassesClusterTest(absltest.TestCase):
     # Pinned, one core per worker, as the benchmark runs them (TF's inter-op pool
     # would be one thread there, in which the shard loops deadlock: server.serve).
     cls.cluster = local_cluster.LocalCluster(2, intra_op_threads=1, pin_workers=True)
-    strategy = tf.distribute.experimental.ParameterServerStrategy(cls.cluster.cluster_resolver())
+    cls.strategy = strategy = tf.distribute.experimental.ParameterServerStrategy(
+        cls.cluster.cluster_resolver())
     # Variables are made after the strategy connects to the cluster (which resets
     # the eager context).
     cls.model, twin = ntk_reference.model_and_twin("lenet", "gelu", seed=7)
@@ -117,6 +118,30 @@ class ShardedPassesClusterTest(absltest.TestCase):
         want = jac[i0:i0 + block] @ jac[j0:j0 + block].T  # brute force
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max(),
                                    err_msg=f"block ({i0}, {j0})")
+
+  def test_structured_blocks_read_resident_weights(self):
+    # A structured block takes the weights with the inputs: its closures capture no
+    # variable (nothing read from the parameter server), and the numbers are right.
+    runner = runners.ClusterRunner(self.model, "structured", "float64", self.strategy, 2)
+    self.assertTrue(runner.block.takes_weights)
+    block = 16
+    runner.start(self.x, block)
+    for i0, j0 in ((16, 16), (0, 48)):
+      got = runner.result(runner.submit(i0, j0))  # [B, B]
+      want = self.jac[i0:i0 + block] @ self.jac[j0:j0 + block].T  # brute force
+      np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max(),
+                                 err_msg=f"block ({i0}, {j0})")
+    diagonal, pair = runner._resident  # pylint: disable=protected-access
+    iterator = runner._iterator  # pylint: disable=protected-access
+    for concrete in (diagonal.get_concrete_function(iterator, tf.constant(0)),
+                     pair.get_concrete_function(iterator, tf.constant(0), tf.constant(0))):
+      captured = [t for t in concrete.captured_inputs if t.dtype == tf.resource]
+      self.assertEmpty(captured, f"{concrete.name} reads variables")
+    # The control: the Jacobian runner's blocks do read the variables.
+    self.runner.start(self.x, block)
+    diagonal, _ = self.runner._resident  # pylint: disable=protected-access
+    concrete = diagonal.get_concrete_function(self.runner._iterator, tf.constant(0))  # pylint: disable=protected-access
+    self.assertNotEmpty([t for t in concrete.captured_inputs if t.dtype == tf.resource])
 
   def test_server_cpu_seconds(self):
     seconds = self.cluster.cpu_seconds()

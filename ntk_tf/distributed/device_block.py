@@ -27,6 +27,15 @@ Each function recomputes the features (Jacobians) of both example blocks: a
 remote worker keeps no state between blocks, so it holds no feature cache;
 this costs at most one extra forward/backward pass of B examples per block.
 
+Weights as inputs (STRUCTURED without reference layers: `takes_weights`):
+`stateless_block(x_a, x_b, weights)` and `stateless_diagonal(x_a, weights)`
+are the same block functions, untraced, with every `model.weights[k]` read
+from the tensor `weights[k]` (a `keras.StatelessScope`) instead of its
+variable. The structured features differentiate with respect to layer
+activations, not variables, so the ops and the numbers are the same; a
+cluster worker then reads the weights it holds (`runners.ClusterRunner`)
+instead of fetching every variable from the parameter servers for every block.
+
 Paper: Sec. 2 (the empirical NTK), App. B (Grams computed block by block).
 """
 
@@ -73,6 +82,8 @@ class DeviceBlock:
     device: a device string the functions pin their ops to (None: the caller's).
   """
 
+  takes_weights = False  # JACOBIAN differentiates with respect to the variables
+
   def __init__(self, model: keras.Model, implementation: Union[str, kernels.NtkImplementation],
                dtype: types.DType = "float32", *, accumulate_dtype: types.DType = None,
                device: str = None):
@@ -96,9 +107,32 @@ class DeviceBlock:
       self._offsets = [float(p.bias) for p in model_plan.plans if p.is_product]
       self._features = features_lib.FeatureExtractor(model_plan, on_host=False,
                                                      allow_tf32=False, cache_bytes=0).traced_fn
+      # Reference layers are differentiated with respect to their variables.
+      self.takes_weights = all(p.kind != plan_lib.REFERENCE for p in model_plan.plans)
       pair, single = self._structured_pair, self._structured_single
     self.block = tf.function(self._placed(pair))
     self.diagonal = tf.function(self._placed(single))
+
+  def _stateless(self, fn, weights, *xs) -> tf.Tensor:
+    if not self.takes_weights:
+      why = ("its model has layers differentiated with respect to their variables"
+             if self.implementation == kernels.NtkImplementation.STRUCTURED
+             else "it differentiates with respect to the variables")
+      raise ValueError(f"This {self.implementation.value!r} DeviceBlock takes no weights: {why}.")
+    if len(weights) != len(self.model.weights):
+      raise ValueError(f"weights must hold one tensor per model weight "
+                       f"({len(self.model.weights)}). Received: {len(weights)} tensors")
+    features = self._features.python_function  # inlined: traced under the scope below
+    with keras.StatelessScope(state_mapping=list(zip(self.model.weights, weights))):
+      return self._placed(lambda *args: fn(*args, features=features))(*xs)
+
+  def stateless_block(self, x_a: tf.Tensor, x_b: tf.Tensor, weights) -> tf.Tensor:
+    """`block(x_a, x_b)` with `model.weights` read from `weights` (untraced; call in a tf.function)."""
+    return self._stateless(self._structured_pair, weights, x_a, x_b)  # [B, B]
+
+  def stateless_diagonal(self, x_a: tf.Tensor, weights) -> tf.Tensor:
+    """`diagonal(x_a)` with `model.weights` read from `weights` (untraced; call in a tf.function)."""
+    return self._stateless(self._structured_single, weights, x_a)  # [B, B]
 
   def _placed(self, fn):
     """`fn` with its ops on `self.device` (when set)."""
@@ -140,11 +174,12 @@ class DeviceBlock:
                                                                  cot_b), acc)  # [B, B]
     return theta
 
-  def _structured_pair(self, x_a: tf.Tensor, x_b: tf.Tensor) -> tf.Tensor:
-    return self._contract(self._features(x_a), self._features(x_b))  # [B, B]
+  def _structured_pair(self, x_a: tf.Tensor, x_b: tf.Tensor, features=None) -> tf.Tensor:
+    features = features or self._features
+    return self._contract(features(x_a), features(x_b))  # [B, B]
 
-  def _structured_single(self, x_a: tf.Tensor) -> tf.Tensor:
-    features_a = self._features(x_a)
+  def _structured_single(self, x_a: tf.Tensor, features=None) -> tf.Tensor:
+    features_a = (features or self._features)(x_a)
     return _symmetrized(self._contract(features_a, features_a))  # [B, B]
 
 

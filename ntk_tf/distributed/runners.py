@@ -22,6 +22,11 @@ thread settings). `slots` is how many blocks the caller keeps in flight.
                  `RESIDENT_MAX_BYTES` are sent once to every worker (a
                  per-worker dataset) and closures take only row offsets;
                  larger inputs travel with each closure (two [B, ...] blocks).
+                 With resident inputs, a block that takes its weights as
+                 tensors (`DeviceBlock.takes_weights`: structured, no
+                 reference layers) gets them with the inputs, once per
+                 worker; otherwise every block reads the variables from the
+                 parameter servers (ResNet18: 45 MB per block, float32).
 
 Row passes (`distributed.sharded_passes`) use the same inputs and places:
 
@@ -247,7 +252,8 @@ class LocalRunner(Runner):
 
 def _resident_functions(block: device_block.DeviceBlock, rows_shape) -> Tuple[Callable, Callable]:
   """(diagonal(iterator, i0), pair(iterator, i0, j0)): `block`'s functions on rows
-  x[i0:i0+B] (`rows_shape` [B, ...]) of the resident x [N_pad, ...] the iterator yields."""
+  x[i0:i0+B] (`rows_shape` [B, ...]) of the resident x [N_pad, ...] the iterator
+  yields, with the resident weights when the block takes them."""
 
   def sliced(x_rows, i0):  # x [N_pad, ...] -> x[i0:i0+B] [B, ...] (static shape).
     return tf.ensure_shape(tf.slice(x_rows, [i0] + [0] * (len(rows_shape) - 1), rows_shape),
@@ -255,12 +261,17 @@ def _resident_functions(block: device_block.DeviceBlock, rows_shape) -> Tuple[Ca
 
   @tf.function
   def resident_diagonal(iterator, i0):
-    return block.diagonal(sliced(next(iterator), i0))  # [B, B]
+    x_all, weights = next(iterator)
+    if block.takes_weights:
+      return block.stateless_diagonal(sliced(x_all, i0), weights)  # [B, B]
+    return block.diagonal(sliced(x_all, i0))  # [B, B]
 
   @tf.function
   def resident_block(iterator, i0, j0):
-    x_rows = next(iterator)
-    return block.block(sliced(x_rows, i0), sliced(x_rows, j0))  # [B, B]
+    x_all, weights = next(iterator)
+    if block.takes_weights:
+      return block.stateless_block(sliced(x_all, i0), sliced(x_all, j0), weights)  # [B, B]
+    return block.block(sliced(x_all, i0), sliced(x_all, j0))  # [B, B]
 
   return resident_diagonal, resident_block
 
@@ -292,18 +303,23 @@ class ClusterRunner(Runner):
     self.places = self.num_workers
 
   def start(self, x: np.ndarray, block_size: int) -> None:
-    """Sends `x` (padded) to every worker once, if it is at most RESIDENT_MAX_BYTES.
+    """Sends `x` (padded; with the weights if the block takes them) to every worker
+    once, if they are at most RESIDENT_MAX_BYTES.
 
     The resident block functions are traced once per (N_pad, B): a second
     Gram of the same shapes (a test kernel, a rerun) reuses their traces.
     """
     super().start(x, block_size)
     self._iterator = None
-    if self.x.nbytes > RESIDENT_MAX_BYTES:
+    weights = self.model.get_weights() if self.block.takes_weights else []
+    if self.x.nbytes + sum(w.nbytes for w in weights) > RESIDENT_MAX_BYTES:
       return
     x_all = tf.constant(np.ascontiguousarray(self.x, dtype=self.block.dtype))  # [N_pad, ...]
+    # The weights travel with x when the block takes them: read once per worker, not
+    # once per block from the parameter servers.
+    weights = tuple(tf.constant(w) for w in weights)
     self._iterator = iter(self.coordinator.create_per_worker_dataset(
-        lambda: tf.data.Dataset.from_tensors(x_all).repeat()))
+        lambda: tf.data.Dataset.from_tensors((x_all, weights)).repeat()))
     key = (self.x.shape, block_size)
     if getattr(self, "_resident_key", None) != key:
       self._resident = _resident_functions(self.block, [block_size] + list(self.x.shape[1:]))
@@ -322,7 +338,7 @@ class ClusterRunner(Runner):
     fn = make(self.model)
 
     def resident(iterator, i0, rows, *args):
-      x_all = next(iterator)  # [N_pad, ...]
+      x_all, _ = next(iterator)  # [N_pad, ...] (row passes read the variables)
       begin = tf.concat([[i0], tf.zeros([len(x_all.shape) - 1], tf.int32)], 0)
       size = tf.concat([[rows], tf.shape(x_all)[1:]], 0)
       return fn(tf.slice(x_all, begin, size), *args)  # x[i0:i0+rows] [rows, ...]
