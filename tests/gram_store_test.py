@@ -4,6 +4,7 @@ Kills of running jobs (SIGKILL at random points) and concurrent writer processes
 are in gram_store_faults_test.py.
 """
 
+import hashlib
 import json
 import os
 import pathlib
@@ -68,6 +69,16 @@ class GramStoreTest(parameterized.TestCase):
     super().setUp()
     self.path = self.create_tempdir().full_path
     self.matrix_file = os.path.join(self.path, "gram.npy")
+
+  def test_data_fingerprint_is_sha256_of_shape_dtype_and_bytes(self):
+    # Stores made before keep their fingerprints: the digest is fixed by its definition.
+    x = np.arange(24, dtype="float32").reshape(2, 3, 4)
+    for array in (x, np.asfortranarray(x), x.astype("float64")):
+      expected = hashlib.sha256(f"{array.shape}|{array.dtype}|".encode()
+                                + np.ascontiguousarray(array).tobytes()).hexdigest()
+      self.assertEqual(ntk_tf.gram_store.data_fingerprint(array), expected)
+    self.assertNotEqual(ntk_tf.gram_store.data_fingerprint(x),
+                        ntk_tf.gram_store.data_fingerprint(x.reshape(6, 4)))
 
   @parameterized.parameters("jacobian", "auto")
   def test_bytes_equal_ntk_gram(self, implementation):
