@@ -17,7 +17,7 @@ Paper: Sec. 2 (empirical NTK), App. B (Gram matrices of the trained networks).
 """
 
 import collections
-from typing import List, Optional, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import keras
 import numpy as np
@@ -101,6 +101,48 @@ def iter_blocks(n1: int, n2: int, block_size: int, symmetric: bool) -> List[Bloc
     for j0 in range(i0 if symmetric else 0, n2, block_size):
       blocks.append((i0, min(i0 + block_size, n1), j0, min(j0 + block_size, n2)))
   return blocks
+
+
+def sweep_order(blocks: Sequence[Block], block_size: int, cached_blocks: int) -> List[int]:
+  """Positions in `blocks` in the order that reuses a cache of `cached_blocks` blocks' features.
+
+  Row blocks r = i0 // B go in panels of h = cached_blocks - 2; the panels in
+  turn, each column by column (j0; every other panel from the last column
+  back, so it starts on the columns its predecessor left cached), then row by
+  row. A panel's h row blocks stay in an LRU cache of h + 2 blocks (the
+  panel, the last column block and the next) while the column blocks stream
+  through, so each column block's features are computed once per panel:
+  about n + n^2 / (2h) feature computations for an upper triangle of n row
+  blocks, where row-major order computes about n^2 / 2 once n > cached_blocks
+  (n = 235, 40 cached: 838 against 26,949). The Gram's numbers do not depend
+  on the order. With h < 1: the order given.
+  """
+  h = int(cached_blocks) - 2
+  if h < 1:
+    return list(range(len(blocks)))
+
+  def key(k: int) -> Tuple[int, int, int]:
+    i0, _, j0, _ = blocks[k]
+    panel = i0 // block_size // h
+    return panel, j0 if panel % 2 == 0 else -j0, i0
+
+  return sorted(range(len(blocks)), key=key)
+
+
+def sweep(fn: BlockFn, blocks: Sequence[Block], block_size: int) -> Iterator[int]:
+  """Positions in `blocks`, lazily, in the order to compute them with `fn`.
+
+  The first as given; the rest in `sweep_order` for `fn.cached_blocks()` (how
+  many blocks' features `fn` caches, known once it has computed one: the
+  structured BlockFn), or as given when `fn` caches no features by block.
+  """
+  if not blocks:
+    return
+  yield 0  # the caller computes it before the order is chosen
+  cached_blocks = getattr(fn, "cached_blocks", None)
+  order = sweep_order(blocks[1:], block_size, cached_blocks() if cached_blocks else 0)
+  for position in order:
+    yield position + 1
 
 
 def _pad_rows(x: np.ndarray, block_size: int) -> np.ndarray:
@@ -273,7 +315,8 @@ def _fill_gram(fn: BlockFn, x1: np.ndarray, x2: Optional[np.ndarray], block_size
   theta = np.empty((n1, n2), dtype=dtype)  # [N1, N2]
   with progress_lib.Progress(len(blocks), desc="ntk_gram", unit="blocks",
                              enabled=progress) as bar:
-    for block in blocks:
+    for position in sweep(fn, blocks, block_size):
+      block = blocks[position]
       i0, i1, j0, j1 = block
       theta_block = compute_block(fn, x1, x2, block, block_size)  # [i1-i0, j1-j0]
       theta[i0:i1, j0:j1] = theta_block

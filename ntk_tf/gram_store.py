@@ -295,9 +295,11 @@ class GramStore:
     """
     fn = gram_lib.block_fn(self._model, self.implementation, self.dtype, self.block_size,
                            **self._options)
-    for index, block in enumerate(self._blocks):
-      if index not in self._done:
-        yield index, gram_lib.compute_block(fn, self._x, None, block, self.block_size)
+    missing = [index for index in range(len(self._blocks)) if index not in self._done]
+    blocks = [self._blocks[index] for index in missing]
+    for position in gram_lib.sweep(fn, blocks, self.block_size):  # reuses cached features
+      yield missing[position], gram_lib.compute_block(fn, self._x, None, blocks[position],
+                                                      self.block_size)
 
   def _compute_missing(self, progress: bool) -> None:
     matrix = fmt.open_matrix(self.path, "r+")  # [N, N]

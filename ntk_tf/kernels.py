@@ -108,7 +108,10 @@ class BlockFn(Protocol):
   """Theta(x_a, x_b) `[Na, Nb]` of x_a `[Na, ...]` and x_b `[Nb, ...]` (None: x_b = x_a).
 
   An optional attribute `exactly_symmetric = True` says diagonal blocks come
-  out exactly symmetric, so `ntk_gram` need not symmetrize them.
+  out exactly symmetric, so `ntk_gram` need not symmetrize them. An optional
+  method `cached_blocks() -> int` says how many example blocks' features the
+  BlockFn caches (once it has computed one); `ntk_gram` and `GramStore` then
+  order the blocks to reuse them (`gram.sweep_order`), else go row by row.
   """
 
   def __call__(self, x_a: np.ndarray, x_b: Optional[np.ndarray] = None) -> np.ndarray:

@@ -1,5 +1,7 @@
 """Tests for ntk_tf.ntk_gram and the XLA block op against brute-force J J^T."""
 
+from unittest import mock
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
@@ -10,6 +12,7 @@ from tests import ntk_reference
 import ntk_tf
 from ntk_tf import gram as gram_lib
 from ntk_tf import kernels
+from ntk_tf import structured
 from ops import gram_block
 
 
@@ -147,6 +150,75 @@ class BlocksTest(parameterized.TestCase):
       if i0 != j0:
         covered[j0:j1, i0:i1] += 1
     np.testing.assert_array_equal(covered, 1)
+
+
+def _lru_misses(blocks, order, capacity: int, symmetric: bool) -> int:
+  """Feature computations of blocks visited in `order` with an LRU cache of `capacity` blocks.
+
+  Block (i0, j0) asks for the features of row block i0 ("a", i0), then (diagonal
+  blocks of a symmetric Gram excepted) of column block j0, as `StructuredNtk` does.
+  """
+  cache, misses = [], 0
+  for k in order:
+    i0, _, j0, _ = blocks[k]
+    keys = [("a", i0)] if symmetric and i0 == j0 else [("a", i0), ("a" if symmetric else "b", j0)]
+    for key in keys:
+      if key in cache:
+        cache.remove(key)
+      else:
+        misses += 1
+      cache.append(key)
+      del cache[:-capacity]
+  return misses
+
+
+class SweepTest(parameterized.TestCase):
+
+  @parameterized.product(n=[1, 7, 40], capacity=[0, 2, 3, 5, 12, 64], symmetric=[True, False])
+  def test_order_is_a_permutation_with_fewer_feature_computations(self, n, capacity, symmetric):
+    blocks = gram_lib.iter_blocks(n, n, 1, symmetric=symmetric)
+    order = gram_lib.sweep_order(blocks, 1, capacity)
+    self.assertCountEqual(order, range(len(blocks)))
+    row_major = list(range(len(blocks)))
+    if capacity < 3:
+      self.assertEqual(order, row_major)
+      return
+    misses = _lru_misses(blocks, order, capacity, symmetric)
+    self.assertLessEqual(misses, _lru_misses(blocks, row_major, capacity, symmetric))
+    # Each panel of h rows computes its rows once and each of its column blocks once.
+    h = capacity - 2
+    panels = range(0, n, h)
+    if symmetric:  # columns p..n-1 of a panel starting at row p
+      bound = sum(min(h, n - p) + (n - p) for p in panels)
+    else:
+      bound = n + n * len(panels)
+    self.assertLessEqual(misses, bound)
+    if n == 40 and capacity == 12:  # a 40 x 40 triangle, a cache of 12 blocks
+      self.assertLess(misses, 0.4 * _lru_misses(blocks, row_major, capacity, symmetric))
+
+  def test_ntk_gram_computes_fewer_features_with_the_same_numbers(self):
+    model, _ = ntk_reference.model_and_twin("lenet", "relu", seed=1)
+    x = ntk_reference.inputs(40, seed=4)  # 10 row blocks of 4
+    probe = structured.make_block_fn(model, "float64")
+    probe(x[:4])
+    block_bytes = probe.cache.size_bytes  # one block's features
+    blocks = gram_lib.iter_blocks(40, 40, 4, symmetric=True)
+    results = {}
+    for cache_blocks in (20, 4):  # all 10 row blocks fit; then panels of 2 row blocks
+      fn = structured.make_block_fn(
+          model, "float64", feature_cache_bytes=cache_blocks * block_bytes + block_bytes // 2)
+      calls = []  # one per feature computation (a cache miss)
+      original = fn.features.traced_fn
+      fn.features.traced_fn = lambda x_pad, original=original: calls.append(1) or original(x_pad)
+      with mock.patch.object(gram_lib, "_reusable_block_fn", return_value=fn):
+        results[cache_blocks] = (gram_lib.ntk_gram(model, x, block_size=4, dtype="float64",
+                                                   implementation="structured", progress=False),
+                                 len(calls))
+    np.testing.assert_array_equal(results[4][0], results[20][0])
+    self.assertEqual(results[20][1], 10)  # each row block's features once
+    expected = _lru_misses(blocks, gram_lib.sweep_order(blocks, 4, 4), 4, True)
+    self.assertEqual(results[4][1], expected)
+    self.assertLess(expected, _lru_misses(blocks, range(len(blocks)), 4, True))
 
 
 class BadInputTest(parameterized.TestCase):

@@ -79,6 +79,16 @@ class StructuredNtk:
     """The feature cache (`cache.clear()` empties it)."""
     return self.features.cache
 
+  def cached_blocks(self) -> int:
+    """How many blocks' features the cache holds, from its entries so far (0 before any).
+
+    `ntk_gram` and `GramStore` order the blocks by it (`gram.sweep_order`).
+    """
+    cache = self.cache
+    if not len(cache) or not cache.size_bytes:
+      return 0
+    return int(cache.max_bytes * len(cache) // cache.size_bytes)
+
   def flop_report(self, n_a: int, n_b: int) -> List[dict]:
     """Per-layer FLOP estimates for one [n_a, n_b] block (`plan.flop_report`)."""
     return self.model_plan.flop_report(n_a, n_b)
