@@ -153,6 +153,42 @@ class DeviceBlockTest(parameterized.TestCase):
                      pathlib.Path(clean, "gram.npy").read_bytes())
     self.assertTrue(store.is_complete)
 
+  @parameterized.parameters("mlp", "lenet")
+  def test_device_feature_cache(self, name):
+    # Each example block's features are computed once on the device (5 row blocks,
+    # 15 Gram blocks), and the Gram has the bytes of the uncached blocks.
+    model, x = _model(name, "float32"), _inputs(name, 18)  # 5 row blocks of 4, the last partial
+    grams = {}
+    for cache_bytes in (1 << 30, 0):
+      runner = runners.LocalRunner(model, "structured", "float32",
+                                   feature_cache_bytes=cache_bytes)
+      store = gram_job.compute_gram(self.create_tempdir().full_path, model, x, runner,
+                                    block_size=4, dtype="float32", implementation="structured",
+                                    progress=False)
+      grams[cache_bytes] = np.array(store.matrix)
+      if cache_bytes:
+        self.assertEqual(runner.feature_caches[0].computed, 5)
+      else:
+        self.assertIsNone(runner.feature_caches)
+    np.testing.assert_array_equal(grams[1 << 30], grams[0])
+    expected = _brute_force_gram(_model(name), x)
+    np.testing.assert_allclose(grams[0], expected, rtol=2e-4, atol=2e-5 * np.abs(expected).max())
+
+  def test_device_feature_cache_evicts_least_recently_used(self):
+    model, x = _model("mlp", "float32"), _inputs("mlp", 16)  # 4 row blocks of 4
+    runner = runners.LocalRunner(model, "structured", "float32")
+    runner.start(x, 4)
+    cache = runner.feature_caches[0]
+    runner.result(runner.submit(0, 0))
+    cache.max_bytes = 2 * cache.size_bytes  # two blocks' features
+    # LRU of 2: (0, 4) computes 4; (0, 8) computes 8, evicting 4; (4, 8) computes 4,
+    # evicting 0, and finds 8; (0, 0) computes 0 again.
+    for i0, j0 in ((0, 4), (0, 8), (4, 8), (0, 0)):
+      runner.result(runner.submit(i0, j0))
+    self.assertEqual(cache.computed, 1 + 4)
+    with self.assertRaisesRegex(ValueError, "feature_cache_bytes=-1"):
+      runners.LocalRunner(model, "structured", "float32", feature_cache_bytes=-1)
+
   def test_cross_kernel_is_the_off_diagonal_block(self):
     model = _model("mlp")
     x, x_test = _inputs("mlp", 6), _inputs("mlp", 9)[6:]

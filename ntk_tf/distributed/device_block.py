@@ -26,6 +26,9 @@ Implementations (`kernels.NtkImplementation`):
 Each function recomputes the features (Jacobians) of both example blocks: a
 remote worker keeps no state between blocks, so it holds no feature cache;
 this costs at most one extra forward/backward pass of B examples per block.
+STRUCTURED also has the two steps apart, `features(x)` and
+`contract(features_a, features_b)` / `contract_diagonal(features_a)`, the
+same ops: a local device keeps its blocks' features (`runners.LocalRunner`).
 
 Weights as inputs (STRUCTURED without reference layers: `takes_weights`):
 `stateless_block(x_a, x_b, weights)` and `stateless_diagonal(x_a, weights)`
@@ -83,6 +86,7 @@ class DeviceBlock:
   """
 
   takes_weights = False  # JACOBIAN differentiates with respect to the variables
+  features = None  # STRUCTURED: features(x) [B, ...] -> the block's features (device tensors)
 
   def __init__(self, model: keras.Model, implementation: Union[str, kernels.NtkImplementation],
                dtype: types.DType = "float32", *, accumulate_dtype: types.DType = None,
@@ -112,6 +116,13 @@ class DeviceBlock:
       pair, single = self._structured_pair, self._structured_single
     self.block = tf.function(self._placed(pair))
     self.diagonal = tf.function(self._placed(single))
+    if member == kernels.NtkImplementation.STRUCTURED:
+      # The same computation in two steps, for a cache of features per device:
+      # block(x_a, x_b) == contract(features(x_a), features(x_b)).
+      self.features = tf.function(self._placed(self._features))
+      self.contract = tf.function(self._placed(self._contract))
+      self.contract_diagonal = tf.function(
+          self._placed(lambda features_a: _symmetrized(self._contract(features_a, features_a))))
 
   def _stateless(self, fn, weights, *xs) -> tf.Tensor:
     if not self.takes_weights:
@@ -159,8 +170,8 @@ class DeviceBlock:
 
   # STRUCTURED: sum_l Theta_l, in the order of `engines.XlaContraction`.
   def _contract(self, features_a, features_b) -> tf.Tensor:
-    products_a, positional_a, grad_a, _ = features_a
-    products_b, positional_b, grad_b, _ = features_b
+    products_a, positional_a, grad_a = features_a[:3]
+    products_b, positional_b, grad_b = features_b[:3]
     acc = self.accumulate_dtype
     theta = tf.zeros([tf.shape(grad_a)[0], tf.shape(grad_b)[0]], acc)  # [B, B]
     for (left_a, right_a), (left_b, right_b), offset in zip(products_a, products_b,

@@ -40,8 +40,9 @@ the next device round robin, or as a closure on some worker, which reads a
 resident x there and is re-run elsewhere if its worker is lost.
 """
 
+import collections
 import concurrent.futures
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import keras
 import numpy as np
@@ -50,11 +51,14 @@ import tensorflow as tf
 from ntk_tf import kernels
 from ntk_tf import precision
 from ntk_tf import types
+from ntk_tf import validation
 from ntk_tf.distributed import device_block
 
 # Inputs kept on every worker when they are at most this large (a graph constant:
 # protocol buffers cap at 2 GiB); larger inputs are sent with each block.
 RESIDENT_MAX_BYTES = 1 << 30
+# Each local device's cache of structured block features (`LocalRunner`).
+DEVICE_FEATURE_CACHE_BYTES = 1 << 30
 # Times `ClusterRunner.result` tries a block whose worker was lost after computing it.
 FETCH_ATTEMPTS = 5
 
@@ -177,24 +181,72 @@ def _call(block: device_block.DeviceBlock, x_a: np.ndarray,
   return block.block(_tensor(x_a, block.dtype), _tensor(x_b, block.dtype)).numpy()  # [B, B]
 
 
+class _DeviceFeatures:
+  """One device's LRU cache of structured block features, by row offset, bounded in bytes.
+
+  Used by that device's thread only. The inputs are fixed between `start`s,
+  so a row offset names a block's features; `clear` at each start.
+  """
+
+  def __init__(self, block: device_block.DeviceBlock, max_bytes: int):
+    self.block = block
+    self.max_bytes = int(max_bytes)
+    self._entries: "collections.OrderedDict[int, Any]" = collections.OrderedDict()
+    self._sizes: Dict[int, int] = {}
+    self.size_bytes = 0
+    self.computed = 0  # feature computations (misses), for tests and benchmarks
+
+  def get(self, i0: int, x_rows: np.ndarray) -> Any:
+    """The features of rows x[i0:i0+B] (`x_rows`), computed on a miss."""
+    if i0 in self._entries:
+      self._entries.move_to_end(i0)
+      return self._entries[i0]
+    features = self.block.features(_tensor(x_rows, self.block.dtype))
+    self.computed += 1
+    size = sum(t.shape.num_elements() * t.dtype.size for t in tf.nest.flatten(features))
+    if size <= self.max_bytes:
+      self._entries[i0], self._sizes[i0] = features, size
+      self.size_bytes += size
+      while self.size_bytes > self.max_bytes:
+        old, _ = self._entries.popitem(last=False)
+        self.size_bytes -= self._sizes.pop(old)
+    return features
+
+  def clear(self) -> None:
+    self._entries.clear()
+    self._sizes.clear()
+    self.size_bytes = 0
+
+
 class LocalRunner(Runner):
   """Blocks round robin over local devices, one thread and one DeviceBlock per device.
+
+  STRUCTURED blocks keep each device's block features in a cache on that
+  device (`feature_cache_bytes` per device, least recently used out), so a
+  device computes an example block's features once while they fit, not twice
+  per Gram block; the block's bytes are those of `DeviceBlock.block`.
 
   Args:
     model: Keras model with one output logit (any dtype; cast to `dtype`).
     implementation: "jacobian" or "structured" (`device_block.IMPLEMENTATION_NAMES`).
     dtype: "float32" or "float64".
     devices: device names (None: the caller's default device, no threads).
+    feature_cache_bytes: device memory for each device's cached features
+      (STRUCTURED; 0: none, every block computes both blocks' features).
   """
 
   def __init__(self, model: keras.Model, implementation: Union[str, kernels.NtkImplementation],
-               dtype: types.DType = "float32", devices: Optional[Sequence[str]] = None):
+               dtype: types.DType = "float32", devices: Optional[Sequence[str]] = None,
+               feature_cache_bytes: int = DEVICE_FEATURE_CACHE_BYTES):
     model = precision.cast_model(model, dtype)
     self.devices = list(devices) if devices else [None]
     if len(self.devices) > 1:
       model = place_model(model, tf.distribute.MirroredStrategy(self.devices))
     self.blocks = [device_block.DeviceBlock(model, implementation, dtype, device=device)
                    for device in self.devices]
+    cache_bytes = validation.check_non_negative_int(feature_cache_bytes, "feature_cache_bytes")
+    self.feature_caches = ([_DeviceFeatures(block, cache_bytes) for block in self.blocks]
+                           if self.blocks[0].features is not None and cache_bytes else None)
     self.model = model  # in `dtype`, mirrored over the devices when D > 1
     self.dtype = self.blocks[0].dtype
     self.slots = 2 * len(self.devices)
@@ -211,10 +263,25 @@ class LocalRunner(Runner):
       return fn(0, *args)  # Computed now: one device, nothing to overlap.
     return self._pools[device].submit(fn, device, *args)
 
+  def start(self, x: np.ndarray, block_size: int) -> None:
+    super().start(x, block_size)
+    for cache in self.feature_caches or ():
+      cache.clear()  # features of the previous inputs
+
   def submit(self, i0: int, j0: int) -> Any:
+    if self.feature_caches is not None:
+      return self._run(self._cached_block, i0, j0)
     x_b = None if i0 == j0 else self.rows(j0)
     return self._run(lambda device, x_a, x_b: _call(self.blocks[device], x_a, x_b),
                      self.rows(i0), x_b)
+
+  def _cached_block(self, device: int, i0: int, j0: int) -> np.ndarray:
+    """Block (i0, j0) on `device` from its cached features `[B, B]` (in its thread)."""
+    cache, block = self.feature_caches[device], self.blocks[device]
+    features_a = cache.get(i0, self.rows(i0))
+    if i0 == j0:
+      return block.contract_diagonal(features_a).numpy()
+    return block.contract(features_a, cache.get(j0, self.rows(j0))).numpy()
 
   def replicate(self, make: Callable[[keras.Model], Callable]) -> List[Callable]:
     return [_on_device(make(self.model), device) for device in self.devices]
@@ -244,6 +311,10 @@ class LocalRunner(Runner):
     for block in self.blocks:
       _call(block, x, None)
       _call(block, x, x)
+      if block.features is not None:
+        features = block.features(_tensor(x, block.dtype))
+        block.contract_diagonal(features)
+        block.contract(features, features)
 
   def close(self) -> None:
     for pool in self._pools or ():
