@@ -54,6 +54,9 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
   c.dtype = "float32"
   c.implementation = "structured"  # "structured" | "jacobian"
   c.local_devices = 1  # without a cluster: GPUs, or logical CPU devices without GPUs
+  # Each local device's cache of structured block features (bytes of device memory; 0: none).
+  # ResNet18's are ~1.6 GB per block of 128: on large GPUs give it tens of GB.
+  c.device_feature_cache_bytes = 1 << 30
   c.worker_threads = config_dict.placeholder(int)  # --cluster=local:N workers' intra-op threads
   c.commit_interval_s = 5.0  # a killed job loses at most this much work
   c.progress = True

@@ -22,8 +22,10 @@ from tests import test_util  # pylint: disable=g-bad-import-order
 import ntk_tf
 from binaries import gram as gram_main
 from ntk_tf import models
+from configs import gram as gram_config
 from ntk_tf.distributed import cluster
 from ntk_tf.distributed import device_block
+from ntk_tf.distributed import gram_experiment
 from ntk_tf.distributed import gram_job
 from ntk_tf.distributed import runners
 
@@ -196,6 +198,14 @@ class DeviceBlockTest(parameterized.TestCase):
                                   block_size=4, dtype="float64", progress=False)
     expected = _brute_force_gram(model, np.concatenate([x, x_test]))[:6, 6:]  # [6, 3]
     np.testing.assert_allclose(store.matrix[:6, 6:], expected, rtol=1e-10)
+
+  def test_gram_config_checks_the_device_feature_cache(self):
+    config = gram_config.get_config("smoke")
+    settings = gram_experiment.settings_from_config(config)
+    self.assertEqual(settings.device_feature_cache_bytes, runners.DEVICE_FEATURE_CACHE_BYTES)
+    config.device_feature_cache_bytes = -5
+    with self.assertRaisesRegex(ValueError, "device_feature_cache_bytes=-5"):
+      gram_experiment.settings_from_config(config)
 
   def test_check_cluster(self):
     self.assertEqual(cluster.check_cluster("local:2"), "local:2")

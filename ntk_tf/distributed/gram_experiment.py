@@ -48,6 +48,7 @@ class GramSettings:
   dtype: str
   implementation: str
   local_devices: int
+  device_feature_cache_bytes: int
   worker_threads: Optional[int]
   commit_interval_s: float
   progress: bool
@@ -75,6 +76,9 @@ def settings_from_config(config: Mapping[str, Any]) -> GramSettings:
       implementation=pipeline.check_choice(config["implementation"], "implementation",
                                            device_block.IMPLEMENTATION_NAMES),
       local_devices=pipeline.check_positive_int(config["local_devices"], "local_devices"),
+      device_feature_cache_bytes=pipeline.check_non_negative_int(
+          pipeline.field(config, "device_feature_cache_bytes",
+                         runners.DEVICE_FEATURE_CACHE_BYTES), "device_feature_cache_bytes"),
       worker_threads=None if threads is None else pipeline.check_positive_int(
           threads, "worker_threads"),
       commit_interval_s=pipeline.check_positive_number(config["commit_interval_s"],
@@ -116,7 +120,8 @@ def run(settings: GramSettings, workdir: pathlib.Path, cluster: Optional[str] = 
                                      resolved.strategy, resolved.num_workers)
       where = f"a cluster of {runner.num_workers} workers"
     else:
-      runner = runners.LocalRunner(model, settings.implementation, settings.dtype, devices)
+      runner = runners.LocalRunner(model, settings.implementation, settings.dtype, devices,
+                                   feature_cache_bytes=settings.device_feature_cache_bytes)
       where = f"{len(runner.devices)} local device(s)"
       if devices:
         runner.warm_up(np.zeros((settings.block_size,) + x_train.shape[1:], x_train.dtype))
