@@ -116,9 +116,9 @@ class FeatureExtractor:
     # with any in the graph, reference layers use the exact while-loop Jacobian.
     self._reference_pfor = not keras_graph.grouped_conv_layers(model_plan.graph)
     # With a host engine (a CPU), jacobian-form conv kernels form their per-example
-    # gradients by `geometry.conv_gradient`: in TF's thread pool, 1.2-1.3x faster
-    # than NumPy's batched BLAS on ResNet18's layers and spared its OpenBLAS
-    # threads, which stall under load (benchmarks/structured_conv_engines.py).
+    # gradients by `geometry.conv_gradient`, in the traced function: TF's thread
+    # pool, not NumPy's batched BLAS, whose OpenBLAS threads stall when another
+    # process holds a core (benchmarks/structured_conv_engines.py, speed_notes.md).
     self._per_example_conv_gradients = on_host
     self.traced_fn = tf.function(self._features)
     self.cache = FeatureCache(cache_bytes)
