@@ -4,11 +4,14 @@ Per-example kernel gradients against two independent float64 computations:
 a per-example GradientTape gradient of sum(conv(x_i) * D_i) (undilated
 kernels: TF's CPU conv gradients take no dilation) and the definition
 g_i[a, b, :, :] = sum_{oh, ow} x_pad_i[oh s + a d, ow s + b d, :]^T D_i[oh, ow, :]
-as a NumPy loop over kernel offsets. The NumPy engine's Grams (which use
-conv_gradient for every jacobian-form conv) against per-example GradientTape
+as a NumPy loop over kernel offsets. The NumPy engine's Grams, every
+jacobian-form conv's gradients by conv_gradient or all by NumPy
+(`geometry.MIN_TF_GRADIENT_MACS` 0 or huge), against per-example GradientTape
 Grams. Run with oneDNN off and on (tests/BUILD twins): oneDNN computes the
 float32 conv gradients and gets a 1x1 stride-2 one wrong (ntk_tf/onednn.py).
 """
+
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -19,6 +22,7 @@ import tensorflow as tf
 from tests import test_util  # pylint: disable=unused-import
 from tests import ntk_reference as brute
 import ntk_tf
+from ntk_tf import structured
 from ntk_tf.structured import geometry
 
 _TOL = {"float32": 2e-5, "float64": 1e-12}
@@ -113,35 +117,60 @@ class ConvGradientTest(parameterized.TestCase):
     expected = _loop_gradients(layer, x, cot)
     self.assertLess(brute.rel_error(_conv_gradient(layer, x, cot), expected), _TOL["float32"])
 
+  def test_gradient_on_host_for_small_kernels_only(self):
+    small = _conv(5, 1, "same", 1, 6, 16, "float32")  # LeNet's conv_1: 256 * 150 * 16 MACs.
+    large = _conv(3, 1, "same", 1, 64, 64, "float32")  # ResNet18's stage 0: 1024 * 576 * 64.
+    projection = _conv(1, 2, "same", 1, 64, 128, "float32")
+    self.assertTrue(geometry.gradient_on_host(small, 256))
+    self.assertFalse(geometry.gradient_on_host(large, 1024))
+    self.assertFalse(geometry.gradient_on_host(projection, 1))
+
   def test_shape_is_examples_by_kernel_size(self):
     layer, x, cot = _case((2, 3), 2, "same", 1, 7, n=4, c_in=3, filters=5)
     self.assertEqual(_conv_gradient(layer, x, cot).shape, (4, 2 * 3 * 3 * 5))
 
 
-class NumpyEngineGramTest(parameterized.TestCase):
-  """Grams of the NumPy engine, every conv kernel in jacobian form (conv_gradient)."""
+# MIN_TF_GRADIENT_MACS settings: every jacobian-form conv by conv_gradient, or by NumPy.
+_ALL_TF, _ALL_HOST = 0, 1 << 62
 
-  @parameterized.product(name=["resnet18", "lenet"], dtype=["float32", "float64"])
-  def test_gram_matches_float64_reference(self, name, dtype):
+
+class NumpyEngineGramTest(parameterized.TestCase):
+  """Grams of the NumPy engine, every conv kernel in jacobian form, by either gradient engine."""
+
+  @parameterized.product(name=["resnet18", "lenet"], dtype=["float32", "float64"],
+                         min_macs=[_ALL_TF, _ALL_HOST])
+  def test_gram_matches_float64_reference(self, name, dtype, min_macs):
     model, twin = brute.model_and_twin(name, "relu", seed=0)
     brute.randomize_batch_norm(twin)
     model.set_weights(twin.get_weights())  # Rounded to float32, then copied back:
     twin.set_weights([np.asarray(w, np.float64) for w in model.get_weights()])
     x = brute.inputs(6)
     expected = brute.brute_force_gram(twin, x.astype(np.float64))
-    gram = ntk_tf.ntk_gram(model, x, implementation="structured", dtype=dtype,
-                           block_size=4, matmul_engine="numpy", choices="jacobian",
-                           progress=False)
+    with mock.patch.object(geometry, "MIN_TF_GRADIENT_MACS", min_macs):
+      gram = ntk_tf.ntk_gram(model, x, implementation="structured", dtype=dtype,
+                             block_size=4, matmul_engine="numpy", choices="jacobian",
+                             progress=False)
     self.assertLess(brute.rel_error(gram, expected), 10 * _TOL[dtype])
 
-  def test_rectangular_gram_matches_reference(self):
+  @parameterized.parameters(_ALL_TF, _ALL_HOST)
+  def test_rectangular_gram_matches_reference(self, min_macs):
     model, twin = brute.model_and_twin("resnet18", "relu", seed=1)
     x1, x2 = brute.inputs(5, seed=2), brute.inputs(3, seed=3)
     expected = brute.brute_force_gram(twin, x1.astype(np.float64), x2.astype(np.float64))
-    gram = ntk_tf.ntk_gram(model, x1, x2, implementation="structured", dtype="float32",
-                           block_size=4, matmul_engine="numpy", choices="jacobian",
-                           progress=False)
+    with mock.patch.object(geometry, "MIN_TF_GRADIENT_MACS", min_macs):
+      gram = ntk_tf.ntk_gram(model, x1, x2, implementation="structured", dtype="float32",
+                             block_size=4, matmul_engine="numpy", choices="jacobian",
+                             progress=False)
     self.assertLess(brute.rel_error(gram, expected), 10 * _TOL["float32"])
+
+  def test_engines_split_by_per_example_work(self):
+    """LeNet's convs (8x8 inputs) on the host by default, all in TF with no minimum."""
+    model = ntk_tf.models.get("lenet", input_shape=brute.SHAPE)
+    block_fn = structured.StructuredNtk(model, choices="jacobian", matmul_engine="numpy")
+    self.assertEqual([p.name for p in block_fn.features.host_plans], ["conv_0", "conv_1"])
+    with mock.patch.object(geometry, "MIN_TF_GRADIENT_MACS", _ALL_TF):
+      block_fn = structured.StructuredNtk(model, choices="jacobian", matmul_engine="numpy")
+    self.assertEqual(block_fn.features.host_plans, [])
 
 
 if __name__ == "__main__":

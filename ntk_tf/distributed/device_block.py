@@ -125,8 +125,8 @@ class DeviceBlock:
 
   # STRUCTURED: sum_l Theta_l, in the order of `engines.XlaContraction`.
   def _contract(self, features_a, features_b) -> tf.Tensor:
-    products_a, positional_a, grad_a = features_a
-    products_b, positional_b, grad_b = features_b
+    products_a, positional_a, grad_a, _ = features_a
+    products_b, positional_b, grad_b, _ = features_b
     acc = self.accumulate_dtype
     theta = tf.zeros([tf.shape(grad_a)[0], tf.shape(grad_b)[0]], acc)  # [B, B]
     for (left_a, right_a), (left_b, right_b), offset in zip(products_a, products_b,

@@ -12,10 +12,11 @@ independent in inference mode). The features are
               reference layers by `tape.jacobian`), concatenated in plan order
 
 With a host engine (`on_host`), features are NumPy arrays cropped to the N
-real rows, and jacobian-form conv kernel gradients are formed by
-`geometry.conv_gradient` (a conv gradient per example, no [N, P, K] patches);
-otherwise they stay padded TF tensors and those gradients contract gathered
-patches (`structured_blocks.positional_gradient`, one einsum for XLA).
+real rows, and each jacobian-form conv kernel's gradients are formed where
+`geometry.gradient_on_host` says: by `geometry.conv_gradient` in the traced
+function (TF; large per-example work) or by `geometry.host_conv_gradient`
+(NumPy, after it). Otherwise they stay padded TF tensors and those gradients
+contract gathered patches (`structured_blocks.positional_gradient`).
 """
 
 import hashlib
@@ -116,16 +117,26 @@ class FeatureExtractor:
     # with any in the graph, reference layers use the exact while-loop Jacobian.
     self._reference_pfor = not keras_graph.grouped_conv_layers(model_plan.graph)
     # With a host engine (a CPU), jacobian-form conv kernels form their per-example
-    # gradients by `geometry.conv_gradient`, in the traced function: TF's thread
-    # pool, not NumPy's batched BLAS, whose OpenBLAS threads stall when another
-    # process holds a core (benchmarks/structured_conv_engines.py, speed_notes.md).
-    self._per_example_conv_gradients = on_host
+    # gradients in the traced function (`geometry.conv_gradient`), or with NumPy
+    # after it (`host_plans`) where the per-example work is small
+    # (`geometry.gradient_on_host`).
+    jacobian_convs = ([p for p in self.plans
+                       if p.kind == "conv2d" and p.kernel and p.choice == plan_lib.JACOBIAN]
+                      if on_host else [])
+    self.host_plans = [p for p in jacobian_convs
+                       if geometry.gradient_on_host(p.layer, p.positions)]
+    self._tf_gradient_ids = {id(p) for p in jacobian_convs} - {id(p) for p in self.host_plans}
     self.traced_fn = tf.function(self._features)
     self.cache = FeatureCache(cache_bytes)
     self._buckets: List[int] = []
 
   def _features(self, x: tf.Tensor):
-    """Returns (product terms, positional terms, per-example gradients [N, p_G])."""
+    """Returns (product terms, positional terms, per-example gradients [N, p_G'], host terms).
+
+    Host terms: (conv inputs [N, H, W, C_in], cotangents [N, P, C]) of the
+    jacobian-form conv kernels whose gradients are formed on the host, in
+    `host_plans` order; their columns join the gradient there.
+    """
     needs_reference = bool(self._reference_vars)
     use_pfor = self._reference_pfor
     with tf.GradientTape(persistent=needs_reference) as tape:
@@ -138,16 +149,19 @@ class FeatureExtractor:
     cotangents = tape.gradient(total, [records[p.name][1] for p in planned],
                                unconnected_gradients=tf.UnconnectedGradients.ZERO)
     n = tf.shape(x)[0]
-    products, positional, grads = [], [], []
+    products, positional, grads, host = [], [], [], []
+    host_ids = {id(p) for p in self.host_plans}
     for plan, cot in zip(planned, cotangents):
       inputs = records[plan.name][0]
       if plan.kind == "batch_norm":
         grads.extend(_batch_norm_grads(plan, inputs, cot))
         continue
-      if (self._per_example_conv_gradients and plan.kind == "conv2d" and plan.kernel
-          and plan.choice == plan_lib.JACOBIAN):
+      if id(plan) in host_ids or id(plan) in self._tf_gradient_ids:
         cot = tf.reshape(cot, [n, plan.positions, plan.channels])  # [N, P, C]
-        grads.append(geometry.conv_gradient(plan.layer, inputs, cot, *plan.patches))  # [N, K*C]
+        if id(plan) in host_ids:
+          host.append((inputs, cot))
+        else:
+          grads.append(geometry.conv_gradient(plan.layer, inputs, cot, *plan.patches))  # [N, K*C]
         if plan.bias:
           grads.append(tf.reduce_sum(cot, axis=1))  # [N, C]
         continue
@@ -179,7 +193,7 @@ class FeatureExtractor:
         jac = tape.jacobian(logits, self._reference_vars, experimental_use_pfor=False)
       grads.extend(tf.reshape(j, [n, -1]) for j in jac)  # [N, p_v] each
     gradient = tf.concat(grads, axis=1) if grads else tf.zeros([n, 0], x.dtype)  # [N, p_G']
-    return products, positional, gradient
+    return products, positional, gradient, host
 
   def _bucket(self, n: int) -> int:
     """The padded block size for n examples: the smallest bucket >= n, else n."""
@@ -205,11 +219,14 @@ class FeatureExtractor:
     if padded > n:
       x = np.concatenate([x, np.zeros((padded - n,) + x.shape[1:], x.dtype)])
     with precision.tf32_matmuls(self.allow_tf32):
-      products, positional, gradient = self.traced_fn(tf.constant(x))
+      products, positional, gradient, host = self.traced_fn(tf.constant(x))
     if self.on_host:
       products = [(l.numpy()[:n], r.numpy()[:n]) for l, r in products]
       positional = [(p.numpy()[:n], d.numpy()[:n]) for p, d in positional]
-      gradient = gradient.numpy()[:n]  # [N, p_G]
+      pieces = [gradient.numpy()[:n]] + [
+          geometry.host_conv_gradient(plan.layer, inputs.numpy()[:n], cot.numpy()[:n])
+          for plan, (inputs, cot) in zip(self.host_plans, host)]  # [N, K*C] each
+      gradient = np.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0]  # [N, p_G]
     entry = BlockFeatures(n, products, positional, gradient)
     self.cache.put(key, entry)
     return entry

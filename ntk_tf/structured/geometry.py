@@ -6,7 +6,7 @@ A conv's output at position p is X[p] . W with X[p] [K] the input patch.
 
 Per-example kernel gradients g_i = sum_p X_i[p]^T D_i[p] have two engines:
 `conv_gradient` (TF ops, in the features' traced function) and
-`host_conv_gradient` (NumPy on the host; the benchmark's baseline).
+`host_conv_gradient` (NumPy on the host); `gradient_on_host` picks one per layer.
 """
 
 from typing import Tuple
@@ -66,6 +66,27 @@ def conv_patches(layer, inputs: tf.Tensor, paddings, index: np.ndarray) -> tf.Te
   patches = tf.gather(flat, index, axis=1)  # [N, P * kh * kw, C_in]
   kh, kw = layer.kernel_size
   return tf.reshape(patches, [n, -1, kh * kw * c_in])  # [N, P, K]
+
+
+# Multiply-adds per example (P K C) from which `conv_gradient`'s loop of one conv
+# gradient per example, ~0.05-0.1 ms of per-op overhead each, pays for itself
+# against NumPy's batched BLAS (benchmarks/structured_conv_engines.py: LeNet's
+# 0.5 M and ResNet18's stem at 1.8 M ran faster in NumPy, its 3x3s from 19 M in TF).
+MIN_TF_GRADIENT_MACS = 1 << 23
+
+
+def gradient_on_host(layer, positions: int) -> bool:
+  """Whether the NumPy engine forms this conv's per-example kernel gradients on the host.
+
+  True (`host_conv_gradient`) for kernels larger than 1x1 with fewer than
+  MIN_TF_GRADIENT_MACS multiply-adds P K C per example; else False
+  (`conv_gradient`: a loop of large conv gradients, or one batched matmul for
+  1x1 kernels, which has no per-example overhead).
+  """
+  if tuple(layer.kernel_size) == (1, 1):
+    return False
+  macs = positions * int(np.prod(layer.kernel.shape))  # P K C
+  return macs < MIN_TF_GRADIENT_MACS
 
 
 def conv_gradient(layer, inputs: tf.Tensor, cot: tf.Tensor, paddings, index: np.ndarray) -> tf.Tensor:
