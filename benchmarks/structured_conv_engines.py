@@ -12,8 +12,10 @@ on them, best of `--repeats` after one untimed call (tracing excluded):
               (the NumPy path's engine before `conv_gradient`)
   tf_patches  TF: gathered patches [N, P, K] and one batched matmul
               (`ops.structured_blocks.positional_gradient`, the XLA path's)
-  tf          `geometry.conv_gradient`, the NumPy path's engine: one
-              `Conv2DBackpropFilter` per example; 1x1 kernels as tf_patches
+  tf          `geometry.conv_gradient`: one `Conv2DBackpropFilter` per
+              example; 1x1 kernels as tf_patches
+  chosen      (total only) per layer, numpy or tf as `geometry.gradient_on_host`
+              picks: the NumPy path's engines
 
 Prints per layer milliseconds and each engine's max relative difference from
 numpy, then totals and the ratio numpy / engine (> 1: faster than numpy), with
@@ -89,7 +91,7 @@ def time_model(name: str, n: int, repeats: int, data_dir) -> Dict[str, float]:
            if p.kind == "conv2d" and p.kernel and p.choice == "jacobian"]
   x = gram_paths.inputs((32, 32, 3), n, data_dir)  # [N, 32, 32, 3]
   records = _conv_records(extractor, plans, tf.constant(x))
-  totals = dict.fromkeys(ENGINES, 0.0)
+  totals = dict.fromkeys(list(ENGINES) + ["chosen"], 0.0)
   print(f"\n{name}, N = {n}: ms per layer (max relative difference from numpy)")
   for plan, (inputs, cot) in zip(plans, records):
     cells, reference = [], None
@@ -99,6 +101,8 @@ def time_model(name: str, n: int, repeats: int, data_dir) -> Dict[str, float]:
       reference = grads if reference is None else reference
       diff = np.abs(grads - reference).max() / max(np.abs(reference).max(), 1e-30)
       totals[label] += seconds
+      if label == ("numpy" if geometry.gradient_on_host(plan.layer, plan.positions) else "tf"):
+        totals["chosen"] += seconds
       cells.append(f"{label} {1e3 * seconds:7.1f} ({diff:.0e})")
     print(f"  {plan.name:<22} P={plan.positions:<5d} K={plan.patch_len:<5d} "
           f"C={plan.channels:<4d} " + "  ".join(cells), flush=True)
