@@ -90,7 +90,8 @@ def gradient_on_host(layer, positions: int) -> bool:
   return macs < MIN_TF_GRADIENT_MACS
 
 
-def conv_gradient(layer, inputs: tf.Tensor, cot: tf.Tensor, paddings, index: np.ndarray) -> tf.Tensor:
+def conv_gradient(layer, inputs: tf.Tensor, cot: tf.Tensor, paddings,
+                  index: np.ndarray) -> tf.Tensor:
   """Returns the per-example kernel gradients g_i = sum_p X_i[p]^T D_i[p] [N, K*C] with TF ops.
 
   Two exact routes, by kernel:
