@@ -11,7 +11,8 @@ Engines (`ntk_tf.structured.engines`). With the XLA engine (the default when
 a GPU is visible) every contraction runs here. With the NumPy engine (the
 default without one) `ntk_tf.structured` runs the final GEMMs (`gram_product`,
 `gradient_gram`) as host BLAS SYRK/GEMM and forms per-example conv gradients
-(`positional_gradient`) with NumPy instead; all are exact float32/float64
+(`positional_gradient`) by `ntk_tf.structured.geometry.conv_gradient` (a TF
+conv gradient per example) or, for small kernels, NumPy instead; all are exact float32/float64
 products, only the summation order differs. Measured speeds of both are in
 the benchmark's output (binaries/bench_gram.py), beside the machine's features.
 """
@@ -81,7 +82,8 @@ def positional_gram_product(patches_a: tf.Tensor, cot_a: tf.Tensor, patches_b: t
 def positional_gradient(patches: tf.Tensor, cot: tf.Tensor) -> tf.Tensor:
   """Returns the per-example kernel gradients g_i = sum_p X_i[p]^T D_i[p], flattened.
 
-  (The NumPy engine forms them with `ntk_tf.structured.host_conv_gradient` instead.)
+  (The NumPy engine forms them with `ntk_tf.structured.conv_gradient` or, for small
+  kernels, `ntk_tf.structured.host_conv_gradient` instead.)
 
   Args:
     patches: [N, P, K].

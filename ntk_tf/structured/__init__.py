@@ -33,7 +33,7 @@ parameters are always per-example gradients (they have few parameters).
 Modules, one job each:
   plan         LayerPlan / ModelPlan: per-layer forms, FLOP and memory counts
   keras_graph  the one place that uses Keras' private functional-graph APIs
-  geometry     Conv2D paddings, patch indices, host patches and gradients
+  geometry     Conv2D paddings, patch indices, patches, per-example kernel gradients
   features     per-block features (one batched forward/backward pass), cached
   engines      the NumPy (host BLAS) and XLA contractions behind one interface
   ntk          StructuredNtk (the BlockFn) and its registry factory
@@ -47,6 +47,7 @@ factorization of a Dense / conv layer's NTK; not in the paper, whose App. B
 computes Grams with neural_tangents' empirical_kernel_fn).
 """
 
+from ntk_tf.structured.geometry import conv_gradient
 from ntk_tf.structured.geometry import conv_paddings
 from ntk_tf.structured.geometry import host_conv_gradient
 from ntk_tf.structured.geometry import host_patches

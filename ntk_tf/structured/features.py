@@ -12,8 +12,11 @@ independent in inference mode). The features are
               reference layers by `tape.jacobian`), concatenated in plan order
 
 With a host engine (`on_host`), features are NumPy arrays cropped to the N
-real rows and jacobian-form conv kernel gradients are formed on the host
-(`geometry.host_conv_gradient`); otherwise they stay padded TF tensors.
+real rows, and each jacobian-form conv kernel's gradients are formed where
+`geometry.gradient_on_host` says: by `geometry.conv_gradient` in the traced
+function (TF; large per-example work) or by `geometry.host_conv_gradient`
+(NumPy, after it). Otherwise they stay padded TF tensors and those gradients
+contract gathered patches (`structured_blocks.positional_gradient`).
 """
 
 import hashlib
@@ -113,11 +116,16 @@ class FeatureExtractor:
     # pfor differentiates grouped convs wrongly (`keras_graph.grouped_conv_layers`):
     # with any in the graph, reference layers use the exact while-loop Jacobian.
     self._reference_pfor = not keras_graph.grouped_conv_layers(model_plan.graph)
-    # With a host engine, jacobian-form conv kernels form their per-example
-    # gradients with NumPy (strided patches and batched BLAS).
-    self.host_plans = ([p for p in self.plans
-                        if p.kind == "conv2d" and p.kernel and p.choice == plan_lib.JACOBIAN]
-                       if on_host else [])
+    # With a host engine (a CPU), jacobian-form conv kernels form their per-example
+    # gradients in the traced function (`geometry.conv_gradient`), or with NumPy
+    # after it (`host_plans`) where the per-example work is small
+    # (`geometry.gradient_on_host`).
+    jacobian_convs = ([p for p in self.plans
+                       if p.kind == "conv2d" and p.kernel and p.choice == plan_lib.JACOBIAN]
+                      if on_host else [])
+    self.host_plans = [p for p in jacobian_convs
+                       if geometry.gradient_on_host(p.layer, p.positions)]
+    self._tf_gradient_ids = {id(p) for p in jacobian_convs} - {id(p) for p in self.host_plans}
     self.traced_fn = tf.function(self._features)
     self.cache = FeatureCache(cache_bytes)
     self._buckets: List[int] = []
@@ -148,9 +156,12 @@ class FeatureExtractor:
       if plan.kind == "batch_norm":
         grads.extend(_batch_norm_grads(plan, inputs, cot))
         continue
-      if id(plan) in host_ids:
+      if id(plan) in host_ids or id(plan) in self._tf_gradient_ids:
         cot = tf.reshape(cot, [n, plan.positions, plan.channels])  # [N, P, C]
-        host.append((inputs, cot))
+        if id(plan) in host_ids:
+          host.append((inputs, cot))
+        else:
+          grads.append(geometry.conv_gradient(plan.layer, inputs, cot, *plan.patches))  # [N, K*C]
         if plan.bias:
           grads.append(tf.reduce_sum(cot, axis=1))  # [N, C]
         continue

@@ -3,6 +3,10 @@
 Shapes: inputs [N, H, W, C_in]; output positions P = H' * W'; patch length
 K = kh * kw * C_in ordered as the kernel's (kh, kw, C_in); C output channels.
 A conv's output at position p is X[p] . W with X[p] [K] the input patch.
+
+Per-example kernel gradients g_i = sum_p X_i[p]^T D_i[p] have two engines:
+`conv_gradient` (TF ops, in the features' traced function) and
+`host_conv_gradient` (NumPy on the host); `gradient_on_host` picks one per layer.
 """
 
 from typing import Tuple
@@ -62,6 +66,72 @@ def conv_patches(layer, inputs: tf.Tensor, paddings, index: np.ndarray) -> tf.Te
   patches = tf.gather(flat, index, axis=1)  # [N, P * kh * kw, C_in]
   kh, kw = layer.kernel_size
   return tf.reshape(patches, [n, -1, kh * kw * c_in])  # [N, P, K]
+
+
+# Multiply-adds per example (P K C) from which `conv_gradient`'s loop of one conv
+# gradient per example, ~0.05-0.1 ms of per-op overhead each, is worth it against
+# NumPy's batched BLAS (benchmarks/structured_conv_engines.py and speed_notes.md:
+# LeNet's convs, 0.5-0.6 M, ran faster in NumPy, ResNet18's 3x3s, from 19 M, in
+# TF; its stem, 1.8 M, is TF's: NumPy's calls stall when another process holds a core).
+MIN_TF_GRADIENT_MACS = 1 << 20
+
+
+def gradient_on_host(layer, positions: int) -> bool:
+  """Whether the NumPy engine forms this conv's per-example kernel gradients on the host.
+
+  True (`host_conv_gradient`) for kernels larger than 1x1 with fewer than
+  MIN_TF_GRADIENT_MACS multiply-adds P K C per example; else False
+  (`conv_gradient`: a loop of large conv gradients, or one batched matmul for
+  1x1 kernels, which has no per-example overhead).
+  """
+  if tuple(layer.kernel_size) == (1, 1):
+    return False
+  macs = positions * int(np.prod(layer.kernel.shape))  # P K C
+  return macs < MIN_TF_GRADIENT_MACS
+
+
+def conv_gradient(layer, inputs: tf.Tensor, cot: tf.Tensor, paddings,
+                  index: np.ndarray) -> tf.Tensor:
+  """Returns the per-example kernel gradients g_i = sum_p X_i[p]^T D_i[p] [N, K*C] with TF ops.
+
+  Two exact routes, by kernel:
+    kh x kw > 1, no dilation: one `Conv2DBackpropFilter` per example (a loop
+      over examples): the gradient of the conv's kernel at batch 1, which
+      never forms the [N, P, K] patches;
+    1x1 or dilated: the gathered patches (`conv_patches`, at `patch_indices`'
+      paddings and index) and one batched matmul. (TF's CPU conv gradients
+      take no dilation without oneDNN, and oneDNN's filter gradient of a 1x1
+      stride-2 conv is wrong in float32: ntk_tf/onednn.py. A 1x1 patch is the
+      input pixel, so its patches are no larger than the input.)
+  Runs in float32 and float64.
+
+  Args:
+    layer: the Conv2D.
+    inputs: [N, H, W, C_in] its inputs.
+    cot: [N, P, C] the cotangents of its pre-activation output.
+    paddings, index: the layer's `patch_indices`.
+  Returns:
+    [N, K*C], flattened like the kernel [kh, kw, C_in, C] (as
+    `ops.structured_blocks.positional_gradient`).
+  """
+  n = tf.shape(inputs)[0]
+  kernel_shape = [int(d) for d in layer.kernel.shape]  # [kh, kw, C_in, C]
+  if tuple(layer.kernel_size) == (1, 1) or tuple(layer.dilation_rate) != (1, 1):
+    patches = conv_patches(layer, inputs, paddings, index)  # [N, P, K]
+    grads = tf.matmul(patches, cot, transpose_a=True)  # [N, K, C]
+    return tf.reshape(grads, [n, -1])  # [N, K*C]
+  out_h = (inputs.shape[1] + sum(paddings[1]) - kernel_shape[0]) // layer.strides[0] + 1
+  out_w = (inputs.shape[2] + sum(paddings[2]) - kernel_shape[1]) // layer.strides[1] + 1
+  cot_maps = tf.reshape(cot, [n, 1, out_h, out_w, kernel_shape[3]])  # [N, 1, H', W', C]
+
+  def example_gradient(pair):
+    example, example_cot = pair  # [1, H, W, C_in], [1, H', W', C]
+    return tf.raw_ops.Conv2DBackpropFilter(
+        input=example, filter_sizes=kernel_shape, out_backprop=example_cot,
+        strides=[1, *layer.strides, 1], padding=layer.padding.upper())  # [kh, kw, C_in, C]
+  grads = tf.map_fn(example_gradient, (inputs[:, None], cot_maps),
+                    fn_output_signature=inputs.dtype)  # [N, kh, kw, C_in, C]
+  return tf.reshape(grads, [n, -1])  # [N, K*C]
 
 
 def host_patches(layer, inputs: np.ndarray) -> np.ndarray:
