@@ -114,15 +114,14 @@ class DeviceBlock:
       # Reference layers are differentiated with respect to their variables.
       self.takes_weights = all(p.kind != plan_lib.REFERENCE for p in model_plan.plans)
       pair, single = self._structured_pair, self._structured_single
-    self.block = tf.function(self._placed(pair))
-    self.diagonal = tf.function(self._placed(single))
-    if member == kernels.NtkImplementation.STRUCTURED:
       # The same computation in two steps, for a cache of features per device:
       # block(x_a, x_b) == contract(features(x_a), features(x_b)).
       self.features = tf.function(self._placed(self._features))
       self.contract = tf.function(self._placed(self._contract))
       self.contract_diagonal = tf.function(
           self._placed(lambda features_a: _symmetrized(self._contract(features_a, features_a))))
+    self.block = tf.function(self._placed(pair))
+    self.diagonal = tf.function(self._placed(single))
 
   def _stateless(self, fn, weights, *xs) -> tf.Tensor:
     if not self.takes_weights:
@@ -138,11 +137,13 @@ class DeviceBlock:
       return self._placed(lambda *args: fn(*args, features=features))(*xs)
 
   def stateless_block(self, x_a: tf.Tensor, x_b: tf.Tensor, weights) -> tf.Tensor:
-    """`block(x_a, x_b)` with `model.weights` read from `weights` (untraced; call in a tf.function)."""
+    """`block(x_a, x_b)` with `model.weights` read from `weights`; untraced (call it in a
+    tf.function)."""
     return self._stateless(self._structured_pair, weights, x_a, x_b)  # [B, B]
 
   def stateless_diagonal(self, x_a: tf.Tensor, weights) -> tf.Tensor:
-    """`diagonal(x_a)` with `model.weights` read from `weights` (untraced; call in a tf.function)."""
+    """`diagonal(x_a)` with `model.weights` read from `weights`; untraced (call it in a
+    tf.function)."""
     return self._stateless(self._structured_single, weights, x_a)  # [B, B]
 
   def _placed(self, fn):

@@ -40,9 +40,8 @@ the next device round robin, or as a closure on some worker, which reads a
 resident x there and is re-run elsewhere if its worker is lost.
 """
 
-import collections
 import concurrent.futures
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import keras
 import numpy as np
@@ -53,6 +52,7 @@ from ntk_tf import precision
 from ntk_tf import types
 from ntk_tf import validation
 from ntk_tf.distributed import device_block
+from ntk_tf.structured import features as features_lib
 
 # Inputs kept on every worker when they are at most this large (a graph constant:
 # protocol buffers cap at 2 GiB); larger inputs are sent with each block.
@@ -181,7 +181,12 @@ def _call(block: device_block.DeviceBlock, x_a: np.ndarray,
   return block.block(_tensor(x_a, block.dtype), _tensor(x_b, block.dtype)).numpy()  # [B, B]
 
 
-class _DeviceFeatures:
+def _tensors_nbytes(features) -> int:
+  """Bytes of a nest of tensors (a device block's features)."""
+  return sum(t.shape.num_elements() * t.dtype.size for t in tf.nest.flatten(features))
+
+
+class _DeviceFeatures(features_lib.FeatureCache):
   """One device's LRU cache of structured block features, by row offset, bounded in bytes.
 
   Used by that device's thread only. The inputs are fixed between `start`s,
@@ -189,33 +194,18 @@ class _DeviceFeatures:
   """
 
   def __init__(self, block: device_block.DeviceBlock, max_bytes: int):
+    super().__init__(max_bytes, nbytes=_tensors_nbytes)
     self.block = block
-    self.max_bytes = int(max_bytes)
-    self._entries: "collections.OrderedDict[int, Any]" = collections.OrderedDict()
-    self._sizes: Dict[int, int] = {}
-    self.size_bytes = 0
     self.computed = 0  # feature computations (misses), for tests and benchmarks
 
-  def get(self, i0: int, x_rows: np.ndarray) -> Any:
+  def features(self, i0: int, x_rows: np.ndarray) -> Any:
     """The features of rows x[i0:i0+B] (`x_rows`), computed on a miss."""
-    if i0 in self._entries:
-      self._entries.move_to_end(i0)
-      return self._entries[i0]
-    features = self.block.features(_tensor(x_rows, self.block.dtype))
-    self.computed += 1
-    size = sum(t.shape.num_elements() * t.dtype.size for t in tf.nest.flatten(features))
-    if size <= self.max_bytes:
-      self._entries[i0], self._sizes[i0] = features, size
-      self.size_bytes += size
-      while self.size_bytes > self.max_bytes:
-        old, _ = self._entries.popitem(last=False)
-        self.size_bytes -= self._sizes.pop(old)
+    features = self.get(i0)
+    if features is None:
+      features = self.block.features(_tensor(x_rows, self.block.dtype))
+      self.computed += 1
+      self.put(i0, features)
     return features
-
-  def clear(self) -> None:
-    self._entries.clear()
-    self._sizes.clear()
-    self.size_bytes = 0
 
 
 class LocalRunner(Runner):
@@ -278,10 +268,10 @@ class LocalRunner(Runner):
   def _cached_block(self, device: int, i0: int, j0: int) -> np.ndarray:
     """Block (i0, j0) on `device` from its cached features `[B, B]` (in its thread)."""
     cache, block = self.feature_caches[device], self.blocks[device]
-    features_a = cache.get(i0, self.rows(i0))
+    features_a = cache.features(i0, self.rows(i0))
     if i0 == j0:
       return block.contract_diagonal(features_a).numpy()
-    return block.contract(features_a, cache.get(j0, self.rows(j0))).numpy()
+    return block.contract(features_a, cache.features(j0, self.rows(j0))).numpy()
 
   def replicate(self, make: Callable[[keras.Model], Callable]) -> List[Callable]:
     return [_on_device(make(self.model), device) for device in self.devices]
@@ -303,15 +293,16 @@ class LocalRunner(Runner):
     return handle if self._pools is None else handle.result()
 
   def warm_up(self, x: np.ndarray) -> None:
-    """Traces every device's functions on `x [B, ...]`, one device at a time.
+    """Traces the functions `submit` runs, on every device, on `x [B, ...]`, one device at a time.
 
     Tracing writes to Keras' and the structured recorder's Python state, so the
     device threads must not trace concurrently; after this they only execute.
     """
     for block in self.blocks:
-      _call(block, x, None)
-      _call(block, x, x)
-      if block.features is not None:
+      if self.feature_caches is None:
+        _call(block, x, None)
+        _call(block, x, x)
+      else:  # what `_cached_block` runs
         features = block.features(_tensor(x, block.dtype))
         block.contract_diagonal(features)
         block.contract(features, features)
@@ -372,6 +363,7 @@ class ClusterRunner(Runner):
     self.num_workers = int(num_workers)
     self.slots = 2 * self.num_workers + 2
     self.places = self.num_workers
+    self._resident_key = None  # (x shape, B) the resident block functions were traced for
 
   def start(self, x: np.ndarray, block_size: int) -> None:
     """Sends `x` (padded; with the weights if the block takes them) to every worker
@@ -392,7 +384,7 @@ class ClusterRunner(Runner):
     self._iterator = iter(self.coordinator.create_per_worker_dataset(
         lambda: tf.data.Dataset.from_tensors((x_all, weights)).repeat()))
     key = (self.x.shape, block_size)
-    if getattr(self, "_resident_key", None) != key:
+    if self._resident_key != key:
       self._resident = _resident_functions(self.block, [block_size] + list(self.x.shape[1:]))
       self._resident_key = key
 

@@ -21,7 +21,7 @@ contract gathered patches (`structured_blocks.positional_gradient`).
 
 import hashlib
 from collections import OrderedDict
-from typing import List, NamedTuple, Optional
+from typing import Any, Callable, Hashable, List, NamedTuple, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -55,11 +55,17 @@ def features_nbytes(features: BlockFeatures) -> int:
 
 
 class FeatureCache:
-  """An LRU cache of `BlockFeatures` by block content, bounded in bytes."""
+  """An LRU cache of block features by key, bounded in bytes.
 
-  def __init__(self, max_bytes: int):
+  Keys are block contents (`key`) here, row offsets in a device's cache
+  (`distributed.runners.LocalRunner`); `nbytes(entry)` is an entry's size
+  (default: `features_nbytes` of `BlockFeatures`).
+  """
+
+  def __init__(self, max_bytes: int, nbytes: Callable[[Any], int] = features_nbytes):
     self.max_bytes = int(max_bytes)
-    self._entries: "OrderedDict[bytes, BlockFeatures]" = OrderedDict()
+    self._nbytes = nbytes
+    self._entries: "OrderedDict[Hashable, Any]" = OrderedDict()
     self.size_bytes = 0
 
   @staticmethod
@@ -67,21 +73,21 @@ class FeatureCache:
     """A content key of a C-contiguous block (SHA-1: a cache key, not a signature)."""
     return hashlib.sha1(memoryview(x).cast("B")).digest() + str(x.shape).encode()
 
-  def get(self, key: bytes) -> Optional[BlockFeatures]:
+  def get(self, key: Hashable) -> Optional[Any]:
     if key not in self._entries:
       return None
     self._entries.move_to_end(key)
     return self._entries[key]
 
-  def put(self, key: bytes, entry: BlockFeatures) -> None:
-    size = features_nbytes(entry)
+  def put(self, key: Hashable, entry: Any) -> None:
+    size = self._nbytes(entry)
     if size > self.max_bytes:
       return
     self._entries[key] = entry
     self.size_bytes += size
     while self.size_bytes > self.max_bytes:
       _, old = self._entries.popitem(last=False)
-      self.size_bytes -= features_nbytes(old)
+      self.size_bytes -= self._nbytes(old)
 
   def clear(self) -> None:
     """Drops every cached entry."""
