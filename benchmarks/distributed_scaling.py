@@ -1,6 +1,7 @@
 """Scaling of the Gram on a localhost parameter-server cluster: 2 workers vs 1 worker.
 
     python -m benchmarks.distributed_scaling [--models=mlp,lenet] [--n=4000] [--block_size=256]
+        [--workers=1,2] [--row_blocks=K]
 
 For each model, the same Gram Theta(x, x) of N CIFAR-10 images (N = 4,000;
 Gaussian inputs where the data is absent) is computed by `ntk_tf.distributed`
@@ -10,8 +11,11 @@ pinning TF's inter-op pool lets one worker use every core), each configuration
 in a fresh coordinator process. Timed:
 `compute_gram` of the whole Gram after a warm-up Gram of the same inputs on the
 same cluster (so cluster start, tracing and XLA compilation on the workers,
-fixed costs of a job whatever its size, are not counted; sending the inputs
-to the workers is). Printed: this machine's features, seconds per configuration, the
+and sending the inputs to them, fixed costs of a job whatever its size, are
+not counted: the timed Gram's store has the warm-up's data key, and the
+runner keeps the inputs resident, `ClusterRunner.start`). Each closure
+carries up to `--row_blocks` blocks of one block row (default:
+`runners.ROW_BLOCKS`). Printed: this machine's features, seconds per configuration, the
 speedup t(1 worker) / t(2 workers) (ideal 2.0), the CPU seconds the
 coordinator, the parameter server and the workers used in the timed part (the
 coordinator and the parameter server share the machine's cores with the
@@ -38,6 +42,8 @@ _BLOCK_SIZE = flags.DEFINE_integer("block_size", 256, "Gram block size.", lower_
 _WORKERS = flags.DEFINE_list("workers", ["1", "2"], "Worker counts; the first is the baseline.")
 _IMPLEMENTATION = flags.DEFINE_enum("implementation", "structured", ["structured", "jacobian"],
                                     "The device block's implementation.")
+_ROW_BLOCKS = flags.DEFINE_integer("row_blocks", None, "Blocks of one row per closure "
+                                   "(None: ClusterRunner's default).", lower_bound=1)
 _PIN = flags.DEFINE_bool("pin_workers", True, "Pin worker i to core i (one core per worker).")
 _CHILD = flags.DEFINE_string("child", None, "Internal: time one 'model:workers' and print JSON.")
 
@@ -67,8 +73,9 @@ def time_one(model_name: str, num_workers: int, n: int, block_size: int,
   model = models.get(model_name, input_shape=x.shape[1:], seed=0)
   out = tempfile.mkdtemp(prefix=f"scaling_{model_name}_{num_workers}_")
   try:
+    row_blocks = {} if _ROW_BLOCKS.value is None else {"row_blocks": _ROW_BLOCKS.value}
     with runners.ClusterRunner(model, implementation, "float32", strategy,
-                               num_workers) as runner:
+                               num_workers, **row_blocks) as runner:
       kwargs = dict(block_size=block_size, implementation=implementation, progress=False)
       # The same shapes as the timed Gram: its traces and XLA programs are then made.
       gram_job.compute_gram(os.path.join(out, "warm_up"), model, x, runner, **kwargs)
@@ -80,6 +87,7 @@ def time_one(model_name: str, num_workers: int, n: int, block_size: int,
     local.close()
   return {"model": model_name, "workers": num_workers, "n": n, "blocks": store.num_blocks,
           "seconds": seconds, "coordinator_cpu_s": cpu, "data": source,
+          "row_blocks": runner.row_blocks,
           "ps_cpu_s": servers.get("ps:0", float("nan")),
           "worker_cpu_s": sum(s for name, s in servers.items() if name.startswith("worker")),
           "gram": str(store.matrix_path)}
@@ -130,7 +138,8 @@ def run_json_child(module: str, args, what: str) -> dict:
 def _run_child(spec: str) -> dict:
   return run_json_child("benchmarks.distributed_scaling", [
       f"--child={spec}", f"--n={_N.value}", f"--block_size={_BLOCK_SIZE.value}",
-      f"--implementation={_IMPLEMENTATION.value}", f"--pin_workers={_PIN.value}"], spec)
+      f"--implementation={_IMPLEMENTATION.value}", f"--pin_workers={_PIN.value}"]
+      + ([f"--row_blocks={_ROW_BLOCKS.value}"] if _ROW_BLOCKS.value else []), spec)
 
 
 def main(argv):
@@ -156,10 +165,10 @@ def main(argv):
         gram_bytes = f.read()
       if baseline is None:
         baseline = (row["seconds"], gram_bytes)
-      print(f"{model_name:8} {workers:>7} {row['blocks']:>6} {row['seconds']:>9.1f} "
+      print(f"{model_name:8} {workers:>7} {row['blocks']:>6} {row['seconds']:>9.2f} "
             f"{baseline[0] / row['seconds']:>7.2f}x {str(gram_bytes == baseline[1]):>18}"
             f" {row['coordinator_cpu_s']:>18.2f} {row['ps_cpu_s']:>5.2f} {row['worker_cpu_s']:>7.2f}"
-            f"   ({row['data']})", flush=True)
+            f"   ({row['data']}; {row['row_blocks']} blocks per closure)", flush=True)
   print(f"\nThis machine's ceiling after: two single-threaded GEMM loops on cores 0 and 1 "
         f"vs one: {machine_parallel_speedup():.2f}x")
   print(f"load average after: {os.getloadavg()}")

@@ -127,6 +127,88 @@ class DeviceBlockTest(parameterized.TestCase):
     np.testing.assert_array_equal(diagonal, expected.diagonal(x_a))
     self.assertFalse(np.array_equal(pair, block.block(x_a, x_b)))
 
+  @parameterized.product(name=("mlp", "lenet"), implementation=("jacobian", "structured"))
+  def test_row_is_its_blocks(self, name, implementation):
+    # One row function, features of x_a once: each part the bytes of its own block function.
+    block = device_block.DeviceBlock(_model(name, "float32"), implementation, "float32")
+    x = _inputs(name, 12)
+    x_a, x_b, x_c = (tf.constant(x[k:k + 4]) for k in (0, 4, 8))
+    specs = [tf.TensorSpec(x_a.shape, tf.float32), tf.TensorSpec([None] + x_a.shape, tf.float32)]
+    with_diagonal = tf.function(lambda a, bs: block.row(a, bs, diagonal=True),
+                                input_signature=specs)
+    without = tf.function(lambda a, bs: block.row(a, bs, diagonal=False))
+    np.testing.assert_array_equal(
+        with_diagonal(x_a, tf.stack([x_b, x_c])),
+        np.concatenate([block.diagonal(x_a), block.block(x_a, x_b), block.block(x_a, x_c)], 1))
+    np.testing.assert_array_equal(without(x_a, x_c[None]), block.block(x_a, x_c))
+    # K' varies without a new trace; K' = 0 is the diagonal block alone.
+    np.testing.assert_array_equal(with_diagonal(x_a, x_b[None][:0]), block.diagonal(x_a))
+    self.assertEqual(with_diagonal.experimental_get_tracing_count(), 1)
+
+  @parameterized.parameters("mlp", "lenet")
+  def test_row_with_weights_as_inputs(self, name):
+    model, other = _model(name, "float32"), _model(name, "float32")
+    other.set_weights([w * 1.5 for w in model.get_weights()])
+    block = device_block.DeviceBlock(model, "structured", "float32")
+    x = _inputs(name, 8)
+    x_a, x_b = tf.constant(x[:4]), tf.constant(x[4:])
+    weights = [tf.constant(w) for w in other.get_weights()]
+    row = tf.function(lambda a, bs, w: block.row(a, bs, diagonal=True, weights=w))(
+        x_a, x_b[None], weights)
+    expected = device_block.DeviceBlock(other, "structured", "float32")
+    np.testing.assert_array_equal(
+        row, np.concatenate([expected.diagonal(x_a), expected.block(x_a, x_b)], 1))
+
+  def test_gram_job_groups_blocks_by_row(self):
+    # Rows of at most row_blocks blocks, never across block rows, the diagonal first;
+    # a resumed job groups only its missing blocks; the Gram is the brute-force one.
+    model, x = _model("mlp"), _inputs("mlp", 18)  # blocks of 4: 5 row blocks, 15 blocks
+
+    class RowRunner(runners.LocalRunner):
+      row_blocks = 3
+      submitted = []
+      fail_after = None  # handles whose results are returned before a kill
+      returned = 0
+
+      def submit_row(self, i0, j0s):
+        self.submitted.append((i0, list(j0s)))
+        return super().submit_row(i0, j0s)
+
+      def row_results(self, handle):
+        if self.fail_after is not None and self.returned >= self.fail_after:
+          raise KeyboardInterrupt("killed")
+        self.returned += 1
+        return super().row_results(handle)
+
+    path = self.create_tempdir().full_path
+    kwargs = dict(block_size=4, dtype="float64", implementation="structured",
+                  commit_interval_s=0.0, progress=False)
+    with RowRunner(model, "structured", "float64") as runner:
+      runner.fail_after = 4
+      with self.assertRaises(KeyboardInterrupt):
+        gram_job.compute_gram(path, model, x, runner, **kwargs)
+    first = list(RowRunner.submitted)
+    RowRunner.submitted.clear()
+    with RowRunner(model, "structured", "float64") as runner:
+      store = gram_job.compute_gram(path, model, x, runner, **kwargs)
+    self.assertEqual(first[:4], [(0, [0, 4, 8]), (0, [12, 16]), (4, [4, 8, 12]), (4, [16])])
+    # The rerun submits only the rows the killed job did not return.
+    self.assertEqual(RowRunner.submitted, [(8, [8, 12, 16]), (12, [12, 16]), (16, [16])])
+    expected = _brute_force_gram(model, x)
+    np.testing.assert_allclose(store.matrix, expected, rtol=1e-10,
+                               atol=1e-12 * np.abs(expected).max())
+
+  def test_submit_row_checks_the_row(self):
+    with runners.LocalRunner(_model("mlp"), "structured", "float64") as runner:
+      runner.start(_inputs("mlp", 8), 4)
+      with self.assertRaisesRegex(ValueError, r"1 to row_blocks=1 blocks. Received: j0s=\[0, 4\]"):
+        runner.submit_row(0, [0, 4])
+      runner.row_blocks = 2
+      with self.assertRaisesRegex(ValueError, r"first block may be its diagonal block \(i0=4\)"):
+        runner.submit_row(4, [0, 4])
+    with self.assertRaisesRegex(ValueError, "row_blocks"):
+      runners.ClusterRunner(_model("mlp"), "structured", "float64", None, 1, row_blocks=0)
+
   def test_jacobian_block_takes_no_weights(self):
     block = device_block.DeviceBlock(_model("mlp"), "jacobian", "float64")
     self.assertFalse(block.takes_weights)
@@ -170,6 +252,17 @@ class DeviceBlockTest(parameterized.TestCase):
       grams[cache_bytes] = np.array(store.matrix)
       if cache_bytes:
         self.assertEqual(runner.feature_caches[0].computed, 5)
+        # A second Gram of the same inputs (the store's data key) keeps the features;
+        # other inputs of the same shape clear them.
+        again = gram_job.compute_gram(self.create_tempdir().full_path, model, x, runner,
+                                      block_size=4, dtype="float32",
+                                      implementation="structured", progress=False)
+        self.assertEqual(runner.feature_caches[0].computed, 5)
+        np.testing.assert_array_equal(again.matrix, grams[cache_bytes])
+        gram_job.compute_gram(self.create_tempdir().full_path, model, x[::-1], runner,
+                              block_size=4, dtype="float32", implementation="structured",
+                              progress=False)
+        self.assertEqual(runner.feature_caches[0].computed, 10)
       else:
         self.assertIsNone(runner.feature_caches)
     np.testing.assert_array_equal(grams[1 << 30], grams[0])
@@ -205,6 +298,14 @@ class DeviceBlockTest(parameterized.TestCase):
     self.assertEqual(settings.device_feature_cache_bytes, runners.DEVICE_FEATURE_CACHE_BYTES)
     config.device_feature_cache_bytes = -5
     with self.assertRaisesRegex(ValueError, "device_feature_cache_bytes=-5"):
+      gram_experiment.settings_from_config(config)
+
+  def test_gram_config_checks_the_cluster_row_blocks(self):
+    config = gram_config.get_config("smoke")
+    self.assertEqual(gram_experiment.settings_from_config(config).cluster_row_blocks,
+                     runners.ROW_BLOCKS)
+    config.cluster_row_blocks = 0
+    with self.assertRaisesRegex(ValueError, "cluster_row_blocks=0"):
       gram_experiment.settings_from_config(config)
 
   def test_check_cluster(self):

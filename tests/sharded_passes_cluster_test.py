@@ -131,17 +131,49 @@ class ShardedPassesClusterTest(absltest.TestCase):
       want = self.jac[i0:i0 + block] @ self.jac[j0:j0 + block].T  # brute force
       np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max(),
                                  err_msg=f"block ({i0}, {j0})")
-    diagonal, pair = runner._resident  # pylint: disable=protected-access
+    diagonal, pair, rows = runner._resident  # pylint: disable=protected-access
     iterator = runner._iterator  # pylint: disable=protected-access
+    j0s, count = tf.constant([0] * runner.row_blocks), tf.constant(1)
     for concrete in (diagonal.get_concrete_function(iterator, tf.constant(0)),
-                     pair.get_concrete_function(iterator, tf.constant(0), tf.constant(0))):
+                     pair.get_concrete_function(iterator, tf.constant(0), tf.constant(0)),
+                     rows[True].get_concrete_function(iterator, tf.constant(0), j0s, count),
+                     rows[False].get_concrete_function(iterator, tf.constant(0), j0s, count)):
       captured = [t for t in concrete.captured_inputs if t.dtype == tf.resource]
       self.assertEmpty(captured, f"{concrete.name} reads variables")
     # The control: the Jacobian runner's blocks do read the variables.
     self.runner.start(self.x, block)
-    diagonal, _ = self.runner._resident  # pylint: disable=protected-access
+    diagonal = self.runner._resident[0]  # pylint: disable=protected-access
     concrete = diagonal.get_concrete_function(self.runner._iterator, tf.constant(0))  # pylint: disable=protected-access
     self.assertNotEmpty([t for t in concrete.captured_inputs if t.dtype == tf.resource])
+
+  def test_rows_of_blocks_and_resident_inputs_kept(self):
+    # One closure per row of blocks, each block the brute-force one; a start with the
+    # last key and weights keeps the resident inputs, new weights or a new key resend.
+    runner = runners.ClusterRunner(self.model, "structured", "float64", self.strategy, 2,
+                                   row_blocks=3)
+    block = 16
+    runner.start(self.x, block, key="x")
+    sent = runner._iterator  # pylint: disable=protected-access
+    for i0, j0s in ((0, [0, 16, 32]), (16, [32, 48]), (48, [48])):
+      handle = runner.submit_row(i0, j0s)
+      self.assertLen(handle, 2, "one closure per row")  # (count, closure)
+      for j0, got in zip(j0s, runner.row_results(handle)):
+        want = self.jac[i0:i0 + block] @ self.jac[j0:j0 + block].T  # brute force
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max(),
+                                   err_msg=f"block ({i0}, {j0})")
+    runner.start(self.x, block, key="x")
+    self.assertIs(runner._iterator, sent)  # pylint: disable=protected-access
+    got = runner.row_results(runner.submit_row(0, [48]))[0]
+    want = self.jac[:block] @ self.jac[48:48 + block].T
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+    runner.start(self.x_other, block, key="x_other")
+    self.assertIsNot(runner._iterator, sent)  # pylint: disable=protected-access
+    sent = runner._iterator  # pylint: disable=protected-access
+    runner.model.set_weights([w * 1.5 for w in runner.model.get_weights()])
+    runner.start(self.x_other, block, key="x_other")
+    self.assertIsNot(runner._iterator, sent)  # pylint: disable=protected-access
+    with self.assertRaisesRegex(ValueError, r"row_blocks=3 blocks. Received: j0s=\[0, 16, 32, 48\]"):
+      runner.submit_row(0, [0, 16, 32, 48])
 
   def test_server_cpu_seconds(self):
     seconds = self.cluster.cpu_seconds()

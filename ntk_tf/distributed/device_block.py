@@ -29,6 +29,9 @@ this costs at most one extra forward/backward pass of B examples per block.
 STRUCTURED also has the two steps apart, `features(x)` and
 `contract(features_a, features_b)` / `contract_diagonal(features_a)`, the
 same ops: a local device keeps its blocks' features (`runners.LocalRunner`).
+`row(x_a, x_bs, diagonal=...)` computes several blocks of one block row in
+one function, the features of x_a once, each block with its function's ops
+(one cluster closure per row of blocks, `runners.ClusterRunner.submit_row`).
 
 Weights as inputs (STRUCTURED without reference layers: `takes_weights`):
 `stateless_block(x_a, x_b, weights)` and `stateless_diagonal(x_a, weights)`
@@ -123,7 +126,7 @@ class DeviceBlock:
     self.block = tf.function(self._placed(pair))
     self.diagonal = tf.function(self._placed(single))
 
-  def _stateless(self, fn, weights, *xs) -> tf.Tensor:
+  def _stateless(self, fn, weights, *xs, **kwargs) -> tf.Tensor:
     if not self.takes_weights:
       why = ("its model has layers differentiated with respect to their variables"
              if self.implementation == kernels.NtkImplementation.STRUCTURED
@@ -134,7 +137,40 @@ class DeviceBlock:
                        f"({len(self.model.weights)}). Received: {len(weights)} tensors")
     features = self._features.python_function  # inlined: traced under the scope below
     with keras.StatelessScope(state_mapping=list(zip(self.model.weights, weights))):
-      return self._placed(lambda *args: fn(*args, features=features))(*xs)
+      return self._placed(lambda *args: fn(*args, features=features, **kwargs))(*xs)
+
+  def row(self, x_a: tf.Tensor, x_bs: tf.Tensor, *, diagonal: bool, weights=None) -> tf.Tensor:
+    """Several blocks of one block row, the features (Jacobian) of x_a computed once:
+
+        [diagonal(x_a) if diagonal] ++ [block(x_a, x_bs[k]) for k < K']   [B, K * B]
+
+    concatenated along columns (x_bs `[K', B, ...]`, K = diagonal + K'), each
+    `[B, B]` part with the same ops, hence the same bytes, as the block
+    function it names. The x_bs blocks run one at a time in a `tf.while_loop`,
+    so K' may vary without a new trace. Untraced: call it in a `tf.function`.
+    With `weights` (`takes_weights`), `model.weights` are read from those
+    tensors as in `stateless_block`. A cluster closure then carries K blocks:
+    the coordinator's work per closure (scheduling, fetching) is paid once for
+    them (`runners.ClusterRunner.submit_row`).
+    """
+    if weights is not None:
+      return self._stateless(self._row, weights, x_a, x_bs, diagonal=diagonal)
+    return self._placed(lambda a, bs: self._row(a, bs, diagonal=diagonal))(x_a, x_bs)
+
+  def _row(self, x_a: tf.Tensor, x_bs: tf.Tensor, *, diagonal: bool, features=None) -> tf.Tensor:
+    if self.implementation == kernels.NtkImplementation.JACOBIAN:
+      featurize, contract = self._jac, gram_block.gram_block
+    else:
+      featurize, contract = features or self._features, self._contract
+    features_a = featurize(x_a)
+    rows = tf.shape(x_a)[0]
+    blocks = tf.map_fn(lambda x_b: contract(features_a, featurize(x_b)), x_bs,
+                       fn_output_signature=self.accumulate_dtype,
+                       parallel_iterations=1)  # [K', B, B]
+    parts = [tf.reshape(tf.transpose(blocks, [1, 0, 2]), [rows, -1])]  # [B, K' * B]
+    if diagonal:
+      parts.insert(0, _symmetrized(contract(features_a, features_a)))  # [B, B]
+    return tf.concat(parts, axis=1)  # [B, K * B]
 
   def stateless_block(self, x_a: tf.Tensor, x_b: tf.Tensor, weights) -> tf.Tensor:
     """`block(x_a, x_b)` with `model.weights` read from `weights`; untraced (call it in a

@@ -49,6 +49,7 @@ class GramSettings:
   implementation: str
   local_devices: int
   device_feature_cache_bytes: int
+  cluster_row_blocks: int
   worker_threads: Optional[int]
   commit_interval_s: float
   progress: bool
@@ -79,6 +80,8 @@ def settings_from_config(config: Mapping[str, Any]) -> GramSettings:
       device_feature_cache_bytes=pipeline.check_non_negative_int(
           pipeline.field(config, "device_feature_cache_bytes",
                          runners.DEVICE_FEATURE_CACHE_BYTES), "device_feature_cache_bytes"),
+      cluster_row_blocks=pipeline.check_positive_int(
+          pipeline.field(config, "cluster_row_blocks", runners.ROW_BLOCKS), "cluster_row_blocks"),
       worker_threads=None if threads is None else pipeline.check_positive_int(
           threads, "worker_threads"),
       commit_interval_s=pipeline.check_positive_number(config["commit_interval_s"],
@@ -117,7 +120,8 @@ def run(settings: GramSettings, workdir: pathlib.Path, cluster: Optional[str] = 
     atomic.write_json(workdir / "config.json", settings.config)
     if resolved is not None:
       runner = runners.ClusterRunner(model, settings.implementation, settings.dtype,
-                                     resolved.strategy, resolved.num_workers)
+                                     resolved.strategy, resolved.num_workers,
+                                     row_blocks=settings.cluster_row_blocks)
       where = f"a cluster of {runner.num_workers} workers"
     else:
       runner = runners.LocalRunner(model, settings.implementation, settings.dtype, devices,

@@ -7,7 +7,8 @@
 
 Blocks are those of `gram.iter_blocks(N, N, B, symmetric=True)` (upper
 triangle, mirrored). The caller's process is the only writer: it submits up to
-`runner.slots` blocks, takes their results in submission order, and
+`runner.slots` handles of up to `runner.row_blocks` blocks of one block row
+each, takes their results in submission order, and
 `GramStore`'s own loop writes each into the store's memory map and commits
 (flush, then log lines with checksums) every `commit_interval_s`
 (`ntk_tf.gram_store_format`). Workers
@@ -56,25 +57,33 @@ class RunnerGramStore(gram_store_lib.GramStore):
                      **device_block.store_options(implementation))
 
   def _missing_blocks(self) -> Iterator[Tuple[int, np.ndarray]]:
-    """The missing blocks from the runner, `runner.slots` in flight, in submission order.
+    """The missing blocks from the runner, in submission order.
 
-    `GramStore._compute_missing` writes and commits them (flush the matrix, then
-    append the blocks' log lines); only the source of the blocks differs.
+    Consecutive missing blocks of one block row (`iter_blocks` is row-major, each
+    row's diagonal block first) go to the runner together, up to
+    `runner.row_blocks` of them per handle (`Runner.submit_row`), with
+    `runner.slots` handles in flight. `GramStore._compute_missing` writes and
+    commits them (flush the matrix, then append the blocks' log lines); only
+    the source of the blocks differs.
     """
     todo = collections.deque(index for index in range(len(self._blocks))
                              if index not in self._done)
-    in_flight = collections.deque()  # (index, handle), oldest first.
-    self.runner.start(self._x, self.block_size)
+    in_flight = collections.deque()  # (indices, handle), oldest first.
+    self.runner.start(self._x, self.block_size, key=self._identity["data_fingerprint"])
     while todo or in_flight:
       while todo and len(in_flight) < self.runner.slots:
-        index = todo.popleft()
-        i0, _, j0, _ = self._blocks[index]
-        in_flight.append((index, self.runner.submit(i0, j0)))
-      index, handle = in_flight.popleft()
-      i0, i1, j0, j1 = block = self._blocks[index]
-      tile = self.runner.result(handle)[:i1 - i0, :j1 - j0]  # the padded [B, B], cropped
-      gram_lib.check_finite_block(tile, block)
-      yield index, tile
+        row = [todo.popleft()]
+        i0 = self._blocks[row[0]][0]
+        while (todo and len(row) < self.runner.row_blocks
+               and self._blocks[todo[0]][0] == i0 and self._blocks[todo[0]][2] != i0):
+          row.append(todo.popleft())
+        in_flight.append((row, self.runner.submit_row(i0, [self._blocks[k][2] for k in row])))
+      row, handle = in_flight.popleft()
+      for index, padded in zip(row, self.runner.row_results(handle)):
+        i0, i1, j0, j1 = block = self._blocks[index]
+        tile = padded[:i1 - i0, :j1 - j0]  # the padded [B, B], cropped
+        gram_lib.check_finite_block(tile, block)
+        yield index, tile
 
 
 def compute_gram(path: Union[str, os.PathLike], model: keras.Model, x: types.Inputs,
