@@ -18,7 +18,7 @@ thread settings). `slots` is how many blocks the caller keeps in flight.
                  are mirrored on every device (`tf.distribute.MirroredStrategy`).
   ClusterRunner  a `tf.distribute.experimental.ParameterServerStrategy` and its
                  `tf.distribute.coordinator.ClusterCoordinator` (`ntk_tf.distributed.cluster`):
-                 each block is a closure scheduled on some worker; the model's
+                 blocks are closures scheduled on free workers; the model's
                  variables live on the parameter servers. Inputs up to
                  `RESIDENT_MAX_BYTES` are sent once to every worker (a
                  per-worker dataset) and closures take only row offsets;
@@ -396,7 +396,8 @@ def _resident_functions(block: device_block.DeviceBlock, rows_shape) -> Tuple[Ca
 
 
 class ClusterRunner(Runner):
-  """Each block a closure scheduled by a `ClusterCoordinator` on some worker.
+  """Blocks as closures scheduled by a `ClusterCoordinator` on free workers (a row of
+  up to `row_blocks` blocks per closure with resident inputs, else one block).
 
   The coordinator re-runs a closure on another worker when its worker fails
   (`tf.distribute.coordinator.ClusterCoordinator`), so a lost worker costs its
