@@ -1,25 +1,26 @@
 """Scaling of the Gram on a localhost parameter-server cluster: 2 workers vs 1 worker.
 
     python -m benchmarks.distributed_scaling [--models=mlp,lenet] [--n=4000] [--block_size=256]
-        [--workers=1,2] [--row_blocks=K]
+        [--workers=1,2] [--row_blocks=K] [--repeats=3]
 
 For each model, the same Gram Theta(x, x) of N CIFAR-10 images (N = 4,000;
 Gaussian inputs where the data is absent) is computed by `ntk_tf.distributed`
 on `--cluster=local:1` and on `--cluster=local:2`, every worker with ONE
 intra-op thread and pinned to its own core (worker i on core i; without
 pinning TF's inter-op pool lets one worker use every core), each configuration
-in a fresh coordinator process. Timed:
-`compute_gram` of the whole Gram after a warm-up Gram of the same inputs on the
-same cluster (so cluster start, tracing and XLA compilation on the workers,
-and sending the inputs to them, fixed costs of a job whatever its size, are
-not counted: the timed Gram's store has the warm-up's data key, and the
-runner keeps the inputs resident, `ClusterRunner.start`). Each closure
-carries up to `--row_blocks` blocks of one block row (default:
-`runners.ROW_BLOCKS`). Printed: this machine's features, seconds per configuration, the
-speedup t(1 worker) / t(2 workers) (ideal 2.0), the CPU seconds the
-coordinator, the parameter server and the workers used in the timed part (the
-coordinator and the parameter server share the machine's cores with the
-workers, so their CPU bounds the speedup), whether the two Grams are
+in a fresh coordinator process. Timed: `--repeats` Grams one after another
+(`compute_gram`, each into a new store) after a warm-up Gram of the same
+inputs on the same cluster, so cluster start, tracing and XLA compilation on
+the workers, and sending the inputs to them, fixed costs of a job whatever
+its size, are not counted (the timed Grams' stores have the warm-up's data
+key, and the runner keeps the inputs resident: `ClusterRunner.start`). Each
+closure carries up to `--row_blocks` blocks of one block row (default:
+`runners.ROW_BLOCKS`). Printed: this machine's features; per configuration
+the median Gram's seconds (all of them in brackets), the speedup of the
+medians t(1 worker) / t(2 workers) (ideal 2.0), the CPU seconds the
+coordinator, the parameter server and the workers used in the median Gram
+(the coordinator and the parameter server share the machine's cores with the
+workers, so their CPU bounds the speedup), whether the Grams are
 byte-identical, and the machine's own ceiling measured in the same run
 (`machine_parallel_speedup`: two independent single-threaded processes).
 """
@@ -44,6 +45,8 @@ _IMPLEMENTATION = flags.DEFINE_enum("implementation", "structured", ["structured
                                     "The device block's implementation.")
 _ROW_BLOCKS = flags.DEFINE_integer("row_blocks", None, "Blocks of one row per closure "
                                    "(None: ClusterRunner's default).", lower_bound=1)
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed Grams per configuration, one after another "
+                                "on the same cluster; the median is reported.", lower_bound=1)
 _PIN = flags.DEFINE_bool("pin_workers", True, "Pin worker i to core i (one core per worker).")
 _CHILD = flags.DEFINE_string("child", None, "Internal: time one 'model:workers' and print JSON.")
 
@@ -79,15 +82,20 @@ def time_one(model_name: str, num_workers: int, n: int, block_size: int,
       kwargs = dict(block_size=block_size, implementation=implementation, progress=False)
       # The same shapes as the timed Gram: its traces and XLA programs are then made.
       gram_job.compute_gram(os.path.join(out, "warm_up"), model, x, runner, **kwargs)
-      start, start_cpu, servers = time.perf_counter(), time.process_time(), local.cpu_seconds()
-      store = gram_job.compute_gram(os.path.join(out, "gram"), model, x, runner, **kwargs)
-      seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-      servers = {name: s - servers.get(name, 0.0) for name, s in local.cpu_seconds().items()}
+      runs = []  # (seconds, coordinator CPU s, {task: CPU s}) of each timed Gram
+      for repeat in range(_REPEATS.value):
+        start, start_cpu, servers = time.perf_counter(), time.process_time(), local.cpu_seconds()
+        store = gram_job.compute_gram(os.path.join(out, f"gram{repeat}"), model, x, runner,
+                                      **kwargs)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+        runs.append((seconds, cpu, {name: s - servers.get(name, 0.0)
+                                    for name, s in local.cpu_seconds().items()}))
   finally:
     local.close()
+  seconds, cpu, servers = sorted(runs, key=lambda run: run[0])[len(runs) // 2]  # the median
   return {"model": model_name, "workers": num_workers, "n": n, "blocks": store.num_blocks,
-          "seconds": seconds, "coordinator_cpu_s": cpu, "data": source,
-          "row_blocks": runner.row_blocks,
+          "seconds": seconds, "all_seconds": [run[0] for run in runs],
+          "coordinator_cpu_s": cpu, "data": source, "row_blocks": runner.row_blocks,
           "ps_cpu_s": servers.get("ps:0", float("nan")),
           "worker_cpu_s": sum(s for name, s in servers.items() if name.startswith("worker")),
           "gram": str(store.matrix_path)}
@@ -138,7 +146,8 @@ def run_json_child(module: str, args, what: str) -> dict:
 def _run_child(spec: str) -> dict:
   return run_json_child("benchmarks.distributed_scaling", [
       f"--child={spec}", f"--n={_N.value}", f"--block_size={_BLOCK_SIZE.value}",
-      f"--implementation={_IMPLEMENTATION.value}", f"--pin_workers={_PIN.value}"]
+      f"--implementation={_IMPLEMENTATION.value}", f"--pin_workers={_PIN.value}",
+      f"--repeats={_REPEATS.value}"]
       + ([f"--row_blocks={_ROW_BLOCKS.value}"] if _ROW_BLOCKS.value else []), spec)
 
 
@@ -154,7 +163,8 @@ def main(argv):
   print(f"This machine's ceiling before (see below): {machine_parallel_speedup():.2f}x")
   print(f"Gram of N={_N.value}, blocks of {_BLOCK_SIZE.value}, {_IMPLEMENTATION.value}, "
         f"float32; each worker 1 intra-op thread, pinned to a core: {_PIN.value}; "
-        f"--cluster=local:W\n")
+        f"--cluster=local:W; the median of {_REPEATS.value} timed Gram(s) per configuration "
+        f"(all of them in brackets), its CPU seconds\n")
   print(f"{'model':8} {'workers':>7} {'blocks':>6} {'seconds':>9} {'speedup':>8} "
         f"{'bytes == baseline':>18} {'CPU s: coordinator':>18} {'ps':>5} {'workers':>7}")
   for model_name in _MODELS.value:
@@ -168,7 +178,8 @@ def main(argv):
       print(f"{model_name:8} {workers:>7} {row['blocks']:>6} {row['seconds']:>9.2f} "
             f"{baseline[0] / row['seconds']:>7.2f}x {str(gram_bytes == baseline[1]):>18}"
             f" {row['coordinator_cpu_s']:>18.2f} {row['ps_cpu_s']:>5.2f} {row['worker_cpu_s']:>7.2f}"
-            f"   ({row['data']}; {row['row_blocks']} blocks per closure)", flush=True)
+            f"   [{', '.join(f'{t:.2f}' for t in row['all_seconds'])}] ({row['data']}; "
+            f"{row['row_blocks']} blocks per closure)", flush=True)
   print(f"\nThis machine's ceiling after: two single-threaded GEMM loops on cores 0 and 1 "
         f"vs one: {machine_parallel_speedup():.2f}x")
   print(f"load average after: {os.getloadavg()}")
