@@ -263,6 +263,23 @@ class DeviceBlockTest(parameterized.TestCase):
                               block_size=4, dtype="float32", implementation="structured",
                               progress=False)
         self.assertEqual(runner.feature_caches[0].computed, 10)
+        # The same inputs with new weights (the runner's model is this model): recomputed.
+        gram_job.compute_gram(self.create_tempdir().full_path, model, x[::-1], runner,
+                              block_size=4, dtype="float32", implementation="structured",
+                              progress=False)
+        self.assertEqual(runner.feature_caches[0].computed, 10)
+        original = model.get_weights()
+        model.set_weights([w * 1.25 for w in original])
+        scaled = gram_job.compute_gram(self.create_tempdir().full_path, model, x[::-1], runner,
+                                       block_size=4, dtype="float32",
+                                       implementation="structured", progress=False)
+        self.assertEqual(runner.feature_caches[0].computed, 15)
+        reference = _model(name)
+        reference.set_weights([w.astype("float64") for w in model.get_weights()])
+        expected = _brute_force_gram(reference, x[::-1])
+        np.testing.assert_allclose(scaled.matrix, expected, rtol=2e-4,
+                                   atol=2e-5 * np.abs(expected).max())
+        model.set_weights(original)
       else:
         self.assertIsNone(runner.feature_caches)
     np.testing.assert_array_equal(grams[1 << 30], grams[0])

@@ -193,6 +193,23 @@ class ShardedPassesClusterTest(absltest.TestCase):
     np.testing.assert_array_equal(disturbed, undisturbed)
     sharded_reference.assert_within(self, disturbed, self.expected, self.scale,
                                     "after a worker loss vs brute force")
+    self._wait_for_restart(restarts)
+    # Gram rows (one closure per row of blocks) in flight when worker 1 is lost.
+    restarts = self.cluster.restarts
+    block = 16
+    self.runner.start(self.x, block)
+    rows = ((0, [0, 16, 32, 48]), (16, [16, 32, 48]), (32, [32, 48]), (48, [48]))
+    handles = [self.runner.submit_row(i0, j0s) for i0, j0s in rows]
+    self.runner.kill_next = True
+    for (i0, j0s), handle in zip(rows, handles):
+      for j0, got in zip(j0s, self.runner.row_results(handle)):
+        want = self.jac[i0:i0 + block] @ self.jac[j0:j0 + block].T  # brute force
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max(),
+                                   err_msg=f"block ({i0}, {j0}) after a worker loss")
+    self.assertFalse(self.runner.kill_next)
+    self._wait_for_restart(restarts)
+
+  def _wait_for_restart(self, restarts):
     deadline = time.monotonic() + 60  # LocalCluster restarts worker 1 on its port
     while not (self.cluster.restarts > restarts and
                local_cluster._listening(self.cluster.spec["worker"][1])):  # pylint: disable=protected-access
