@@ -164,36 +164,28 @@ class DeviceBlockTest(parameterized.TestCase):
     # a resumed job groups only its missing blocks; the Gram is the brute-force one.
     model, x = _model("mlp"), _inputs("mlp", 18)  # blocks of 4: 5 row blocks, 15 blocks
 
-    class RowRunner(runners.LocalRunner):
+    class RowRunner(_FailingRunner):
       row_blocks = 3
-      submitted = []
-      fail_after = None  # handles whose results are returned before a kill
-      returned = 0
+      rows_submitted = []
 
       def submit_row(self, i0, j0s):
-        self.submitted.append((i0, list(j0s)))
+        self.rows_submitted.append((i0, list(j0s)))
         return super().submit_row(i0, j0s)
-
-      def row_results(self, handle):
-        if self.fail_after is not None and self.returned >= self.fail_after:
-          raise KeyboardInterrupt("killed")
-        self.returned += 1
-        return super().row_results(handle)
 
     path = self.create_tempdir().full_path
     kwargs = dict(block_size=4, dtype="float64", implementation="structured",
                   commit_interval_s=0.0, progress=False)
-    with RowRunner(model, "structured", "float64") as runner:
-      runner.fail_after = 4
+    # Killed at the 10th block result: the first 4 rows (3 + 2 + 3 + 1 blocks) are written.
+    with RowRunner(model, "structured", "float64", fail_after=9) as runner:
       with self.assertRaises(KeyboardInterrupt):
         gram_job.compute_gram(path, model, x, runner, **kwargs)
-    first = list(RowRunner.submitted)
-    RowRunner.submitted.clear()
+    first = list(RowRunner.rows_submitted)
+    RowRunner.rows_submitted.clear()
     with RowRunner(model, "structured", "float64") as runner:
       store = gram_job.compute_gram(path, model, x, runner, **kwargs)
     self.assertEqual(first[:4], [(0, [0, 4, 8]), (0, [12, 16]), (4, [4, 8, 12]), (4, [16])])
     # The rerun submits only the rows the killed job did not return.
-    self.assertEqual(RowRunner.submitted, [(8, [8, 12, 16]), (12, [12, 16]), (16, [16])])
+    self.assertEqual(RowRunner.rows_submitted, [(8, [8, 12, 16]), (12, [12, 16]), (16, [16])])
     expected = _brute_force_gram(model, x)
     np.testing.assert_allclose(store.matrix, expected, rtol=1e-10,
                                atol=1e-12 * np.abs(expected).max())

@@ -130,6 +130,9 @@ class Runner:
   slots: int = 1
   places: int = 1
   row_blocks: int = 1  # blocks of one block row a `submit_row` handle may hold
+  block_size: Optional[int] = None  # B of the last `start`
+  _start_key: Optional[str] = None  # the last start's key, and the model's weights then
+  _start_weights: Optional[List[np.ndarray]] = None  # (read only when a key is given)
 
   def start(self, x: np.ndarray, block_size: int, key: Optional[str] = None) -> None:
     """Takes the inputs `x [N, ...]` of the blocks to come, zero-padded to a multiple of B.
@@ -140,10 +143,10 @@ class Runner:
     from x (features, inputs resident on workers): `_same_inputs`.
     """
     padded_rows = -(-x.shape[0] // block_size) * block_size  # ceil(N / B) * B
-    weights = self.model.get_weights()
-    last = getattr(self, "_start_weights", None)
-    self._same_inputs = (key is not None and getattr(self, "_start_key", None) == key
-                         and getattr(self, "block_size", None) == block_size
+    weights = None if key is None else self.model.get_weights()
+    last = self._start_weights
+    self._same_inputs = (key is not None and key == self._start_key
+                         and block_size == self.block_size
                          and last is not None and len(last) == len(weights)
                          and all(np.array_equal(a, b) for a, b in zip(weights, last)))
     self._start_key, self._start_weights = key, weights
@@ -449,7 +452,10 @@ class ClusterRunner(Runner):
     if self._same_inputs and self._iterator is not None:
       return
     self._iterator = None
-    weights = self._start_weights if self.block.takes_weights else []
+    weights = []
+    if self.block.takes_weights:  # read by the base class' start when it had a key
+      weights = (self.model.get_weights() if self._start_weights is None
+                 else self._start_weights)
     if self.x.nbytes + sum(w.nbytes for w in weights) > RESIDENT_MAX_BYTES:
       return
     x_all = tf.constant(np.ascontiguousarray(self.x, dtype=self.block.dtype))  # [N_pad, ...]
