@@ -207,9 +207,10 @@ def prepare(model: keras.Model, x1: types.Inputs, x2: Optional[types.Inputs],
   max(N1, N2)). With `implementation`, the block's estimated peak memory
   (`block_size.check_block_memory`) must fit `memory_budget_bytes` (None:
   the machine's physical memory), else ValueError names block_size.
-  `block_size=None` (only with `implementation`) means the largest block of
-  at most max(N1, N2) rows whose peak fits `memory_budget_bytes`
-  (`block_size.largest_block_size`; None: its default budget).
+  `block_size=None` (only with `implementation`) means max(N1, N2) split
+  evenly into blocks that fit `memory_budget_bytes` (None: the default budget)
+  and are at most `block_size.DEFAULT_MAX_BLOCK` rows
+  (`block_size.default_block_size`).
   """
   if block_size is not None or implementation is None:
     block_size = validation.check_positive_int(block_size, "block_size")
@@ -220,7 +221,7 @@ def prepare(model: keras.Model, x1: types.Inputs, x2: Optional[types.Inputs],
   x2 = None if x2 is None else validation.check_inputs(model, x2, "x2")
   if block_size is None:
     n = max(x1.shape[0], x1.shape[0] if x2 is None else x2.shape[0])
-    block_size = block_size_lib.largest_block_size(model, implementation, dtype, n,
+    block_size = block_size_lib.default_block_size(model, implementation, dtype, n,
                                                    memory_budget_bytes)
   if cap_block_size:
     block_size = effective_block_size(block_size, x1.shape[0],
@@ -251,10 +252,11 @@ def ntk_gram(model: keras.Model, x1: types.Inputs, x2: Optional[types.Inputs] = 
   Jacobians, features and products are in `dtype`, each block is summed in
   `accumulate_dtype` (an option; default `dtype`), and the result is `dtype`.
 
-  Block size: by default (None) the largest block of at most max(N1, N2)
-  rows whose estimated peak memory fits `memory_budget_bytes` (None: 1 GiB
-  or a quarter of physical memory, `block_size.largest_block_size`), so a
-  Gram of a few thousand small-model examples is one block.
+  Block size: by default (None) max(N1, N2) split evenly into row blocks
+  whose estimated peak memory fits `memory_budget_bytes` (None: 1 GiB or a
+  quarter of physical memory) and of at most `block_size.DEFAULT_MAX_BLOCK`
+  = 3,000 rows (`block_size.default_block_size`), so a Gram of up to 3,000
+  small-model examples is one block.
   Blocks are at most max(N1, N2) rows (`effective_block_size`: a larger
   block_size is capped, so a small Gram is not padded to a full block). The
   padded batch size can change the last bits of the batched TF ops, so a Gram
@@ -273,8 +275,8 @@ def ntk_gram(model: keras.Model, x1: types.Inputs, x2: Optional[types.Inputs] = 
     x1: `[N1, ...]` inputs (finite, matching the model's input shape).
     x2: `[N2, ...]` inputs, or None for Theta(x1, x1).
     block_size: B, examples per block (> 0, capped at max(N1, N2)), or
-      None for the largest B that fits the memory budget; N1, N2 need not
-      be multiples.
+      None for `block_size.default_block_size` (above); N1, N2 need not be
+      multiples.
     implementation: an `NtkImplementation` member or its value; "auto" (the default)
       picks the cheaper exact path by a FLOP estimate (`ntk_tf.auto`).
     dtype: "float32" or "float64" (the precision rule above).

@@ -27,7 +27,7 @@ import json
 import os
 import pathlib
 import time
-from typing import Any, Iterator, List, Tuple, Union
+from typing import Any, Iterator, List, Optional, Tuple, Union
 
 from absl import logging
 import keras
@@ -133,7 +133,12 @@ class GramStore:
     path: the store directory (created if absent).
     model: Keras model with one output logit (inference mode).
     x: `[N, ...]` inputs.
-    block_size: B (> 0).
+    block_size: B (> 0), the rows of a block, the unit of work and of a commit.
+      None (the default): the existing store's B if `path` holds one, else
+      `block_size.default_block_size` (N split evenly into blocks of at most
+      3,000 rows that fit 1 GiB), as `ntk_gram` picks it. Measured (MLP,
+      N = 8,000, 2-core AVX-512 CPU): B = 256 made the store 0.56-0.66x as fast as
+      in-memory `ntk_gram`, B = 2,667 (the default) 0.8-0.9x.
     dtype: "float32" or "float64".
     implementation: an `NtkImplementation` member or its value; "auto" (the default)
       picks the cheaper exact path by a FLOP estimate (`ntk_tf.auto`).
@@ -148,12 +153,16 @@ class GramStore:
   """
 
   def __init__(self, path: Union[str, os.PathLike], model: keras.Model, x: types.Inputs, *,
-               block_size: int = 256, dtype: types.DType = "float32",
+               block_size: Optional[int] = None, dtype: types.DType = "float32",
                implementation: Union[str, gram_lib.NtkImplementation] = "auto",
                commit_interval_s: float = 5.0, lock: str = "wait", overwrite: bool = False,
                verify: bool = True, **options):
-    x, _, block_size, dtype = gram_lib.prepare(model, x, None, block_size, dtype)
     member = gram_lib.resolve_implementation(implementation)
+    if block_size is None:
+      block_size = fmt.stored_block_size(path)  # Continue an existing store as it was made.
+    x, _, block_size, dtype = gram_lib.prepare(
+        model, x, None, block_size, dtype,
+        implementation=member if block_size is None else None)  # None: default_block_size.
     kernels.check_options(member, options)
     if (isinstance(commit_interval_s, bool) or not isinstance(commit_interval_s, (int, float))
         or not commit_interval_s >= 0):

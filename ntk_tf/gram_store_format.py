@@ -35,7 +35,7 @@ import json
 import os
 import pathlib
 import zlib
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from absl import logging
 import numpy as np
@@ -59,6 +59,19 @@ def block_checksum(tile: np.ndarray) -> int:
 
 
 # --- manifest.json -------------------------------------------------------------------------
+
+def stored_block_size(path: Union[str, os.PathLike]) -> Optional[int]:
+  """Returns the block size B of the store at `path`; None if none, or its manifest is damaged.
+
+  A damaged or foreign manifest is not an error here: opening the store reports it.
+  """
+  try:
+    manifest = read_manifest(pathlib.Path(path))
+  except ValueError:
+    return None
+  block_size = None if manifest is None else manifest.get("block_size")
+  return block_size if type(block_size) is int and block_size > 0 else None  # pylint: disable=unidiomatic-typecheck
+
 
 def read_manifest(path: pathlib.Path) -> Optional[dict]:
   """Returns the manifest of the store at `path`, None if it has none.

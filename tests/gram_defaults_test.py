@@ -4,6 +4,8 @@ Values against the float64 brute-force J J^T of `tests.ntk_reference`; the
 chosen block size against a linear scan of `peak_memory_bytes`.
 """
 
+from unittest import mock
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
@@ -40,6 +42,40 @@ class DefaultBlockSizeTest(parameterized.TestCase):
     self.assertEqual(block_size_lib.largest_block_size(model, implementation, "float32", 5,
                                                        budget), min(5, scan))
 
+  @parameterized.parameters((9, 4, None), (8, 4, None), (10, 3, None), (3000, 3000, None),
+                            (3001, 3000, None), (8000, 3000, None), (23, 100, 7), (30, 100, 8))
+  def test_default_block_size_splits_n_evenly(self, n, cap, budget_block):
+    """B = ceil(n / r) for the fewest r row blocks whose size fits the budget and the cap.
+
+    Found by scanning r upward with peak_memory_bytes directly, not through
+    largest_block_size; budget_block None means no budget limit.
+    """
+    model, _ = ntk_reference.model_and_twin("lenet", "relu", seed=0)
+    peak = lambda b: block_size_lib.peak_memory_bytes(model, b, "auto")
+    budget = 1 << 62 if budget_block is None else (peak(budget_block) + peak(budget_block + 1)) // 2
+    rows = next(r for r in range(1, n + 1)
+                if -(-n // r) <= cap and peak(-(-n // r)) <= budget)  # Linear scan.
+    with mock.patch.object(block_size_lib, "DEFAULT_MAX_BLOCK", cap):
+      block = block_size_lib.default_block_size(model, "auto", "float32", n, budget)
+    self.assertEqual(block, -(-n // rows))
+    self.assertEqual(-(-n // block), rows)  # The blocks are as few as the limits allow ...
+    self.assertGreaterEqual(n - (rows - 1) * block, block - rows + 1)  # ... and even.
+
+  def test_default_blocks_give_the_reference_gram(self):
+    model, twin = ntk_reference.model_and_twin("mlp", "relu", seed=7)
+    x = ntk_reference.inputs(11)
+    with mock.patch.object(block_size_lib, "DEFAULT_MAX_BLOCK", 4):
+      self.assertEqual(gram_lib.prepare(model, x, None, None, "float32", implementation="auto",
+                                        cap_block_size=True)[2], 4)  # 11 -> 4, 4, 3.
+      theta = ntk_tf.ntk_gram(model, x, dtype="float64", progress=False)
+    self.assertLess(ntk_reference.rel_error(theta, ntk_reference.brute_force_gram(twin, x)),
+                    1e-12)
+
+  def test_default_block_size_rejects_bad_n(self):
+    model, _ = ntk_reference.model_and_twin("mlp", "relu", seed=0)
+    with self.assertRaisesRegex(ValueError, "n=0"):
+      block_size_lib.default_block_size(model, "auto", "float32", 0)
+
   def test_default_block_is_the_whole_gram_when_it_fits(self):
     model, _ = ntk_reference.model_and_twin("mlp", "relu", seed=0)
     x = ntk_reference.inputs(12)
@@ -50,7 +86,7 @@ class DefaultBlockSizeTest(parameterized.TestCase):
                                       implementation="auto", cap_block_size=True,
                                       memory_budget_bytes=block_size_lib.peak_memory_bytes(
                                           model, 5, "auto"))
-    self.assertEqual(block, 5)
+    self.assertEqual(block, 4)  # 5 fits; 12 rows need 3 blocks of <= 5, split evenly: 4, 4, 4.
 
 
 class BlockFnReuseTest(absltest.TestCase):

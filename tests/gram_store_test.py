@@ -10,6 +10,7 @@ import os
 import pathlib
 import threading
 import time
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -18,6 +19,7 @@ import numpy as np
 
 from tests import test_util  # pylint: disable=unused-import
 import ntk_tf
+from ntk_tf import block_size as block_size_lib
 from ntk_tf import gram_store_format
 
 _SHAPE = (4, 4, 1)
@@ -201,6 +203,8 @@ class GramStoreTest(parameterized.TestCase):
       f.truncate(os.path.getsize(manifest) // 2)
     with self.assertRaisesRegex(ValueError, "manifest.json' is damaged .*Delete the directory"):
       _store(self.path)
+    with self.assertRaisesRegex(ValueError, "manifest.json' is damaged"):
+      ntk_tf.GramStore(self.path, _model(), _inputs())  # The default block size, unreadable.
     self.assertEqual(_store(self.path, overwrite=True).num_done, 0)
 
   def test_format_1_store_refused(self):
@@ -243,6 +247,24 @@ class GramStoreTest(parameterized.TestCase):
     waiter.join(timeout=60)
     self.assertFalse(waiter.is_alive())
     self.assertLen(results, 1)
+
+  def test_default_block_size_is_ntk_grams_and_an_existing_store_keeps_its_own(self):
+    # A new store splits N like ntk_gram(block_size=None): here N = 10 into blocks of
+    # at most 6 rows -> 2 row blocks of 5 (ceil(10 / 2)), not 6 + 4.
+    with mock.patch.object(block_size_lib, "DEFAULT_MAX_BLOCK", 6):
+      store = ntk_tf.GramStore(self.path, _model(), _inputs()).compute(progress=False)
+      self.assertEqual(store.block_size, 5)
+      self.assertEqual(store.num_blocks, 3)  # 2 * 3 / 2 upper-triangular blocks.
+    expected = ntk_tf.ntk_gram(_model(), _inputs(), block_size=5, progress=False)
+    self.assertEqual(np.asarray(store.matrix).tobytes(), expected.tobytes())
+    # Reopened without a block size, under another default, it is continued as it was made.
+    reopened = ntk_tf.GramStore(self.path, _model(), _inputs())
+    self.assertEqual((reopened.block_size, reopened.num_done), (5, 3))
+    other = os.path.join(self.create_tempdir().full_path, "other")
+    _store(other)  # block_size=3, made explicitly.
+    self.assertEqual(ntk_tf.GramStore(other, _model(), _inputs()).block_size, 3)
+    with self.assertRaisesRegex(ValueError, "block_size: store has 3, this job has 5"):
+      ntk_tf.GramStore(other, _model(), _inputs(), block_size=5)  # An explicit one is checked.
 
   def test_bad_arguments(self):
     with self.assertRaisesRegex(ValueError, "block_size=0"):
