@@ -81,6 +81,18 @@ class ShapeAndSeedTest(parameterized.TestCase):
     self.assertTrue(np.all(np.isfinite(np.asarray(y))))
 
   @parameterized.product(name=["mlp", "lenet", "resnet18"])
+  def test_k_outputs(self, name):
+    kwargs = {"width": 4} if name == "resnet18" else {}
+    one = ntk_tf.models.get(name, input_shape=(8, 8, 3), seed=2, **kwargs)
+    ten = ntk_tf.models.get(name, input_shape=(8, 8, 3), seed=2, outputs=10, **kwargs)
+    x = np.random.default_rng(0).normal(size=(3, 8, 8, 3)).astype(np.float32)
+    self.assertEqual(tuple(ten(x, training=False).shape), (3, 10))
+    # Every layer below the head is the same; the head has 10 units.
+    for wa, wb in zip(one.get_weights()[:-2], ten.get_weights()[:-2]):
+      np.testing.assert_array_equal(wa, wb)
+    self.assertEqual(ten.get_weights()[-2].shape[-1], 10)
+
+  @parameterized.product(name=["mlp", "lenet", "resnet18"])
   def test_same_seed_same_weights_other_seed_differs(self, name):
     kwargs = {"width": 4} if name == "resnet18" else {}
     a = ntk_tf.models.get(name, seed=3, **kwargs).get_weights()
@@ -126,7 +138,9 @@ class BadInputTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "seed=-1"):
       ntk_tf.models.get("mlp", seed=-1)
 
-  @parameterized.parameters(("mlp", "width", 0), ("mlp", "depth", -1), ("resnet18", "width", 0))
+  @parameterized.parameters(("mlp", "width", 0), ("mlp", "depth", -1), ("resnet18", "width", 0),
+                            ("mlp", "outputs", 0), ("lenet", "outputs", -2),
+                            ("resnet18", "outputs", 0))
   def test_bad_size(self, name, arg, value):
     with self.assertRaisesRegex(ValueError, f"Received: {arg}={value}"):
       ntk_tf.models.get(name, **{arg: value})

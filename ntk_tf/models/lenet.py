@@ -1,4 +1,4 @@
-"""LeNet5 of App. A, with 'same' padding and one output logit.
+"""LeNet5 of App. A, with 'same' padding and one output logit (K with `outputs=K`).
 
     Conv(6, 5x5) act AvgPool(2) Conv(16, 5x5) act AvgPool(2)
     Flatten Dense(120) act Dense(84) act Dense(1)
@@ -11,12 +11,14 @@ from typing import Sequence
 
 import keras
 
+from ntk_tf import validation
 from ntk_tf.models import common
 
 
 def lenet(input_shape: Sequence[int] = (32, 32, 3), *, activation: str = "relu",
-          seed: int = 0) -> keras.Model:
-  """Builds LeNet5 ('same' padding, average pooling) with one logit."""
+          seed: int = 0, outputs: int = 1) -> keras.Model:
+  """Builds LeNet5 ('same' padding, average pooling) with `outputs` logits (default 1)."""
+  outputs = validation.check_positive_int(outputs, "outputs")
   shape = common.check_input_shape(input_shape, min_spatial=4, model="lenet")
   common.check_activation(activation)
   seeds = common.SeedStream(seed)
@@ -31,5 +33,5 @@ def lenet(input_shape: Sequence[int] = (32, 32, 3), *, activation: str = "relu",
   for i, units in enumerate((120, 84)):
     h = keras.layers.Dense(units, kernel_initializer=seeds.glorot(), name=f"dense_{i}")(h)
     h = keras.layers.Activation(activation, name=f"dense_act_{i}")(h)
-  logit = keras.layers.Dense(1, kernel_initializer=seeds.glorot(), name="logit")(h)  # [N, 1]
+  logit = keras.layers.Dense(outputs, kernel_initializer=seeds.glorot(), name="logit")(h)  # [N, K]
   return keras.Model(inputs, logit, name="lenet")

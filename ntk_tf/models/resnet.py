@@ -1,4 +1,4 @@
-"""ResNet18 for CIFAR (App. A), with one output logit.
+"""ResNet18 for CIFAR (App. A), with one output logit (K with `outputs=K`).
 
     stem:   Conv(64, 3x3) BN act                       (no max-pool)
     stages: 4 x [BasicBlock, BasicBlock], filters 64-128-256-512,
@@ -53,8 +53,8 @@ def _basic_block(x, filters, stride, activation, seeds, name):
 
 
 def resnet18(input_shape: Sequence[int] = (32, 32, 3), *, activation: str = "relu",
-             seed: int = 0, width: int = 64) -> keras.Model:
-  """Builds the CIFAR ResNet18 (BatchNorm, no max-pool) with one logit.
+             seed: int = 0, width: int = 64, outputs: int = 1) -> keras.Model:
+  """Builds the CIFAR ResNet18 (BatchNorm, no max-pool) with `outputs` logits (default 1).
 
   Args:
     input_shape: `(H, W, C)`.
@@ -66,6 +66,7 @@ def resnet18(input_shape: Sequence[int] = (32, 32, 3), *, activation: str = "rel
   shape = common.check_input_shape(input_shape, min_spatial=8, model="resnet18")
   common.check_activation(activation)
   width = validation.check_positive_int(width, "width")
+  outputs = validation.check_positive_int(outputs, "outputs")
   seeds = common.SeedStream(seed)
   inputs = keras.Input(shape=shape, name="image")
   h = _conv(width, 3, 1, seeds, "stem_conv")(inputs)  # [N, H, W, width]
@@ -76,6 +77,6 @@ def resnet18(input_shape: Sequence[int] = (32, 32, 3), *, activation: str = "rel
       h = _basic_block(h, width * mult, stride if block == 0 else 1, activation, seeds,
                        name=f"stage{stage}_block{block}")
   h = keras.layers.GlobalAveragePooling2D(name="pool")(h)  # [N, 8*width]
-  logit = keras.layers.Dense(1, kernel_initializer=seeds.glorot(), name="logit")(h)  # [N, 1]
+  logit = keras.layers.Dense(outputs, kernel_initializer=seeds.glorot(), name="logit")(h)  # [N, K]
   # The 1x1 stride-2 projections need oneDNN's workaround (ntk_tf/onednn.py).
   return onednn.protect(keras.Model(inputs, logit, name="resnet18"))
