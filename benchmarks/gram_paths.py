@@ -8,8 +8,8 @@ shape when the data is absent), in one run, each path in a fresh process:
               (N / n)^2 (both its pfor Jacobian and its matmul grow as N^2)
   reference   ntk_tf.ntk_gram(implementation="jacobian")
   structured  the STRUCTURED BlockFn, per-layer cheaper form, block size from the
-              budget (`ntk_tf.block_size`)
-  auto        the AUTO BlockFn (`ntk_tf.auto`'s choice for that block size)
+              budget (`ntk_tf.ntk.block_size`)
+  auto        the AUTO BlockFn (`ntk_tf.ntk.auto`'s choice for that block size)
   bound       the cheapest exact contraction's FLOPs, sum_l min(structured_l,
               jacobian_l) counted for the N (N + 1) / 2 distinct entries, timed as
               one general GEMM [N, k] x [k, N] of the same FLOPs with the fastest
@@ -33,10 +33,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ntk_tf import block_size
-from ntk_tf import gram
 from ntk_tf import models
-from ntk_tf import structured
+from ntk_tf.ntk import block_size
+from ntk_tf.ntk import gram
+from ntk_tf.ntk import structured
 
 
 @dataclasses.dataclass
@@ -153,7 +153,7 @@ def _path_fn(path: str, model, x: np.ndarray, block: int, naive_max_n: int):
     m = min(n, naive_max_n)
     return (lambda: _reference_gram(model, x[:m], min(block, m))), m
   options = {} if path == "structured" else {"nominal_block": block}
-  block_fn = gram.block_fn(model, path, "float32", block, **options)
+  block_fn = gram.make_block_fn(model, path, "float32", block, **options)
   run = lambda: full_gram(block_fn, x, block)
   cache = getattr(block_fn, "cache", None)
   run.clear_cache = cache.clear if cache is not None else (lambda: None)

@@ -20,8 +20,8 @@ import numpy as np
 
 from benchmarks import gram_paths
 from ntk_tf import atomic
-from ntk_tf import gram
 from ntk_tf import models
+from ntk_tf.ntk import gram
 
 CASES: Tuple[Tuple[str, int], ...] = (("mlp", 2000), ("lenet", 1000))
 

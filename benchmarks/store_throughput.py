@@ -9,7 +9,7 @@ default arguments (the baseline), then for each `--block_sizes` entry a new
 `GramStore(path, model, x, block_size=B).compute()` in a fresh directory under
 `--workdir` (the system's temporary folder by default; its disk is part of what
 is measured), each deleted afterwards. "default" is GramStore's own
-(`block_size=None`: `ntk_tf.block_size.default_block_size`). Prints the
+(`block_size=None`: `ntk_tf.ntk.block_size.default_block_size`). Prints the
 machine's features, every time, the best of each, the throughput ratio
 t(ntk_gram) / t(store) of the bests (1.0: the store costs nothing), and
 whether each store's matrix is bit for bit `ntk_gram`'s with the same B.
@@ -27,7 +27,7 @@ import numpy as np
 from benchmarks import gram_paths
 from benchmarks import machine
 import ntk_tf
-from ntk_tf import gram as gram_lib
+from ntk_tf.ntk import gram as gram_lib
 
 _MODEL = flags.DEFINE_enum("model", "mlp", list(ntk_tf.models.MODEL_NAMES), "Architecture.")
 _N = flags.DEFINE_integer("n", 8000, "Samples of the Gram.", lower_bound=1)

@@ -38,8 +38,8 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 from benchmarks import gram_paths  # pylint: disable=g-import-not-at-top
 from benchmarks import machine  # pylint: disable=g-import-not-at-top
 import ntk_tf  # pylint: disable=g-import-not-at-top
-from ntk_tf.structured import geometry  # pylint: disable=g-import-not-at-top
-from ntk_tf.structured import ntk as structured_ntk  # pylint: disable=g-import-not-at-top
+from ntk_tf.ntk.structured import geometry  # pylint: disable=g-import-not-at-top
+from ntk_tf.ntk.structured import ntk as structured_ntk  # pylint: disable=g-import-not-at-top
 from ops import structured_blocks  # pylint: disable=g-import-not-at-top
 
 _MODELS = flags.DEFINE_list("models", ["resnet18", "lenet"], "Architectures.")

@@ -78,6 +78,6 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
     _, model, dataset = variant.split("_")
     c.model, c.dataset = model, dataset
     # ResNet18's per-block features are large: blocks of 128 keep one block's peak
-    # (ntk_tf.block_size.peak_memory_bytes) within a GPU's memory.
+    # (ntk_tf.ntk.block_size.peak_memory_bytes) within a GPU's memory.
     c.block_size = 128 if model == "resnet18" else 256
   return c

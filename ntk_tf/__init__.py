@@ -36,9 +36,6 @@ from ntk_tf import models
 from ntk_tf.alignment import alignment
 from ntk_tf.alignment import energy_concentration
 from ntk_tf.eigen import eigen
-from ntk_tf.gram import NtkImplementation
-from ntk_tf.gram import ntk_gram
-from ntk_tf.gram_store import GramStore
 from ntk_tf.jacobian import jacobian
 from ntk_tf.linearize import Linearized
 from ntk_tf.linearize import linearize
@@ -46,7 +43,10 @@ from ntk_tf.nads import NadMethod
 from ntk_tf.nads import nad_alignment
 from ntk_tf.nads import nads
 from ntk_tf.nads import separable_dataset
-from ntk_tf.ntk_vector_products import NtkOperator
+from ntk_tf.ntk.gram import ntk_gram
+from ntk_tf.ntk.gram_store import GramStore
+from ntk_tf.ntk.implementation import NtkImplementation
+from ntk_tf.ntk.ntk_vector_products import NtkOperator
 from ntk_tf.precision import as_float64_model
 from ntk_tf.recipe import PAPER_ADAM
 from ntk_tf.recipe import PAPER_CIFAR2

@@ -30,7 +30,7 @@ the layer rules, shared with `ntk_tf.primal_cache`, whose tangent pass reads
 the primals at theta_star from a per-example cache instead of computing them.
 
 Uses Keras 3's private `Function._run_through_graph(call_fn=...)` and
-`Layer._call_has_training_arg`, like `ntk_tf.structured.keras_graph`.
+`Layer._call_has_training_arg`, like `ntk_tf.ntk.structured.keras_graph`.
 
 Shapes: x `[N, ...]`; outputs and tangents shaped like the model's outputs,
 `[N, K]` for the paper's models.
@@ -41,7 +41,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 import keras
 import tensorflow as tf
 
-from ntk_tf.structured import keras_graph
+from ntk_tf.ntk.structured import keras_graph
 
 # Tangents of parameters: {id(variable): tensor shaped like it}; absent = zero.
 ParameterTangents = Dict[int, tf.Tensor]

@@ -39,11 +39,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ntk_tf import block_size
 from ntk_tf import forward_mode
-from ntk_tf.linearize import Linearized
 from ntk_tf import validation
-from ntk_tf.structured import keras_graph
+from ntk_tf.linearize import Linearized
+from ntk_tf.ntk import block_size
+from ntk_tf.ntk.structured import keras_graph
 from ntk_tf.types import Array
 
 # The cache's default memory budget: this, or a quarter of physical memory if less.

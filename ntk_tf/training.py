@@ -71,9 +71,7 @@ from ntk_tf import atomic
 from ntk_tf import primal_cache as primal_cache_lib
 from ntk_tf.recipe import PAPER_SGD
 from ntk_tf.recipe import Recipe
-from ntk_tf.train_step import bce_with_logits  # pylint: disable=unused-import  (public here too)
 from ntk_tf.train_step import make_train_loop
-from ntk_tf.train_step import make_train_step  # pylint: disable=unused-import  (public here too)
 from ntk_tf.types import Array
 from ntk_tf.validation import check_finite_weights
 

@@ -7,11 +7,11 @@ P = output positions of a layer (H'*W' for a conv), K = patch length
 Every function is `tf.function(jit_compile=True)`; callers pad partial blocks
 to a fixed block size, so each function traces once per block shape.
 
-Engines (`ntk_tf.structured.engines`). With the XLA engine (the default when
+Engines (`ntk_tf.ntk.structured.engines`). With the XLA engine (the default when
 a GPU is visible) every contraction runs here. With the NumPy engine (the
-default without one) `ntk_tf.structured` runs the final GEMMs (`gram_product`,
+default without one) `ntk_tf.ntk.structured` runs the final GEMMs (`gram_product`,
 `gradient_gram`) as host BLAS SYRK/GEMM and forms per-example conv gradients
-(`positional_gradient`) by `ntk_tf.structured.geometry.conv_gradient` (a TF
+(`positional_gradient`) by `ntk_tf.ntk.structured.geometry.conv_gradient` (a TF
 conv gradient per example) or, for small kernels, NumPy instead; all are exact float32/float64
 products, only the summation order differs. Measured speeds of both are in
 the benchmark's output (binaries/bench_gram.py), beside the machine's features.
@@ -82,8 +82,8 @@ def positional_gram_product(patches_a: tf.Tensor, cot_a: tf.Tensor, patches_b: t
 def positional_gradient(patches: tf.Tensor, cot: tf.Tensor) -> tf.Tensor:
   """Returns the per-example kernel gradients g_i = sum_p X_i[p]^T D_i[p], flattened.
 
-  (The NumPy engine forms them with `ntk_tf.structured.conv_gradient` or, for small
-  kernels, `ntk_tf.structured.host_conv_gradient` instead.)
+  (The NumPy engine forms them with `ntk_tf.ntk.structured.conv_gradient` or, for small
+  kernels, `ntk_tf.ntk.structured.host_conv_gradient` instead.)
 
   Args:
     patches: [N, P, K].

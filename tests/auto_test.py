@@ -1,4 +1,4 @@
-"""Tests for ntk_tf.auto: the FLOP rule by hand, and every branch against the float64 reference."""
+"""Tests for ntk_tf.ntk.auto: the FLOP rule by hand, each branch against the float64 reference."""
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -8,11 +8,11 @@ import numpy as np
 from tests import test_util  # pylint: disable=unused-import
 from tests import ntk_reference
 import ntk_tf
-from ntk_tf import auto
-from ntk_tf import gram
-from ntk_tf import jacobian_block
-from ntk_tf import structured
-from ntk_tf.kernels import NtkImplementation
+from ntk_tf.ntk import auto
+from ntk_tf.ntk import gram
+from ntk_tf.ntk import jacobian_block
+from ntk_tf.ntk import structured
+from ntk_tf.ntk.implementation import NtkImplementation
 
 
 def _dense_model():
@@ -54,8 +54,8 @@ class AutoTest(parameterized.TestCase):
     self.assertEqual(choice, expected)
     self.assertEqual(choice, min(auto.CANDIDATES, key=lambda m: (flops[m],
                                                                 auto.CANDIDATES.index(m))))
-    self.assertIsInstance(gram.block_fn(model, "auto", "float64", 2, nominal_block=nominal_block),
-                          block_type)
+    self.assertIsInstance(
+        gram.make_block_fn(model, "auto", "float64", 2, nominal_block=nominal_block), block_type)
     theta = ntk_tf.ntk_gram(model, x, block_size=2, implementation="auto", dtype="float64",
                             nominal_block=nominal_block, progress=False)
     self.assertLessEqual(ntk_reference.rel_error(theta, ntk_reference.brute_force_gram(twin, x)),

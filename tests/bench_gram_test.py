@@ -12,8 +12,8 @@ import keras
 from benchmarks import gram_paths as benchmark
 from benchmarks import machine
 from binaries import bench_gram
-from ntk_tf import structured
 import ntk_tf
+from ntk_tf.ntk import structured
 
 
 class BenchGramTest(absltest.TestCase):

@@ -1,4 +1,4 @@
-"""Tests for ntk_tf.block_size: the peak-memory terms against hand counts and measured arrays."""
+"""Tests for ntk_tf.ntk.block_size: peak-memory terms against hand counts and measured arrays."""
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -8,8 +8,8 @@ import numpy as np
 from tests import test_util  # pylint: disable=unused-import
 from tests import ntk_reference
 import ntk_tf
-from ntk_tf import block_size
-from ntk_tf import structured
+from ntk_tf.ntk import block_size
+from ntk_tf.ntk import structured
 
 
 def _conv_model():

@@ -1,4 +1,4 @@
-"""Tests for ntk_tf.engine_cache: the pin, the per-machine cache, and exactness of each engine."""
+"""Tests for ntk_tf.ntk.engine_cache: the pin, the per-machine cache, each engine's exactness."""
 
 import json
 import os
@@ -10,8 +10,8 @@ from absl.testing import parameterized
 from tests import test_util  # pylint: disable=unused-import
 from tests import ntk_reference
 import ntk_tf
-from ntk_tf import engine_cache
-from ntk_tf import gram as gram_lib
+from ntk_tf.ntk import engine_cache
+from ntk_tf.ntk import gram as gram_lib
 
 
 class EngineCacheTest(parameterized.TestCase):
@@ -52,7 +52,7 @@ class EngineCacheTest(parameterized.TestCase):
   def test_pinned_engine_reaches_the_structured_block_fn(self, engine):
     model, _ = ntk_reference.model_and_twin("mlp", "relu", seed=0)
     with mock.patch.dict(os.environ, {engine_cache.ENV_PIN: engine}):
-      auto_fn = gram_lib.block_fn(model, "auto", "float32", 8, nominal_block=256)
+      auto_fn = gram_lib.make_block_fn(model, "auto", "float32", 8, nominal_block=256)
     self.assertEqual(getattr(auto_fn, "matmul_engine", engine), engine)
 
   def test_unreadable_cache_means_default(self):

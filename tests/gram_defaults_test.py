@@ -13,8 +13,8 @@ import numpy as np
 from tests import test_util  # pylint: disable=unused-import
 from tests import ntk_reference
 import ntk_tf
-from ntk_tf import block_size as block_size_lib
-from ntk_tf import gram as gram_lib
+from ntk_tf.ntk import block_size as block_size_lib
+from ntk_tf.ntk import gram as gram_lib
 
 
 class DefaultBlockSizeTest(parameterized.TestCase):

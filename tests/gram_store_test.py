@@ -19,8 +19,8 @@ import numpy as np
 
 from tests import test_util  # pylint: disable=unused-import
 import ntk_tf
-from ntk_tf import block_size as block_size_lib
-from ntk_tf import gram_store_format
+from ntk_tf.ntk import block_size as block_size_lib
+from ntk_tf.ntk import gram_store_format
 
 _SHAPE = (4, 4, 1)
 _N = 10
@@ -78,9 +78,9 @@ class GramStoreTest(parameterized.TestCase):
     for array in (x, np.asfortranarray(x), x.astype("float64")):
       expected = hashlib.sha256(f"{array.shape}|{array.dtype}|".encode()
                                 + np.ascontiguousarray(array).tobytes()).hexdigest()
-      self.assertEqual(ntk_tf.gram_store.data_fingerprint(array), expected)
-    self.assertNotEqual(ntk_tf.gram_store.data_fingerprint(x),
-                        ntk_tf.gram_store.data_fingerprint(x.reshape(6, 4)))
+      self.assertEqual(ntk_tf.ntk.gram_store.data_fingerprint(array), expected)
+    self.assertNotEqual(ntk_tf.ntk.gram_store.data_fingerprint(x),
+                        ntk_tf.ntk.gram_store.data_fingerprint(x.reshape(6, 4)))
 
   @parameterized.parameters("jacobian", "auto")
   def test_bytes_equal_ntk_gram(self, implementation):
@@ -130,8 +130,8 @@ class GramStoreTest(parameterized.TestCase):
   def test_architecture_change_with_same_weights(self):
     relu, tanh = _sequential("relu"), _sequential("tanh")
     tanh.set_weights(relu.get_weights())
-    self.assertEqual(ntk_tf.gram_store.weights_fingerprint(relu),
-                     ntk_tf.gram_store.weights_fingerprint(tanh))
+    self.assertEqual(ntk_tf.ntk.gram_store.weights_fingerprint(relu),
+                     ntk_tf.ntk.gram_store.weights_fingerprint(tanh))
     _store(self.path, relu).compute(progress=False)
     with self.assertRaisesRegex(ValueError, "architecture_fingerprint"):
       _store(self.path, tanh)

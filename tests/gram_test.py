@@ -10,9 +10,9 @@ import tensorflow as tf
 from tests import test_util  # pylint: disable=unused-import
 from tests import ntk_reference
 import ntk_tf
-from ntk_tf import gram as gram_lib
-from ntk_tf import kernels
-from ntk_tf import structured
+from ntk_tf.ntk import gram as gram_lib
+from ntk_tf.ntk import implementation as implementation_lib
+from ntk_tf.ntk import structured
 from ops import gram_block
 
 
@@ -77,14 +77,14 @@ class PrecisionRuleTest(parameterized.TestCase):
     self.assertLessEqual(ntk_reference.rel_error(theta_twin, jac @ jac.T), 1e-5)
 
 
-class RegistryTest(absltest.TestCase):
+class DispatchTest(absltest.TestCase):
 
-  def test_every_member_has_a_factory_and_options_are_checked_by_name(self):
+  def test_every_member_has_a_make_block_fn_and_options_are_checked_by_name(self):
     model = ntk_tf.models.get("mlp", input_shape=ntk_reference.SHAPE)
     x = ntk_reference.inputs(3)
     for member in ntk_tf.NtkImplementation:
-      self.assertIsNotNone(gram_lib.block_fn(model, member, "float32", 2))
-    self.assertEqual(kernels.IMPLEMENTATION_NAMES,
+      self.assertIsNotNone(gram_lib.make_block_fn(model, member, "float32", 2))
+    self.assertEqual(implementation_lib.IMPLEMENTATION_NAMES,
                      ("jacobian", "structured", "ntk_vector_products", "auto"))
     with self.assertRaisesRegex(ValueError, "Received: matmul_engine='numpy'"):
       ntk_tf.ntk_gram(model, x, implementation="ntk_vector_products", matmul_engine="numpy")

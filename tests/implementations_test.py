@@ -15,9 +15,9 @@ import numpy as np
 from tests import test_util  # pylint: disable=unused-import
 from tests import ntk_reference
 import ntk_tf
-from ntk_tf import kernels
+from ntk_tf.ntk import implementation as implementation_lib
 
-_FAST = tuple(name for name in kernels.IMPLEMENTATION_NAMES if name != "jacobian")
+_FAST = tuple(name for name in implementation_lib.IMPLEMENTATION_NAMES if name != "jacobian")
 
 
 def _unknown_layers_model():

@@ -1,4 +1,4 @@
-"""Tests for ntk_tf.ntk_vector_products against per-example GradientTape Grams."""
+"""Tests for ntk_tf.ntk.ntk_vector_products against per-example GradientTape Grams."""
 
 from absl.testing import absltest
 import numpy as np
@@ -6,7 +6,7 @@ import numpy as np
 from tests import test_util  # pylint: disable=unused-import
 from tests import ntk_reference as brute
 import ntk_tf
-from ntk_tf import ntk_vector_products
+from ntk_tf.ntk import ntk_vector_products
 
 
 class NtkVectorProductsTest(absltest.TestCase):

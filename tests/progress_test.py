@@ -1,4 +1,4 @@
-"""Tests for ntk_tf.progress: counts, rate, ETA, terminal bar and log lines."""
+"""Tests for ntk_tf.ntk.progress: counts, rate, ETA, terminal bar and log lines."""
 
 import io
 from unittest import mock
@@ -7,7 +7,7 @@ from absl import logging
 from absl.testing import absltest
 
 from tests import test_util  # pylint: disable=unused-import
-from ntk_tf import progress
+from ntk_tf.ntk import progress
 
 
 class _Tty(io.StringIO):

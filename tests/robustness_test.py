@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -22,8 +23,8 @@ import numpy as np
 from tests import test_util  # pylint: disable=unused-import
 from tests import ntk_reference
 import ntk_tf
-from ntk_tf import gram
-from ntk_tf import kernels
+from ntk_tf.ntk import gram
+from ntk_tf.ntk import implementation as implementation_lib
 
 _SHAPE = (5, 5, 4)
 _CONVS = {
@@ -60,7 +61,7 @@ class ConvolutionTest(parameterized.TestCase):
     expected = jac_fd @ jac_fd.T  # [5, 5]
     self.assertLess(ntk_reference.rel_error(ntk_reference.brute_force_gram(model64, x),
                                             expected), 1e-7)
-    for implementation in kernels.IMPLEMENTATION_NAMES:
+    for implementation in implementation_lib.IMPLEMENTATION_NAMES:
       with self.subTest(implementation=implementation):
         call = lambda: gram.ntk_gram(model, x, block_size=3, implementation=implementation,
                                      dtype=dtype, progress=False)
@@ -74,7 +75,7 @@ class ConvolutionTest(parameterized.TestCase):
     model = _conv_model("grouped", "float64")
     x = _x(4)
     jac_fd = ntk_reference.finite_difference_jacobian(model, x.astype(np.float64))
-    theta = gram.block_fn(model, "structured", "float64", 4)(x.astype(np.float64))
+    theta = gram.make_block_fn(model, "structured", "float64", 4)(x.astype(np.float64))
     self.assertLess(ntk_reference.rel_error(theta, jac_fd @ jac_fd.T), 1e-7)
 
   def test_operator_refuses_grouped(self):
@@ -98,23 +99,23 @@ class FallbackAndErrorsTest(parameterized.TestCase):
                           dtype="float64", progress=False)
     self.assertLess(ntk_reference.rel_error(theta, jac_fd @ jac_fd.T), 1e-7)
 
-  @parameterized.parameters(*kernels.IMPLEMENTATION_NAMES)
+  @parameterized.parameters(*implementation_lib.IMPLEMENTATION_NAMES)
   def test_two_outputs_refused_by_name(self, implementation):
     inputs = keras.Input(_SHAPE)
     flat = keras.layers.Flatten()(inputs)
     model = keras.Model(inputs, [keras.layers.Dense(1)(flat), keras.layers.Dense(1)(flat)])
     with self.assertRaisesRegex(ValueError, "with 2 outputs"):
-      gram.block_fn(model, implementation, "float32", 4)
+      gram.make_block_fn(model, implementation, "float32", 4)
     with self.assertRaisesRegex(ValueError, "with 2 outputs"):
       gram.ntk_gram(model, _x(3), implementation=implementation, progress=False)
 
-  @parameterized.parameters(*kernels.IMPLEMENTATION_NAMES)
+  @parameterized.parameters(*implementation_lib.IMPLEMENTATION_NAMES)
   def test_no_trainable_variables_refused_by_name(self, implementation):
     inputs = keras.Input(_SHAPE)
     model = keras.Model(inputs, keras.layers.Dense(1, trainable=False)(
         keras.layers.Flatten()(inputs)))
     with self.assertRaisesRegex(ValueError, "0 trainable variables"):
-      gram.block_fn(model, implementation, "float32", 4)
+      gram.make_block_fn(model, implementation, "float32", 4)
 
   def test_subclassed_model(self):
 
@@ -140,7 +141,7 @@ class FallbackAndErrorsTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "of type Subclassed"):
       gram.ntk_gram(model, x, implementation="structured", progress=False)
 
-  @parameterized.parameters(*kernels.IMPLEMENTATION_NAMES)
+  @parameterized.parameters(*implementation_lib.IMPLEMENTATION_NAMES)
   def test_overflow_raises_naming_block(self, implementation):
     inputs = keras.Input(_SHAPE)
     model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(inputs)))
@@ -160,7 +161,8 @@ class BlockSizeTest(absltest.TestCase):
   def test_block_size_capped_at_n(self):
     model, x = self._model(), _x(10)
     seen = []
-    original = gram.block_fn
+    table = gram._IMPLEMENTATION_TO_BLOCK_FN  # pylint: disable=protected-access
+    original = table[ntk_tf.NtkImplementation.JACOBIAN]
 
     def recording_block_fn(*args, **kwargs):
       fn = original(*args, **kwargs)
@@ -170,12 +172,9 @@ class BlockSizeTest(absltest.TestCase):
         return fn(x_a, x_b)
       return call
 
-    gram.block_fn = recording_block_fn
-    try:
+    with mock.patch.dict(table, {ntk_tf.NtkImplementation.JACOBIAN: recording_block_fn}):
       theta = gram.ntk_gram(model, x, block_size=10**6, implementation="jacobian",
                             progress=False)
-    finally:
-      gram.block_fn = original
     self.assertEqual(seen, [10])
     self.assertLess(ntk_reference.rel_error(theta, ntk_reference.brute_force_gram(model, x)),
                     1e-5)
@@ -191,7 +190,7 @@ _ONEDNN_SCRIPT = textwrap.dedent("""
     import sys
     import keras
     import numpy as np
-    from ntk_tf import gram
+    from ntk_tf.ntk import gram
     from tests import ntk_reference
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 2))

@@ -12,9 +12,9 @@ import tensorflow as tf
 
 import ntk_tf
 from ntk_tf import data as data_lib
-from ntk_tf import gram as gram_lib
 from ntk_tf.experiments import pipeline
 from ntk_tf.experiments import spectrum
+from ntk_tf.ntk import gram as gram_lib
 
 
 def _dataset(n_train: int, n_test: int) -> data_lib.Dataset:

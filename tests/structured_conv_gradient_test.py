@@ -22,8 +22,8 @@ import tensorflow as tf
 from tests import test_util  # pylint: disable=unused-import
 from tests import ntk_reference as brute
 import ntk_tf
-from ntk_tf import structured
-from ntk_tf.structured import geometry
+from ntk_tf.ntk import structured
+from ntk_tf.ntk.structured import geometry
 
 _TOL = {"float32": 2e-5, "float64": 1e-12}
 

@@ -1,4 +1,4 @@
-"""Tests for ntk_tf.structured against per-example GradientTape Grams (float64)."""
+"""Tests for ntk_tf.ntk.structured against per-example GradientTape Grams (float64)."""
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -9,7 +9,7 @@ import tensorflow as tf
 from tests import test_util  # pylint: disable=unused-import
 from tests import ntk_reference as brute
 import ntk_tf
-from ntk_tf import structured
+from ntk_tf.ntk import structured
 
 SHAPE = (8, 8, 3)
 _CACHE = {}

@@ -5,16 +5,16 @@
 
 Shapes: `x_a [B, ...]`, `x_b [B, ...]` (the model's input shape, B = block
 size; partial blocks are zero-padded to B by the caller and cropped after, as in
-`ntk_tf.gram.compute_block`), result `[B, B]` in `accumulate_dtype`.
+`ntk_tf.ntk.gram.compute_block`), result `[B, B]` in `accumulate_dtype`.
 
-Unlike the `BlockFn`s of `ntk_tf.kernels` (Python objects that mix TF with host
+Unlike the `BlockFn`s of `ntk_tf.ntk` (Python objects that mix TF with host
 NumPy and keep host caches), a `DeviceBlock`'s two functions are pure TF graphs:
 every op, the jit-compiled contractions of `ops/` included, runs where the
 function is called (`with tf.device(...)`, or on a parameter-server worker
 through `ClusterCoordinator.schedule`). The model's variables are read where
 they live (the host, a mirrored copy per device, or the parameter servers).
 
-Implementations (`kernels.NtkImplementation`):
+Implementations (`ntk_tf.NtkImplementation`):
   JACOBIAN    per-example Jacobians (`ntk_tf.jacobian.jacobian_fn`), then
               `ops.gram_block` (XLA): the same ops as `ntk_gram(...,
               implementation="jacobian", matmul_engine="xla")`.
@@ -50,24 +50,26 @@ from typing import Union
 import keras
 import tensorflow as tf
 
-from ntk_tf import kernels
 from ntk_tf import precision
 from ntk_tf import types
 from ntk_tf.jacobian import jacobian_fn
-from ntk_tf.structured import features as features_lib
-from ntk_tf.structured import plan as plan_lib
+from ntk_tf.ntk import implementation as implementation_lib
+from ntk_tf.ntk.implementation import MatmulEngine
+from ntk_tf.ntk.implementation import NtkImplementation
+from ntk_tf.ntk.structured import features as features_lib
+from ntk_tf.ntk.structured import plan as plan_lib
 from ops import gram_block
 from ops import structured_blocks
 
 # The implementations a DeviceBlock has (AUTO and NTK_VECTOR_PRODUCTS have no pure-TF block).
-IMPLEMENTATIONS = (kernels.NtkImplementation.JACOBIAN, kernels.NtkImplementation.STRUCTURED)
+IMPLEMENTATIONS = (NtkImplementation.JACOBIAN, NtkImplementation.STRUCTURED)
 IMPLEMENTATION_NAMES = tuple(member.value for member in IMPLEMENTATIONS)
 
 
-def store_options(implementation: Union[str, kernels.NtkImplementation]) -> dict:
+def store_options(implementation: Union[str, NtkImplementation]) -> dict:
   """The `GramStore` options that name a DeviceBlock's numbers: the XLA matmul engine."""
   del implementation  # Both implementations contract with the XLA ops.
-  return {"matmul_engine": kernels.MatmulEngine.XLA.value}
+  return {"matmul_engine": MatmulEngine.XLA.value}
 
 
 class DeviceBlock:
@@ -91,10 +93,10 @@ class DeviceBlock:
   takes_weights = False  # JACOBIAN differentiates with respect to the variables
   features = None  # STRUCTURED: features(x) [B, ...] -> the block's features (device tensors)
 
-  def __init__(self, model: keras.Model, implementation: Union[str, kernels.NtkImplementation],
+  def __init__(self, model: keras.Model, implementation: Union[str, NtkImplementation],
                dtype: types.DType = "float32", *, accumulate_dtype: types.DType = None,
                device: str = None):
-    member = kernels.resolve(implementation)
+    member = implementation_lib.resolve(implementation)
     if member not in IMPLEMENTATIONS:
       raise ValueError(f"implementation must be one of {list(IMPLEMENTATION_NAMES)} for a "
                        f"device block. Received: implementation={member.value!r}")
@@ -106,7 +108,7 @@ class DeviceBlock:
                        f"first). Received: weight dtypes {sorted({v.dtype for v in model.weights})}")
     self.model = model
     self.device = device
-    if member == kernels.NtkImplementation.JACOBIAN:
+    if member == NtkImplementation.JACOBIAN:
       self._jacobian = jacobian_fn(model)
       pair, single = self._jacobian_pair, self._jacobian_single
     else:
@@ -129,7 +131,7 @@ class DeviceBlock:
   def _stateless(self, fn, weights, *xs, **kwargs) -> tf.Tensor:
     if not self.takes_weights:
       why = ("its model has layers differentiated with respect to their variables"
-             if self.implementation == kernels.NtkImplementation.STRUCTURED
+             if self.implementation == NtkImplementation.STRUCTURED
              else "it differentiates with respect to the variables")
       raise ValueError(f"This {self.implementation.value!r} DeviceBlock takes no weights: {why}.")
     if len(weights) != len(self.model.weights):
@@ -158,7 +160,7 @@ class DeviceBlock:
     return self._placed(lambda a, bs: self._row(a, bs, diagonal=diagonal))(x_a, x_bs)
 
   def _row(self, x_a: tf.Tensor, x_bs: tf.Tensor, *, diagonal: bool, features=None) -> tf.Tensor:
-    if self.implementation == kernels.NtkImplementation.JACOBIAN:
+    if self.implementation == NtkImplementation.JACOBIAN:
       featurize, contract = self._jac, gram_block.gram_block
     else:
       featurize, contract = features or self._features, self._contract

@@ -11,7 +11,7 @@ triangle, mirrored). The caller's process is the only writer: it submits up to
 each, takes their results in submission order, and
 `GramStore`'s own loop writes each into the store's memory map and commits
 (flush, then log lines with checksums) every `commit_interval_s`
-(`ntk_tf.gram_store_format`). Workers
+(`ntk_tf.ntk.gram_store_format`). Workers
 hold no state, so a killed writer loses only uncommitted blocks: rerunning the
 same job reopens the store and submits only the missing ones.
 
@@ -29,13 +29,13 @@ from typing import Iterator, Optional, Tuple, Union
 import keras
 import numpy as np
 
-from ntk_tf import gram as gram_lib
-from ntk_tf import gram_store as gram_store_lib
-from ntk_tf import kernels
 from ntk_tf import precision
 from ntk_tf import types
 from ntk_tf.distributed import device_block
 from ntk_tf.distributed import runners as runners_lib
+from ntk_tf.ntk import gram as gram_lib
+from ntk_tf.ntk import gram_store as gram_store_lib
+from ntk_tf.ntk import implementation as implementation_lib
 
 
 class RunnerGramStore(gram_store_lib.GramStore):
@@ -48,7 +48,7 @@ class RunnerGramStore(gram_store_lib.GramStore):
 
   def __init__(self, path: Union[str, os.PathLike], model: keras.Model, x: types.Inputs,
                runner: runners_lib.Runner, *, block_size: int, dtype: types.DType,
-               implementation: Union[str, kernels.NtkImplementation],
+               implementation: Union[str, implementation_lib.NtkImplementation],
                commit_interval_s: float = 5.0, lock: str = "wait", overwrite: bool = False):
     self.runner = runner
     super().__init__(path, model, x, block_size=block_size, dtype=dtype,
@@ -90,7 +90,7 @@ def compute_gram(path: Union[str, os.PathLike], model: keras.Model, x: types.Inp
                  runner: Optional[runners_lib.Runner] = None, *,
                  x_test: Optional[types.Inputs] = None, block_size: int = 256,
                  dtype: types.DType = "float32",
-                 implementation: Union[str, kernels.NtkImplementation] = "structured",
+                 implementation: Union[str, implementation_lib.NtkImplementation] = "structured",
                  commit_interval_s: float = 5.0, overwrite: bool = False,
                  progress: bool = True) -> RunnerGramStore:
   """Computes the Gram Theta(x, x) of `model` into the store at `path`; returns it, complete.

@@ -55,12 +55,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ntk_tf import kernels
 from ntk_tf import precision
 from ntk_tf import types
 from ntk_tf import validation
 from ntk_tf.distributed import device_block
-from ntk_tf.structured import features as features_lib
+from ntk_tf.ntk.implementation import NtkImplementation
+from ntk_tf.ntk.structured import features as features_lib
 
 # Inputs kept on every worker when they are at most this large (a graph constant:
 # protocol buffers cap at 2 GiB); larger inputs are sent with each block.
@@ -276,7 +276,7 @@ class LocalRunner(Runner):
       (STRUCTURED; 0: none, every block computes both blocks' features).
   """
 
-  def __init__(self, model: keras.Model, implementation: Union[str, kernels.NtkImplementation],
+  def __init__(self, model: keras.Model, implementation: Union[str, NtkImplementation],
                dtype: types.DType = "float32", devices: Optional[Sequence[str]] = None,
                feature_cache_bytes: int = DEVICE_FEATURE_CACHE_BYTES):
     model = precision.cast_model(model, dtype)
@@ -422,7 +422,7 @@ class ClusterRunner(Runner):
       worker computes the row block's features once (`DeviceBlock.row`).
   """
 
-  def __init__(self, model: keras.Model, implementation: Union[str, kernels.NtkImplementation],
+  def __init__(self, model: keras.Model, implementation: Union[str, NtkImplementation],
                dtype: types.DType, strategy: tf.distribute.Strategy, num_workers: int,
                row_blocks: int = ROW_BLOCKS):
     self.row_blocks = validation.check_positive_int(row_blocks, "row_blocks")

@@ -66,10 +66,10 @@ from ntk_tf.alignment import check_alignment_inputs
 from ntk_tf.alignment import choose_route
 from ntk_tf.alignment import label_chunks
 from ntk_tf.alignment import label_gradients_fn
-from ntk_tf import ntk_vector_products
 from ntk_tf import types
 from ntk_tf import validation
 from ntk_tf.distributed import runners as runners_lib
+from ntk_tf.ntk import ntk_vector_products
 
 
 def shard_rows(n: int, batch_size: int, num_shards: int) -> int:
@@ -253,6 +253,7 @@ class ShardedNtkOperator:
 
   def __init__(self, runner: runners_lib.Runner, x: types.Inputs, *, batch_size: int = 256,
                num_shards: Optional[int] = None):
+    validation.check_single_logit(runner.model)
     self.runner = runner
     self.dtype = np.dtype(runner.dtype)
     self._data = _ShardedData(runner, np.asarray(x, self.dtype), batch_size, num_shards)

@@ -19,7 +19,7 @@ Who computes a missing store, and with what:
     built any model; the experiment binaries do so first thing;
   - else in this process: `GramStore` with `gram.implementation` ("auto": the
     path with the fewest FLOPs, its matmul engine chosen per machine,
-    `ntk_tf.engine_cache`). One CPU process gains nothing from the gram job's
+    `ntk_tf.ntk.engine_cache`). One CPU process gains nothing from the gram job's
     XLA engine, which is slower than NumPy's on the CPUs measured (issue 15).
   - `python -m binaries.gram --config.cache_dir=DIR` writes to the same path,
     so a Gram computed by the gram binary (e.g. on a GPU cluster) is found by
@@ -44,16 +44,16 @@ import keras
 import numpy as np
 
 import ntk_tf
-from ntk_tf import auto
-from ntk_tf import gram_store as gram_store_lib
-from ntk_tf import kernels
 from ntk_tf.distributed import cluster as cluster_lib
 from ntk_tf.distributed import device_block
 from ntk_tf.distributed import gram_job
 from ntk_tf.distributed import runners
 from ntk_tf.experiments import pipeline
 from ntk_tf.experiments import workdir as workdir_lib
-from ntk_tf.structured import keras_graph
+from ntk_tf.ntk import auto
+from ntk_tf.ntk import gram_store as gram_store_lib
+from ntk_tf.ntk import implementation as implementation_lib
+from ntk_tf.ntk.structured import keras_graph
 
 
 def path(model: keras.Model, spec: pipeline.ModelSpec, x: np.ndarray, dtype: str,
@@ -72,9 +72,9 @@ def device_implementation(model: keras.Model, implementation: str) -> str:
   Raises:
     ValueError: an implementation the gram job has no device block for, named.
   """
-  if implementation == kernels.NtkImplementation.AUTO.value:
+  if implementation == implementation_lib.NtkImplementation.AUTO.value:
     if not keras_graph.is_functional(model):
-      return kernels.NtkImplementation.JACOBIAN.value
+      return implementation_lib.NtkImplementation.JACOBIAN.value
     return auto.choose_implementation(model, tuple(model.inputs[0].shape[1:]), 256).value
   if implementation not in device_block.IMPLEMENTATION_NAMES:
     raise ValueError(f"gram.implementation must be 'auto' or one of "

@@ -49,7 +49,7 @@ LOG_FILE = "blocks.log"
 LOCK_FILE = "lock"
 LOCK_MODES = ("wait", "fail")
 
-# (i0, i1, j0, j1), as in `ntk_tf.gram.Block`.
+# (i0, i1, j0, j1), as in `ntk_tf.ntk.gram.Block`.
 Block = Tuple[int, int, int, int]
 
 

@@ -69,10 +69,9 @@ def conv_patches(layer, inputs: tf.Tensor, paddings, index: np.ndarray) -> tf.Te
 
 
 # Multiply-adds per example (P K C) from which `conv_gradient`'s loop of one conv
-# gradient per example, ~0.05-0.1 ms of per-op overhead each, is worth it against
-# NumPy's batched BLAS (benchmarks/structured_conv_engines.py and speed_notes.md:
-# LeNet's convs, 0.5-0.6 M, ran faster in NumPy, ResNet18's 3x3s, from 19 M, in
-# TF; its stem, 1.8 M, is TF's: NumPy's calls stall when another process holds a core).
+# gradient per example, each paying TF's per-op overhead, is worth it against NumPy's
+# batched BLAS: LeNet's small convs run faster in NumPy, ResNet18's convs (its stem
+# included) in TF (`benchmarks/structured_conv_engines.py` times both).
 MIN_TF_GRADIENT_MACS = 1 << 20
 
 

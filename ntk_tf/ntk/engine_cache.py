@@ -1,6 +1,6 @@
 """Per-machine matmul engine of the "auto" NTK path: a pin and a cache, no silent change.
 
-Which `kernels.MatmulEngine` runs a block's final GEMMs fastest depends on the
+Which `implementation.MatmulEngine` runs a block's final GEMMs fastest depends on the
 machine (NumPy's BLAS kernel, TF with or without oneDNN, XLA). The engine
 "auto" uses is, in order:
 
@@ -8,7 +8,7 @@ machine (NumPy's BLAS kernel, TF with or without oneDNN, XLA). The engine
   2. the entry for this machine in the cache file `engines.json` under
      `$NTK_TF_CACHE_DIR`, else `~/.cache/ntk_tf` (written by `record`, e.g. by
      a benchmark that timed the engines on the real shapes);
-  3. "auto", the path's own default (`kernels.MatmulEngine.AUTO`).
+  3. "auto", the path's own default (`implementation.MatmulEngine.AUTO`).
 
 An explicit `matmul_engine=` option of `ntk_gram` overrides all three. Every
 engine is exact (each is tested against the float64 reference), but they
@@ -28,8 +28,8 @@ from typing import Dict, Optional
 import tensorflow as tf
 
 from ntk_tf import atomic
-from ntk_tf import kernels
 from ntk_tf import onednn
+from ntk_tf.ntk import implementation as implementation_lib
 
 ENV_PIN = "NTK_TF_MATMUL_ENGINE"
 ENV_CACHE_DIR = "NTK_TF_CACHE_DIR"
@@ -62,7 +62,7 @@ def _read() -> Dict[str, Dict[str, str]]:
 
 def record(model_key: str, engine: str) -> pathlib.Path:
   """Stores `engine` for `model_key` on this machine (atomic rewrite); returns the file."""
-  member = kernels.resolve_engine(engine)
+  member = implementation_lib.resolve_engine(engine)
   entries = _read()
   entries.setdefault(machine_key(), {})[str(model_key)] = member.value
   return atomic.write_json(cache_path(), entries)
@@ -76,6 +76,6 @@ def matmul_engine(model_key: str) -> Optional[str]:
   """
   pin = os.environ.get(ENV_PIN)
   if pin:
-    return kernels.resolve_engine(pin).value
+    return implementation_lib.resolve_engine(pin).value
   cached = _read().get(machine_key(), {}).get(str(model_key))
-  return None if cached is None else kernels.resolve_engine(cached).value
+  return None if cached is None else implementation_lib.resolve_engine(cached).value

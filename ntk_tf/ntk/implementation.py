@@ -1,31 +1,27 @@
-"""The kernel registry: which algorithm computes a Gram block, and how to get one.
+"""Which algorithm computes a Gram block: the enums, the BlockFn protocol, option checks.
 
     BlockFn: (x_a [B, ...], x_b [B, ...] | None) -> Theta(x_a, x_b) [B, B]
 
 (x_b None means x_b = x_a, a diagonal block of a symmetric Gram.) Every
-`NtkImplementation` member has one factory with the signature
+`NtkImplementation` member has one module with a function
 
-    factory(model, dtype, block_size, **options) -> BlockFn
+    make_block_fn(model, dtype, block_size, **options) -> BlockFn
 
 `model` is the Keras model as the caller gave it, `dtype` "float32" or
-"float64" (the precision rule is in `ntk_tf.gram.ntk_gram`), `block_size` the
-number of rows B of the padded blocks the BlockFn will receive. `options` are
-keyword arguments of the factory (see `OPTIONS`); `make_block_fn` rejects any
-option the chosen factory does not take, by name, before calling it.
+"float64" (the precision rule is in `ntk_tf.ntk.gram.ntk_gram`), `block_size`
+the number of rows B of the padded blocks the BlockFn will receive. `options`
+are keyword-only arguments of that function (see `OPTIONS`); `check_options`
+rejects any option it does not take, by name, before it is called. The table
+from member to function is `ntk_tf.ntk.gram` (right above `ntk_gram`).
 
-Each implementation module registers its own factory here when it is imported
-(`register`); `ntk_tf.gram` imports all of them, so `import ntk_tf` fills the
-registry. This module imports no implementation.
+This module imports no implementation.
 """
 
 import enum
 import inspect
-from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Tuple, Union
+from typing import Any, Callable, Mapping, Optional, Protocol, Tuple, Union
 
-import keras
 import numpy as np
-
-from ntk_tf import validation
 
 
 class NtkImplementation(enum.Enum):
@@ -33,31 +29,31 @@ class NtkImplementation(enum.Enum):
 
   JACOBIAN = "jacobian"
   """Reference: per-example GradientTape Jacobians J_a, J_b [B, P], then J_a J_b^T
-  (`ntk_tf.jacobian_block`). Cost: 2B backward passes of batch 1 per block (B
+  (`ntk_tf.ntk.jacobian_block`). Cost: 2B backward passes of batch 1 per block (B
   with a cached row block) plus a [B, P] x [P, B] matmul. Fast when P is small
   (MLP, LeNet); for ResNet18 (P = 11M) use small blocks. Peak memory:
-  `ntk_tf.block_size.peak_memory_bytes`."""
+  `ntk_tf.ntk.block_size.peak_memory_bytes`."""
 
   STRUCTURED = "structured"
-  """Structured derivatives (`ntk_tf.structured`): per layer, the cheaper (by a
+  """Structured derivatives (`ntk_tf.ntk.structured`): per layer, the cheaper (by a
   FLOP estimate, see `structured.flop_report`) of the product form
   (A_a A_b^T) * (D_a D_b^T) of layer inputs A and output cotangents D (Dense;
   patch/cotangent sums for Conv2D) and the layer's own per-example gradients
   contracted; BatchNorm affine parameters and biases by per-example gradients;
   unknown layers fall back to the reference path for their variables only.
   One batched forward/backward pass per block instead of B single-example
-  ones. Peak memory: `ntk_tf.block_size.peak_memory_bytes`."""
+  ones. Peak memory: `ntk_tf.ntk.block_size.peak_memory_bytes`."""
 
   NTK_VECTOR_PRODUCTS = "ntk_vector_products"
-  """Matrix-free (`ntk_tf.ntk_vector_products`): Theta v = J (J^T v) by one VJP
+  """Matrix-free (`ntk_tf.ntk.ntk_vector_products`): Theta v = J (J^T v) by one VJP
   and one JVP pass over the data, so no [B, P] Jacobian is ever held. A Gram
   block costs B such products; its real use is top-k eigenvectors without
   storing Theta (`ntk_tf.NtkOperator` passed to `ntk_tf.eigen`). Peak memory:
-  `ntk_tf.block_size.peak_memory_bytes`."""
+  `ntk_tf.ntk.block_size.peak_memory_bytes`."""
 
   AUTO = "auto"
   """STRUCTURED or JACOBIAN, whichever has fewer estimated FLOPs for a block of
-  `nominal_block` examples, by the rule of `ntk_tf.auto`."""
+  `nominal_block` examples, by the rule of `ntk_tf.ntk.auto`."""
 
 
 # The values of every member, e.g. for validating a config field.
@@ -93,7 +89,7 @@ def resolve_engine(engine: Union[str, MatmulEngine]) -> MatmulEngine:
   return _member(MatmulEngine, engine, "matmul_engine")
 
 
-# Every option some factory takes (each factory takes a subset):
+# Every option some make_block_fn takes (each takes a subset):
 #   matmul_engine     MatmulEngine or its value        (jacobian, structured)
 #   accumulate_dtype  dtype the block is summed in      (jacobian, structured)
 #   allow_tf32        TF32 matmuls on Ampere+ GPUs      (all; False by default)
@@ -118,22 +114,7 @@ class BlockFn(Protocol):
     ...
 
 
-Factory = Callable[..., BlockFn]  # (model, dtype, block_size, **options) -> BlockFn
-
-_FACTORIES: Dict[NtkImplementation, Factory] = {}
-
-
-def register(member: NtkImplementation) -> Callable[[Factory], Factory]:
-  """Returns a decorator that registers `factory` as the one of `member`."""
-
-  def decorator(factory: Factory) -> Factory:
-    if member in _FACTORIES and _FACTORIES[member] is not factory:
-      raise ValueError(f"NtkImplementation.{member.name} already has a factory "
-                       f"({_FACTORIES[member].__module__}). Received: factory={factory!r}")
-    _FACTORIES[member] = factory
-    return factory
-
-  return decorator
+MakeBlockFn = Callable[..., BlockFn]  # (model, dtype, block_size, **options) -> BlockFn
 
 
 def resolve(implementation: Union[str, NtkImplementation]) -> NtkImplementation:
@@ -141,45 +122,23 @@ def resolve(implementation: Union[str, NtkImplementation]) -> NtkImplementation:
   return _member(NtkImplementation, implementation, "implementation")
 
 
-def factory_options(member: NtkImplementation) -> Tuple[str, ...]:
-  """Returns the options (keyword arguments after block_size) `member`'s factory takes.
+def accepted_options(make_block_fn: MakeBlockFn) -> Tuple[str, ...]:
+  """Returns the options (keyword-only arguments) `make_block_fn` takes.
 
-  A factory with `**options` (AUTO) takes every name in `OPTIONS` and passes
-  them on to a factory that checks them.
+  One with `**options` (AUTO's) takes every name in `OPTIONS` and passes them
+  on to a `make_block_fn` that checks them.
   """
-  params = inspect.signature(_factory(member)).parameters.values()
+  params = inspect.signature(make_block_fn).parameters.values()
   names = [p.name for p in params if p.kind == inspect.Parameter.KEYWORD_ONLY]
   if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params):
     names += [name for name in OPTIONS if name not in names]
   return tuple(names)
 
 
-def _factory(member: NtkImplementation) -> Factory:
-  if member not in _FACTORIES:
-    raise NotImplementedError(
-        f"NtkImplementation.{member.name} has no registered factory; import ntk_tf (its "
-        f"module registers it on import). Received: implementation={member.value!r}")
-  return _FACTORIES[member]
-
-
-def make_block_fn(model: keras.Model, implementation: Union[str, NtkImplementation],
-                  dtype: str, block_size: int, **options) -> BlockFn:
-  """Returns the BlockFn of `implementation` for `model` in `dtype`, for blocks of `block_size`.
-
-  Raises:
-    ValueError: for an unknown implementation, an option its factory does
-      not take (named, with the options it takes), or a model that is not
-      single-logit with trainable weights (`validation.check_single_logit`).
-  """
-  member = resolve(implementation)
-  check_options(member, options)
-  validation.check_single_logit(model)
-  return _factory(member)(model, dtype, block_size, **options)
-
-
-def check_options(member: NtkImplementation, options: Mapping[str, Any]) -> None:
-  """Raises ValueError naming every option `member`'s factory does not take."""
-  accepted = factory_options(member)
+def check_options(member: NtkImplementation, make_block_fn: MakeBlockFn,
+                  options: Mapping[str, Any]) -> None:
+  """Raises ValueError naming every option `member`'s `make_block_fn` does not take."""
+  accepted = accepted_options(make_block_fn)
   unknown = sorted(set(options) - set(accepted))
   if unknown:
     raise ValueError(f"implementation={member.value!r} takes the options {list(accepted)}. "

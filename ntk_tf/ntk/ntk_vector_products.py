@@ -22,10 +22,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ntk_tf import kernels
 from ntk_tf import precision
 from ntk_tf import validation
-from ntk_tf.structured import keras_graph
+from ntk_tf.ntk.structured import keras_graph
 from ntk_tf.types import Array, DType, Inputs
 
 
@@ -37,10 +36,11 @@ class BatchProducts:
 
   `_vjp` / `_jvp` are their `tf.function`s; `NtkOperator` and
   `distributed.sharded_passes` (one shard of x per device or worker) call them.
+  The caller checks that `model` has a single logit
+  (`validation.check_single_logit`), once per public call.
   """
 
   def __init__(self, model: keras.Model, dtype: str):
-    validation.check_single_logit(model)
     grouped = keras_graph.grouped_conv_layers(model)
     if grouped:
       raise ValueError(
@@ -99,6 +99,7 @@ class NtkOperator:
 
   def __init__(self, model: keras.Model, x: Inputs, *, batch_size: int = 256,
                dtype: DType = "float32"):
+    validation.check_single_logit(model)
     self.dtype = np.dtype(precision.canonical_dtype(dtype))
     self.batch_size = validation.check_positive_int(batch_size, "batch_size")
     self._x = np.asarray(x, dtype=self.dtype)
@@ -167,15 +168,11 @@ class NtkVectorProductBlockFn:
     return np.stack(columns, axis=1)  # [Na, Nb]
 
 
-def make_block_fn(model: keras.Model, dtype: DType = "float32", *,
-                  allow_tf32: bool = False) -> NtkVectorProductBlockFn:
-  """Returns the NTK-vector-product BlockFn `(x_a, x_b=None) -> [Na, Nb]`."""
-  return NtkVectorProductBlockFn(model, dtype, allow_tf32=allow_tf32)
+def make_block_fn(model: keras.Model, dtype: DType = "float32", block_size: Optional[int] = None,
+                  *, allow_tf32: bool = False) -> NtkVectorProductBlockFn:
+  """Returns the NTK-vector-product BlockFn `(x_a, x_b=None) -> [Na, Nb]`.
 
-
-@kernels.register(kernels.NtkImplementation.NTK_VECTOR_PRODUCTS)
-def _factory(model: keras.Model, dtype: str, block_size: int, *,
-             allow_tf32: bool = False) -> NtkVectorProductBlockFn:
-  """The NTK_VECTOR_PRODUCTS factory (one VJP and one JVP per column; no GEMM to place)."""
+  One VJP and one JVP per column; no GEMM to place, so no `matmul_engine`.
+  """
   del block_size  # Each column is one product; the block shape needs no planning.
   return NtkVectorProductBlockFn(model, dtype, allow_tf32=allow_tf32)

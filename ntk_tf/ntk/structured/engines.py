@@ -13,7 +13,7 @@ interface, `Contraction(features_a, features_b, diagonal) -> [Na, Nb]`:
                     TF features; diagonal blocks are symmetrized.
 
 Both are exact float32/float64 products; only the summation order differs.
-`make_contraction` picks one from a `kernels.MatmulEngine`.
+`make_contraction` picks one from an `implementation.MatmulEngine`.
 """
 
 from collections import OrderedDict
@@ -23,8 +23,8 @@ import numpy as np
 from scipy.linalg import blas as scipy_blas
 import tensorflow as tf
 
-from ntk_tf import kernels
-from ntk_tf.structured.features import BlockFeatures
+from ntk_tf.ntk import implementation as implementation_lib
+from ntk_tf.ntk.structured.features import BlockFeatures
 from ops import structured_blocks
 
 _WORKSPACES = 2  # Gram-buffer shapes kept by the NumPy engine (see `_workspace`).
@@ -133,13 +133,13 @@ class XlaContraction(Contraction):
     return theta
 
 
-def make_contraction(engine: kernels.MatmulEngine, product_offsets: Sequence[float],
+def make_contraction(engine: implementation_lib.MatmulEngine, product_offsets: Sequence[float],
                      accumulate_dtype: str) -> Contraction:
   """Returns the engine's `Contraction`; AUTO is NUMPY without a visible GPU, else XLA."""
-  if engine == kernels.MatmulEngine.AUTO:
-    engine = (kernels.MatmulEngine.XLA if tf.config.list_physical_devices("GPU")
-              else kernels.MatmulEngine.NUMPY)
-  cls = NumpyContraction if engine == kernels.MatmulEngine.NUMPY else XlaContraction
+  if engine == implementation_lib.MatmulEngine.AUTO:
+    engine = (implementation_lib.MatmulEngine.XLA if tf.config.list_physical_devices("GPU")
+              else implementation_lib.MatmulEngine.NUMPY)
+  cls = NumpyContraction if engine == implementation_lib.MatmulEngine.NUMPY else XlaContraction
   return cls(product_offsets, accumulate_dtype)
 
 

@@ -7,49 +7,36 @@ Shapes: `x1 [N1, ...]`, `x2 [N2, ...]`, Gram `[N1, N2]`; blocks are
 zero-padded to B before the block function and cropped after, so compiled
 functions see one shape).
 
-The block loop is generic: an `NtkImplementation` selects, through the
-registry `ntk_tf.kernels`, a factory `(model, dtype, block_size, **options)`
-that returns a `BlockFn` `(x_a [B, ...], x_b [B, ...] | None) -> [B, B]` (x_b
-None means x_b = x_a, a diagonal block of a symmetric Gram). The
-implementation modules imported below register their factories on import.
+The block loop is generic: an `NtkImplementation` selects, in the table
+`_IMPLEMENTATION_TO_BLOCK_FN` right above `ntk_gram`, the `make_block_fn`
+`(model, dtype, block_size, **options)` of one implementation module, which
+returns a `BlockFn` `(x_a [B, ...], x_b [B, ...] | None) -> [B, B]` (x_b None
+means x_b = x_a, a diagonal block of a symmetric Gram).
 
 Paper: Sec. 2 (empirical NTK), App. B (Gram matrices of the trained networks).
 """
 
 import collections
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import keras
 import numpy as np
 
-# Imported for their registration in `kernels` (each registers its factory).
-from ntk_tf import auto  # pylint: disable=unused-import
-from ntk_tf import block_size as block_size_lib
-from ntk_tf import jacobian_block  # pylint: disable=unused-import
-from ntk_tf import ntk_vector_products  # pylint: disable=unused-import
-from ntk_tf import structured  # pylint: disable=unused-import
-from ntk_tf import kernels
 from ntk_tf import precision
-from ntk_tf import progress as progress_lib
 from ntk_tf import types
 from ntk_tf import validation
-from ntk_tf.kernels import BlockFn
-from ntk_tf.kernels import NtkImplementation
+from ntk_tf.ntk import auto
+from ntk_tf.ntk import block_size as block_size_lib
+from ntk_tf.ntk import implementation as implementation_lib
+from ntk_tf.ntk import jacobian_block
+from ntk_tf.ntk import ntk_vector_products
+from ntk_tf.ntk import progress as progress_lib
+from ntk_tf.ntk import structured
+from ntk_tf.ntk.implementation import BlockFn
+from ntk_tf.ntk.implementation import NtkImplementation
 
 # (i0, i1, j0, j1): rows x1[i0:i1], columns x2[j0:j1].
 Block = Tuple[int, int, int, int]
-
-
-def resolve_implementation(implementation: Union[str, NtkImplementation]) -> NtkImplementation:
-  """Returns the `NtkImplementation` member named by `implementation` (`kernels.resolve`)."""
-  return kernels.resolve(implementation)
-
-
-def block_fn(model: keras.Model, implementation: Union[str, NtkImplementation],
-             dtype: types.DType, block_size: int = 256, **options) -> BlockFn:
-  """Returns the `BlockFn` of `implementation` for `model` in `dtype` (`kernels.make_block_fn`)."""
-  return kernels.make_block_fn(model, implementation, precision.canonical_dtype(dtype),
-                               block_size, **options)
 
 
 # BlockFns kept between `ntk_gram` calls, so a repeated Gram of the same model
@@ -67,19 +54,19 @@ def clear_block_fn_cache() -> None:
   _reused.clear()
 
 
-def _reusable_block_fn(model: keras.Model, implementation: Union[str, NtkImplementation],
-                       dtype: str, block_size: int, options: dict) -> BlockFn:
-  """Returns `block_fn(...)`, the one kept from an earlier call when there is one."""
+def _reusable_block_fn(make_fn: implementation_lib.MakeBlockFn, model: keras.Model,
+                       member: NtkImplementation, dtype: str, block_size: int,
+                       options: dict) -> BlockFn:
+  """Returns `make_fn(model, dtype, block_size, **options)`, or the one kept from earlier."""
   try:
-    key = (id(model), kernels.resolve(implementation), dtype, block_size,
-           repr(sorted(options.items())))
+    key = (id(model), member, dtype, block_size, repr(sorted(options.items())))
   except TypeError:  # Options that do not sort: no reuse.
-    return block_fn(model, implementation, dtype, block_size, **options)
+    return make_fn(model, dtype, block_size, **options)
   fn = _reused.get(key)
   if fn is not None and getattr(fn, "model", None) is model:
     _reused.move_to_end(key)
     return fn
-  fn = block_fn(model, implementation, dtype, block_size, **options)
+  fn = make_fn(model, dtype, block_size, **options)
   if getattr(fn, "reusable", False) and getattr(fn, "model", None) is model:
     _reused[key] = fn
     while len(_reused) > _REUSED_MAX:
@@ -232,6 +219,44 @@ def prepare(model: keras.Model, x1: types.Inputs, x2: Optional[types.Inputs],
   return x1, x2, block_size, dtype
 
 
+def check_options(implementation: Union[str, NtkImplementation],
+                  options: Mapping[str, Any]) -> NtkImplementation:
+  """Returns the member named by `implementation` once its make_block_fn takes every option.
+
+  Raises:
+    ValueError: for an unknown implementation, or naming every option its
+      `make_block_fn` (the table below) does not take, with those it takes.
+  """
+  member = implementation_lib.resolve(implementation)
+  implementation_lib.check_options(member, _IMPLEMENTATION_TO_BLOCK_FN[member], options)
+  return member
+
+
+def make_block_fn(model: keras.Model, implementation: Union[str, NtkImplementation],
+                  dtype: types.DType, block_size: int = 256, **options) -> BlockFn:
+  """Returns the `BlockFn` of `implementation` for `model` in `dtype`, for blocks of `block_size`.
+
+  Checks the options (`check_options`) and that `model` has one logit and
+  trainable weights (`validation.check_single_logit`), then calls the
+  implementation's `make_block_fn` (the table below). `ntk_gram` checks the
+  model in `prepare` instead and looks the table up itself.
+  """
+  member = check_options(implementation, options)
+  validation.check_single_logit(model)
+  return _IMPLEMENTATION_TO_BLOCK_FN[member](model, precision.canonical_dtype(dtype), block_size,
+                                             **options)
+
+
+# The BlockFn maker of each implementation, `(model, dtype, block_size, **options) -> BlockFn`
+# (`implementation.BlockFn`); AUTO picks STRUCTURED or JACOBIAN and calls theirs.
+_IMPLEMENTATION_TO_BLOCK_FN = {
+    NtkImplementation.JACOBIAN: jacobian_block.make_block_fn,
+    NtkImplementation.STRUCTURED: structured.make_block_fn,
+    NtkImplementation.NTK_VECTOR_PRODUCTS: ntk_vector_products.make_block_fn,
+    NtkImplementation.AUTO: auto.make_block_fn,
+}
+
+
 def ntk_gram(model: keras.Model, x1: types.Inputs, x2: Optional[types.Inputs] = None, *,
              block_size: Optional[int] = None,
              implementation: Union[str, NtkImplementation] = "auto",
@@ -260,10 +285,9 @@ def ntk_gram(model: keras.Model, x1: types.Inputs, x2: Optional[types.Inputs] = 
   Blocks are at most max(N1, N2) rows (`effective_block_size`: a larger
   block_size is capped, so a small Gram is not padded to a full block). The
   padded batch size can change the last bits of the batched TF ops, so a Gram
-  with N < block_size agrees with the uncapped one to rounding (measured:
-  <= 3e-6 relative in float32), not bit for bit; with N >= block_size
-  nothing changes.
-  Peak memory per block: `ntk_tf.block_size.peak_memory_bytes` (one formula
+  with N < block_size agrees with the uncapped one to rounding, not bit for
+  bit; with N >= block_size nothing changes.
+  Peak memory per block: `ntk_tf.ntk.block_size.peak_memory_bytes` (one formula
   per implementation), plus the N1 * N2 * bytes result; a block size whose
   estimate exceeds `memory_budget_bytes` is refused before any work. Every
   finished block is checked finite (`check_finite_block`: an overflow raises
@@ -278,26 +302,28 @@ def ntk_gram(model: keras.Model, x1: types.Inputs, x2: Optional[types.Inputs] = 
       None for `block_size.default_block_size` (above); N1, N2 need not be
       multiples.
     implementation: an `NtkImplementation` member or its value; "auto" (the default)
-      picks the cheaper exact path by a FLOP estimate (`ntk_tf.auto`).
+      picks the cheaper exact path by a FLOP estimate (`ntk_tf.ntk.auto`).
     dtype: "float32" or "float64" (the precision rule above).
     progress: show blocks done, rate and ETA.
     memory_budget_bytes: bytes one block may use (estimated); None means the
       machine's physical memory for an explicit block_size, and the default
       budget above when block_size is None.
-    **options: options of the implementation's factory (`kernels.OPTIONS`:
-      matmul_engine, accumulate_dtype, allow_tf32, nominal_block, choices,
-      feature_cache_bytes); one the implementation does not take raises
-      ValueError naming it.
+    **options: options of the implementation's `make_block_fn` (the table
+      right above; `implementation.OPTIONS`: matmul_engine, accumulate_dtype,
+      allow_tf32, nominal_block, choices, feature_cache_bytes); one the
+      implementation does not take raises ValueError naming it.
 
   Returns:
     `[N1, N2]` array of `dtype`.
 
   Paper: Sec. 2, eq. for Theta; App. B.
   """
-  x1, x2, block_size, dtype = prepare(model, x1, x2, block_size, dtype,
+  x1, x2, block_size, dtype = prepare(model, x1, x2, block_size, dtype,  # checks the model
                                       implementation=implementation, cap_block_size=True,
                                       memory_budget_bytes=memory_budget_bytes)
-  fn = _reusable_block_fn(model, implementation, dtype, block_size, options)
+  member = check_options(implementation, options)
+  fn = _reusable_block_fn(_IMPLEMENTATION_TO_BLOCK_FN[member], model, member, dtype, block_size,
+                          options)
   feature_cache = getattr(fn, "cache", None)
   if feature_cache is not None:
     feature_cache.clear()  # Weights may have changed since a reused fn last ran.

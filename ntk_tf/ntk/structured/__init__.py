@@ -36,7 +36,7 @@ Modules, one job each:
   geometry     Conv2D paddings, patch indices, patches, per-example kernel gradients
   features     per-block features (one batched forward/backward pass), cached
   engines      the NumPy (host BLAS) and XLA contractions behind one interface
-  ntk          StructuredNtk (the BlockFn) and its registry factory
+  ntk          StructuredNtk (the BlockFn) and its make_block_fn
 
 Shape convention: N examples, P output positions, K = kh*kw*C_in (patch
 length; for Dense, the input width), C = output channels; `_a`, `_b` name the
@@ -47,18 +47,18 @@ factorization of a Dense / conv layer's NTK; not in the paper, whose App. B
 computes Grams with neural_tangents' empirical_kernel_fn).
 """
 
-from ntk_tf.structured.geometry import conv_gradient
-from ntk_tf.structured.geometry import conv_paddings
-from ntk_tf.structured.geometry import host_conv_gradient
-from ntk_tf.structured.geometry import host_patches
-from ntk_tf.structured.geometry import patch_indices
-from ntk_tf.structured.ntk import StructuredNtk
-from ntk_tf.structured.ntk import make_block_fn
-from ntk_tf.structured.plan import CHOICES
-from ntk_tf.structured.plan import JACOBIAN
-from ntk_tf.structured.plan import LayerPlan
-from ntk_tf.structured.plan import ModelPlan
-from ntk_tf.structured.plan import REFERENCE
-from ntk_tf.structured.plan import STRUCTURED
-from ntk_tf.structured.plan import contraction_flops
-from ntk_tf.structured.plan import flop_report
+from ntk_tf.ntk.structured.geometry import conv_gradient
+from ntk_tf.ntk.structured.geometry import conv_paddings
+from ntk_tf.ntk.structured.geometry import host_conv_gradient
+from ntk_tf.ntk.structured.geometry import host_patches
+from ntk_tf.ntk.structured.geometry import patch_indices
+from ntk_tf.ntk.structured.ntk import StructuredNtk
+from ntk_tf.ntk.structured.ntk import make_block_fn
+from ntk_tf.ntk.structured.plan import CHOICES
+from ntk_tf.ntk.structured.plan import JACOBIAN
+from ntk_tf.ntk.structured.plan import LayerPlan
+from ntk_tf.ntk.structured.plan import ModelPlan
+from ntk_tf.ntk.structured.plan import REFERENCE
+from ntk_tf.ntk.structured.plan import STRUCTURED
+from ntk_tf.ntk.structured.plan import contraction_flops
+from ntk_tf.ntk.structured.plan import flop_report

@@ -29,9 +29,9 @@ from absl import logging
 
 from ntk_tf import onednn
 from ntk_tf import precision
-from ntk_tf.structured import geometry
-from ntk_tf.structured import keras_graph
-from ntk_tf.structured import plan as plan_lib
+from ntk_tf.ntk.structured import geometry
+from ntk_tf.ntk.structured import keras_graph
+from ntk_tf.ntk.structured import plan as plan_lib
 from ntk_tf.types import Inputs
 from ops import structured_blocks
 
@@ -113,8 +113,8 @@ class FeatureExtractor:
     self.on_host = on_host
     self.allow_tf32 = allow_tf32
     known = {id(p.layer): p.kind for p in self.plans if p.kind != plan_lib.REFERENCE}
-    # Channel padding speeds up TF's own CPU convs; oneDNN's run 2x slower with it (LeNet
-    # conv 1, fwd+bwd at N = 1000), so it is used only where oneDNN is off.
+    # Channel padding speeds up TF's own CPU convs but slows oneDNN's, so it is used
+    # only where oneDNN is off.
     self._recorder = keras_graph.Recorder(model_plan.graph, known,
                                           pad_channels=on_host and not onednn.enabled())
     self._reference_vars = [v for p in self.plans if p.kind == plan_lib.REFERENCE

@@ -21,7 +21,7 @@ F_act = floats of all layer outputs per example, P = trainable parameters:
        conv, P2 = max P_l^2)
   ntk_vector_products: s * [ 4 B F_act + 4 P ]
       (activations with forward-mode tangents, the tangent u and gradients)
-  auto:                the formula of the implementation `ntk_tf.auto` chooses.
+  auto:                the formula of the implementation `ntk_tf.ntk.auto` chooses.
 
 A model with no layer graph (subclassed; only JACOBIAN and
 NTK_VECTOR_PRODUCTS apply) is counted without its activations (F_act = 0).
@@ -39,12 +39,12 @@ from typing import Optional, Union
 
 import keras
 
-from ntk_tf import auto
-from ntk_tf import kernels
 from ntk_tf import precision
-from ntk_tf import structured
 from ntk_tf import validation
-from ntk_tf.kernels import NtkImplementation
+from ntk_tf.ntk import auto
+from ntk_tf.ntk import implementation as implementation_lib
+from ntk_tf.ntk import structured
+from ntk_tf.ntk.implementation import NtkImplementation
 from ntk_tf.types import DType, Shape
 
 
@@ -63,13 +63,13 @@ def peak_memory_bytes(model: keras.Model, block_size: int,
     model_plan: the model's `structured.ModelPlan`, if already built.
     nominal_block: the block size AUTO's choice and the structured plan assume.
   """
-  member = kernels.resolve(implementation)
+  member = implementation_lib.resolve(implementation)
   itemsize = 8 if precision.canonical_dtype(dtype) == "float64" else 4
   if model_plan is None and not structured.keras_graph.is_functional(model):
     b, params = int(block_size), validation.parameter_count(model)
     if member == NtkImplementation.NTK_VECTOR_PRODUCTS:
       return itemsize * 4 * params
-    return itemsize * (3 * b * params + b * b)  # AUTO is JACOBIAN (`ntk_tf.auto`).
+    return itemsize * (3 * b * params + b * b)  # AUTO is JACOBIAN (`ntk_tf.ntk.auto`).
   model_plan = model_plan or structured.ModelPlan(model, nominal_block=nominal_block)
   if member == NtkImplementation.AUTO:
     member = auto.choose_implementation(model, model_plan.input_shape, nominal_block)
@@ -109,7 +109,7 @@ def block_size_for_budget(model: keras.Model, input_shape: Shape, memory_budget_
     raise ValueError(f"memory_budget_bytes must be positive. "
                      f"Received: memory_budget_bytes={memory_budget_bytes}")
   model_plan = structured.ModelPlan(model)
-  member = kernels.resolve(implementation)
+  member = implementation_lib.resolve(implementation)
   if member == NtkImplementation.AUTO:
     member = auto.choose_implementation(model, model_plan.input_shape, 256)
   peak = lambda b: peak_memory_bytes(model, b, member, dtype, model_plan=model_plan)
@@ -163,10 +163,10 @@ def check_block_memory(model: keras.Model, block_size: int,
   if peak > memory_budget_bytes:
     raise ValueError(
         f"block_size={block_size} needs about {peak / 2**30:.3g} GiB per block "
-        f"(ntk_tf.block_size.peak_memory_bytes, implementation="
-        f"{kernels.resolve(implementation).value!r}, dtype={dtype!r}), more than the "
+        f"(ntk_tf.ntk.block_size.peak_memory_bytes, implementation="
+        f"{implementation_lib.resolve(implementation).value!r}, dtype={dtype!r}), more than the "
         f"memory budget of {memory_budget_bytes / 2**30:.3g} GiB; use a smaller block_size "
-        f"(ntk_tf.block_size.block_size_for_budget). Received: block_size={block_size}")
+        f"(ntk_tf.ntk.block_size.block_size_for_budget). Received: block_size={block_size}")
   return peak
 
 
@@ -202,7 +202,7 @@ def largest_block_size(model: keras.Model, implementation: Union[str, NtkImpleme
   max_block = validation.check_positive_int(max_block, "max_block")
   if memory_budget_bytes is None:
     memory_budget_bytes = default_memory_budget_bytes()
-  member, model_plan = kernels.resolve(implementation), None
+  member, model_plan = implementation_lib.resolve(implementation), None
   if structured.keras_graph.is_functional(model):
     model_plan = structured.ModelPlan(model)
     if member == NtkImplementation.AUTO:
@@ -218,13 +218,11 @@ def largest_block_size(model: keras.Model, implementation: Union[str, NtkImpleme
   return low
 
 
-# The largest block `default_block_size` picks, even where a larger one fits the budget.
-# Measured (ntk_gram, MLP, CIFAR-10, float32; 2-core AMD EPYC Zen 4, AVX-512, oneDNN on,
-# three runs each): N = 8,000 in one block of 4,578 (the largest that fit 1 GiB) took
-# 3.2-4.1 s, in three even blocks of 2,667 2.1 s, in four of 2,000 2.2-2.4 s; N = 4,000 in
-# one block 0.7-0.9 s, in two of 2,000 0.53-0.59 s. A diagonal block computes its whole
-# square, so r row blocks compute N^2 (r + 1) / (2 r) entries instead of N^2, and larger
-# blocks allocate larger fresh temporaries; N <= 3,000 stays one block.
+# The largest block `default_block_size` picks, even where a larger one fits the budget:
+# a few even blocks of at most this many rows beat one larger block, although a diagonal
+# block computes its whole square (r row blocks compute N^2 (r + 1) / (2 r) entries instead
+# of N^2), because larger blocks allocate larger fresh temporaries
+# (`benchmarks/store_throughput.py` times block sizes); N <= 3,000 stays one block.
 DEFAULT_MAX_BLOCK = 3000
 
 

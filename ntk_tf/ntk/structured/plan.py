@@ -8,7 +8,7 @@ with no structured rule: per-example gradients by `tape.jacobian`). Each
 Dense / Conv2D kernel takes the form with fewer FLOPs for a
 [nominal_block, nominal_block] block (`LayerPlan.structured_flops`,
 `LayerPlan.jacobian_flops`). `ModelPlan` holds the plans of one model and the
-per-example sizes the peak-memory formula (`ntk_tf.block_size`) uses.
+per-example sizes the peak-memory formula (`ntk_tf.ntk.block_size`) uses.
 """
 
 import dataclasses
@@ -20,8 +20,8 @@ import numpy as np
 import tensorflow as tf
 
 from ntk_tf import precision
-from ntk_tf.structured import geometry
-from ntk_tf.structured import keras_graph
+from ntk_tf.ntk.structured import geometry
+from ntk_tf.ntk.structured import keras_graph
 from ntk_tf.types import Shape
 
 STRUCTURED = "structured"

@@ -13,9 +13,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ntk_tf import kernels
 from ntk_tf import precision
 from ntk_tf.jacobian import jacobian_fn
+from ntk_tf.ntk import implementation as implementation_lib
 from ntk_tf.types import DType
 from ops import gram_block
 
@@ -27,12 +27,12 @@ class JacobianBlockFn:
   """
 
   def __init__(self, model: keras.Model, dtype: DType = "float32", *,
-               matmul_engine: Union[str, kernels.MatmulEngine] = "auto",
+               matmul_engine: Union[str, implementation_lib.MatmulEngine] = "auto",
                accumulate_dtype: Optional[DType] = None, allow_tf32: bool = False):
     self.dtype = precision.canonical_dtype(dtype)
     self.accumulate_dtype = precision.canonical_dtype(accumulate_dtype or self.dtype)
-    engine = kernels.resolve_engine(matmul_engine)
-    self.on_host = engine == kernels.MatmulEngine.NUMPY  # AUTO: XLA.
+    engine = implementation_lib.resolve_engine(matmul_engine)
+    self.on_host = engine == implementation_lib.MatmulEngine.NUMPY  # AUTO: XLA.
     self.allow_tf32 = bool(allow_tf32)
     self._model = precision.cast_model(model, self.dtype)
     self._block_jacobian = jacobian_fn(self._model)
@@ -57,12 +57,14 @@ class JacobianBlockFn:
       return gram_block.gram_block(jac_a, jac_b).numpy()  # [B, B]
 
 
-@kernels.register(kernels.NtkImplementation.JACOBIAN)
-def _factory(model: keras.Model, dtype: str, block_size: int, *,
-             matmul_engine: Union[str, kernels.MatmulEngine] = "auto",
-             accumulate_dtype: Optional[DType] = None,
-             allow_tf32: bool = False) -> JacobianBlockFn:
-  """The JACOBIAN factory; blocks are padded to `block_size` rows by the caller."""
+def make_block_fn(model: keras.Model, dtype: DType = "float32", block_size: Optional[int] = None,
+                  *, matmul_engine: Union[str, implementation_lib.MatmulEngine] = "auto",
+                  accumulate_dtype: Optional[DType] = None,
+                  allow_tf32: bool = False) -> JacobianBlockFn:
+  """Returns the JACOBIAN BlockFn `(x_a, x_b=None) -> J_a J_b^T` [Na, Nb].
+
+  Blocks are padded to `block_size` rows by the caller (`ntk_tf.ntk.gram`).
+  """
   del block_size  # One traced Jacobian per block shape.
   return JacobianBlockFn(model, dtype, matmul_engine=matmul_engine,
                          accumulate_dtype=accumulate_dtype, allow_tf32=allow_tf32)

@@ -3,7 +3,7 @@
     Theta(x, x) = J(x) J(x)^T,  stored as `<path>/gram.npy`  [N, N]
 
 The store's files, checksums, log and lock are described in
-`ntk_tf.gram_store_format`. In short: the matrix is filled block by block (upper
+`ntk_tf.ntk.gram_store_format`. In short: the matrix is filled block by block (upper
 triangle, mirrored) through a memory map; every `commit_interval_s` seconds it is
 flushed to disk and the finished blocks, each with the crc32 of its bytes, are
 appended to `blocks.log` and fsynced. A kill at any point (even SIGKILL) loses at
@@ -34,12 +34,13 @@ import keras
 import numpy as np
 
 from ntk_tf import atomic
-from ntk_tf import gram as gram_lib
-from ntk_tf import gram_store_format as fmt
-from ntk_tf import kernels
-from ntk_tf import progress as progress_lib
 from ntk_tf import types
 from ntk_tf import validation
+from ntk_tf.ntk import gram as gram_lib
+from ntk_tf.ntk import gram_store_format as fmt
+from ntk_tf.ntk import implementation as implementation_lib
+from ntk_tf.ntk import progress as progress_lib
+from ntk_tf.ntk.implementation import NtkImplementation
 
 # Manifest fields that must match for a job to continue a store (in the order errors list them).
 _IDENTITY_FIELDS = ("n", "block_size", "dtype", "implementation", "options", "model_class",
@@ -125,7 +126,7 @@ class GramStore:
   store; a second process waits for it (`lock="wait"`, logged) or raises
   RuntimeError (`lock="fail"`).
 
-  Peak memory: that of one `ntk_gram` block (`ntk_tf.block_size.peak_memory_bytes`)
+  Peak memory: that of one `ntk_gram` block (`ntk_tf.ntk.block_size.peak_memory_bytes`)
   plus one [B, B] block in flight; the matrix itself stays on disk (N^2 * bytes,
   e.g. 14.4 GB for N = 60,000 in float32), written through a memory map.
 
@@ -136,34 +137,35 @@ class GramStore:
     block_size: B (> 0), the rows of a block, the unit of work and of a commit.
       None (the default): the existing store's B if `path` holds one, else
       `block_size.default_block_size` (N split evenly into blocks of at most
-      3,000 rows that fit 1 GiB), as `ntk_gram` picks it. Measured (MLP,
-      N = 8,000, 2-core AVX-512 CPU): B = 256 made the store 0.56-0.66x as fast as
-      in-memory `ntk_gram`, B = 2,667 (the default) 0.92-1.0x.
+      3,000 rows that fit 1 GiB), as `ntk_gram` picks it. A small B is slower
+      than in-memory `ntk_gram` (more blocks, each with its own passes over
+      the data); the default comes close to it (`benchmarks/store_throughput.py`
+      measures both).
     dtype: "float32" or "float64".
     implementation: an `NtkImplementation` member or its value; "auto" (the default)
-      picks the cheaper exact path by a FLOP estimate (`ntk_tf.auto`).
+      picks the cheaper exact path by a FLOP estimate (`ntk_tf.ntk.auto`).
     commit_interval_s: seconds between commits (flush of the matrix, append and
       fsync of the log), >= 0; a kill loses at most this much work. 0 commits
       after every block.
     lock: "wait" or "fail", what a second writer does.
     overwrite: empty a store made for another job instead of refusing it.
     verify: check every committed block's checksum when opening.
-    **options: options of the implementation's factory (see `ntk_gram`); part
-      of the store's identity.
+    **options: options of the implementation's `make_block_fn` (see
+      `ntk_gram`); part of the store's identity.
   """
 
   def __init__(self, path: Union[str, os.PathLike], model: keras.Model, x: types.Inputs, *,
                block_size: Optional[int] = None, dtype: types.DType = "float32",
-               implementation: Union[str, gram_lib.NtkImplementation] = "auto",
+               implementation: Union[str, NtkImplementation] = "auto",
                commit_interval_s: float = 5.0, lock: str = "wait", overwrite: bool = False,
                verify: bool = True, **options):
-    member = gram_lib.resolve_implementation(implementation)
+    member = implementation_lib.resolve(implementation)
     if block_size is None:
       block_size = fmt.stored_block_size(path)  # Continue an existing store as it was made.
     x, _, block_size, dtype = gram_lib.prepare(
         model, x, None, block_size, dtype,
         implementation=member if block_size is None else None)  # None: default_block_size.
-    kernels.check_options(member, options)
+    gram_lib.check_options(member, options)
     if (isinstance(commit_interval_s, bool) or not isinstance(commit_interval_s, (int, float))
         or not commit_interval_s >= 0):
       raise ValueError("commit_interval_s must be a number >= 0. "
@@ -302,8 +304,8 @@ class GramStore:
     devices or workers, `ntk_tf.distributed.RunnerGramStore`); the writing and
     the commit protocol stay in `_compute_missing`.
     """
-    fn = gram_lib.block_fn(self._model, self.implementation, self.dtype, self.block_size,
-                           **self._options)
+    fn = gram_lib.make_block_fn(self._model, self.implementation, self.dtype, self.block_size,
+                                **self._options)
     missing = [index for index in range(len(self._blocks)) if index not in self._done]
     blocks = [self._blocks[index] for index in missing]
     for position in gram_lib.sweep(fn, blocks, self.block_size):  # reuses cached features

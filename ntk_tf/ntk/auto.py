@@ -27,20 +27,24 @@ always cost more FLOPs than the jacobian path. Their use is memory (no
 `ntk_vector_products.NtkOperator` directly.
 """
 
-import warnings
-from typing import Dict
+from typing import Dict, Optional
 
 import keras
 
-from ntk_tf import engine_cache
-from ntk_tf import jacobian_block  # pylint: disable=unused-import (registers JACOBIAN)
-from ntk_tf import kernels
-from ntk_tf import structured
-from ntk_tf.kernels import NtkImplementation
-from ntk_tf.types import Shape
+from ntk_tf.ntk import engine_cache
+from ntk_tf.ntk import implementation as implementation_lib
+from ntk_tf.ntk import jacobian_block
+from ntk_tf.ntk import structured
+from ntk_tf.ntk.implementation import NtkImplementation
+from ntk_tf.types import DType, Shape
 
 # Candidates in tie-breaking order (NTK_VECTOR_PRODUCTS never wins: module docstring).
 CANDIDATES = (NtkImplementation.STRUCTURED, NtkImplementation.JACOBIAN)
+# The make_block_fn of each candidate (the table of `ntk_tf.ntk.gram` holds AUTO itself).
+_CANDIDATE_TO_BLOCK_FN = {
+    NtkImplementation.STRUCTURED: structured.make_block_fn,
+    NtkImplementation.JACOBIAN: jacobian_block.make_block_fn,
+}
 
 
 def implementation_flops(model: keras.Model, input_shape: Shape,
@@ -65,15 +69,15 @@ def choose_implementation(model: keras.Model, input_shape: Shape, n: int) -> Ntk
   return min(CANDIDATES, key=lambda member: (flops[member], CANDIDATES.index(member)))
 
 
-@kernels.register(NtkImplementation.AUTO)
-def _factory(model: keras.Model, dtype: str, block_size: int, *, nominal_block: int = 256,
-             **options) -> kernels.BlockFn:
-  """The AUTO factory: the chosen candidate's BlockFn, given `options`.
+def make_block_fn(model: keras.Model, dtype: DType = "float32", block_size: Optional[int] = None,
+                  *, nominal_block: int = 256, **options) -> implementation_lib.BlockFn:
+  """Returns the BlockFn of the candidate with the fewest estimated FLOPs (rule above).
 
-  Options the chosen candidate does not take are rejected by name
-  (`kernels.make_block_fn`); nominal_block also reaches a structured choice.
-  Without a `matmul_engine` option, the engine pinned or cached for this
-  machine and model name (`ntk_tf.engine_cache`) is used, if any.
+  The chosen candidate's `make_block_fn` gets `options`; one it does not take
+  is rejected by name (`implementation.check_options`). nominal_block also
+  reaches a structured choice. Without a `matmul_engine` option, the engine
+  pinned or cached for this machine and model name (`ntk_tf.ntk.engine_cache`)
+  is used, if any.
   """
   if "matmul_engine" not in options:
     engine = engine_cache.matmul_engine(model.name)
@@ -81,19 +85,11 @@ def _factory(model: keras.Model, dtype: str, block_size: int, *, nominal_block: 
       options["matmul_engine"] = engine
   if not structured.keras_graph.is_functional(model):
     # A subclassed model has no layer graph to plan: only per-example gradients apply.
-    return kernels.make_block_fn(model, NtkImplementation.JACOBIAN, dtype, block_size, **options)
-  input_shape = tuple(model.inputs[0].shape[1:])
-  choice = choose_implementation(model, input_shape, nominal_block)
-  if choice == NtkImplementation.STRUCTURED:
-    options["nominal_block"] = nominal_block
-  return kernels.make_block_fn(model, choice, dtype, block_size, **options)
-
-
-def make_block_fn(model: keras.Model, dtype: str = "float32", *, nominal_block: int = 256,
-                  **options) -> kernels.BlockFn:
-  """Deprecated: use `ntk_tf.gram.block_fn(model, "auto", dtype, block_size, ...)`."""
-  warnings.warn("ntk_tf.auto.make_block_fn is deprecated; use "
-                "ntk_tf.gram.block_fn(model, 'auto', dtype, block_size, **options)",
-                DeprecationWarning, stacklevel=2)
-  return kernels.make_block_fn(model, NtkImplementation.AUTO, dtype, nominal_block,
-                               nominal_block=nominal_block, **options)
+    choice = NtkImplementation.JACOBIAN
+  else:
+    choice = choose_implementation(model, tuple(model.inputs[0].shape[1:]), nominal_block)
+    if choice == NtkImplementation.STRUCTURED:
+      options["nominal_block"] = nominal_block
+  chosen_make_block_fn = _CANDIDATE_TO_BLOCK_FN[choice]
+  implementation_lib.check_options(choice, chosen_make_block_fn, options)
+  return chosen_make_block_fn(model, dtype, block_size, **options)

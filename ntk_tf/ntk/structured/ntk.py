@@ -1,4 +1,4 @@
-"""`StructuredNtk`: the structured-NTK BlockFn of one model, and its registry factory.
+"""`StructuredNtk`: the structured-NTK BlockFn of one model, and its `make_block_fn`.
 
 Plan (`plan.ModelPlan`) + features (`features.FeatureExtractor`, cached) +
 contraction (`engines.Contraction`): Theta(x_a, x_b) = sum_l Theta_l(x_a, x_b).
@@ -9,11 +9,11 @@ from typing import List, Mapping, Optional, Union
 import keras
 import numpy as np
 
-from ntk_tf import kernels
 from ntk_tf import precision
-from ntk_tf.structured import engines
-from ntk_tf.structured import features as features_lib
-from ntk_tf.structured import plan as plan_lib
+from ntk_tf.ntk import implementation as implementation_lib
+from ntk_tf.ntk.structured import engines
+from ntk_tf.ntk.structured import features as features_lib
+from ntk_tf.ntk.structured import plan as plan_lib
 from ntk_tf.types import Array, DType, Inputs
 
 
@@ -28,7 +28,7 @@ class StructuredNtk:
   Memory: features per example are sum over structured Dense layers of
   (K + 1 + C), over structured positional layers of P (K + C), plus the
   per-example gradient width p_G (jacobian-form kernels, biases, BatchNorm,
-  reference layers); the peak of one block is `ntk_tf.block_size.peak_memory_bytes`.
+  reference layers); the peak of one block is `ntk_tf.ntk.block_size.peak_memory_bytes`.
   """
 
   exactly_symmetric = True  # Diagonal blocks: see the class docstring.
@@ -39,7 +39,7 @@ class StructuredNtk:
   def __init__(self, model: keras.Model, dtype: DType = "float32", *,
                choices: Union[None, str, Mapping[str, str]] = None,
                nominal_block: int = 256,
-               matmul_engine: Union[str, kernels.MatmulEngine] = "auto",
+               matmul_engine: Union[str, implementation_lib.MatmulEngine] = "auto",
                accumulate_dtype: Optional[DType] = None, allow_tf32: bool = False,
                feature_cache_bytes: int = 1 << 30):
     """Builds the plan.
@@ -50,7 +50,7 @@ class StructuredNtk:
       choices: None (by FLOP estimate), "structured" or "jacobian" for every
         Dense/Conv2D kernel, or {layer name: choice}.
       nominal_block: block size the FLOP estimate assumes when choosing.
-      matmul_engine: a `kernels.MatmulEngine` or its value ("auto": NumPy
+      matmul_engine: an `implementation.MatmulEngine` or its value ("auto": NumPy
         when no GPU is visible, else XLA).
       accumulate_dtype: dtype the per-layer contributions are summed in
         (default `dtype`; "float64" for float32 features).
@@ -60,7 +60,7 @@ class StructuredNtk:
     """
     self.dtype = precision.canonical_dtype(dtype)
     self.accumulate_dtype = precision.canonical_dtype(accumulate_dtype or self.dtype)
-    engine = kernels.resolve_engine(matmul_engine)
+    engine = implementation_lib.resolve_engine(matmul_engine)
     self.allow_tf32 = bool(allow_tf32)
     self.model = precision.cast_model(model, self.dtype)
     self.model_plan = plan_lib.ModelPlan(self.model, choices=choices,
@@ -101,23 +101,18 @@ class StructuredNtk:
       return self.contraction(features_a, features_b, diagonal=x_b is None)
 
 
-def make_block_fn(model: keras.Model, dtype: DType = "float32", **options) -> StructuredNtk:
+def make_block_fn(model: keras.Model, dtype: DType = "float32", block_size: Optional[int] = None,
+                  *, choices: Union[None, str, Mapping[str, str]] = None,
+                  nominal_block: int = 256,
+                  matmul_engine: Union[str, implementation_lib.MatmulEngine] = "auto",
+                  accumulate_dtype: Optional[DType] = None, allow_tf32: bool = False,
+                  feature_cache_bytes: int = 1 << 30) -> StructuredNtk:
   """Returns the structured-NTK BlockFn `(x_a, x_b=None) -> Theta(x_a, x_b)` [Na, Nb].
 
-  Theta = sum_l Theta_l as in `ntk_tf.structured`; `options` are those of
-  `StructuredNtk` (choices, nominal_block, matmul_engine, accumulate_dtype,
-  allow_tf32, feature_cache_bytes).
+  Theta = sum_l Theta_l as in `ntk_tf.ntk.structured`; the options are those of
+  `StructuredNtk`. Blocks are padded to `block_size` rows by the caller
+  (`ntk_tf.ntk.gram`).
   """
-  return StructuredNtk(model, dtype, **options)
-
-
-@kernels.register(kernels.NtkImplementation.STRUCTURED)
-def _factory(model: keras.Model, dtype: str, block_size: int, *,
-             choices: Union[None, str, Mapping[str, str]] = None, nominal_block: int = 256,
-             matmul_engine: Union[str, kernels.MatmulEngine] = "auto",
-             accumulate_dtype: Optional[DType] = None, allow_tf32: bool = False,
-             feature_cache_bytes: int = 1 << 30) -> StructuredNtk:
-  """The STRUCTURED factory; blocks are padded to `block_size` rows by the caller."""
   del block_size  # Features are bucketed by the block sizes they see.
   return StructuredNtk(model, dtype, choices=choices, nominal_block=nominal_block,
                        matmul_engine=matmul_engine, accumulate_dtype=accumulate_dtype,
