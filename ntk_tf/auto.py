@@ -27,7 +27,6 @@ always cost more FLOPs than the jacobian path. Their use is memory (no
 `ntk_vector_products.NtkOperator` directly.
 """
 
-import warnings
 from typing import Dict
 
 import keras
@@ -87,13 +86,3 @@ def _factory(model: keras.Model, dtype: str, block_size: int, *, nominal_block: 
   if choice == NtkImplementation.STRUCTURED:
     options["nominal_block"] = nominal_block
   return kernels.make_block_fn(model, choice, dtype, block_size, **options)
-
-
-def make_block_fn(model: keras.Model, dtype: str = "float32", *, nominal_block: int = 256,
-                  **options) -> kernels.BlockFn:
-  """Deprecated: use `ntk_tf.gram.block_fn(model, "auto", dtype, block_size, ...)`."""
-  warnings.warn("ntk_tf.auto.make_block_fn is deprecated; use "
-                "ntk_tf.gram.block_fn(model, 'auto', dtype, block_size, **options)",
-                DeprecationWarning, stacklevel=2)
-  return kernels.make_block_fn(model, NtkImplementation.AUTO, dtype, nominal_block,
-                               nominal_block=nominal_block, **options)
