@@ -33,17 +33,17 @@ method) multiplies all k + p columns per pass and converges like
 (lambda_{k+p+1} / lambda_k)^pass, which on NTK spectra (fast decay at the top,
 clustered around j = 1000) takes tens of passes: tens of thousands of columns
 for k = 1000. Krylov convergence depends on the square root of the relative
-gap; on the MLP's 8,000-sample CIFAR-10 Gram block Lanczos needed ~3,900
-columns (63 products of 62, one restart) for all 1,000 pairs
-(benchmarks/eigen_solvers.py prints the timings; they belong to the machine,
-see README). LOBPCG and Chebyshev filtering were not measured: both also
-multiply the whole block of >= k columns per step.
+gap, so block Lanczos needs far fewer columns than subspace iteration
+(benchmarks/speed_notes.md has the counts on one Gram; benchmarks/eigen_solvers.py
+prints the timings, which belong to the machine, see README). LOBPCG and
+Chebyshev filtering were not measured: both also multiply the whole block of
+>= k columns per step.
 
 Products take float64 blocks against row chunks of the (possibly float32,
 memory-mapped) Gram upcast to float64: float32 accumulation would put a
 residual floor near 1e-7 * lambda_1, above the smallest eigengaps among the top
-1,000 (3.9e-8 * lambda_1 on the 8,000-sample MLP Gram), so some phi_j would
-not be resolved (an estimate; float32 products were not measured).
+1,000 of an NTK Gram (benchmarks/speed_notes.md), so some phi_j would not be
+resolved (an estimate; float32 products were not measured).
 
 Paper: App. B ("Eigendecompositions": top eigenvectors of the 60,000-sample
 Gram), Sec. 3.1 (sign(phi_j) as tasks).
