@@ -15,7 +15,7 @@ the workers, and sending the inputs to them, fixed costs of a job whatever
 its size, are not counted (the timed Grams' stores have the warm-up's data
 key, and the runner keeps the inputs resident: `ClusterRunner.start`). Each
 closure carries up to `--row_blocks` blocks of one block row (default:
-`runners.ROW_BLOCKS`). Printed: this machine's features; per configuration
+`cluster_runner.ROW_BLOCKS`). Printed: this machine's features; per configuration
 the median Gram's seconds (all of them in brackets), the speedup of the
 medians t(1 worker) / t(2 workers) (ideal 2.0), the CPU seconds the
 coordinator, the parameter server and the workers used in the median Gram
@@ -68,7 +68,7 @@ def time_one(model_name: str, num_workers: int, n: int, block_size: int,
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from ntk_tf.distributed import local_cluster  # pylint: disable=g-import-not-at-top
   from ntk_tf.distributed import gram_job  # pylint: disable=g-import-not-at-top
-  from ntk_tf.distributed import runners  # pylint: disable=g-import-not-at-top
+  from ntk_tf.distributed import cluster_runner  # pylint: disable=g-import-not-at-top
   # Connect first: variables made before connecting live on a device the cluster lacks.
   local = local_cluster.LocalCluster(num_workers, intra_op_threads=1, pin_workers=_PIN.value)
   strategy = tf.distribute.experimental.ParameterServerStrategy(local.cluster_resolver())
@@ -77,8 +77,8 @@ def time_one(model_name: str, num_workers: int, n: int, block_size: int,
   out = tempfile.mkdtemp(prefix=f"scaling_{model_name}_{num_workers}_")
   try:
     row_blocks = {} if _ROW_BLOCKS.value is None else {"row_blocks": _ROW_BLOCKS.value}
-    with runners.ClusterRunner(model, implementation, "float32", strategy,
-                               num_workers, **row_blocks) as runner:
+    with cluster_runner.ClusterRunner(model, implementation, "float32", strategy,
+                                      num_workers, **row_blocks) as runner:
       kwargs = dict(block_size=block_size, implementation=implementation, progress=False)
       # The same shapes as the timed Gram: its traces and XLA programs are then made.
       gram_job.compute_gram(os.path.join(out, "warm_up"), model, x, runner, **kwargs)

@@ -45,7 +45,7 @@ def time_one(num_workers: int) -> dict:
   from ntk_tf import models  # pylint: disable=g-import-not-at-top
   from ntk_tf import validation  # pylint: disable=g-import-not-at-top
   from ntk_tf.distributed import local_cluster  # pylint: disable=g-import-not-at-top
-  from ntk_tf.distributed import runners  # pylint: disable=g-import-not-at-top
+  from ntk_tf.distributed import cluster_runner  # pylint: disable=g-import-not-at-top
   from ntk_tf.distributed import sharded_passes  # pylint: disable=g-import-not-at-top
   # Connect first: variables made before connecting live on a device the cluster lacks.
   local = local_cluster.LocalCluster(num_workers, intra_op_threads=1, pin_workers=True)
@@ -54,7 +54,8 @@ def time_one(num_workers: int) -> dict:
   labels = np.random.default_rng(1).normal(size=(_N.value, _M.value))  # [N, m]
   model = models.get(_MODEL.value, input_shape=x.shape[1:], seed=0)
   try:
-    with runners.ClusterRunner(model, "jacobian", "float32", strategy, num_workers) as runner:
+    with cluster_runner.ClusterRunner(model, "jacobian", "float32", strategy,
+                                      num_workers) as runner:
       seconds = []
       for _ in range(_PASSES.value):
         start = time.perf_counter()

@@ -59,7 +59,7 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
   c.device_feature_cache_bytes = 1 << 30
   c.worker_threads = config_dict.placeholder(int)  # --cluster=local:N workers' intra-op threads
   # On a cluster: blocks of one block row per closure (the coordinator's cost per closure,
-  # ~3-4 ms on 2 cores, is paid once for them; runners.ClusterRunner).
+  # ~3-4 ms on 2 cores, is paid once for them; cluster_runner.ClusterRunner).
   c.cluster_row_blocks = 8
   c.commit_interval_s = 5.0  # a killed job loses at most this much work
   c.progress = True

@@ -9,9 +9,7 @@ Conventions shared by every module:
     `separable_dataset` and `eigenfunction_signs` (sign(phi_j)) give +-1,
     `alignment`/`energy_concentration` take +-1 labels, and `train` takes +-1
     labels (it fits one logit by binary cross-entropy on t = (1 + y) / 2 and
-    predicts +1 where the logit is > 0). The {0, 1} forms
-    `train(y_train01=..., y_test01=...)` and `eigenfunction_labels` are
-    deprecated.
+    predicts +1 where the logit is > 0).
   * `batch_size` is examples per step or call; `block_size` is the side of a
     Gram tile; `k` is how many eigenpairs or directions.
   * A set of vectors keeps the example axis where it is everywhere else: a
@@ -23,8 +21,6 @@ Conventions shared by every module:
     one would break them silently.
   * Arrays are returned as NumPy arrays, 0-d where the result is one number
     (`alignment`, `energy_concentration` for labels `[N]`).
-  * Renamed keywords and members keep their old names for one release, with a
-    DeprecationWarning.
 
 TensorFlow's oneDNN kernels (on by default on CPUs with AVX-512 VNNI/BF16 or
 AMX) get two float32 ops wrong; `ntk_tf/onednn.py` names them and routes the
@@ -52,7 +48,6 @@ from ntk_tf.recipe import PAPER_ADAM
 from ntk_tf.recipe import PAPER_CIFAR2
 from ntk_tf.recipe import PAPER_SGD
 from ntk_tf.recipe import Recipe
-from ntk_tf.tasks import eigenfunction_labels
 from ntk_tf.tasks import eigenfunction_signs
 from ntk_tf.training import TrainResult
 from ntk_tf.training import train
@@ -64,7 +59,7 @@ __all__ = [
     # Kernels (Sec. 2, App. B).
     "GramStore", "NtkImplementation", "NtkOperator", "as_float64_model", "jacobian", "ntk_gram",
     # Spectra, tasks and alignment (Sec. 3.1, 4.2, Lemma 1).
-    "alignment", "eigen", "eigenfunction_labels", "eigenfunction_signs", "energy_concentration",
+    "alignment", "eigen", "eigenfunction_signs", "energy_concentration",
     # Linearized models and training (Eq. 1, App. A).
     "Linearized", "linearize", "PAPER_ADAM", "PAPER_CIFAR2", "PAPER_SGD", "Recipe",
     "TrainResult", "train",

@@ -18,12 +18,14 @@ J_b^T y_b[:, c] to v_c, then alpha_c = ||v_c / N||^2, by one of two routes
               B backward passes of one example) and one GEMM Y_b^T J_b `[m, P]`.
 
 "auto" takes "jacobian" when a chunk has at least `JACOBIAN_MIN_LABELS`
-columns and J_b fits in the memory budget, else "vjp". Measured (LeNet, CIFAR
-shape, B = 256, m = 1,000, one shared core of an AVX-512 EPYC, oneDNN on):
-30.6 s per batch by "vjp", 2.1 s by "jacobian" (0.7-1.0 s for J_b, 1.2-1.4 s
-for the GEMM); break-even near m = 30-70 there. The routes agree to float32
+columns and J_b fits in the memory budget, else "vjp": the vjp route costs
+one backward pass of the batch per column, the jacobian route B backward
+passes of one example and a GEMM whose cost grows with m, so past some m the
+jacobian route is the cheaper (`JACOBIAN_MIN_LABELS` is near the break-even
+measured on LeNet, benchmarks/speed_notes.md). The routes agree to float32
 rounding, up to ReLU units whose pre-activation is within rounding of 0
-(their derivative flips between two float32 evaluations). The m label columns are taken in chunks of m_chunk columns, one
+(their derivative flips between two float32 evaluations). The m label
+columns are taken in chunks of m_chunk columns, one
 pass over the data per chunk, so that the [m_chunk, P] arrays live at once
 fit in `memory_budget_bytes` (`label_chunks`); each column's arithmetic is the
 same whatever the chunking, so results are bit-identical across budgets

@@ -32,9 +32,9 @@ dense path uses (K + K^T) / 2 and the top-k paths use K as given.
 
 Memory of the dense path: the float64 copy of K is symmetrized in place, then
 numpy.linalg.eigh (LAPACK syevd) copies it and needs a 2 N^2 workspace and the
-N^2 eigenvectors; the measured peak (VmHWM growth in a fresh process, N = 4000,
-eigen_test) is 4.6 N^2 * 8 bytes above the input (DENSE_PEAK_FACTOR bounds it):
-~39 GB at N = 32,766. scipy's eigh(overwrite_a=True) would save about one copy
+N^2 eigenvectors; its peak above the input (VmHWM growth in a fresh process)
+stays below DENSE_PEAK_FACTOR N^2 * 8 bytes (eigen_test checks it at N = 4000):
+~41 GB at N = 32,767. scipy's eigh(overwrite_a=True) would save about one copy
 but runs another LAPACK build, so the small-N spectra would change bits; use
 block_lanczos for large N instead.
 
@@ -53,13 +53,13 @@ from ntk_tf import topk_eigen
 from ntk_tf import validation
 
 # Dense eigh is refused from this size on (int16 max; LAPACK's 32-bit workspace
-# sizes 1 + 6N + 2N^2 overflow past ~32,767; ~39 GB peak below it).
+# sizes 1 + 6N + 2N^2 overflow past ~32,767; ~41 GB peak below it, DENSE_PEAK_FACTOR).
 DENSE_MAX_N = 32_767
 # `auto` uses dense eigh up to this size, a top-k method above.
 _AUTO_DENSE_MAX_N = 4_096
 # Rows of a memory-mapped matrix read at once in a matrix product.
 _ROW_CHUNK = 2_048
-# Measured peak of the dense path above its input, in N^2 float64 units (eigen_test).
+# Bound on the dense path's peak above its input, in N^2 float64 units (eigen_test checks it).
 DENSE_PEAK_FACTOR = 4.8
 # Largest float64 copy of a non-float64 matrix kept for top-k products (N <= 16,384).
 _CACHE_BYTES = 2 << 30

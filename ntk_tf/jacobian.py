@@ -54,7 +54,6 @@ def jacobian_fn(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
   return block_jacobian
 
 
-@validation.renamed_keywords(block_size="batch_size")
 def jacobian(model: keras.Model, x: types.Inputs, *, dtype: types.DType = "float32",
              batch_size: int = 256) -> np.ndarray:
   """Returns the per-example Jacobian J(x) of the model's single logit.
@@ -70,8 +69,7 @@ def jacobian(model: keras.Model, x: types.Inputs, *, dtype: types.DType = "float
     dtype: "float32" or "float64". float64 differentiates a float64 copy of the
       model (`precision.as_float64_model`), so the result is float64 end to end.
     batch_size: examples per compiled call; peak memory is about
-      batch_size * P * bytes plus the `[N, P]` result. (Was `block_size`,
-      deprecated: `block_size` names Gram tiles.)
+      batch_size * P * bytes plus the `[N, P]` result.
 
   Returns:
     `[N, P]` NumPy array of `dtype`, columns in `model.trainable_variables` order.
@@ -90,9 +88,3 @@ def jacobian(model: keras.Model, x: types.Inputs, *, dtype: types.DType = "float
           for start in range(0, x.shape[0], batch_size)]
   return np.concatenate(rows, axis=0)  # [N, P]
 
-
-__getattr__ = validation.deprecated_attributes(__name__, {
-    "num_parameters": ("ntk_tf.validation.parameter_count", validation.parameter_count),
-    "check_single_logit": ("ntk_tf.validation.check_single_logit",
-                           validation.check_single_logit),
-})

@@ -279,7 +279,6 @@ def mixed_derivative_rmatvec(model: keras.Model, w: Inputs, x: Optional[Inputs] 
   return mixed.rmatvec(_check_vector("w", w, mixed.num_params, (1,), f"[{mixed.num_params}]"))
 
 
-@validation.renamed_keywords(block_size="directions_per_pass")
 def mixed_derivative(model: keras.Model, x: Optional[Inputs] = None, *,
                      directions_per_pass: Optional[int] = None,
                      batch_size: Optional[int] = None) -> Array:
@@ -291,7 +290,7 @@ def mixed_derivative(model: keras.Model, x: Optional[Inputs] = None, *,
     model: Keras model with one logit.
     x: `[N, H, W, C]` sample to average over; None for the origin.
     directions_per_pass: B, input coordinates per batched pass; None picks
-      min(64, 2**26 // P). (Was `block_size`, deprecated.)
+      min(64, 2**26 // P).
     batch_size: samples of `x` per pass.
 
   Returns:
@@ -303,7 +302,6 @@ def mixed_derivative(model: keras.Model, x: Optional[Inputs] = None, *,
   return mixed.dense(mixed.directions_per_pass(directions_per_pass))
 
 
-@validation.renamed_keywords(block_size="directions_per_pass")
 def mixed_derivative_mtm(model: keras.Model, x: Optional[Inputs] = None, *,
                          directions_per_pass: Optional[int] = None,
                          batch_size: Optional[int] = None) -> Array:
@@ -317,7 +315,6 @@ def mixed_derivative_mtm(model: keras.Model, x: Optional[Inputs] = None, *,
     model: Keras model with one logit.
     x: `[N, H, W, C]` sample to average over; None for the origin.
     directions_per_pass: B, columns per pass; None picks min(64, 2**26 // P).
-      (Was `block_size`, deprecated.)
     batch_size: samples of `x` per pass.
 
   Returns:

@@ -29,7 +29,6 @@ that its entry of largest absolute value (first such entry in row-major order) i
 
 import enum
 from typing import Optional, Tuple, Union
-import warnings
 
 from absl import logging
 import keras
@@ -53,33 +52,8 @@ SEPARABLE_SIGMA = 1.0
 SEPARABLE_NUM_TRAIN = 10_000
 SEPARABLE_NUM_TEST = 10_000
 
-_DEPRECATED_METHOD_NAME = "GRAM"
-_DEPRECATED_METHOD_VALUE = "gram"
 
-
-def _warn_gram(stacklevel: int) -> None:
-  warnings.warn("NadMethod.GRAM (method='gram') is deprecated and will be removed; use "
-                "NadMethod.MTM (method='mtm'): the eigendecomposition of M^T M.",
-                DeprecationWarning, stacklevel=stacklevel + 1)
-
-
-class _NadMethodType(enum.EnumMeta):
-  """Serves the deprecated member name `GRAM` (an alias of MTM) with a warning."""
-
-  def __getattr__(cls, name):
-    if name == _DEPRECATED_METHOD_NAME:
-      _warn_gram(stacklevel=2)  # The caller of `NadMethod.GRAM`.
-      return cls.MTM
-    return super().__getattr__(name)
-
-  def __getitem__(cls, name):
-    if name == _DEPRECATED_METHOD_NAME:
-      _warn_gram(stacklevel=2)  # The caller of `NadMethod["GRAM"]`.
-      return cls.MTM
-    return super().__getitem__(name)
-
-
-class NadMethod(enum.Enum, metaclass=_NadMethodType):
+class NadMethod(enum.Enum):
   """How `nads` gets the right singular vectors of M `[P, d]`.
 
   DENSE: materializes M (d/B passes, each a batched reverse-over-reverse Jacobian of B
@@ -88,7 +62,7 @@ class NadMethod(enum.Enum, metaclass=_NadMethodType):
   MTM: the default. Builds the normal matrix M^T M `[d, d]` in d/B blocks of columns,
     (M^T M)[:, b] = M^T (M V_b) for V_b a block of identity columns, then `eigh`. Memory
     d^2 + O(B * P); never stores M. Singular values come from sqrt of eigenvalues, so those
-    below ~sqrt(eps) * s_1 are noise. (`GRAM`, value "gram": deprecated alias.)
+    below ~sqrt(eps) * s_1 are noise.
   LANCZOS: ARPACK `eigsh` on v -> M^T (M v) (one forward-over-reverse and one
     reverse-over-reverse pass per product). Fast for the top few NADs (k << d); needs
     k < d.
@@ -96,13 +70,6 @@ class NadMethod(enum.Enum, metaclass=_NadMethodType):
   DENSE = "dense"
   MTM = "mtm"
   LANCZOS = "lanczos"
-
-  @classmethod
-  def _missing_(cls, value):
-    if value == _DEPRECATED_METHOD_VALUE:
-      _warn_gram(stacklevel=4)  # The caller of `NadMethod("gram")`, past Enum's __call__, __new__.
-      return cls.MTM
-    return None
 
 
 def _check_method(method: Union[NadMethod, str]) -> NadMethod:
@@ -121,7 +88,6 @@ def _warn_if_relu(model: keras.Model) -> None:
       return
 
 
-@validation.renamed_keywords(num="k", block_size="directions_per_pass")
 def nads(model: keras.Model, *, k: Optional[int] = None, x: Optional[Inputs] = None,
          method: Union[NadMethod, str] = NadMethod.MTM,
          directions_per_pass: Optional[int] = None, batch_size: Optional[int] = None,
@@ -136,11 +102,11 @@ def nads(model: keras.Model, *, k: Optional[int] = None, x: Optional[Inputs] = N
 
   Args:
     model: Keras model with one logit; GeLU (`NAD_ACTIVATION`) as in App. C.2.
-    k: how many NADs, 1 <= k <= d; None for all d. (Was `num`, deprecated.)
+    k: how many NADs, 1 <= k <= d; None for all d.
     x: `[N, H, W, C]` sample to average M over; None for the origin.
     method: a `NadMethod` (or its value); MTM, matrix-free, by default.
     directions_per_pass: B, input directions per batched pass (DENSE, MTM); None picks
-      min(64, 2**26 // P). (Was `block_size`, deprecated.)
+      min(64, 2**26 // P).
     batch_size: samples of `x` per pass.
     seed: start vector of LANCZOS.
 
@@ -182,7 +148,6 @@ def nads(model: keras.Model, *, k: Optional[int] = None, x: Optional[Inputs] = N
   return singular_values, directions.reshape((k,) + mixed.input_shape)  # [k, H, W, C]
 
 
-@validation.renamed_keywords(block_size="directions_per_pass")
 def nad_alignment(model: keras.Model, directions: Inputs, x: Optional[Inputs] = None, *,
                   directions_per_pass: Optional[int] = None,
                   batch_size: Optional[int] = None) -> Array:
@@ -194,7 +159,7 @@ def nad_alignment(model: keras.Model, directions: Inputs, x: Optional[Inputs] = 
     model: Keras model with one logit.
     directions: `[k, H, W, C]` (or `[k, d]`), nonzero rows.
     x: `[N, H, W, C]` sample to average M over; None for the origin.
-    directions_per_pass: B, directions per batched pass. (Was `block_size`, deprecated.)
+    directions_per_pass: B, directions per batched pass.
     batch_size: samples of `x` per pass.
 
   Returns:
@@ -269,12 +234,6 @@ def separable_dataset(u: Inputs, n: int, *, eps: float = SEPARABLE_EPS,
   x = eps * y[:, None] * unit[None, :] + w  # [n, d]
   return x.reshape((n,) + u.shape).astype(np.float32), y
 
-
-__getattr__ = validation.deprecated_attributes(__name__, {
-    "parameter_count": ("ntk_tf.validation.parameter_count", validation.parameter_count),
-    "mixed_derivative_gram": ("ntk_tf.mixed_derivative.mixed_derivative_mtm (same arguments)",
-                              mixed_derivative_mtm),
-})
 
 __all__ = [
     "NAD_ACTIVATION", "NadMethod", "mixed_derivative", "mixed_derivative_matvec",

@@ -4,7 +4,7 @@ TensorFlow 2.21 on Linux x86 runs float32 convolutions, matmuls, BatchNorm and
 pooling through oneDNN when `TF_ENABLE_ONEDNN_OPTS` is "1"/"true", or when it
 is unset and the CPU has AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX
 (`DefaultOneDnnPolicy` in tensorflow/core/util/util.cc). float64 never runs
-through oneDNN. Measured against float64 with TF 2.21.0 on an AVX-512 CPU
+through oneDNN. Checked against float64 with TF 2.21.0 and oneDNN on
 (tests/onednn_test.py checks each case below), two float32 ops go wrong:
 
 1. `Conv2DBackpropFilter` of a 1x1 convolution with stride 2 whose input has an

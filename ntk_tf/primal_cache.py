@@ -10,7 +10,8 @@ derivative sigma'(z) of each activation and f(x_i; theta_star). `train` uses
 no data augmentation, so these are computed once per training set
 (`build`, in batches) and a step of the examples `indices` gathers them
 instead of recomputing them (`PrimalCache.__call__`): its cost is the tangent
-and J^T g only, the network's primal forward (about a third of the step) is gone.
+and J^T g only, the network's primal forward is gone (its share of a step:
+benchmarks/speed_notes.md).
 
 The tangent pass is `ntk_tf.forward_mode`'s, with the primals read here:
 

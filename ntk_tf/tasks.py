@@ -8,7 +8,6 @@ Labels are +-1, the convention of all of ntk_tf (see `ntk_tf/__init__.py`).
 """
 
 from typing import Tuple
-import warnings
 
 import numpy as np
 
@@ -42,11 +41,3 @@ def eigenfunction_signs(eigvecs: np.ndarray, j: int) -> Tuple[np.ndarray, float]
   overlap = float(signs @ phi / (np.sqrt(phi.shape[0]) * norm))
   return signs.astype(np.float32), overlap
 
-
-def eigenfunction_labels(eigvecs: np.ndarray, j: int) -> Tuple[np.ndarray, float]:
-  """Deprecated: the {0, 1} form of `eigenfunction_signs` (labels (1 + sign(phi_j)) / 2)."""
-  warnings.warn("eigenfunction_labels ({0, 1} labels) is deprecated; use "
-                "eigenfunction_signs (+-1 labels, the one convention of ntk_tf).",
-                DeprecationWarning, stacklevel=2)
-  signs, overlap = eigenfunction_signs(eigvecs, j)
-  return (signs > 0).astype(np.float32), overlap

@@ -33,17 +33,17 @@ method) multiplies all k + p columns per pass and converges like
 (lambda_{k+p+1} / lambda_k)^pass, which on NTK spectra (fast decay at the top,
 clustered around j = 1000) takes tens of passes: tens of thousands of columns
 for k = 1000. Krylov convergence depends on the square root of the relative
-gap; on the MLP's 8,000-sample CIFAR-10 Gram block Lanczos needed ~3,900
-columns (63 products of 62, one restart) for all 1,000 pairs
-(benchmarks/eigen_solvers.py prints the timings; they belong to the machine,
-see README). LOBPCG and Chebyshev filtering were not measured: both also
-multiply the whole block of >= k columns per step.
+gap, so block Lanczos needs far fewer columns than subspace iteration
+(benchmarks/speed_notes.md has the counts on one Gram; benchmarks/eigen_solvers.py
+prints the timings, which belong to the machine, see README). LOBPCG and
+Chebyshev filtering were not measured: both also multiply the whole block of
+>= k columns per step.
 
 Products take float64 blocks against row chunks of the (possibly float32,
 memory-mapped) Gram upcast to float64: float32 accumulation would put a
 residual floor near 1e-7 * lambda_1, above the smallest eigengaps among the top
-1,000 (3.9e-8 * lambda_1 on the 8,000-sample MLP Gram), so some phi_j would
-not be resolved (an estimate; float32 products were not measured).
+1,000 of an NTK Gram (benchmarks/speed_notes.md), so some phi_j would not be
+resolved (an estimate; float32 products were not measured).
 
 Paper: App. B ("Eigendecompositions": top eigenvectors of the 60,000-sample
 Gram), Sec. 3.1 (sign(phi_j) as tasks).
@@ -130,6 +130,77 @@ def _orth_block(block: np.ndarray, rng: np.random.Generator, basis: Optional[np.
   return q, r
 
 
+def _grow(matmat: Callable[[np.ndarray], np.ndarray], basis: np.ndarray, projected: np.ndarray,
+          filled: int, passes: int, *, b: int, m: int, keep: int, max_passes: int,
+          rng: np.random.Generator) -> Tuple[int, int, np.ndarray, np.ndarray]:
+  """Grows Q = basis[:, :filled] and T = projected to m columns, one product K Q_i per block.
+
+  Stops when one more block would pass m columns (or max_passes are spent and
+  Q holds `keep` columns). Returns (filled, passes, Q_next `[N, b]`, R `[b, b]`):
+  the last product's residual block, not in Q, with K Q_m = Q_m T_m + Q_next R E_last^T.
+  """
+  while True:
+    lo = filled - b
+    product = np.asarray(matmat(basis[:, lo:filled]), dtype=np.float64)  # [N, b]: K Q_i
+    passes += 1
+    if not np.all(np.isfinite(product)):
+      raise ValueError(f"block_lanczos: the product K Q_{passes} has "
+                       f"{int(np.count_nonzero(~np.isfinite(product)))} non-finite entries "
+                       "(NaN or inf in the matrix?)")
+    product_norm = float(np.max(np.linalg.norm(product, axis=0)))
+    coefficients, product = _orthonormalize_against(basis[:, :filled], product)  # [c, b]
+    projected[:filled, lo:filled] = coefficients
+    projected[lo:filled, :filled] = coefficients.T
+    diagonal = projected[lo:filled, lo:filled]
+    projected[lo:filled, lo:filled] = 0.5 * (diagonal + diagonal.T)
+    next_block, coupling = _orth_block(product, rng, basis[:, :filled],
+                                       product_norm)  # [N, b], [b, b]
+    if filled + b > m or (passes >= max_passes and filled >= keep):
+      return filled, passes, next_block, coupling
+    basis[:, filled:filled + b] = next_block
+    projected[filled:filled + b, lo:filled] = coupling
+    projected[lo:filled, filled:filled + b] = coupling.T
+    filled += b
+
+
+def _ritz_pairs(projected: np.ndarray, coupling: np.ndarray, filled: int, b: int, keep: int,
+                k: int, tol: float, vector_tol: float
+                ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+  """Rayleigh-Ritz on T `[filled, filled]`: the top `keep` Ritz pairs, descending.
+
+  Returns (theta `[keep]`, Y `[filled, keep]`, converged `[k]` bool by the
+  module docstring's stopping rule, max_j r_j / theta_1 over j <= k).
+  """
+  ritz_vals, ritz_vecs = scipy_linalg.eigh(projected[:filled, :filled],
+                                           subset_by_index=[filled - keep, filled - 1])
+  ritz_vals, ritz_vecs = ritz_vals[::-1], ritz_vecs[:, ::-1]  # [keep], [filled, keep]
+  residuals = np.linalg.norm(coupling @ ritz_vecs[filled - b:filled], axis=0)  # [keep]
+  scale = max(abs(ritz_vals[0]), np.finfo(np.float64).tiny)
+  gaps = np.full(keep, np.inf)
+  gaps[1:] = ritz_vals[:-1] - ritz_vals[1:]
+  gaps[:-1] = np.minimum(gaps[:-1], ritz_vals[:-1] - ritz_vals[1:])
+  vector_bound = np.maximum(vector_tol * gaps[:k], 1e-3 * tol * scale)
+  converged = (residuals[:k] <= tol * scale) & (residuals[:k] <= vector_bound)
+  max_residual = float(np.max(residuals[:k]) / scale)
+  return ritz_vals, ritz_vecs, converged, max_residual
+
+
+def _restart(basis: np.ndarray, projected: np.ndarray, filled: int, keep: int, b: int,
+             ritz_vals: np.ndarray, ritz_vecs: np.ndarray, next_block: np.ndarray,
+             coupling: np.ndarray) -> int:
+  """Thick restart: Q <- [Q Y_keep, Q_next], T <- [[diag(theta), S^T], [S, .]]; returns keep + b."""
+  kept = basis[:, :filled] @ ritz_vecs  # [N, keep]
+  basis[:, :keep] = kept
+  del kept
+  basis[:, keep:keep + b] = next_block
+  projected[:] = 0.0
+  projected[np.arange(keep), np.arange(keep)] = ritz_vals
+  coupling_kept = coupling @ ritz_vecs[filled - b:filled]  # [b, keep]: Q_next^T K X
+  projected[keep:keep + b, :keep] = coupling_kept
+  projected[:keep, keep:keep + b] = coupling_kept.T
+  return keep + b
+
+
 def block_lanczos(matmat: Callable[[np.ndarray], np.ndarray], n: int, k: int, *,
                   block_size: Optional[int] = None, basis_size: Optional[int] = None,
                   seed: int = 0, tol: float = 1e-10, vector_tol: float = 1e-4,
@@ -168,41 +239,10 @@ def block_lanczos(matmat: Callable[[np.ndarray], np.ndarray], n: int, k: int, *,
   basis[:, :b], _ = _orth_block(rng.standard_normal((n, b)), rng, None, 1.0)
   filled, passes, restarts, last_log = b, 0, 0, start_time
   while True:
-    # Grow the Krylov space to m columns: one product per block.
-    while True:
-      lo = filled - b
-      product = np.asarray(matmat(basis[:, lo:filled]), dtype=np.float64)  # [N, b]: K Q_i
-      passes += 1
-      if not np.all(np.isfinite(product)):
-        raise ValueError(f"block_lanczos: the product K Q_{passes} has "
-                         f"{int(np.count_nonzero(~np.isfinite(product)))} non-finite entries "
-                         "(NaN or inf in the matrix?)")
-      product_norm = float(np.max(np.linalg.norm(product, axis=0)))
-      coefficients, product = _orthonormalize_against(basis[:, :filled], product)  # [c, b]
-      projected[:filled, lo:filled] = coefficients
-      projected[lo:filled, :filled] = coefficients.T
-      diagonal = projected[lo:filled, lo:filled]
-      projected[lo:filled, lo:filled] = 0.5 * (diagonal + diagonal.T)
-      next_block, coupling = _orth_block(product, rng, basis[:, :filled],
-                                         product_norm)  # [N, b], [b, b]
-      if filled + b > m or (passes >= max_passes and filled >= keep):
-        break
-      basis[:, filled:filled + b] = next_block
-      projected[filled:filled + b, lo:filled] = coupling
-      projected[lo:filled, filled:filled + b] = coupling.T
-      filled += b
-    # Rayleigh-Ritz on T: the top `keep` Ritz pairs, descending.
-    ritz_vals, ritz_vecs = scipy_linalg.eigh(projected[:filled, :filled],
-                                             subset_by_index=[filled - keep, filled - 1])
-    ritz_vals, ritz_vecs = ritz_vals[::-1], ritz_vecs[:, ::-1]  # [keep], [m, keep]
-    residuals = np.linalg.norm(coupling @ ritz_vecs[filled - b:filled], axis=0)  # [keep]
-    scale = max(abs(ritz_vals[0]), np.finfo(np.float64).tiny)
-    gaps = np.full(keep, np.inf)
-    gaps[1:] = ritz_vals[:-1] - ritz_vals[1:]
-    gaps[:-1] = np.minimum(gaps[:-1], ritz_vals[:-1] - ritz_vals[1:])
-    vector_bound = np.maximum(vector_tol * gaps[:k], 1e-3 * tol * scale)
-    converged = (residuals[:k] <= tol * scale) & (residuals[:k] <= vector_bound)
-    max_residual = float(np.max(residuals[:k]) / scale)
+    filled, passes, next_block, coupling = _grow(matmat, basis, projected, filled, passes, b=b,
+                                                 m=m, keep=keep, max_passes=max_passes, rng=rng)
+    ritz_vals, ritz_vecs, converged, max_residual = _ritz_pairs(projected, coupling, filled, b,
+                                                                keep, k, tol, vector_tol)
     now = time.monotonic()
     done = bool(np.all(converged)) or passes >= max_passes
     if now - last_log >= _LOG_EVERY_S or done:
@@ -220,15 +260,6 @@ def block_lanczos(matmat: Callable[[np.ndarray], np.ndarray], n: int, k: int, *,
       eigvecs = basis[:, :filled] @ ritz_vecs[:, :k]  # [N, k]
       info = TopKInfo(passes, restarts, max_residual, time.monotonic() - start_time)
       return ritz_vals[:k].copy(), eigvecs, info
-    # Thick restart: Q <- [Q Y_keep, Q_next], T <- [[diag(theta), S^T], [S, .]].
     restarts += 1
-    kept = basis[:, :filled] @ ritz_vecs  # [N, keep]
-    basis[:, :keep] = kept
-    del kept
-    basis[:, keep:keep + b] = next_block
-    projected[:] = 0.0
-    projected[np.arange(keep), np.arange(keep)] = ritz_vals
-    coupling_kept = coupling @ ritz_vecs[filled - b:filled]  # [b, keep]: Q_next^T K X
-    projected[keep:keep + b, :keep] = coupling_kept
-    projected[:keep, keep:keep + b] = coupling_kept.T
-    filled = keep + b
+    filled = _restart(basis, projected, filled, keep, b, ritz_vals, ritz_vecs, next_block,
+                      coupling)

@@ -24,9 +24,7 @@ Metrics (Sec. 3.1, Fig. 3), one row per epoch (row 0 = initialization):
 Accuracy predicts label +1 when the logit is > 0.
 
 Labels are +-1, as everywhere in ntk_tf (the paper's f: R^d -> {+-1}); the
-binary cross-entropy sees the {0, 1} target t = (1 + y) / 2 internally. The
-{0, 1} keywords `y_train01` / `y_test01` still work for one release (with a
-DeprecationWarning) and give bit-identical results.
+binary cross-entropy sees the {0, 1} target t = (1 + y) / 2 internally.
 
 Outputs under `workdir`: `metrics.csv` (the history), `tensorboard/`
 (scalars per epoch, x axis = step), `checkpoints/epoch_XXXX.weights.h5` at the
@@ -54,12 +52,10 @@ import dataclasses
 import io
 import json
 import math
-import os
 import pathlib
 import tempfile
 import time
-import warnings
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 import keras
@@ -178,32 +174,14 @@ def _evaluate(eval_step, x: np.ndarray, y01: np.ndarray, batch_size: int, dtype)
   return {"loss": loss_sum / len(x), "acc": correct / len(x)}
 
 
-def _model_dtype(model: keras.Model):
-  return tf.as_dtype(model.compute_dtype)
-
-
 def _targets01(y_pm1: Array, name: str) -> np.ndarray:
   """The BCE targets (1 + y) / 2 of +-1 labels, `[N]` -> `[N, 1]` float32 in {0, 1}."""
   y = np.asarray(y_pm1).reshape(-1, 1)  # [N, 1]
   bad = ~np.isin(y, (-1, 1))
   if bad.any():
-    raise ValueError(f"{name} must hold labels in {{-1, +1}} (for {{0, 1}} labels use the "
-                     f"deprecated {name}01=). Received: {name} containing "
+    raise ValueError(f"{name} must hold labels in {{-1, +1}}. Received: {name} containing "
                      f"{np.unique(y[bad])[:5].tolist()}")
   return (y > 0).astype(np.float32)
-
-
-def _deprecated_labels01(y01: Array, name: str) -> np.ndarray:
-  """+-1 labels of {0, 1} labels passed through a deprecated `*01` keyword."""
-  warnings.warn(f"train({name}01=...) with {{0, 1}} labels is deprecated; pass +-1 labels "
-                f"as {name}= (one label convention, see ntk_tf/__init__.py).",
-                DeprecationWarning, stacklevel=3)
-  y = np.asarray(y01)
-  bad = ~np.isin(y, (0, 1))
-  if bad.any():
-    raise ValueError(f"{name}01 must hold labels in {{0, 1}}. Received: {name}01 containing "
-                     f"{np.unique(y[bad])[:5].tolist()}")
-  return np.where(y > 0, 1, -1)
 
 
 # ----------------------------------------------------------------------------
@@ -324,12 +302,156 @@ def _check_finite_losses(losses: np.ndarray, epoch: int, first_step: int,
 # ----------------------------------------------------------------------------
 # Training.
 
-def train(model: keras.Model, x_train: Array, y_train: Optional[Array] = None, *,
+def _check_settings(recipe: Recipe, seed: int, checkpoint_epochs: Sequence[int],
+                    workdir: Optional[str]) -> List[int]:
+  """Returns the checkpoint epochs, sorted and distinct; raises ValueError naming a bad setting."""
+  if not isinstance(recipe, Recipe):
+    raise ValueError(f"recipe must be a ntk_tf.Recipe. Received: recipe={recipe!r}")
+  if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    raise ValueError(f"seed must be a non-negative int. Received: seed={seed!r}")
+  checkpoint_epochs = sorted(set(int(e) for e in checkpoint_epochs))
+  if any(e < 0 or e > recipe.epochs for e in checkpoint_epochs):
+    raise ValueError(f"checkpoint_epochs must lie in [0, {recipe.epochs}]. "
+                     f"Received: checkpoint_epochs={checkpoint_epochs}")
+  if checkpoint_epochs and workdir is None:
+    raise ValueError(f"checkpoint_epochs needs a workdir. Received: workdir=None, "
+                     f"checkpoint_epochs={checkpoint_epochs}")
+  return checkpoint_epochs
+
+
+def _checked_examples(x: Array, y: Optional[Array], name: str) -> Tuple[np.ndarray, np.ndarray]:
+  """x_<name> as an array `[N, ...]` and the BCE targets `[N, 1]` of its +-1 labels y_<name>.
+
+  Raises ValueError if y is missing, not in {-1, +1}, or not as long as x, naming it."""
+  if y is None:
+    raise ValueError(f"x_{name} needs its labels y_{name} (+-1). Received: y_{name}=None")
+  x = np.asarray(x)
+  targets = _targets01(y, f"y_{name}")  # [N, 1] BCE targets
+  if len(x) != len(targets):
+    raise ValueError(f"x_{name} and y_{name} must have equal lengths. "
+                     f"Received: {len(x)} and {len(targets)}")
+  return x, targets
+
+
+class _TrainingRun:
+  """One run of `train`: its optimizer, theta_0 and history, and its files under `workdir`.
+
+  Made from the `state/` a killed run left, if any; `run_epoch` runs an epoch's
+  steps, `record` appends its row to the history and writes the files.
+  """
+
+  def __init__(self, model: keras.Model, recipe: Recipe, seed: int, workdir: Optional[str],
+               checkpoint_epochs: List[int], train_set: Tuple[np.ndarray, np.ndarray],
+               test_set: Optional[Tuple[np.ndarray, np.ndarray]]):
+    self.model, self.recipe, self.seed, self.workdir = model, recipe, seed, workdir
+    self.checkpoint_epochs = checkpoint_epochs
+    self.train_set, self.test_set = train_set, test_set  # (x [N, ...], targets [N, 1])
+    self.dtype = tf.as_dtype(model.compute_dtype)
+    x_train = train_set[0]
+    num_train = len(x_train)
+    self.steps_per_epoch = recipe.steps_per_epoch(num_train)
+    self.batch = min(recipe.batch_size, num_train)
+    self.optimizer = make_optimizer(recipe, self.steps_per_epoch * recipe.epochs)
+    self.params = model.trainable_weights
+    self.optimizer.build(self.params)
+    example_bytes = int(np.prod(x_train.shape[1:])) * self.dtype.size
+    self.steps_per_call = max(1, min(self.steps_per_epoch,
+                                     _SLAB_BYTES // max(1, self.batch * example_bytes)))
+    self.eval_step = _make_eval_step(model)
+    self.meta = {"recipe": recipe.to_dict(), "seed": seed, "num_train": num_train,
+                 "num_weights": len(model.weights)}
+    self.work = pathlib.Path(workdir) if workdir is not None else None
+    self.state_dir = self.work / "state" if self.work else None
+    self.history: List[Dict[str, float]] = []
+    self.theta0 = [v.numpy() for v in self.params]
+    self._resume()
+    self.writer = None  # TensorBoard's, with a workdir
+    if self.work is not None:
+      self.work.mkdir(parents=True, exist_ok=True)
+      for stray in self.work.glob("**/.*.tmp"):  # Temporary files of writes killed midway.
+        stray.unlink()
+      atomic.write_text(self.work / "recipe.json", json.dumps(self.meta, indent=2))
+      self.writer = tf.summary.create_file_writer(str(self.work / "tensorboard"))
+
+  def _resume(self) -> None:
+    """Restores the weights, optimizer, theta_0 and history from `state/`, if there is one."""
+    saved = _load_state(self.state_dir) if self.state_dir is not None else None
+    if saved is None:
+      return
+    if saved["meta"] != self.meta:
+      raise ValueError(f"workdir {self.workdir} holds a run with different settings; use a new "
+                       f"workdir. Saved: {saved['meta']}. Received: {self.meta}")
+    self.model.set_weights(saved["weights"])
+    for v, value in zip(self.optimizer.variables, saved["optimizer"]):
+      v.assign(value)
+    self.theta0 = saved["theta0"]
+    self.history = saved["history"]
+    logging.info("Resuming %s after epoch %d.", self.workdir, self.history[-1]["epoch"])
+
+  def run_epoch(self, epoch: int, train_loop: Callable,
+                cache: Optional[primal_cache_lib.PrimalCache], progress: bool) -> np.ndarray:
+    """Runs epoch `epoch`'s steps; returns their minibatch losses `[steps_per_epoch]` float64
+    (FloatingPointError at the first NaN/inf one)."""
+    x_train, t_train = self.train_set
+    order = np.random.default_rng([self.seed, epoch]).permutation(len(x_train))  # [N]
+    bar = keras.utils.Progbar(self.steps_per_epoch, verbose=1) if progress else None
+    losses = []  # [K] loss tensors per call, read once at the end of the epoch.
+    for first in range(0, self.steps_per_epoch, self.steps_per_call):
+      last = min(first + self.steps_per_call, self.steps_per_epoch)
+      idx = order[first * self.batch:last * self.batch]  # [K*B], K = last - first steps in one call
+      cache_indices = () if cache is None else (tf.constant(idx, tf.int32),)
+      losses.append(train_loop(tf.constant(x_train[idx], self.dtype),
+                               tf.constant(t_train[idx], self.dtype), *cache_indices))
+      if bar is not None:
+        bar.update(last, values=[("loss", float(np.mean(losses[-1].numpy())))])
+    batch_losses = np.concatenate([l.numpy() for l in losses]).astype(np.float64)  # [steps_per_epoch]
+    _check_finite_losses(batch_losses, epoch, (epoch - 1) * self.steps_per_epoch, self.recipe)
+    return batch_losses
+
+  def record(self, epoch: int, batch_loss: float, seconds: float) -> None:
+    """Appends epoch `epoch`'s row (0: initialization) to the history; writes the files."""
+    row = self._row(epoch, batch_loss, seconds)
+    self.history.append(row)
+    logging.info("epoch %d step %d: train loss %.4g acc %.4f, test acc %.4f, l2 %.4g, cos %.4g",
+                 epoch, row["step"], row["train_loss"], row["train_acc"], row["test_acc"],
+                 row["l2_distance"], row["cosine_distance"])
+    if self.work is None:
+      return
+    with self.writer.as_default(step=row["step"]):
+      for key in HISTORY_FIELDS[2:]:
+        _write_scalar(key, row[key], row["step"])
+    self.writer.flush()
+    _write_csv(self.work / "metrics.csv", self.history)
+    if epoch in self.checkpoint_epochs:
+      _save_weights(self.model, self.work / "checkpoints" / f"epoch_{epoch:04d}.weights.h5")
+    _save_state(self.state_dir, self.model, self.optimizer, self.theta0, self.history, self.meta)
+
+  def _row(self, epoch: int, batch_loss: float, seconds: float) -> Dict[str, float]:
+    """The metrics now (`HISTORY_FIELDS`); FloatingPointError if the last step diverged."""
+    recipe, dtype, optimizer = self.recipe, self.dtype, self.optimizer
+    x_train, t_train = self.train_set
+    train_metrics = _evaluate(self.eval_step, x_train, t_train, recipe.eval_batch_size, dtype)
+    if epoch > 0 and not math.isfinite(train_metrics["loss"]):  # The last step diverged.
+      _check_finite_losses(np.array([train_metrics["loss"]]), epoch,
+                           int(optimizer.iterations.numpy()) - 1, recipe)
+    test_metrics = ({"loss": math.nan, "acc": math.nan} if self.test_set is None else
+                    _evaluate(self.eval_step, *self.test_set, recipe.eval_batch_size, dtype))
+    theta = [v.numpy() for v in self.params]
+    step = int(optimizer.iterations.numpy())
+    return {
+        "epoch": epoch, "step": step, "learning_rate": float(optimizer.learning_rate),
+        "batch_loss": batch_loss, "train_loss": train_metrics["loss"],
+        "train_acc": train_metrics["acc"], "test_loss": test_metrics["loss"],
+        "test_acc": test_metrics["acc"], "l2_distance": l2_distance(theta, self.theta0),
+        "cosine_distance": cosine_distance(theta, self.theta0), "seconds": seconds,
+    }
+
+
+def train(model: keras.Model, x_train: Array, y_train: Array, *,
           x_test: Optional[Array] = None, y_test: Optional[Array] = None,
           recipe: Recipe = PAPER_SGD, seed: int = 0, workdir: Optional[str] = None,
           checkpoint_epochs: Sequence[int] = (), progress: bool = True,
-          primal_cache: bool = True, y_train01: Optional[Array] = None,
-          y_test01: Optional[Array] = None) -> TrainResult:
+          primal_cache: bool = True) -> TrainResult:
   """Trains `model` in place with `recipe` and returns its per-epoch metrics.
 
       theta_{k+1} = optimizer step on mean_{i in batch_k} BCE(f(x_i; theta_k), y_i)
@@ -352,137 +474,23 @@ def train(model: keras.Model, x_train: Array, y_train: Optional[Array] = None, *
       other theta_star primals of the training set once and read them in
       each step (`ntk_tf.primal_cache`; same f_lin and gradients, to rounding);
       falls back to the model's own call where the cache exceeds its memory budget.
-    y_train01, y_test01: deprecated {0, 1} forms of `y_train`, `y_test`.
   Returns:
     A TrainResult; `steps_to_loss(0.01)`, `l2_distance`, `cosine_distance`
     and `final` give the Fig. 3 metrics.
   Paper: App. A (recipe), Sec. 3.1 and Fig. 3 (metrics).
   """
-  if not isinstance(recipe, Recipe):
-    raise ValueError(f"recipe must be a ntk_tf.Recipe. Received: recipe={recipe!r}")
-  if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-    raise ValueError(f"seed must be a non-negative int. Received: seed={seed!r}")
-  checkpoint_epochs = sorted(set(int(e) for e in checkpoint_epochs))
-  if any(e < 0 or e > recipe.epochs for e in checkpoint_epochs):
-    raise ValueError(f"checkpoint_epochs must lie in [0, {recipe.epochs}]. "
-                     f"Received: checkpoint_epochs={checkpoint_epochs}")
-  if checkpoint_epochs and workdir is None:
-    raise ValueError(f"checkpoint_epochs needs a workdir. Received: workdir=None, "
-                     f"checkpoint_epochs={checkpoint_epochs}")
-  if y_train01 is not None:
-    if y_train is not None:
-      raise ValueError("Pass y_train (+-1) or the deprecated y_train01, not both.")
-    y_train = _deprecated_labels01(y_train01, "y_train")
-  if y_test01 is not None:
-    if y_test is not None:
-      raise ValueError("Pass y_test (+-1) or the deprecated y_test01, not both.")
-    y_test = _deprecated_labels01(y_test01, "y_test")
-  if y_train is None:
-    raise ValueError("train needs the labels y_train (+-1). Received: y_train=None")
+  checkpoint_epochs = _check_settings(recipe, seed, checkpoint_epochs, workdir)
   check_finite_weights(model)
-  dtype = _model_dtype(model)
-  x_train = np.asarray(x_train)
-  y_train = _targets01(y_train, "y_train")  # [N, 1] BCE targets
-  if len(x_train) != len(y_train):
-    raise ValueError(f"x_train and y_train must have equal lengths. "
-                     f"Received: {len(x_train)} and {len(y_train)}")
-  has_test = x_test is not None
-  if has_test:
-    if y_test is None:
-      raise ValueError("x_test needs its labels y_test (+-1). Received: y_test=None")
-    x_test = np.asarray(x_test)
-    y_test = _targets01(y_test, "y_test")  # [M, 1]
-    if len(x_test) != len(y_test):
-      raise ValueError(f"x_test and y_test must have equal lengths. "
-                       f"Received: {len(x_test)} and {len(y_test)}")
-
-  num_train = len(x_train)
-  steps_per_epoch = recipe.steps_per_epoch(num_train)
-  batch = min(recipe.batch_size, num_train)
-  total_steps = steps_per_epoch * recipe.epochs
-  optimizer = make_optimizer(recipe, total_steps)
-  params = model.trainable_weights
-  optimizer.build(params)
-  example_bytes = int(np.prod(x_train.shape[1:])) * dtype.size
-  steps_per_call = max(1, min(steps_per_epoch, _SLAB_BYTES // max(1, batch * example_bytes)))
-  eval_step = _make_eval_step(model)
-  meta = {"recipe": recipe.to_dict(), "seed": seed, "num_train": num_train,
-          "num_weights": len(model.weights)}
-
-  work = pathlib.Path(workdir) if workdir is not None else None
-  state_dir = work / "state" if work else None
-  history: List[Dict[str, float]] = []
-  theta0 = [v.numpy() for v in params]
-  saved = _load_state(state_dir) if state_dir is not None else None
-  if saved is not None:
-    if saved["meta"] != meta:
-      raise ValueError(f"workdir {workdir} holds a run with different settings; use a new workdir. "
-                       f"Saved: {saved['meta']}. Received: {meta}")
-    model.set_weights(saved["weights"])
-    for v, value in zip(optimizer.variables, saved["optimizer"]):
-      v.assign(value)
-    theta0 = saved["theta0"]
-    history = saved["history"]
-    logging.info("Resuming %s after epoch %d.", workdir, history[-1]["epoch"])
-  writer = None
-  if work is not None:
-    work.mkdir(parents=True, exist_ok=True)
-    for stray in work.glob("**/.*.tmp"):  # Temporary files of writes killed midway.
-      stray.unlink()
-    atomic.write_text(work / "recipe.json", json.dumps(meta, indent=2))
-    writer = tf.summary.create_file_writer(str(work / "tensorboard"))
+  train_set = _checked_examples(x_train, y_train, "train")
+  test_set = None if x_test is None else _checked_examples(x_test, y_test, "test")
+  run = _TrainingRun(model, recipe, seed, workdir, checkpoint_epochs, train_set, test_set)
   # After a resume's set_weights; theta_star is frozen, so the cache holds for the whole run.
-  cache = primal_cache_lib.for_training(model, x_train) if primal_cache else None
-  train_loop = make_train_loop(model, optimizer, batch, primal_cache=cache)
-
-  def record(epoch: int, batch_loss: float, seconds: float) -> None:
-    train_metrics = _evaluate(eval_step, x_train, y_train, recipe.eval_batch_size, dtype)
-    if epoch > 0 and not math.isfinite(train_metrics["loss"]):  # The last step diverged.
-      _check_finite_losses(np.array([train_metrics["loss"]]), epoch,
-                           int(optimizer.iterations.numpy()) - 1, recipe)
-    test_metrics = (_evaluate(eval_step, x_test, y_test, recipe.eval_batch_size, dtype)
-                    if has_test else {"loss": math.nan, "acc": math.nan})
-    theta = [v.numpy() for v in params]
-    step = int(optimizer.iterations.numpy())
-    lr = optimizer.learning_rate
-    row = {
-        "epoch": epoch, "step": step, "learning_rate": float(lr),
-        "batch_loss": batch_loss, "train_loss": train_metrics["loss"],
-        "train_acc": train_metrics["acc"], "test_loss": test_metrics["loss"],
-        "test_acc": test_metrics["acc"], "l2_distance": l2_distance(theta, theta0),
-        "cosine_distance": cosine_distance(theta, theta0), "seconds": seconds,
-    }
-    history.append(row)
-    logging.info("epoch %d step %d: train loss %.4g acc %.4f, test acc %.4f, l2 %.4g, cos %.4g",
-                 epoch, step, row["train_loss"], row["train_acc"], row["test_acc"],
-                 row["l2_distance"], row["cosine_distance"])
-    if work is None:
-      return
-    with writer.as_default(step=step):
-      for key in HISTORY_FIELDS[2:]:
-        _write_scalar(key, row[key], step)
-    writer.flush()
-    _write_csv(work / "metrics.csv", history)
-    if epoch in checkpoint_epochs:
-      _save_weights(model, work / "checkpoints" / f"epoch_{epoch:04d}.weights.h5")
-    _save_state(state_dir, model, optimizer, theta0, history, meta)
-
-  if not history:
-    record(0, math.nan, 0.0)
-  for epoch in range(history[-1]["epoch"] + 1, recipe.epochs + 1):
+  cache = primal_cache_lib.for_training(model, train_set[0]) if primal_cache else None
+  train_loop = make_train_loop(model, run.optimizer, run.batch, primal_cache=cache)
+  if not run.history:
+    run.record(0, math.nan, 0.0)
+  for epoch in range(run.history[-1]["epoch"] + 1, recipe.epochs + 1):
     start = time.time()
-    order = np.random.default_rng([seed, epoch]).permutation(num_train)  # [N]
-    bar = keras.utils.Progbar(steps_per_epoch, verbose=1) if progress else None
-    losses = []  # [K] loss tensors per call, read once at the end of the epoch.
-    for first in range(0, steps_per_epoch, steps_per_call):
-      last = min(first + steps_per_call, steps_per_epoch)
-      idx = order[first * batch:last * batch]  # [K*B], K = last - first steps in one call
-      cache_indices = () if cache is None else (tf.constant(idx, tf.int32),)
-      losses.append(train_loop(tf.constant(x_train[idx], dtype), tf.constant(y_train[idx], dtype),
-                               *cache_indices))
-      if bar is not None:
-        bar.update(last, values=[("loss", float(np.mean(losses[-1].numpy())))])
-    batch_losses = np.concatenate([l.numpy() for l in losses]).astype(np.float64)  # [steps_per_epoch]
-    _check_finite_losses(batch_losses, epoch, (epoch - 1) * steps_per_epoch, recipe)
-    record(epoch, float(np.mean(batch_losses)), time.time() - start)
-  return TrainResult(history=history, recipe=recipe, seed=seed)
+    batch_losses = run.run_epoch(epoch, train_loop, cache, progress)
+    run.record(epoch, float(np.mean(batch_losses)), time.time() - start)
+  return TrainResult(history=run.history, recipe=recipe, seed=seed)

@@ -1,4 +1,8 @@
-"""Type aliases shared by every ntk_tf module (STYLE.md rule 7)."""
+"""Type aliases shared by every ntk_tf module.
+
+The style rule they serve: "type hints on every public signature, with named
+aliases from one module" (this one).
+"""
 
 from typing import Sequence, Union
 

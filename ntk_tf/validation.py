@@ -1,8 +1,6 @@
 """Argument checks shared by the NTK modules; every error names the bad value."""
 
-import functools
-from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
-import warnings
+from typing import Optional, Sequence
 
 import keras
 import numpy as np
@@ -129,51 +127,3 @@ def sign_convention(vectors: np.ndarray, axis: int = 0) -> np.ndarray:
   signs = np.sign(pivot_values)
   signs[signs == 0] = 1.0
   return vectors * signs
-
-
-def renamed_keywords(**old_to_new: str) -> Callable[[Callable], Callable]:
-  """Decorator: each old keyword name still works for one release, with a DeprecationWarning.
-
-  `@renamed_keywords(block_size="batch_size")` makes `f(block_size=3)` warn and
-  call `f(batch_size=3)`; passing both names raises TypeError naming both values.
-  """
-
-  def decorate(fn: Callable) -> Callable:
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-      for old, new in old_to_new.items():
-        if old not in kwargs:
-          continue
-        if new in kwargs:
-          raise TypeError(
-              f"{fn.__name__}() got {old!r}, the deprecated name of {new!r}, and {new!r}. "
-              f"Received: {old}={kwargs[old]!r}, {new}={kwargs[new]!r}")
-        warnings.warn(f"{fn.__name__}({old}=...) is deprecated and will be removed; use "
-                      f"{new}=... (same meaning).", DeprecationWarning, stacklevel=2)
-        kwargs[new] = kwargs.pop(old)
-      return fn(*args, **kwargs)
-
-    return wrapper
-
-  return decorate
-
-
-def deprecated_attributes(module_name: str,
-                          aliases: Mapping[str, Tuple[str, Any]]) -> Callable[[str], Any]:
-  """Returns a module `__getattr__` (PEP 562) serving old names with a DeprecationWarning.
-
-  Args:
-    module_name: the module's `__name__`, for messages.
-    aliases: old attribute name -> (the new name to tell users, the object).
-  """
-
-  def module_getattr(name: str) -> Any:
-    if name in aliases:
-      new_name, value = aliases[name]
-      warnings.warn(f"{module_name}.{name} is deprecated and will be removed; use {new_name}.",
-                    DeprecationWarning, stacklevel=2)
-      return value
-    raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
-
-  return module_getattr

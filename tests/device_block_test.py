@@ -27,7 +27,8 @@ from ntk_tf.distributed import cluster
 from ntk_tf.distributed import device_block
 from ntk_tf.distributed import gram_experiment
 from ntk_tf.distributed import gram_job
-from ntk_tf.distributed import runners
+from ntk_tf.distributed import cluster_runner
+from ntk_tf.distributed import local_runner
 
 _SHAPES = {"mlp": (6, 6, 1), "lenet": (12, 12, 1)}
 _KWARGS = {"mlp": {"width": 8}, "lenet": {}}
@@ -54,7 +55,7 @@ def _brute_force_gram(model, x: np.ndarray) -> np.ndarray:
   return jac @ jac.T  # [N, N]
 
 
-class _FailingRunner(runners.LocalRunner):
+class _FailingRunner(local_runner.LocalRunner):
   """A LocalRunner that raises after `fail_after` results (a killed job), counting submits."""
 
   def __init__(self, *args, fail_after=None, **kwargs):
@@ -191,7 +192,7 @@ class DeviceBlockTest(parameterized.TestCase):
                                atol=1e-12 * np.abs(expected).max())
 
   def test_submit_row_checks_the_row(self):
-    with runners.LocalRunner(_model("mlp"), "structured", "float64") as runner:
+    with local_runner.LocalRunner(_model("mlp"), "structured", "float64") as runner:
       runner.start(_inputs("mlp", 8), 4)
       with self.assertRaisesRegex(ValueError, r"1 to row_blocks=1 blocks. Received: j0s=\[0, 4\]"):
         runner.submit_row(0, [0, 4])
@@ -199,7 +200,7 @@ class DeviceBlockTest(parameterized.TestCase):
       with self.assertRaisesRegex(ValueError, r"first block may be its diagonal block \(i0=4\)"):
         runner.submit_row(4, [0, 4])
     with self.assertRaisesRegex(ValueError, "row_blocks"):
-      runners.ClusterRunner(_model("mlp"), "structured", "float64", None, 1, row_blocks=0)
+      cluster_runner.ClusterRunner(_model("mlp"), "structured", "float64", None, 1, row_blocks=0)
 
   def test_jacobian_block_takes_no_weights(self):
     block = device_block.DeviceBlock(_model("mlp"), "jacobian", "float64")
@@ -236,8 +237,8 @@ class DeviceBlockTest(parameterized.TestCase):
     model, x = _model(name, "float32"), _inputs(name, 18)  # 5 row blocks of 4, the last partial
     grams = {}
     for cache_bytes in (1 << 30, 0):
-      runner = runners.LocalRunner(model, "structured", "float32",
-                                   feature_cache_bytes=cache_bytes)
+      runner = local_runner.LocalRunner(model, "structured", "float32",
+                                        feature_cache_bytes=cache_bytes)
       store = gram_job.compute_gram(self.create_tempdir().full_path, model, x, runner,
                                     block_size=4, dtype="float32", implementation="structured",
                                     progress=False)
@@ -280,7 +281,7 @@ class DeviceBlockTest(parameterized.TestCase):
 
   def test_device_feature_cache_evicts_least_recently_used(self):
     model, x = _model("mlp", "float32"), _inputs("mlp", 16)  # 4 row blocks of 4
-    runner = runners.LocalRunner(model, "structured", "float32")
+    runner = local_runner.LocalRunner(model, "structured", "float32")
     runner.start(x, 4)
     cache = runner.feature_caches[0]
     runner.result(runner.submit(0, 0))
@@ -291,7 +292,7 @@ class DeviceBlockTest(parameterized.TestCase):
       runner.result(runner.submit(i0, j0))
     self.assertEqual(cache.computed, 1 + 4)
     with self.assertRaisesRegex(ValueError, "feature_cache_bytes=-1"):
-      runners.LocalRunner(model, "structured", "float32", feature_cache_bytes=-1)
+      local_runner.LocalRunner(model, "structured", "float32", feature_cache_bytes=-1)
 
   def test_cross_kernel_is_the_off_diagonal_block(self):
     model = _model("mlp")
@@ -304,7 +305,7 @@ class DeviceBlockTest(parameterized.TestCase):
   def test_gram_config_checks_the_device_feature_cache(self):
     config = gram_config.get_config("smoke")
     settings = gram_experiment.settings_from_config(config)
-    self.assertEqual(settings.device_feature_cache_bytes, runners.DEVICE_FEATURE_CACHE_BYTES)
+    self.assertEqual(settings.device_feature_cache_bytes, local_runner.DEVICE_FEATURE_CACHE_BYTES)
     config.device_feature_cache_bytes = -5
     with self.assertRaisesRegex(ValueError, "device_feature_cache_bytes=-5"):
       gram_experiment.settings_from_config(config)
@@ -312,7 +313,7 @@ class DeviceBlockTest(parameterized.TestCase):
   def test_gram_config_checks_the_cluster_row_blocks(self):
     config = gram_config.get_config("smoke")
     self.assertEqual(gram_experiment.settings_from_config(config).cluster_row_blocks,
-                     runners.ROW_BLOCKS)
+                     cluster_runner.ROW_BLOCKS)
     config.cluster_row_blocks = 0
     with self.assertRaisesRegex(ValueError, "cluster_row_blocks=0"):
       gram_experiment.settings_from_config(config)

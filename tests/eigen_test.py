@@ -238,8 +238,8 @@ class TasksTest(absltest.TestCase):
 
   def test_labels_and_overlap(self):
     phi = np.array([[0.5], [-0.5], [0.5], [-0.5]])
-    labels, overlap = ntk_tf.eigenfunction_labels(np.concatenate([phi, -phi], 1), 1)
-    np.testing.assert_array_equal(labels, [1, 0, 1, 0])
+    labels, overlap = ntk_tf.eigenfunction_signs(np.concatenate([phi, -phi], 1), 1)
+    np.testing.assert_array_equal(labels, [1, -1, 1, -1])
     self.assertEqual(labels.dtype, np.float32)
     self.assertAlmostEqual(overlap, 1.0)  # phi is already a scaled sign vector.
 
@@ -247,14 +247,14 @@ class TasksTest(absltest.TestCase):
     # For a random unit vector, E<sign(phi)/sqrt(N), phi> = sqrt(2/pi) ~ 0.798.
     phi = np.random.RandomState(0).randn(20_000, 2)
     phi /= np.linalg.norm(phi, axis=0)
-    labels, overlap = ntk_tf.eigenfunction_labels(phi, 2)
-    np.testing.assert_array_equal(labels, (phi[:, 1] > 0).astype(np.float32))
+    labels, overlap = ntk_tf.eigenfunction_signs(phi, 2)
+    np.testing.assert_array_equal(labels, np.where(phi[:, 1] > 0, 1, -1).astype(np.float32))
     self.assertAlmostEqual(overlap, np.sqrt(2 / np.pi), delta=0.01)
 
   def test_j_out_of_range(self):
     for j in (0, 3):
       with self.assertRaisesRegex(ValueError, f"j={j}"):
-        ntk_tf.eigenfunction_labels(np.eye(4)[:, :2], j)
+        ntk_tf.eigenfunction_signs(np.eye(4)[:, :2], j)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,5 @@
 """Tests for ntk_tf.jacobian against a per-example GradientTape loop."""
 
-import importlib
-import warnings
-
 from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
@@ -10,7 +7,6 @@ import numpy as np
 from tests import test_util  # pylint: disable=unused-import
 from tests import ntk_reference
 import ntk_tf
-from ntk_tf import validation
 
 
 class JacobianValueTest(parameterized.TestCase):
@@ -71,30 +67,6 @@ class PrecisionTest(absltest.TestCase):
     out = copy(x.astype(np.float64), training=False)
     self.assertEqual(out.dtype, "float64")
     np.testing.assert_allclose(out, twin(x.astype(np.float64), training=False), rtol=1e-12)
-
-
-class DeprecatedNamesTest(absltest.TestCase):
-
-  def test_block_size_is_batch_size(self):
-    model, _ = ntk_reference.model_and_twin("lenet", "gelu", seed=3)
-    x = ntk_reference.inputs(5)
-    with warnings.catch_warnings():
-      warnings.simplefilter("error", DeprecationWarning)
-      new = ntk_tf.jacobian(model, x, batch_size=2)
-    with self.assertWarnsRegex(DeprecationWarning, "block_size.*batch_size"):
-      old = ntk_tf.jacobian(model, x, block_size=2)
-    np.testing.assert_array_equal(old, new)
-    with self.assertRaisesRegex(TypeError, "Received: block_size=2, batch_size=2"):
-      ntk_tf.jacobian(model, x, block_size=2, batch_size=2)
-
-  def test_module_aliases(self):
-    module = importlib.import_module("ntk_tf.jacobian")  # `ntk_tf.jacobian` is the function.
-    with self.assertWarnsRegex(DeprecationWarning, "validation.parameter_count"):
-      self.assertIs(module.num_parameters, validation.parameter_count)
-    with self.assertWarnsRegex(DeprecationWarning, "validation.check_single_logit"):
-      self.assertIs(module.check_single_logit, validation.check_single_logit)
-    with self.assertRaisesRegex(AttributeError, "no_such_name"):
-      module.no_such_name  # pylint: disable=pointless-statement
 
 
 class BadInputTest(absltest.TestCase):

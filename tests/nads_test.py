@@ -1,9 +1,6 @@
 """Tests for ntk_tf.nads and ntk_tf.mixed_derivative against closed forms, finite differences
 and sample statistics."""
 
-import importlib
-import warnings
-
 from absl.testing import absltest
 from absl.testing import parameterized
 import keras
@@ -216,6 +213,9 @@ class ConventionTest(parameterized.TestCase):
       ntk_tf.nads(self.model, k=d, method="lanczos")
     with self.assertRaisesRegex(ValueError, "Received: method='svd'"):
       ntk_tf.nads(self.model, k=2, method="svd")
+    self.assertEqual([m.value for m in NadMethod], ["dense", "mtm", "lanczos"])
+    with self.assertRaisesRegex(ValueError, "Received: method='gram'"):
+      ntk_tf.nads(self.model, k=2, method="gram")  # the alias of MTM that was dropped
     with self.assertRaisesRegex(ValueError, r"Received: x.shape=\(3, 4, 4, 1\)"):
       ntk_tf.nads(self.model, k=2, x=np.zeros((3, 4, 4, 1)))
     with self.assertRaisesRegex(ValueError, "Received: directions_per_pass=0"):
@@ -234,60 +234,6 @@ class ConventionTest(parameterized.TestCase):
                                    keras.layers.Dense(2)])
     with self.assertRaisesRegex(ValueError, r"output shape \(None, 2\)"):
       ntk_tf.nads(two_logits, k=1)
-
-
-class DeprecatedNamesTest(absltest.TestCase):
-  """Each old name warns once per use and gives the identical result as its new name."""
-
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.model = ntk_tf.models.get("lenet", input_shape=(4, 4, 2), activation="gelu", seed=2)
-
-  def assert_warns_same(self, old_call, new_call, old_name):
-    with warnings.catch_warnings(record=True) as caught:
-      warnings.simplefilter("always")
-      new = new_call()
-    self.assertEmpty([w for w in caught if issubclass(w.category, DeprecationWarning)])
-    with self.assertWarnsRegex(DeprecationWarning, old_name):
-      old = old_call()
-    for got, want in zip(np.atleast_1d(old) if not isinstance(old, tuple) else old,
-                         np.atleast_1d(new) if not isinstance(new, tuple) else new):
-      np.testing.assert_array_equal(got, want)
-    return old
-
-  def test_nads_keywords(self):
-    self.assert_warns_same(lambda: ntk_tf.nads(self.model, num=3),
-                           lambda: ntk_tf.nads(self.model, k=3), "num")
-    self.assert_warns_same(lambda: ntk_tf.nads(self.model, k=3, block_size=5),
-                           lambda: ntk_tf.nads(self.model, k=3, directions_per_pass=5),
-                           "block_size")
-    with self.assertRaisesRegex(TypeError, "Received: num=2, k=3"):
-      ntk_tf.nads(self.model, num=2, k=3)
-
-  def test_gram_method_is_mtm(self):
-    with self.assertWarnsRegex(DeprecationWarning, "NadMethod.MTM"):
-      self.assertIs(NadMethod.GRAM, NadMethod.MTM)
-    with self.assertWarnsRegex(DeprecationWarning, "NadMethod.MTM"):
-      self.assertIs(NadMethod["GRAM"], NadMethod.MTM)
-    self.assertEqual([m.value for m in NadMethod], ["dense", "mtm", "lanczos"])
-    self.assert_warns_same(lambda: ntk_tf.nads(self.model, k=3, method="gram"),
-                           lambda: ntk_tf.nads(self.model, k=3, method="mtm"), "gram")
-
-  def test_products_and_alignment_keywords(self):
-    directions = np.random.default_rng(0).standard_normal((3, 4, 4, 2))
-    self.assert_warns_same(
-        lambda: ntk_tf.nad_alignment(self.model, directions, block_size=2),
-        lambda: ntk_tf.nad_alignment(self.model, directions, directions_per_pass=2),
-        "block_size")
-    self.assert_warns_same(lambda: mixed_derivative(self.model, block_size=7),
-                           lambda: mixed_derivative(self.model, directions_per_pass=7),
-                           "block_size")
-    nads_module = importlib.import_module("ntk_tf.nads")  # `ntk_tf.nads` is the function.
-    self.assert_warns_same(lambda: nads_module.mixed_derivative_gram(self.model),
-                           lambda: mixed_derivative_mtm(self.model), "mixed_derivative_mtm")
-    with self.assertWarnsRegex(DeprecationWarning, "validation.parameter_count"):
-      self.assertIs(nads_module.parameter_count, validation.parameter_count)
 
 
 class SeparableDatasetTest(parameterized.TestCase):

@@ -41,7 +41,6 @@ class NadPlotsTest(absltest.TestCase):
     # In a fresh process whose user chose the "svg" backend: import, draw, then look.
     code = ("import numpy as np, matplotlib\n"
             "from ntk_tf.experiments import plots\n"
-            "import ntk_tf.nad_plots\n"
             f"plots.plot_nad_alignment(np.arange(1.0, 5.0), {self.create_tempdir().full_path!r} + '/a.png')\n"
             "print(matplotlib.rcParams['backend'])\n")
     env = dict(os.environ, MPLBACKEND="svg", TF_CPP_MIN_LOG_LEVEL="2")

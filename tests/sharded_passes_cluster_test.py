@@ -23,7 +23,7 @@ from tests import ntk_reference
 from tests import sharded_reference
 import ntk_tf
 from ntk_tf.distributed import local_cluster
-from ntk_tf.distributed import runners
+from ntk_tf.distributed import cluster_runner
 from ntk_tf.distributed import sharded_passes
 
 _N = 64
@@ -31,7 +31,7 @@ _BATCH = 4
 _SHARDS = 8  # more shards than workers: closures queue up, so a kill finds some in flight
 
 
-class _KillingRunner(runners.ClusterRunner):
+class _KillingRunner(cluster_runner.ClusterRunner):
   """A ClusterRunner that SIGKILLs worker 1 when the first result of a pass is asked for."""
 
   def __init__(self, *args, cluster: local_cluster.LocalCluster, **kwargs):
@@ -91,7 +91,7 @@ class ShardedPassesClusterTest(absltest.TestCase):
 
   def test_alignment_with_inputs_sent_per_closure(self):
     # Inputs over RESIDENT_MAX_BYTES travel with each closure instead of living on the workers.
-    with mock.patch.object(runners, "RESIDENT_MAX_BYTES", 0):
+    with mock.patch.object(cluster_runner, "RESIDENT_MAX_BYTES", 0):
       sharded = self._alignment()
     sharded_reference.assert_within(self, sharded, self.expected, self.scale,
                                     "per-closure inputs vs brute force")
@@ -122,7 +122,7 @@ class ShardedPassesClusterTest(absltest.TestCase):
   def test_structured_blocks_read_resident_weights(self):
     # A structured block takes the weights with the inputs: its closures capture no
     # variable (nothing read from the parameter server), and the numbers are right.
-    runner = runners.ClusterRunner(self.model, "structured", "float64", self.strategy, 2)
+    runner = cluster_runner.ClusterRunner(self.model, "structured", "float64", self.strategy, 2)
     self.assertTrue(runner.block.takes_weights)
     block = 16
     runner.start(self.x, block)
@@ -149,8 +149,8 @@ class ShardedPassesClusterTest(absltest.TestCase):
   def test_rows_of_blocks_and_resident_inputs_kept(self):
     # One closure per row of blocks, each block the brute-force one; a start with the
     # last key and weights keeps the resident inputs, new weights or a new key resend.
-    runner = runners.ClusterRunner(self.model, "structured", "float64", self.strategy, 2,
-                                   row_blocks=3)
+    runner = cluster_runner.ClusterRunner(self.model, "structured", "float64", self.strategy, 2,
+                                          row_blocks=3)
     block = 16
     runner.start(self.x, block, key="x")
     sent = runner._iterator  # pylint: disable=protected-access

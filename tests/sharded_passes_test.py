@@ -20,7 +20,7 @@ from tests import ntk_reference
 from tests import sharded_reference
 import ntk_tf
 from ntk_tf import validation
-from ntk_tf.distributed import runners
+from ntk_tf.distributed import local_runner
 from ntk_tf.distributed import sharded_passes
 
 _N = 21  # batches of 4: a partial last batch, and shards with padding
@@ -28,7 +28,7 @@ _BATCH = 4
 
 
 def setUpModule():
-  runners.local_devices(2)  # before TensorFlow initializes its devices
+  local_runner.local_devices(2)  # before TensorFlow initializes its devices
 
 
 def _fixture(name: str, m: int = 3):
@@ -63,7 +63,8 @@ class ShardedAlignmentTest(parameterized.TestCase):
     scale = sharded_reference.alignment_scale(jac, labels)
     single = ntk_tf.alignment(model, x, labels, batch_size=_BATCH, dtype="float64")
     sharded_reference.assert_within(self, single, expected, scale, "one process vs brute force")
-    with runners.LocalRunner(model, "jacobian", "float64", runners.local_devices(2)) as runner:
+    with local_runner.LocalRunner(model, "jacobian", "float64",
+                                  local_runner.local_devices(2)) as runner:
       for num_shards in (2, 3):  # 2: one shard per device; 3: round robin
         sharded = sharded_passes.sharded_alignment(runner, x, labels, batch_size=_BATCH,
                                                    num_shards=num_shards)
@@ -73,7 +74,7 @@ class ShardedAlignmentTest(parameterized.TestCase):
       alpha = sharded_passes.sharded_alignment(runner, x, labels[:, 0], batch_size=_BATCH)
       self.assertEqual(alpha.shape, ())
       sharded_reference.assert_within(self, alpha, expected[0], scale[0], "y [N]")
-    with runners.LocalRunner(model, "jacobian", "float64") as runner:  # one device, S = 1
+    with local_runner.LocalRunner(model, "jacobian", "float64") as runner:  # one device, S = 1
       one_shard = sharded_passes.sharded_alignment(runner, x, labels, batch_size=_BATCH)
     np.testing.assert_array_equal(one_shard, single)  # the same single chain of batches
 
@@ -81,7 +82,8 @@ class ShardedAlignmentTest(parameterized.TestCase):
     model, x, jac, labels = _fixture("lenet")
     expected = sharded_reference.alignment(jac, labels)  # [m], brute force
     scale = sharded_reference.alignment_scale(jac, labels)
-    with runners.LocalRunner(model, "jacobian", "float64", runners.local_devices(2)) as runner, \
+    with local_runner.LocalRunner(model, "jacobian", "float64",
+                                  local_runner.local_devices(2)) as runner, \
         mock.patch.object(sharded_passes, "label_gradients_fn",
                           wraps=sharded_passes.label_gradients_fn) as spy:
       sharded = sharded_passes.sharded_alignment(runner, x, labels, batch_size=_BATCH,
@@ -92,7 +94,8 @@ class ShardedAlignmentTest(parameterized.TestCase):
   def test_label_chunks_are_bit_identical(self):
     model, x, jac, labels = _fixture("mlp", m=5)
     column_bytes = 4 * validation.parameter_count(model) * 8  # one column's 4 [1, P] arrays
-    with runners.LocalRunner(model, "jacobian", "float64", runners.local_devices(2)) as runner:
+    with local_runner.LocalRunner(model, "jacobian", "float64",
+                                  local_runner.local_devices(2)) as runner:
       results = [sharded_passes.sharded_alignment(runner, x, labels, batch_size=_BATCH,
                                                   memory_budget_bytes=columns * column_bytes)
                  for columns in (1, 2, 5)]
@@ -103,7 +106,7 @@ class ShardedAlignmentTest(parameterized.TestCase):
 
   def test_bad_labels(self):
     model, x, _, _ = _fixture("mlp")
-    with runners.LocalRunner(model, "jacobian", "float64") as runner:
+    with local_runner.LocalRunner(model, "jacobian", "float64") as runner:
       with self.assertRaisesRegex(ValueError, r"y.shape=\(5,\)"):
         sharded_passes.sharded_alignment(runner, x, np.ones(5))
 
@@ -117,7 +120,8 @@ class ShardedOperatorTest(parameterized.TestCase):
     scale = sharded_reference.product_scale(jac, vectors)
     single = ntk_tf.NtkOperator(model, x, batch_size=_BATCH, dtype="float64").matmat(vectors)
     sharded_reference.assert_within(self, single, expected, scale, "one process vs brute force")
-    with runners.LocalRunner(model, "jacobian", "float64", runners.local_devices(2)) as runner:
+    with local_runner.LocalRunner(model, "jacobian", "float64",
+                                  local_runner.local_devices(2)) as runner:
       operator = sharded_passes.ShardedNtkOperator(runner, x, batch_size=_BATCH)
       self.assertEqual(operator.shape, (_N, _N))
       sharded = operator.matmat(vectors)  # [N, k]

@@ -22,7 +22,8 @@ from tests import test_util
 from binaries import eigenfunctions as eigenfunctions_binary
 from configs import eigenfunctions as eigenfunctions_config
 from ntk_tf.distributed import cluster
-from ntk_tf.distributed import runners
+from ntk_tf.distributed import cluster_runner
+from ntk_tf.distributed import local_runner
 from ntk_tf.distributed import sharded_passes
 from ntk_tf.experiments import eigenfunctions
 from ntk_tf.experiments import kernel_rotation
@@ -56,16 +57,17 @@ class Theta0ClusterTest(absltest.TestCase):
     manifest = json.loads((store.path / "manifest.json").read_text())
     self.assertEqual(manifest["options"], {"matmul_engine": "xla"})  # made by the gram job
     made = np.array(store.matrix)
-    with mock.patch.object(runners.ClusterRunner, "submit",
+    with mock.patch.object(cluster_runner.ClusterRunner, "submit",
                            side_effect=AssertionError("recomputed")), \
-        mock.patch.object(runners.LocalRunner, "submit", side_effect=AssertionError("recomputed")):
+        mock.patch.object(local_runner.LocalRunner, "submit",
+                          side_effect=AssertionError("recomputed")):
       again = theta0.store(model, _SPEC, x, pipeline.GramSpec(8, "auto", "float32", cache))
     np.testing.assert_array_equal(again.matrix, made)
 
   def test_the_eigenfunctions_binary_gets_theta0_from_the_cluster(self):
     workdir = self.create_tempdir().full_path
     cache = self.create_tempdir().full_path
-    with mock.patch.object(runners.LocalRunner, "submit",
+    with mock.patch.object(local_runner.LocalRunner, "submit",
                            side_effect=AssertionError("computed outside the cluster")):
       data_dir = test_util.run_binary_main(
           self, eigenfunctions_binary, "configs/eigenfunctions.py:smoke", workdir,

@@ -22,7 +22,7 @@ from configs import gram as gram_config
 import ntk_tf
 from ntk_tf.distributed import gram_experiment
 from ntk_tf.distributed import gram_job
-from ntk_tf.distributed import runners
+from ntk_tf.distributed import local_runner
 from ntk_tf.experiments import pipeline
 from ntk_tf.experiments import theta0
 
@@ -91,7 +91,7 @@ class Theta0StoreTest(absltest.TestCase):
     x = _x()
     cache = self.create_tempdir().full_path
     folder = theta0.path(model, _SPEC, x, "float32", cache)
-    real_result = runners.LocalRunner.result
+    real_result = local_runner.LocalRunner.result
     calls = []
 
     def dies_at_the_third_block(runner, handle):
@@ -100,18 +100,18 @@ class Theta0StoreTest(absltest.TestCase):
         raise KeyboardInterrupt("killed")
       return real_result(runner, handle)
 
-    with mock.patch.object(runners.LocalRunner, "result", dies_at_the_third_block):
+    with mock.patch.object(local_runner.LocalRunner, "result", dies_at_the_third_block):
       with self.assertRaises(KeyboardInterrupt):
         gram_job.compute_gram(folder, model, x, block_size=4, implementation="structured",
                               commit_interval_s=0.0, progress=False)
     submitted = []
-    real_submit = runners.LocalRunner.submit
+    real_submit = local_runner.LocalRunner.submit
 
     def counting_submit(runner, i0, j0):
       submitted.append((i0, j0))
       return real_submit(runner, i0, j0)
 
-    with mock.patch.object(runners.LocalRunner, "submit", counting_submit), \
+    with mock.patch.object(local_runner.LocalRunner, "submit", counting_submit), \
         mock.patch.object(ntk_tf.GramStore, "_missing_blocks",
                           side_effect=AssertionError("resumed by another engine")):
       store = theta0.store(model, _SPEC, x, pipeline.GramSpec(8, "auto", "float32", cache))

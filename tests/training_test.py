@@ -217,26 +217,10 @@ class TrainTest(parameterized.TestCase):
     loss, _ = _numpy_bce_and_acc(lin.predict(x, verbose=0), y)
     self.assertAlmostEqual(result.final["train_loss"], loss, places=5)
 
-  def test_deprecated_01_labels_warn_and_train_bit_identically(self):
-    x, y = _data()
-    x_test, y_test = _data(12, seed=1)
-    pm1_model, old_model = _model(), _model()
-    new = ntk_tf.train(pm1_model, x, y, x_test=x_test, y_test=y_test, recipe=_TINY, seed=2,
-                       progress=False)
-    with self.assertWarnsRegex(DeprecationWarning, "y_train01"):
-      old = ntk_tf.train(old_model, x, y_train01=(y + 1) // 2, x_test=x_test,
-                         y_test01=(y_test + 1) // 2, recipe=_TINY, seed=2, progress=False)
-    for a, b in zip(pm1_model.get_weights(), old_model.get_weights()):
-      np.testing.assert_array_equal(a, b)
-    np.testing.assert_equal([{k: v for k, v in r.items() if k != "seconds"} for r in new.history],
-                            [{k: v for k, v in r.items() if k != "seconds"} for r in old.history])
-
   def test_bad_arguments(self):
     x, y = _data()
     with self.assertRaisesRegex(ValueError, r"y_train must hold labels in \{-1, \+1\}.*\[0\]"):
       ntk_tf.train(_model(), x, (y + 1) // 2, recipe=_TINY, progress=False)  # {0, 1} labels
-    with self.assertRaisesRegex(ValueError, "not both"):
-      ntk_tf.train(_model(), x, y, y_train01=(y + 1) // 2, recipe=_TINY, progress=False)
     with self.assertRaisesRegex(ValueError, "workdir=None"):
       ntk_tf.train(_model(), x, y, recipe=_TINY, checkpoint_epochs=(1,), progress=False)
     with self.assertRaisesRegex(ValueError, "checkpoint_epochs"):

@@ -1,7 +1,5 @@
 """Tests for ntk_tf.validation: each check accepts good values and names the bad one."""
 
-import warnings
-
 from absl.testing import absltest
 from absl.testing import parameterized
 import keras
@@ -169,32 +167,6 @@ class SignConventionTest(absltest.TestCase):
     out = validation.sign_convention(vectors)
     self.assertEqual(out.dtype, np.float64)
     self.assertEqual(vectors[0, 0], -1.0)  # input untouched
-
-
-class DeprecationHelpersTest(absltest.TestCase):
-
-  def test_renamed_keywords(self):
-
-    @validation.renamed_keywords(old="new")
-    def scaled(x, *, new=1):
-      """Doc."""
-      return x * new
-
-    self.assertEqual(scaled.__doc__, "Doc.")
-    with warnings.catch_warnings():
-      warnings.simplefilter("error", DeprecationWarning)
-      self.assertEqual(scaled(2, new=3), 6)
-    with self.assertWarnsRegex(DeprecationWarning, r"scaled\(old=...\) is deprecated.*new=..."):
-      self.assertEqual(scaled(2, old=3), 6)
-    with self.assertRaisesRegex(TypeError, "Received: old=3, new=4"):
-      scaled(2, old=3, new=4)
-
-  def test_deprecated_attributes(self):
-    module_getattr = validation.deprecated_attributes("pkg.mod", {"old": ("pkg.mod.new", 5)})
-    with self.assertWarnsRegex(DeprecationWarning, "pkg.mod.old is deprecated.*pkg.mod.new"):
-      self.assertEqual(module_getattr("old"), 5)
-    with self.assertRaisesRegex(AttributeError, "'pkg.mod' has no attribute 'other'"):
-      module_getattr("other")
 
 
 if __name__ == "__main__":

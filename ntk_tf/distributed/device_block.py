@@ -28,10 +28,10 @@ remote worker keeps no state between blocks, so it holds no feature cache;
 this costs at most one extra forward/backward pass of B examples per block.
 STRUCTURED also has the two steps apart, `features(x)` and
 `contract(features_a, features_b)` / `contract_diagonal(features_a)`, the
-same ops: a local device keeps its blocks' features (`runners.LocalRunner`).
+same ops: a local device keeps its blocks' features (`local_runner.LocalRunner`).
 `row(x_a, x_bs, diagonal=...)` computes several blocks of one block row in
 one function, the features of x_a once, each block with its function's ops
-(one cluster closure per row of blocks, `runners.ClusterRunner.submit_row`).
+(one cluster closure per row of blocks, `cluster_runner.ClusterRunner.submit_row`).
 
 Weights as inputs (STRUCTURED without reference layers: `takes_weights`):
 `stateless_block(x_a, x_b, weights)` and `stateless_diagonal(x_a, weights)`
@@ -39,7 +39,7 @@ are the same block functions, untraced, with every `model.weights[k]` read
 from the tensor `weights[k]` (a `keras.StatelessScope`) instead of its
 variable. The structured features differentiate with respect to layer
 activations, not variables, so the ops and the numbers are the same; a
-cluster worker then reads the weights it holds (`runners.ClusterRunner`)
+cluster worker then reads the weights it holds (`cluster_runner.ClusterRunner`)
 instead of fetching every variable from the parameter servers for every block.
 
 Paper: Sec. 2 (the empirical NTK), App. B (Grams computed block by block).
@@ -153,7 +153,7 @@ class DeviceBlock:
     With `weights` (`takes_weights`), `model.weights` are read from those
     tensors as in `stateless_block`. A cluster closure then carries K blocks:
     the coordinator's work per closure (scheduling, fetching) is paid once for
-    them (`runners.ClusterRunner.submit_row`).
+    them (`cluster_runner.ClusterRunner.submit_row`).
     """
     if weights is not None:
       return self._stateless(self._row, weights, x_a, x_bs, diagonal=diagonal)

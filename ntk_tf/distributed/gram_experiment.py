@@ -31,7 +31,8 @@ from ntk_tf import validation
 from ntk_tf.distributed import cluster as cluster_lib
 from ntk_tf.distributed import device_block
 from ntk_tf.distributed import gram_job
-from ntk_tf.distributed import runners
+from ntk_tf.distributed import cluster_runner
+from ntk_tf.distributed import local_runner
 from ntk_tf.experiments import pipeline
 from ntk_tf.experiments import theta0
 
@@ -79,9 +80,10 @@ def settings_from_config(config: Mapping[str, Any]) -> GramSettings:
       local_devices=pipeline.check_positive_int(config["local_devices"], "local_devices"),
       device_feature_cache_bytes=pipeline.check_non_negative_int(
           pipeline.field(config, "device_feature_cache_bytes",
-                         runners.DEVICE_FEATURE_CACHE_BYTES), "device_feature_cache_bytes"),
+                         local_runner.DEVICE_FEATURE_CACHE_BYTES), "device_feature_cache_bytes"),
       cluster_row_blocks=pipeline.check_positive_int(
-          pipeline.field(config, "cluster_row_blocks", runners.ROW_BLOCKS), "cluster_row_blocks"),
+          pipeline.field(config, "cluster_row_blocks", cluster_runner.ROW_BLOCKS),
+          "cluster_row_blocks"),
       worker_threads=None if threads is None else pipeline.check_positive_int(
           threads, "worker_threads"),
       commit_interval_s=pipeline.check_positive_number(config["commit_interval_s"],
@@ -109,7 +111,8 @@ def run(settings: GramSettings, workdir: pathlib.Path, cluster: Optional[str] = 
       `settings.local_devices` devices).
   """
   start = time.monotonic()
-  devices = runners.local_devices(settings.local_devices) if settings.local_devices > 1 else None
+  devices = (local_runner.local_devices(settings.local_devices)
+             if settings.local_devices > 1 else None)
   resolved = cluster_lib.resolve(cluster, settings.worker_threads)
   try:
     dataset = settings.data.load()
@@ -119,13 +122,13 @@ def run(settings: GramSettings, workdir: pathlib.Path, cluster: Optional[str] = 
     workdir.mkdir(parents=True, exist_ok=True)
     atomic.write_json(workdir / "config.json", settings.config)
     if resolved is not None:
-      runner = runners.ClusterRunner(model, settings.implementation, settings.dtype,
-                                     resolved.strategy, resolved.num_workers,
-                                     row_blocks=settings.cluster_row_blocks)
+      runner = cluster_runner.ClusterRunner(model, settings.implementation, settings.dtype,
+                                            resolved.strategy, resolved.num_workers,
+                                            row_blocks=settings.cluster_row_blocks)
       where = f"a cluster of {runner.num_workers} workers"
     else:
-      runner = runners.LocalRunner(model, settings.implementation, settings.dtype, devices,
-                                   feature_cache_bytes=settings.device_feature_cache_bytes)
+      runner = local_runner.LocalRunner(model, settings.implementation, settings.dtype, devices,
+                                        feature_cache_bytes=settings.device_feature_cache_bytes)
       where = f"{len(runner.devices)} local device(s)"
       if devices:
         runner.warm_up(np.zeros((settings.block_size,) + x_train.shape[1:], x_train.dtype))

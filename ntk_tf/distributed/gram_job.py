@@ -32,7 +32,8 @@ import numpy as np
 from ntk_tf import precision
 from ntk_tf import types
 from ntk_tf.distributed import device_block
-from ntk_tf.distributed import runners as runners_lib
+from ntk_tf.distributed import local_runner
+from ntk_tf.distributed import runner as runner_lib
 from ntk_tf.ntk import gram as gram_lib
 from ntk_tf.ntk import gram_store as gram_store_lib
 from ntk_tf.ntk import implementation as implementation_lib
@@ -47,7 +48,7 @@ class RunnerGramStore(gram_store_lib.GramStore):
   """
 
   def __init__(self, path: Union[str, os.PathLike], model: keras.Model, x: types.Inputs,
-               runner: runners_lib.Runner, *, block_size: int, dtype: types.DType,
+               runner: runner_lib.Runner, *, block_size: int, dtype: types.DType,
                implementation: Union[str, implementation_lib.NtkImplementation],
                commit_interval_s: float = 5.0, lock: str = "wait", overwrite: bool = False):
     self.runner = runner
@@ -87,7 +88,7 @@ class RunnerGramStore(gram_store_lib.GramStore):
 
 
 def compute_gram(path: Union[str, os.PathLike], model: keras.Model, x: types.Inputs,
-                 runner: Optional[runners_lib.Runner] = None, *,
+                 runner: Optional[runner_lib.Runner] = None, *,
                  x_test: Optional[types.Inputs] = None, block_size: int = 256,
                  dtype: types.DType = "float32",
                  implementation: Union[str, implementation_lib.NtkImplementation] = "structured",
@@ -126,7 +127,7 @@ def compute_gram(path: Union[str, os.PathLike], model: keras.Model, x: types.Inp
   dtype = precision.canonical_dtype(dtype)
   own_runner = runner is None
   if own_runner:
-    runner = runners_lib.LocalRunner(model, implementation, dtype)
+    runner = local_runner.LocalRunner(model, implementation, dtype)
   try:
     store = RunnerGramStore(path, model, x, runner, block_size=block_size, dtype=dtype,
                             implementation=implementation,

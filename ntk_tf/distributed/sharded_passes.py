@@ -13,7 +13,7 @@ the Jacobian").
 Sharding. x is cut into S contiguous shards of R rows, R a multiple of the
 batch size B (`shard_rows`): shard s is rows [s R, (s+1) R), the last one
 zero-padded (zero labels, zero v: an exact zero contribution). The runner is
-started on x with block_size R (`runners.Runner.start`: a ClusterRunner keeps
+started on x with block_size R (`runner.Runner.start`: a ClusterRunner keeps
 x resident on every worker), and each shard is one closure
 (`Runner.submit_rows`) on some device or worker, computing
 
@@ -68,7 +68,7 @@ from ntk_tf.alignment import label_chunks
 from ntk_tf.alignment import label_gradients_fn
 from ntk_tf import types
 from ntk_tf import validation
-from ntk_tf.distributed import runners as runners_lib
+from ntk_tf.distributed import runner as runner_lib
 from ntk_tf.ntk import ntk_vector_products
 
 
@@ -89,7 +89,7 @@ def _padded(array: np.ndarray, rows: int) -> np.ndarray:
   return np.pad(array, [(0, rows - array.shape[0])] + [(0, 0)] * (array.ndim - 1))
 
 
-def _in_order(runner: runners_lib.Runner, jobs: Sequence[tuple],
+def _in_order(runner: runner_lib.Runner, jobs: Sequence[tuple],
               functions) -> Iterator[np.ndarray]:
   """Runs `runner.submit_rows(functions, i0, *args)` for each job (i0, *args), at most
   `runner.slots` in flight; yields the results in job order."""
@@ -104,7 +104,7 @@ def _in_order(runner: runners_lib.Runner, jobs: Sequence[tuple],
 class _ShardedData:
   """x `[N, ...]` split into shards of `rows` for a runner (see the module docstring)."""
 
-  def __init__(self, runner: runners_lib.Runner, x: types.Inputs, batch_size: int,
+  def __init__(self, runner: runner_lib.Runner, x: types.Inputs, batch_size: int,
                num_shards: Optional[int]):
     self.runner = runner
     self.batch_size = validation.check_positive_int(batch_size, "batch_size")
@@ -128,7 +128,7 @@ class _ShardedData:
     return [np.ascontiguousarray(padded[start:start + self.rows]) for start in self.starts]
 
 
-def sharded_alignment(runner: runners_lib.Runner, x: types.Inputs, y: types.Array, *,
+def sharded_alignment(runner: runner_lib.Runner, x: types.Inputs, y: types.Array, *,
                       batch_size: int = 256,
                       memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
                       num_shards: Optional[int] = None, route: str = "auto") -> np.ndarray:
@@ -251,7 +251,7 @@ class ShardedNtkOperator:
     num_shards: S (default `runner.places`).
   """
 
-  def __init__(self, runner: runners_lib.Runner, x: types.Inputs, *, batch_size: int = 256,
+  def __init__(self, runner: runner_lib.Runner, x: types.Inputs, *, batch_size: int = 256,
                num_shards: Optional[int] = None):
     validation.check_single_logit(runner.model)
     self.runner = runner

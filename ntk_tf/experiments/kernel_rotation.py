@@ -59,7 +59,7 @@ import ntk_tf
 from ntk_tf import atomic
 from ntk_tf.alignment import DEFAULT_MEMORY_BUDGET_BYTES
 from ntk_tf.distributed import cluster as cluster_lib
-from ntk_tf.distributed import runners
+from ntk_tf.distributed import cluster_runner
 from ntk_tf.distributed import sharded_passes
 from ntk_tf.experiments import pipeline
 from ntk_tf.experiments import plots
@@ -195,8 +195,8 @@ def alignment_from_jacobian(model: keras.Model, x: np.ndarray, functions: np.nda
     alpha = ntk_tf.alignment(model, x, functions, batch_size=batch_size, dtype=dtype,
                              memory_budget_bytes=memory_budget_bytes)
   else:  # The experiment's cluster (gram.cluster or TF_CONFIG): x sharded over its workers.
-    with runners.ClusterRunner(model, "jacobian", dtype, cluster.strategy,
-                               cluster.num_workers) as runner:
+    with cluster_runner.ClusterRunner(model, "jacobian", dtype, cluster.strategy,
+                                      cluster.num_workers) as runner:
       alpha = sharded_passes.sharded_alignment(runner, x, functions, batch_size=batch_size,
                                                memory_budget_bytes=memory_budget_bytes)
   return np.asarray(alpha, np.float64).reshape(-1)  # [m]

@@ -47,7 +47,8 @@ import ntk_tf
 from ntk_tf.distributed import cluster as cluster_lib
 from ntk_tf.distributed import device_block
 from ntk_tf.distributed import gram_job
-from ntk_tf.distributed import runners
+from ntk_tf.distributed import cluster_runner
+from ntk_tf.distributed import local_runner
 from ntk_tf.experiments import pipeline
 from ntk_tf.experiments import workdir as workdir_lib
 from ntk_tf.ntk import auto
@@ -124,7 +125,7 @@ def store(model: keras.Model, spec: pipeline.ModelSpec, x: np.ndarray,
     return result.compute(progress=progress)
 
   implementation = device_implementation(model, implementation)
-  with runners.LocalRunner(model, implementation, gram.dtype) as local:
+  with local_runner.LocalRunner(model, implementation, gram.dtype) as local:
     opened = gram_job.RunnerGramStore(folder, model, x, local, block_size=block_size,
                                       dtype=gram.dtype, implementation=implementation)
     logging.info("%s: Theta_0 on %d samples by the gram job, %d/%d blocks cached (%s)",
@@ -139,8 +140,8 @@ def store(model: keras.Model, spec: pipeline.ModelSpec, x: np.ndarray,
         f"({gram.cluster!r}) first (the experiment binaries do).")
   logging.info("%s: the missing blocks on a cluster of %d workers", spec.name,
                resolved.num_workers)
-  with runners.ClusterRunner(model, implementation, gram.dtype, resolved.strategy,
-                             resolved.num_workers) as runner:
+  with cluster_runner.ClusterRunner(model, implementation, gram.dtype, resolved.strategy,
+                                    resolved.num_workers) as runner:
     return gram_job.compute_gram(folder, model, x, runner, block_size=block_size,
                                  dtype=gram.dtype, implementation=implementation,
                                  progress=progress)
