@@ -5,7 +5,7 @@
 
 Without --cluster: the cluster of TF_CONFIG when it is set (worker and ps tasks
 serve, the chief coordinates), else one process. See configs/gram.py and
-ntk_tf/distributed/gram_experiment.py.
+ntk_tf/experiments/gram_experiment.py.
 """
 
 from absl import app
@@ -14,7 +14,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from ntk_tf.distributed import cluster
-from ntk_tf.distributed import gram_experiment
+from ntk_tf.experiments import gram_experiment
 from ntk_tf.experiments import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/gram.py:smoke",

@@ -20,9 +20,9 @@ from tests import ntk_reference  # pylint: disable=g-bad-import-order
 from tests import test_util
 from configs import gram as gram_config
 import ntk_tf
-from ntk_tf.distributed import gram_experiment
 from ntk_tf.distributed import gram_job
 from ntk_tf.distributed import runners
+from ntk_tf.experiments import gram_experiment
 from ntk_tf.experiments import pipeline
 from ntk_tf.experiments import theta0
 

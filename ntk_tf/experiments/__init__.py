@@ -5,5 +5,6 @@
     spectrum.py   the eigenpairs of Theta_0 and the tasks sign(phi_j)
     plots.py      every figure
     <name>.py     one module per experiment: its settings and what is particular to it
+                  (gram_experiment.py: the gram binary's job, one Gram into a workdir)
     report.py     report.md / report.html of every workdir under a folder
 """
