@@ -57,10 +57,12 @@ import numpy as np
 
 import ntk_tf
 from ntk_tf import atomic
-from ntk_tf.alignment import DEFAULT_MEMORY_BUDGET_BYTES
+from ntk_tf import data as data_lib
+from ntk_tf import validation
 from ntk_tf.distributed import cluster as cluster_lib
 from ntk_tf.distributed import runners
 from ntk_tf.distributed import sharded_passes
+from ntk_tf.experiments import fields
 from ntk_tf.experiments import pipeline
 from ntk_tf.experiments import plots
 from ntk_tf.experiments import spectrum as spectrum_lib
@@ -71,24 +73,65 @@ TASKS = ("cifar2", "eigenfunction")
 ALIGNMENT_ROUTES = ("jacobian", "gram")
 
 
-@dataclasses.dataclass(frozen=True)
+def _task(value: Any, label: str, dataset: str) -> str:
+  task = validation.check_choice(value, label, TASKS)
+  if task == "cifar2" and dataset not in ("cifar2", "mnist2"):
+    raise ValueError(f"{label} 'cifar2' needs a binary dataset ('cifar2' or 'mnist2'). "
+                     f"Received: dataset={dataset!r}")
+  return task
+
+
+def _measure_epochs(value: Any, label: str, last: int) -> Tuple[int, ...]:
+  epochs = fields.int_set(value, label, low=0, high=last)
+  if epochs[0] != 0 or epochs[-1] != last:
+    raise ValueError(f"{label} must contain 0 (init) and the last epoch {last} (end, "
+                     f"Table 1). Received: measure_epochs={list(epochs)}")
+  return epochs
+
+
+def _num_alignment(value: Any, label: str, limit: int) -> int:
+  num = validation.check_positive_int(value, label)
+  if num > limit:
+    raise ValueError(f"{label} (J) must be <= {limit} (the samples its eigenvectors live on). "
+                     f"Received: num_alignment={num}")
+  return num
+
+
+def _eigenfunction_indices(value: Any, label: str, task: str,
+                           num_alignment: int) -> Tuple[int, ...]:
+  """The trained-on phi_j of task "eigenfunction" (none for "cifar2")."""
+  if task != "eigenfunction":
+    return ()
+  return fields.int_set(value, label, low=1, high=num_alignment)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
   """The validated settings of one kernel-rotation run (see configs/kernel_rotation.py)."""
-  common: pipeline.Common
-  task: str  # "cifar2" | "eigenfunction"
-  models: Tuple[pipeline.ModelSpec, ...]
-  data: pipeline.DataSpec
-  gram: pipeline.GramSpec
-  eigenfunction_indices: Tuple[int, ...]
-  measure_epochs: Tuple[int, ...]
-  top_k: int
-  num_alignment: int
-  energy_concentration: bool  # Theta_t Grams for E_t(y) at every measured epoch
-  alignment_route: str  # "jacobian" (Lemma 1, App. B) | "gram"
-  alignment_batch_size: int  # examples per vector-Jacobian product of ntk_tf.alignment
-  alignment_memory_budget_bytes: int  # for its [m_chunk, P] arrays
-  keep_grams: bool
-  train_seed: int
+  common: pipeline.Common = fields.block(pipeline.Common)
+  models: Tuple[pipeline.ModelSpec, ...] = fields.block(pipeline.read_models)
+  data: pipeline.DataSpec = fields.block(pipeline.DataSpec, datasets=data_lib.DATASET_NAMES)
+  task: str = fields.setting(_task, dataset=lambda s: s.data.dataset)
+  gram: pipeline.GramSpec = fields.block(pipeline.GramSpec, key="gram")
+  measure_epochs: Tuple[int, ...] = fields.setting(_measure_epochs,
+                                                   last=lambda s: s.common.recipe.epochs)
+  top_k: int = fields.setting(fields.at_most, maximum=lambda s: s.data.num_train,
+                              bound="train_size={maximum}")
+  # J: phi_1..phi_J live on the train + test samples (task "eigenfunction") or the train ones.
+  num_alignment: int = fields.setting(_num_alignment, limit=lambda s: (
+      s.data.num_train + s.data.num_test if s.task == "eigenfunction" else s.data.num_train))
+  eigenfunction_indices: Tuple[int, ...] = fields.setting(
+      _eigenfunction_indices, task=lambda s: s.task, num_alignment=lambda s: s.num_alignment)
+  # Theta_t Grams for E_t(y) at every measured epoch.
+  energy_concentration: bool = fields.setting(fields.flag)
+  # "jacobian" (Lemma 1, App. B) | "gram".
+  alignment_route: str = fields.setting(validation.check_choice, choices=ALIGNMENT_ROUTES)
+  # Examples per vector-Jacobian product of ntk_tf.alignment, and the bytes of its
+  # [m_chunk, P] arrays.
+  alignment_batch_size: int = fields.setting(validation.check_positive_int)
+  alignment_memory_budget_bytes: int = fields.setting(validation.check_positive_int)
+  keep_grams: bool = fields.setting(fields.flag)
+  train_seed: int = fields.setting(validation.check_non_negative_int)
 
   @property
   def targets(self) -> List[str]:
@@ -99,45 +142,7 @@ class Settings:
 
 def settings_from_config(config: Mapping[str, Any]) -> Settings:
   """Validates every field (ValueError naming it) before any folder is made or data read."""
-  common = pipeline.check_common(config, "PAPER_CIFAR2")
-  recipe = common.recipe
-  models = pipeline.check_models(config)
-  task = pipeline.check_choice(config.task, "task", TASKS)
-  data = pipeline.check_data(config)
-  if task == "cifar2" and data.dataset not in ("cifar2", "mnist2"):
-    raise ValueError(f"config.task 'cifar2' needs a binary dataset ('cifar2' or 'mnist2'). "
-                     f"Received: dataset={data.dataset!r}")
-  epochs = pipeline.check_ints(config.measure_epochs, "measure_epochs", low=0, high=recipe.epochs)
-  if epochs[0] != 0 or epochs[-1] != recipe.epochs:
-    raise ValueError(f"config.measure_epochs must contain 0 (init) and the last epoch "
-                     f"{recipe.epochs} (end, Table 1). Received: measure_epochs={list(epochs)}")
-  top_k = pipeline.check_positive_int(config.top_k, "top_k")
-  if top_k > data.num_train:
-    raise ValueError(f"config.top_k must be <= train_size={data.num_train}. Received: top_k={top_k}")
-  num_alignment = pipeline.check_positive_int(config.num_alignment, "num_alignment")
-  limit = data.num_train + data.num_test if task == "eigenfunction" else data.num_train
-  if num_alignment > limit:
-    raise ValueError(f"config.num_alignment (J) must be <= {limit} (the samples its eigenvectors "
-                     f"live on). Received: num_alignment={num_alignment}")
-  indices = ()
-  if task == "eigenfunction":
-    indices = pipeline.check_ints(config.eigenfunction_indices, "eigenfunction_indices", low=1,
-                                  high=num_alignment)
-  return Settings(common=common, models=models, data=data, gram=pipeline.check_gram(config),
-                  task=task, eigenfunction_indices=indices, measure_epochs=epochs, top_k=top_k,
-                  num_alignment=num_alignment,
-                  energy_concentration=bool(pipeline.field(config, "energy_concentration", True)),
-                  alignment_route=pipeline.check_choice(
-                      pipeline.field(config, "alignment_route", "jacobian"), "alignment_route",
-                      ALIGNMENT_ROUTES),
-                  alignment_batch_size=pipeline.check_positive_int(
-                      pipeline.field(config, "alignment_batch_size", 256), "alignment_batch_size"),
-                  alignment_memory_budget_bytes=pipeline.check_positive_int(
-                      pipeline.field(config, "alignment_memory_budget_bytes",
-                                     DEFAULT_MEMORY_BUDGET_BYTES),
-                      "alignment_memory_budget_bytes"),
-                  keep_grams=bool(config.keep_grams),
-                  train_seed=pipeline.check_non_negative_int(config.train_seed, "train_seed"))
+  return fields.read(Settings, config)
 
 
 def unit_mean_square(functions: np.ndarray) -> np.ndarray:
