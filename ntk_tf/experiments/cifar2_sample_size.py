@@ -75,6 +75,14 @@ def settings_from_config(config: Mapping[str, Any]) -> Settings:
   return fields.read(Settings, config)
 
 
+def describe_outputs(workdir: pathlib.Path, results: Dict[str, Any]) -> List[str]:
+  """What the binary prints: the tables and figures `run` wrote."""
+  del workdir  # The paths are in `results`.
+  return ([f"Results ({len(results['rows'])} runs): {results['csv']} and {results['json']}",
+           f"Mean and spread over seeds: {results['summary_csv']}"]
+          + [f"Figure: {figure}" for figure in results["figures"]])
+
+
 def saturation_epoch(test_acc: List[float], tolerance: float) -> int:
   """The first epoch from which test accuracy stays within `tolerance` of its final value.
 

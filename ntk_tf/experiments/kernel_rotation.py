@@ -140,6 +140,9 @@ class Settings:
     return [f"phi{j}" for j in self.eigenfunction_indices]
 
 
+describe_outputs = pipeline.describe_outputs  # What the binary prints.
+
+
 def settings_from_config(config: Mapping[str, Any]) -> Settings:
   """Validates every field (ValueError naming it) before any folder is made or data read."""
   return fields.read(Settings, config)

@@ -108,6 +108,9 @@ def linearize_at(model0: keras.Model, theta_t: keras.Model, form: str) -> ntk_tf
                           offset=form == "offset", batch_norm="initial")
 
 
+describe_outputs = pipeline.describe_outputs  # What the binary prints.
+
+
 def settings_from_config(config: Mapping[str, Any]) -> Settings:
   """Validates every field (ValueError naming it) before any folder is made or data read."""
   return fields.read(Settings, config)

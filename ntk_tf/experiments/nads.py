@@ -81,6 +81,9 @@ class Settings:
   train_seed: int = fields.setting(validation.check_non_negative_int)
 
 
+describe_outputs = pipeline.describe_outputs  # What the binary prints.
+
+
 def settings_from_config(config: Mapping[str, Any]) -> Settings:
   """Validates every field (ValueError naming it) before any folder is made."""
   return fields.read(Settings, config)

@@ -336,6 +336,12 @@ class Timer:
     return time.time() - self._start
 
 
+def describe_outputs(workdir: pathlib.Path, results: Any) -> List[str]:
+  """What an experiment binary prints when done: where its table and figures are."""
+  del results  # All in the workdir.
+  return [f"Results: {workdir / 'results.csv'}; figures: {workdir}/*.png"]
+
+
 def write_table(path: os.PathLike, rows: Sequence[Mapping[str, Any]],
                 columns: Optional[Sequence[str]] = None,
                 int_columns: Sequence[str] = ()) -> pathlib.Path:
