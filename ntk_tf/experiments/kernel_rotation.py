@@ -294,10 +294,7 @@ def run(settings: Settings, workdir: pathlib.Path) -> List[Dict[str, Any]]:
     The rows of results.csv.
   """
   workdir, store = pipeline.prepare(workdir, settings)
-  recipe = settings.common.recipe
   dataset = settings.data.load()
-  x_train = dataset.x_train
-  first, last = settings.measure_epochs[0], settings.measure_epochs[-1]
   keys = []
   for spec in settings.models:
     model = spec.build(dataset.input_shape)
@@ -307,71 +304,96 @@ def run(settings: Settings, workdir: pathlib.Path) -> List[Dict[str, Any]]:
       basis = spectrum_lib.spectrum(model, spec, dataset, k, settings.gram, seed=spec.seed,
                                     progress=settings.common.progress)
     for target in settings.targets:
-      run_dir = workdir / spec.name / target
-      fp = workdir_lib.fingerprint({
-          "model": dataclasses.asdict(spec), "target": target, "train_seed": settings.train_seed,
-          "data": settings.data.identity(), "recipe": recipe.to_dict(),
-          "top_k": settings.top_k, "num_alignment": settings.num_alignment,
-          "gram": settings.gram.identity(), "energy": settings.energy_concentration,
-          "alignment_route": settings.alignment_route})
-      pipeline.fresh_dir(run_dir, fp)
-      key = f"{spec.name}_{target}"
-      run_keys = [f"{key}_epoch{e:04d}" for e in settings.measure_epochs] + [f"{key}_summary"]
-      keys += run_keys
-      if all(store.get(k, fp) is not None for k in run_keys):
-        logging.info("%s: finished earlier; skipped.", key)
-        continue
-      theta0_train = None
-      if basis is None:
-        y_train, y_test = dataset.y_train, dataset.y_test
-        phi_basis, overlap, target_j = None, math.nan, None
-      else:
-        task = spectrum_lib.eigenfunction_task(basis, int(target[3:]))
-        y_train, y_test = task.y_train, task.y_test
-        phi_basis = basis.eigvecs[basis.is_train, :settings.num_alignment]  # [n, J]
-        overlap, target_j = task.overlap, task.j
-        theta0_train = functools.partial(  # Theta_0 on the train rows: a slice, no new Gram
-            theta0_lib.rows, model, spec, dataset.all_x(),
-            np.flatnonzero(basis.is_train), settings.gram)
-      y = np.asarray(y_train, np.float32)  # [n] in {-1, +1}
-      result = pipeline.train_task(
-          pipeline.clone_with_weights(model),
-          pipeline.TaskData(x_train, y_train, dataset.x_test, y_test), recipe=recipe,
-          seed=settings.train_seed, task_dir=run_dir / "train", fingerprint=fp,
-          checkpoint_epochs=settings.measure_epochs, progress=settings.common.progress)
-      for epoch in settings.measure_epochs:
-        ekey = f"{key}_epoch{epoch:04d}"
-        if store.get(ekey, fp) is not None:
-          continue
-        if phi_basis is None and epoch > 0:
-          phi_basis = np.load(run_dir / "phi_init_train.npy")
-        logging.info("%s: measuring Theta_%d.", key, epoch)
-        row = _measure_epoch(settings, model, run_dir, x_train, y, phi_basis, epoch, theta0_train)
-        history = result.history[epoch]
-        row.update({"kind": "epoch", "model": spec.name, "target": target,
-                    "train_loss": history["train_loss"], "train_acc": history["train_acc"],
-                    "test_acc": history["test_acc"], "overlap": overlap})
-        store.put(ekey, row, fp)
-      # Summary of the run: Table 1 entries and the single-axis ratio.
-      rows = {r["epoch"]: r for r in store.rows([f"{key}_epoch{e:04d}" for e in (first, last)])}
-      summary = {"kind": "summary", "model": spec.name, "target": target,
-                 "energy_init": rows[first]["energy_top_k"],
-                 "energy_end": rows[last]["energy_top_k"],
-                 # Rows written before the {0, 1} column existed have none: NaN.
-                 "energy_init_01": rows[first].get("energy_top_k_01", math.nan),
-                 "energy_end_01": rows[last].get("energy_top_k_01", math.nan),
-                 "test_acc": result.final["test_acc"], "train_loss": result.final["train_loss"],
-                 "alpha_labels_ratio": rows[last]["alpha_labels"] / rows[first]["alpha_labels"],
-                 "overlap": overlap, "epoch": last}
-      if target_j is not None:
-        alpha_init = _read_column_csv(run_dir / f"alignment_epoch_{first:04d}.csv")
-        alpha_end = _read_column_csv(run_dir / f"alignment_epoch_{last:04d}.csv")
-        summary.update(single_axis(alpha_init, alpha_end, target_j))
-      store.put(f"{key}_summary", summary, fp)
+      keys += _run_target(settings, store, workdir / spec.name / target, spec, model, dataset,
+                          basis, target)
   rows = store.rows(keys)
   write_table1(settings, rows, workdir / "table1.md")
   plot_all(settings, rows, workdir)
   return rows
+
+
+def _run_target(settings: Settings, store: workdir_lib.ResultStore, run_dir: pathlib.Path,
+                spec: pipeline.ModelSpec, model: keras.Model, dataset: data_lib.Dataset,
+                basis: Optional[spectrum_lib.Spectrum], target: str) -> List[str]:
+  """Trains `model` on `target` and measures Theta_t at every measured epoch, into `store`.
+
+  Args:
+    basis: the eigenpairs of Theta_0 on train + test samples (task "eigenfunction"),
+      None for task "cifar2" (its phi_j come from the train Gram at epoch 0).
+  Returns:
+    The keys of the run's rows: one per measured epoch, then its summary.
+  """
+  recipe = settings.common.recipe
+  fp = workdir_lib.fingerprint({
+      "model": dataclasses.asdict(spec), "target": target, "train_seed": settings.train_seed,
+      "data": settings.data.identity(), "recipe": recipe.to_dict(),
+      "top_k": settings.top_k, "num_alignment": settings.num_alignment,
+      "gram": settings.gram.identity(), "energy": settings.energy_concentration,
+      "alignment_route": settings.alignment_route})
+  pipeline.fresh_dir(run_dir, fp)
+  key = f"{spec.name}_{target}"
+  run_keys = [f"{key}_epoch{e:04d}" for e in settings.measure_epochs] + [f"{key}_summary"]
+  if all(store.get(k, fp) is not None for k in run_keys):
+    logging.info("%s: finished earlier; skipped.", key)
+    return run_keys
+  theta0_train = None
+  if basis is None:
+    y_train, y_test = dataset.y_train, dataset.y_test
+    phi_basis, overlap, target_j = None, math.nan, None
+  else:
+    task = spectrum_lib.eigenfunction_task(basis, int(target[3:]))
+    y_train, y_test = task.y_train, task.y_test
+    phi_basis = basis.eigvecs[basis.is_train, :settings.num_alignment]  # [n, J]
+    overlap, target_j = task.overlap, task.j
+    theta0_train = functools.partial(  # Theta_0 on the train rows: a slice, no new Gram
+        theta0_lib.rows, model, spec, dataset.all_x(),
+        np.flatnonzero(basis.is_train), settings.gram)
+  y = np.asarray(y_train, np.float32)  # [n] in {-1, +1}
+  result = pipeline.train_task(
+      pipeline.clone_with_weights(model),
+      pipeline.TaskData(dataset.x_train, y_train, dataset.x_test, y_test), recipe=recipe,
+      seed=settings.train_seed, task_dir=run_dir / "train", fingerprint=fp,
+      checkpoint_epochs=settings.measure_epochs, progress=settings.common.progress)
+  for epoch in settings.measure_epochs:
+    ekey = f"{key}_epoch{epoch:04d}"
+    if store.get(ekey, fp) is not None:
+      continue
+    if phi_basis is None and epoch > 0:
+      phi_basis = np.load(run_dir / "phi_init_train.npy")
+    logging.info("%s: measuring Theta_%d.", key, epoch)
+    row = _measure_epoch(settings, model, run_dir, dataset.x_train, y, phi_basis, epoch,
+                         theta0_train)
+    history = result.history[epoch]
+    row.update({"kind": "epoch", "model": spec.name, "target": target,
+                "train_loss": history["train_loss"], "train_acc": history["train_acc"],
+                "test_acc": history["test_acc"], "overlap": overlap})
+    store.put(ekey, row, fp)
+  names = {"model": spec.name, "target": target}
+  store.put(f"{key}_summary",
+            _summary_row(settings, store, run_dir, key, result, names, overlap, target_j), fp)
+  return run_keys
+
+
+def _summary_row(settings: Settings, store: workdir_lib.ResultStore, run_dir: pathlib.Path,
+                 key: str, result: ntk_tf.TrainResult, names: Dict[str, str], overlap: float,
+                 target_j: Optional[int]) -> Dict[str, Any]:
+  """The summary row of a run (`names`: its model and target): its Table 1 entries and,
+  trained on phi_j, the single-axis ratio."""
+  first, last = settings.measure_epochs[0], settings.measure_epochs[-1]
+  rows = {r["epoch"]: r for r in store.rows([f"{key}_epoch{e:04d}" for e in (first, last)])}
+  summary = {"kind": "summary", **names, "energy_init": rows[first]["energy_top_k"],
+             "energy_end": rows[last]["energy_top_k"],
+             # Rows written before the {0, 1} column existed have none: NaN.
+             "energy_init_01": rows[first].get("energy_top_k_01", math.nan),
+             "energy_end_01": rows[last].get("energy_top_k_01", math.nan),
+             "test_acc": result.final["test_acc"], "train_loss": result.final["train_loss"],
+             "alpha_labels_ratio": rows[last]["alpha_labels"] / rows[first]["alpha_labels"],
+             "overlap": overlap, "epoch": last}
+  if target_j is not None:
+    alpha_init = _read_column_csv(run_dir / f"alignment_epoch_{first:04d}.csv")
+    alpha_end = _read_column_csv(run_dir / f"alignment_epoch_{last:04d}.csv")
+    summary.update(single_axis(alpha_init, alpha_end, target_j))
+  return summary
 
 
 # ----------------------------------------------------------------------------
