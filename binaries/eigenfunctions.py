@@ -9,15 +9,7 @@ for what is computed and written.
 from ntk_tf.experiments import cli
 from ntk_tf.experiments import eigenfunctions
 
-_FLAGS = cli.define_flags("eigenfunctions")
-
-
-def main(argv):
-  _, results = cli.run_experiment(eigenfunctions, _FLAGS, argv)
-  print(f"Results ({len(results['rows'])} tasks): {results['csv']} and {results['json']}")
-  for figure in results["figures"]:
-    print(f"Figure: {figure}")
-
+main = cli.experiment_main(eigenfunctions)
 
 if __name__ == "__main__":
   cli.main(main)

@@ -5,21 +5,18 @@
 
 Without --cluster: the cluster of TF_CONFIG when it is set (worker and ps tasks
 serve, the chief coordinates), else one process. See configs/gram.py and
-ntk_tf/distributed/gram_experiment.py.
+ntk_tf/experiments/gram_experiment.py.
 """
 
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
 from ntk_tf.distributed import cluster
-from ntk_tf.distributed import gram_experiment
-from ntk_tf.experiments import workdir as workdir_lib
+from ntk_tf.experiments import cli
+from ntk_tf.experiments import gram_experiment
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/gram.py:smoke",
-                                          "Config file and variant (configs/gram.py:<variant>).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (a rerun resumes it).")
+_FLAGS = cli.define_flags("gram", download=False)
 _CLUSTER = flags.DEFINE_string("cluster", None,
                                "local:N: start N localhost workers and a parameter server.")
 
@@ -38,16 +35,12 @@ flags.register_validator("cluster", _valid_cluster,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
-  config = _CONFIG.value
+  config = _FLAGS.config.value
   if not _CLUSTER.value:
     cluster.serve_if_server(config.get("worker_threads"))  # TF_CONFIG worker/ps: never returns.
-  if not _WORKDIR.value:
+  if not _FLAGS.workdir.value:
     raise app.UsageError("--workdir is required.")
-  try:
-    settings = gram_experiment.settings_from_config(config)
-    path = workdir_lib.resolve_workdir(_WORKDIR.value)
-  except ValueError as err:
-    raise app.UsageError(str(err)) from None
+  settings, path = cli.read_settings(gram_experiment, config, _FLAGS.workdir.value)
   logging.info("Config:\n%s", config)
   info = gram_experiment.run(settings, path, _CLUSTER.value)
   print(f"Gram [{info['n']}, {info['n']}] ({info['n_train']} train + {info['n_test']} test) "

@@ -9,13 +9,7 @@ The config variants and the exact paper commands are in configs/kernel_rotation.
 from ntk_tf.experiments import cli
 from ntk_tf.experiments import kernel_rotation
 
-_FLAGS = cli.define_flags("kernel_rotation")
-
-
-def main(argv):
-  path, _ = cli.run_experiment(kernel_rotation, _FLAGS, argv)
-  print(f"Results: {path / 'results.csv'}; figures: {path}/*.png")
-
+main = cli.experiment_main(kernel_rotation)
 
 if __name__ == "__main__":
   cli.main(main)

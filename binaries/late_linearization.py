@@ -9,13 +9,7 @@ The config variants and the exact paper commands are in configs/late_linearizati
 from ntk_tf.experiments import cli
 from ntk_tf.experiments import late_linearization
 
-_FLAGS = cli.define_flags("late_linearization")
-
-
-def main(argv):
-  path, _ = cli.run_experiment(late_linearization, _FLAGS, argv)
-  print(f"Results: {path / 'results.csv'}; figures: {path}/*.png")
-
+main = cli.experiment_main(late_linearization)
 
 if __name__ == "__main__":
   cli.main(main)

@@ -8,13 +8,7 @@ The config variants and the exact paper commands are in configs/nads.py.
 from ntk_tf.experiments import cli
 from ntk_tf.experiments import nads
 
-_FLAGS = cli.define_flags("nads", download=False)  # Synthetic data.
-
-
-def main(argv):
-  path, _ = cli.run_experiment(nads, _FLAGS, argv)
-  print(f"Results: {path / 'results.csv'}; figures: {path}/*.png")
-
+main = cli.experiment_main(nads)
 
 if __name__ == "__main__":
   cli.main(main)

@@ -21,46 +21,34 @@ Any value can be overridden, e.g. `--config.train_sizes="(500,5000)" --config.se
 import ml_collections
 from ml_collections import config_dict
 
+from configs import common
+
 VARIANTS = ("smoke", "quick", "paper")
 
 
 def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
   """The config of `variant` (one of VARIANTS)."""
-  if variant not in VARIANTS:
-    raise ValueError(f"Unknown variant. Expected one of {VARIANTS}. Received: variant={variant!r}")
-  c = ml_collections.ConfigDict()
-  c.experiment = "cifar2_sample_size"  # how binaries/report finds this workdir
-  c.variant = variant
-  c.models = ("mlp", "lenet", "resnet18")
-  c.model_kwargs = ml_collections.ConfigDict()  # per model, e.g. {"resnet18": {"width": 4}}
-  c.activation = "relu"
-  c.dataset = "cifar2"  # "cifar2" | "mnist2" (classes 0-4 vs 5-9)
-  c.data_dir = config_dict.placeholder(str)  # None: $NTK_TF_DATA_DIR, caches (ntk_tf.data)
-  c.allow_download = False  # set by the binary's --download
+  c = common.base("cifar2_sample_size", variant, VARIANTS)
+  c.update(common.models(seed=None))  # theta0 by each run's seed
+  c.update(common.dataset("cifar2"))  # "cifar2" | "mnist2" (classes 0-4 vs 5-9)
   # Our choice of n (the paper does not list its grid): about evenly spaced in log n.
   c.train_sizes = (500, 1000, 2000, 5000, 10000, 20000, 50000)
   c.test_size = config_dict.placeholder(int)  # None: the whole test split (10,000)
   c.seeds = (0, 1, 2, 3, 4)  # "average over five different random seeds" (Fig. 5)
   c.kinds = ("network", "linearized")
-  # Training (App. A; None keeps the value of ntk_tf.recipe.PAPER_CIFAR2, i.e. 200 epochs).
-  c.recipe = "PAPER_CIFAR2"  # the preset of ntk_tf/recipe.py (200 epochs)
-  c.optimizer = "sgd"
-  c.epochs = config_dict.placeholder(int)
-  c.learning_rate = config_dict.placeholder(float)
-  c.batch_size = config_dict.placeholder(int)
+  # Training (App. A: ntk_tf.recipe.PAPER_CIFAR2, 200 epochs); each run's seed orders its batches.
+  c.update(common.training("PAPER_CIFAR2", seed=None))
   # Saturation: the first epoch after which test accuracy stays within this of its final value.
   # Ours: Fig. 5 reports accuracy "when the test accuracy has saturated" without a rule.
   c.saturation_tolerance = 0.01
   c.progress = False
 
   if variant == "smoke":
-    c.models = ("mlp",)
-    c.model_kwargs = ml_collections.ConfigDict({"mlp": {"width": 16}})
+    common.smoke_model(c)
+    common.smoke_training(c)
     c.train_sizes = (32, 64)
     c.test_size = 32
     c.seeds = (0, 1)
-    c.epochs = 2
-    c.batch_size = 16
   elif variant == "quick":
     c.models = ("mlp", "lenet")
     c.train_sizes = (500, 1000, 2000, 5000)

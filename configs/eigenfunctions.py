@@ -29,6 +29,8 @@ recipe (learning rate, momentum, batch size, epochs) comes from ntk_tf/recipe.py
 import ml_collections
 from ml_collections import config_dict
 
+from configs import common
+
 VARIANTS = ("smoke", "quick", "paper", "paper_adam", "paper_mnist")
 # Our choice of j, not the paper's: Figs. 2 and 3 plot j from 1 to 1,000 (the
 # 1,000 eigenvectors of App. B) without listing the indices; these are spaced
@@ -38,43 +40,18 @@ PAPER_INDICES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
   """The config of `variant` (one of VARIANTS)."""
-  if variant not in VARIANTS:
-    raise ValueError(f"Unknown variant. Expected one of {VARIANTS}. Received: variant={variant!r}")
-  c = ml_collections.ConfigDict()
-  c.experiment = "eigenfunctions"  # how binaries/report finds this workdir
-  c.variant = variant
-  # Models and data.
-  c.models = ("mlp", "lenet", "resnet18")
-  c.model_kwargs = ml_collections.ConfigDict()  # per model, e.g. {"resnet18": {"width": 4}}
-  c.activation = "relu"
-  c.dataset = "cifar10"  # "cifar10" | "mnist"
-  c.data_dir = config_dict.placeholder(str)  # None: $NTK_TF_DATA_DIR, caches (ntk_tf.data)
-  c.allow_download = False  # set by the binary's --download
-  c.train_size = config_dict.placeholder(int)  # None: the whole train split
-  c.test_size = config_dict.placeholder(int)  # None: the whole test split
-  c.data_seed = 0  # stratified subsampling
-  c.model_seed = 0  # theta0, shared by every task of a model
-  c.train_seed = 0  # minibatch order
+  c = common.base("eigenfunctions", variant, VARIANTS)
+  c.update(common.models())
+  c.update(common.dataset("cifar10"))  # "cifar10" | "mnist"
+  c.update(common.subsample())  # None: the whole splits
   # The Gram at initialization and its eigenvectors (App. B).
-  c.gram = ml_collections.ConfigDict()
-  c.gram.block_size = 256
-  c.gram.dtype = "float32"
-  c.gram.implementation = "auto"
-  # Theta_0 cache shared by experiments; None: $NTK_TF_CACHE_DIR/grams or ~/.cache/ntk_tf/grams.
-  c.gram.cache_dir = config_dict.placeholder(str)
-  # Where a missing Theta_0 is computed: None (TF_CONFIG's cluster when set, else this
-  # process) or "local:N" (N localhost workers); see ntk_tf/experiments/theta0.py.
-  c.gram.cluster = config_dict.placeholder(str)
+  c.gram = common.gram()
   c.num_eigenvectors = 1000  # App. B / Sec. 4.2: the first 1,000 eigenfunctions.
   c.eigen_method = "auto"
   c.indices = PAPER_INDICES  # our grid (see PAPER_INDICES); the paper does not list its j
-  # Training (App. A; None keeps the value of ntk_tf.recipe.PAPER_SGD / PAPER_ADAM).
-  c.recipe = "PAPER_SGD"  # the preset of ntk_tf/recipe.py
+  # Training (App. A; ntk_tf.recipe.PAPER_SGD / PAPER_ADAM).
+  c.update(common.training("PAPER_SGD"))  # "adam": Fig. 11
   c.kinds = ("network", "linearized")
-  c.optimizer = "sgd"  # "sgd" | "adam" (Fig. 11)
-  c.epochs = config_dict.placeholder(int)
-  c.learning_rate = config_dict.placeholder(float)
-  c.batch_size = config_dict.placeholder(int)
   # Fig. 2's reference: the network trained on CIFAR2 (MNIST2) labels of the same samples.
   c.baseline = True
   c.baseline_kinds = ("network",)
@@ -86,14 +63,12 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
   c.progress = False  # per-epoch progress bars (the log has one line per epoch anyway)
 
   if variant == "smoke":
-    c.models = ("mlp",)
-    c.model_kwargs = ml_collections.ConfigDict({"mlp": {"width": 16}})
+    common.smoke_model(c)
+    common.smoke_training(c)
     c.train_size, c.test_size = 48, 16  # N = 64
     c.gram.block_size = 32
     c.num_eigenvectors = 16
     c.indices = (1, 16)
-    c.epochs = 2
-    c.batch_size = 16
     c.baseline_epochs = None
   elif variant == "quick":
     c.models = ("mlp",)

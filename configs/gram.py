@@ -23,7 +23,9 @@ Any field can be overridden, e.g. `--config.weights=/path/model.weights.h5`
 import ml_collections
 from ml_collections import config_dict
 
-PAPER_MODELS = ("mlp", "lenet", "resnet18")
+from configs import common
+
+PAPER_MODELS = common.PAPER_MODELS
 PAPER_DATASETS = ("cifar10", "mnist")
 VARIANTS = ("smoke", "quick") + tuple(f"paper_{m}_{d}" for m in PAPER_MODELS
                                       for d in PAPER_DATASETS)
@@ -31,24 +33,13 @@ VARIANTS = ("smoke", "quick") + tuple(f"paper_{m}_{d}" for m in PAPER_MODELS
 
 def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
   """The config of `variant` (one of VARIANTS)."""
-  if variant not in VARIANTS:
-    raise ValueError(f"Unknown variant. Expected one of {VARIANTS}. Received: variant={variant!r}")
-  c = ml_collections.ConfigDict()
-  c.experiment = "gram"
-  c.variant = variant
-  # The model at its checkpoint.
-  c.model = "mlp"  # "mlp" | "lenet" | "resnet18"
-  c.activation = "relu"
-  c.model_kwargs = ml_collections.ConfigDict()  # builder extras by model, e.g. {"mlp": {"width": 16}}
-  c.model_seed = 0  # theta0 by seed ...
-  c.weights = config_dict.placeholder(str)  # ... or a Keras weights file (.weights.h5)
+  c = common.base("gram", variant, VARIANTS)
+  # The model at its checkpoint: theta0 by model_seed, or a Keras weights file (.weights.h5).
+  c.update(common.model("mlp"))
+  c.weights = config_dict.placeholder(str)
   # The samples: train then test (test_size 0 or None: as the split allows, see ntk_tf.data).
-  c.dataset = "cifar10"  # "cifar10" | "mnist"
-  c.data_dir = config_dict.placeholder(str)  # None: $NTK_TF_DATA_DIR, caches (ntk_tf.data)
-  c.allow_download = False
-  c.train_size = config_dict.placeholder(int)  # None: the whole train split
-  c.test_size = config_dict.placeholder(int)  # None: the whole test split
-  c.data_seed = 0
+  c.update(common.dataset("cifar10"))  # "cifar10" | "mnist"
+  c.update(common.subsample())  # None: the whole splits
   # How the Gram is computed (ntk_tf.distributed.device_block).
   c.block_size = 256
   c.dtype = "float32"
@@ -68,7 +59,7 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
   c.cache_dir = config_dict.placeholder(str)
 
   if variant == "smoke":
-    c.model_kwargs = ml_collections.ConfigDict({"mlp": {"width": 16}})
+    common.smoke_model(c)
     c.train_size, c.test_size = 40, 8  # N = 48: 6 row blocks, 21 blocks
     c.block_size = 8
     c.commit_interval_s = 1.0

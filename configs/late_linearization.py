@@ -17,36 +17,20 @@ Any value can be overridden, e.g. --config.pretrain_epochs='(0, 1, 3)'.
 
 import ml_collections
 
+from configs import common
+
 VARIANTS = ("smoke", "small", "paper")
 
 
 def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
-  if variant not in VARIANTS:
-    raise ValueError(f"Unknown variant. Expected one of {VARIANTS}. Received: variant={variant!r}")
-  c = ml_collections.ConfigDict()
-  c.experiment = "late_linearization"
-  c.variant = variant
-  c.data_dir = ml_collections.config_dict.placeholder(str)  # None: NTK_TF_DATA_DIR.
-  c.allow_download = False  # set by the binary's --download
-  c.model = "resnet18"  # Figs. 8, 9.
-  c.model_kwargs = ml_collections.ConfigDict()
-  c.activation = "relu"
-  c.model_seed = 0  # theta0
-  c.train_seed = 0  # minibatch order
-  # None = the whole split; placeholders keep them overridable from the command line.
-  c.train_size = ml_collections.config_dict.placeholder(int)
-  c.test_size = ml_collections.config_dict.placeholder(int)
-  c.data_seed = 0
-  c.dataset = "cifar10"  # App. B: eigenfunctions over all CIFAR-10 samples.
-  c.train_size = None
-  c.test_size = None
+  """The config of `variant` (one of VARIANTS)."""
+  c = common.base("late_linearization", variant, VARIANTS)
+  c.update(common.model("resnet18"))  # Figs. 8, 9.
+  c.update(common.dataset("cifar10"))  # App. B: eigenfunctions over all CIFAR-10 samples.
+  c.update(common.subsample())  # None: the whole splits
   c.eigenfunction_index = 400  # Sec. 4.3: "x -> sign(phi_400(x))".
-  c.recipe = "PAPER_SGD"  # App. A: 100 epochs (Theta_100 in Fig. 8).
-  c.optimizer = "sgd"  # "adam": ntk_tf.recipe.PAPER_ADAM with the preset's epochs.
-  # Overrides of the recipe (None keeps the value of ntk_tf/recipe.py).
-  c.epochs = ml_collections.config_dict.placeholder(int)
-  c.learning_rate = ml_collections.config_dict.placeholder(float)
-  c.batch_size = ml_collections.config_dict.placeholder(int)
+  # App. A: 100 epochs (Theta_100 in Fig. 8); "adam": ntk_tf.recipe.PAPER_ADAM.
+  c.update(common.training("PAPER_SGD"))
   # Fig. 9 x axis (0 = linearization at init). Our choice: the paper's axis shows a few
   # epochs of pretraining without listing them.
   c.pretrain_epochs = (0, 1, 2, 5, 10, 20)
@@ -56,13 +40,7 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
   # (our variant: it starts from the pretrained network's function).
   c.late_linearization_forms = ("unbiased", "offset")
   c.progress = True
-  c.gram = ml_collections.ConfigDict(
-      {"block_size": 256, "implementation": "auto", "dtype": "float32"})
-  # Theta_0 cache shared by experiments; None: $NTK_TF_CACHE_DIR/grams or ~/.cache/ntk_tf/grams.
-  c.gram.cache_dir = ml_collections.config_dict.placeholder(str)
-  # Where a missing Theta_0 is computed: None (TF_CONFIG's cluster when set, else this
-  # process) or "local:N" (N localhost workers); see ntk_tf/experiments/theta0.py.
-  c.gram.cluster = ml_collections.config_dict.placeholder(str)
+  c.gram = common.gram()
   if variant == "small":
     c.model = "lenet"
     c.train_size = 2000
@@ -70,13 +48,11 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
     c.epochs = 20
     c.pretrain_epochs = (0, 1, 2, 5)
   elif variant == "smoke":
-    c.model = "mlp"
-    c.model_kwargs = ml_collections.ConfigDict({"mlp": {"width": 16}})
+    common.smoke_model(c)
+    common.smoke_training(c)
     c.train_size = 32
     c.test_size = 16
     c.eigenfunction_index = 3
-    c.epochs = 2
-    c.batch_size = 16
     c.pretrain_epochs = (0, 1)
     c.progress = False
     c.gram.block_size = 16

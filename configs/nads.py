@@ -16,22 +16,19 @@ Any value can be overridden, e.g. --config.nad_indices='(1, 10, 100)'.
 
 import ml_collections
 
+from configs import common
+
 VARIANTS = ("smoke", "small", "paper")
 
 
 def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
-  if variant not in VARIANTS:
-    raise ValueError(f"Unknown variant. Expected one of {VARIANTS}. Received: variant={variant!r}")
-  c = ml_collections.ConfigDict()
-  c.experiment = "nads"
-  c.variant = variant
-  c.model = "lenet"  # Figs. 4, 10: LeNet and ResNet18.
-  c.model_kwargs = ml_collections.ConfigDict()
-  c.activation = "gelu"  # App. C.2: GeLU avoids the degenerate mixed derivative of ReLU.
+  """The config of `variant` (one of VARIANTS)."""
+  c = common.base("nads", variant, VARIANTS)
+  # Figs. 4, 10: LeNet and ResNet18. App. C.2: GeLU avoids the degenerate mixed derivative
+  # of ReLU.
+  c.update(common.model("lenet", activation="gelu"))
   c.input_shape = (32, 32, 3)  # CIFAR-sized inputs; d = 32 * 32 * 3 = 3072.
-  c.model_seed = 0  # theta0
-  c.train_seed = 0  # minibatch order
-  c.data_seed = 0
+  c.data_seed = 0  # the samples of D(v_j)
   c.num_nads = ml_collections.config_dict.placeholder(int)  # None: all d NADs.
   c.nad_method = "mtm"  # App. C.2 takes an SVD of M; "mtm" (eigh of M^T M, same directions) is ours
   c.nad_sample_size = 0  # App. C.2: M at the origin x = 0.
@@ -43,12 +40,7 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
   c.test_size = 10_000
   c.eps = 1.0  # App. C.1: eps = 1, sigma = 1.
   c.sigma = 1.0
-  c.recipe = "PAPER_SGD"  # App. A.
-  c.optimizer = "sgd"  # "adam": ntk_tf.recipe.PAPER_ADAM with the preset's epochs.
-  # Overrides of the recipe (None keeps the value of ntk_tf/recipe.py).
-  c.epochs = ml_collections.config_dict.placeholder(int)
-  c.learning_rate = ml_collections.config_dict.placeholder(float)
-  c.batch_size = ml_collections.config_dict.placeholder(int)
+  c.update(common.training("PAPER_SGD"))  # App. A; "adam": ntk_tf.recipe.PAPER_ADAM.
   c.progress = True
   if variant == "small":
     c.nad_indices = (1, 3, 10, 30, 100, 300, 1000, 3000)
@@ -56,14 +48,12 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
     c.test_size = 2000
     c.epochs = 20
   elif variant == "smoke":
-    c.model = "mlp"
-    c.model_kwargs = ml_collections.ConfigDict({"mlp": {"width": 16}})
+    common.smoke_model(c)
+    common.smoke_training(c)
     c.input_shape = (8, 8, 1)  # d = 64.
     c.nad_indices = (1, 64)
     c.num_images = 4
     c.train_size = 64
     c.test_size = 64
-    c.epochs = 2
-    c.batch_size = 16
     c.progress = False
   return c

@@ -174,7 +174,7 @@ class Cifar2ConfigTest(absltest.TestCase):
     out = os.path.join(self.create_tempdir().full_path, "never_made")
     with flagsaver.flagsaver(workdir=out):
       flags.FLAGS["config"].parse("configs/cifar2_sample_size.py:smoke")
-      cifar2_main._FLAGS.config.value.train_sizes = ()  # as --config.train_sizes="()"
+      flags.FLAGS["config"].value.train_sizes = ()  # as --config.train_sizes="()"
       with self.assertRaisesRegex(app.UsageError, "train_sizes"):
         cifar2_main.main(["cifar2_sample_size"])
     self.assertFalse(os.path.exists(out))

@@ -25,10 +25,10 @@ from ntk_tf import models
 from configs import gram as gram_config
 from ntk_tf.distributed import cluster
 from ntk_tf.distributed import device_block
-from ntk_tf.distributed import gram_experiment
 from ntk_tf.distributed import gram_job
 from ntk_tf.distributed import cluster_runner
 from ntk_tf.distributed import local_runner
+from ntk_tf.experiments import gram_experiment
 
 _SHAPES = {"mlp": (6, 6, 1), "lenet": (12, 12, 1)}
 _KWARGS = {"mlp": {"width": 8}, "lenet": {}}

@@ -27,7 +27,7 @@ import numpy as np
 
 from tests import test_util  # pylint: disable=g-bad-import-order
 from configs import gram as gram_config
-from ntk_tf.distributed import gram_experiment
+from ntk_tf.experiments import gram_experiment
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 _OVERRIDES = ("--config.block_size=4", "--config.commit_interval_s=0.01",

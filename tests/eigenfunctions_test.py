@@ -213,7 +213,7 @@ class EigenfunctionsConfigTest(absltest.TestCase):
     with flagsaver.flagsaver(workdir=out):
       flags.FLAGS["config"].parse("configs/eigenfunctions.py:smoke")
       # As --config.models=mlp,resnet50 --config.data_dir=/nonexistent.
-      eigenfunctions_main._FLAGS.config.value.models = ("mlp,resnet50",)
+      flags.FLAGS["config"].value.models = ("mlp,resnet50",)
       with self.assertRaisesRegex(app.UsageError, r"unknown names \['resnet50'\]"):
         eigenfunctions_main.main(["eigenfunctions"])
     self.assertFalse(os.path.exists(out))

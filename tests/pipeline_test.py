@@ -1,4 +1,4 @@
-"""Tests of the shared experiment steps (ntk_tf/experiments/pipeline.py)."""
+"""Tests of the shared experiment steps (ntk_tf/experiments/pipeline.py, fields.py)."""
 
 import os
 import pathlib
@@ -12,6 +12,8 @@ import ml_collections
 import numpy as np
 
 import ntk_tf
+from ntk_tf import data as data_lib
+from ntk_tf.experiments import fields
 from ntk_tf.experiments import pipeline
 
 
@@ -27,26 +29,31 @@ def _config(**overrides):
   return config
 
 
+def _read_blocks(config):
+  """The shared blocks of `config`, in the order an experiment reads them."""
+  return (fields.read(pipeline.Common, config), pipeline.read_models(config),
+          fields.read(pipeline.DataSpec, config, datasets=data_lib.DATASET_NAMES),
+          fields.read(pipeline.GramSpec, config.gram, label="config.gram"))
+
+
 class SettingsTest(parameterized.TestCase):
 
   def test_values(self):
     config = _config(epochs=3, optimizer="adam")
-    common = pipeline.check_common(config)
+    common, (spec,), data, _ = _read_blocks(config)
     self.assertEqual(common.recipe, ntk_tf.PAPER_ADAM.replace(epochs=3))
-    (spec,) = pipeline.check_models(config)
     self.assertEqual(spec, pipeline.ModelSpec("mlp", "relu", {"width": 4}, 0))
-    data = pipeline.check_data(config)
     self.assertEqual((data.num_train, data.num_test, data.seed), (10, 5, 1))
-    self.assertEqual(pipeline.check_ints((5, 1, 3), "x", low=1), (1, 3, 5))  # sorted
-    self.assertEqual(pipeline.check_names(("lenet,mlp",), "models", ("mlp", "lenet")),
+    self.assertEqual(fields.int_set((5, 1, 3), "config.x", low=1), (1, 3, 5))  # sorted
+    self.assertEqual(fields.names(("lenet,mlp",), "config.models", ("mlp", "lenet")),
                      ("lenet", "mlp"))  # order kept
 
   def test_gram_cache_dir_default_follows_the_environment(self):
     with mock.patch.dict(os.environ, {"NTK_TF_CACHE_DIR": "/some/cache"}):
-      self.assertEqual(pipeline.check_gram(_config()).cache_dir, "/some/cache/grams")
+      self.assertEqual(_read_blocks(_config())[3].cache_dir, "/some/cache/grams")
     with mock.patch.dict(os.environ, {"HOME": "/home/u"}):
       os.environ.pop("NTK_TF_CACHE_DIR", None)
-      self.assertEqual(pipeline.check_gram(_config()).cache_dir, "/home/u/.cache/ntk_tf/grams")
+      self.assertEqual(_read_blocks(_config())[3].cache_dir, "/home/u/.cache/ntk_tf/grams")
 
   @parameterized.named_parameters(
       ("model", {"models": ("vgg",)}, r"config.models holds unknown names \['vgg'\]"),
@@ -63,18 +70,15 @@ class SettingsTest(parameterized.TestCase):
   def test_errors_name_the_field(self, overrides, message):
     config = _config(**overrides)
     with self.assertRaisesRegex(ValueError, message):
-      pipeline.check_common(config)
-      pipeline.check_models(config)
-      pipeline.check_data(config)
-      pipeline.check_gram(config)
+      _read_blocks(config)
 
   def test_int_lists(self):
     with self.assertRaisesRegex(ValueError, r"config.e entries must lie in \[0, 2\]"):
-      pipeline.check_ints((0, 3), "e", low=0, high=2)
+      fields.int_set((0, 3), "config.e", low=0, high=2)
     with self.assertRaisesRegex(ValueError, r"config.e must not repeat"):
-      pipeline.check_ints((1, 1), "e", low=0)
+      fields.int_set((1, 1), "config.e", low=0)
     with self.assertRaisesRegex(ValueError, r"config.e must hold ints"):
-      pipeline.check_ints((1, True), "e", low=0)
+      fields.int_set((1, True), "config.e", low=0)
 
 
 class TrainTaskTest(absltest.TestCase):

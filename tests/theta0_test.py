@@ -20,9 +20,10 @@ from tests import ntk_reference  # pylint: disable=g-bad-import-order
 from tests import test_util
 from configs import gram as gram_config
 import ntk_tf
-from ntk_tf.distributed import gram_experiment
 from ntk_tf.distributed import gram_job
 from ntk_tf.distributed import local_runner
+from ntk_tf.experiments import fields
+from ntk_tf.experiments import gram_experiment
 from ntk_tf.experiments import pipeline
 from ntk_tf.experiments import theta0
 
@@ -146,9 +147,10 @@ class Theta0StoreTest(absltest.TestCase):
         "block_size": 4, "implementation": "auto", "dtype": "float32", "cache_dir": None,
         "cluster": "local:0"}})
     with self.assertRaisesRegex(ValueError, r"config.gram.cluster.*'local:0'"):
-      pipeline.check_gram(config)
+      fields.read(pipeline.GramSpec, config.gram, label="config.gram")
     config.gram.cluster = "local:2"
-    self.assertEqual(pipeline.check_gram(config).cluster, "local:2")
+    self.assertEqual(fields.read(pipeline.GramSpec, config.gram, label="config.gram").cluster,
+                     "local:2")
     model = _SPEC.build((3, 3, 1))
     with self.assertRaisesRegex(ValueError, r"implementation='ntk_vector_products'"):
       theta0.device_implementation(model, "ntk_vector_products")

@@ -31,6 +31,7 @@ from absl import logging
 import numpy as np
 
 from ntk_tf import atomic
+from ntk_tf.experiments import fields
 from ntk_tf.experiments import pipeline
 from ntk_tf.experiments import plots
 from ntk_tf.experiments import workdir as workdir_lib
@@ -46,40 +47,40 @@ SUMMARY_METRICS = ("test_acc", "l2_distance", "final_test_acc", "final_l2_distan
                    "saturation_epoch")
 
 
-@dataclasses.dataclass(frozen=True)
+def _tolerance(value: Any, label: str) -> float:
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+    raise ValueError(f"{label} must be in [0, 1]. Received: saturation_tolerance={value!r}")
+  return float(value)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
   """The validated settings of one sample-size study (see configs/cifar2_sample_size.py).
 
   `data.train_size` is None: each run subsamples `train_sizes[i]` with its own seed.
   Each model's `seed` is replaced by the run's seed.
   """
-  common: pipeline.Common
-  models: Tuple[pipeline.ModelSpec, ...]
-  data: pipeline.DataSpec
-  train_sizes: Tuple[int, ...]
-  seeds: Tuple[int, ...]
-  kinds: Tuple[str, ...]
-  saturation_tolerance: float
+  common: pipeline.Common = fields.block(pipeline.Common)
+  models: Tuple[pipeline.ModelSpec, ...] = fields.block(pipeline.read_models)
+  data: pipeline.DataSpec = fields.block(pipeline.DataSpec, datasets=DATASETS)
+  train_sizes: Tuple[int, ...] = fields.setting(fields.int_set, low=1,
+                                                high=lambda s: s.data.full_sizes[0])
+  seeds: Tuple[int, ...] = fields.setting(fields.int_set, low=0)
+  kinds: Tuple[str, ...] = fields.setting(fields.names, allowed=pipeline.KINDS)
+  saturation_tolerance: float = fields.setting(_tolerance)
 
 
 def settings_from_config(config: Mapping[str, Any]) -> Settings:
   """Validates every field (ValueError naming it) before any folder is made or data read."""
-  common = pipeline.check_common(config, "PAPER_CIFAR2")
-  data = pipeline.check_data(config, DATASETS, sizes=False)
-  full_train, full_test = data.full_sizes
-  data = dataclasses.replace(data, test_size=pipeline.check_optional_size(
-      pipeline.field(config, "test_size"), "test_size", full_test))
-  tol = config["saturation_tolerance"]
-  if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol <= 1:
-    raise ValueError(f"config.saturation_tolerance must be in [0, 1]. "
-                     f"Received: saturation_tolerance={tol!r}")
-  return Settings(
-      common=common, models=pipeline.check_models(config, seed_field=None), data=data,
-      train_sizes=pipeline.check_ints(config["train_sizes"], "train_sizes", low=1,
-                                      high=full_train),
-      seeds=pipeline.check_ints(config["seeds"], "seeds", low=0),
-      kinds=pipeline.check_names(config["kinds"], "kinds", pipeline.KINDS),
-      saturation_tolerance=float(tol))
+  return fields.read(Settings, config)
+
+
+def describe_outputs(workdir: pathlib.Path, results: Dict[str, Any]) -> List[str]:
+  """What the binary prints: the tables and figures `run` wrote."""
+  del workdir  # The paths are in `results`.
+  return ([f"Results ({len(results['rows'])} runs): {results['csv']} and {results['json']}",
+           f"Mean and spread over seeds: {results['summary_csv']}"]
+          + [f"Figure: {figure}" for figure in results["figures"]])
 
 
 def saturation_epoch(test_acc: List[float], tolerance: float) -> int:

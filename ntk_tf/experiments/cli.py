@@ -1,19 +1,16 @@
 """The absl front end shared by the experiment binaries: flags in, one library call.
 
-Each binary in `binaries/` is
+Each experiment binary in `binaries/` is
 
-    _FLAGS = cli.define_flags("kernel_rotation")
-
-    def main(argv):
-      path, results = cli.run_experiment(kernel_rotation, _FLAGS, argv)
-      print(...)
+    main = cli.experiment_main(kernel_rotation)
 
     if __name__ == "__main__":
       cli.main(main)
 
 with flags --config=configs/<name>.py:<variant> (and --config.<field>=...),
 --workdir (required; a rerun resumes it) and, where the experiment reads a
-dataset, --download. A bad config (any field, the model_kwargs included, a
+dataset, --download; it prints where the results are
+(`<experiment>.describe_outputs`). A bad config (any field, the model_kwargs included, a
 --config.<field> the experiment lacks) or a --workdir that is a file is a usage
 error raised before any folder is made.
 
@@ -28,6 +25,7 @@ import dataclasses
 import inspect
 import pathlib
 import sys
+import types
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 from absl import app
@@ -60,6 +58,25 @@ def define_flags(name: str, *, download: bool = True) -> ExperimentFlags:
   return ExperimentFlags(config, out, fetch)
 
 
+def experiment_main(experiment: types.ModuleType) -> Callable[[Sequence[str]], None]:
+  """The `main` of the binary of `experiment` (a module of ntk_tf/experiments); defines its flags.
+
+  The flags are `define_flags(<name>)`, --download only where the experiment
+  reads a dataset (its Settings have a `data` block). `main(argv)` runs
+  `run_experiment` and prints `experiment.describe_outputs(path, results)`.
+  """
+  name = experiment.__name__.rpartition(".")[2]
+  reads_data = "data" in {item.name for item in dataclasses.fields(experiment.Settings)}
+  holders = define_flags(name, download=reads_data)
+
+  def main(argv: Sequence[str]) -> None:
+    path, results = run_experiment(experiment, holders, argv)
+    for line in experiment.describe_outputs(path, results):
+      print(line)
+
+  return main
+
+
 def run_experiment(experiment, holders: ExperimentFlags,
                    argv: Sequence[str]) -> Tuple[pathlib.Path, Any]:
   """Validates the config into settings, resolves --workdir, runs `experiment.run`.
@@ -77,17 +94,28 @@ def run_experiment(experiment, holders: ExperimentFlags,
   config = holders.config.value
   if holders.download is not None and holders.download.value:
     config.allow_download = True
-  try:
-    settings = experiment.settings_from_config(config)
-    check_model_kwargs(settings)
-    path = workdir.resolve_workdir(holders.workdir.value)
-  except ValueError as err:
-    raise app.UsageError(str(err)) from None
+  settings, path = read_settings(experiment, config, holders.workdir.value)
   gram = getattr(settings, "gram", None)
   if gram is not None:  # Before any model is built (`cluster.connect`).
     cluster.connect(gram.cluster)
   logging.info("Config:\n%s", config)
   return path, experiment.run(settings, path)
+
+
+def read_settings(experiment: types.ModuleType, config: Any,
+                  workdir_flag: str) -> Tuple[Any, pathlib.Path]:
+  """`experiment.settings_from_config(config)` and the resolved --workdir, before any work.
+
+  Raises:
+    app.UsageError: a config the experiment rejects (the model_kwargs included),
+      or a --workdir that cannot be a folder.
+  """
+  try:
+    settings = experiment.settings_from_config(config)
+    check_model_kwargs(settings)
+    return settings, workdir.resolve_workdir(workdir_flag)
+  except ValueError as err:
+    raise app.UsageError(str(err)) from None
 
 
 def check_model_kwargs(settings: Any) -> None:

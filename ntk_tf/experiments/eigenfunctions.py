@@ -31,15 +31,16 @@ Task keys: `<model>_phi<j:04d>_<kind>` and `<model>_<baseline>_<kind>`
 import dataclasses
 import math
 import pathlib
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from absl import logging
-import numpy as np
 
 from ntk_tf import atomic
 from ntk_tf import data as data_lib
 from ntk_tf import recipe as recipe_lib
+from ntk_tf import validation
 from ntk_tf.eigen import METHODS as EIGEN_METHODS
+from ntk_tf.experiments import fields
 from ntk_tf.experiments import pipeline
 from ntk_tf.experiments import plots
 from ntk_tf.experiments import spectrum as spectrum_lib
@@ -56,21 +57,38 @@ TABLE_FIELDS = ("task", "model", "kind", "target", "index", "eigenvalue", "overl
                 "optimizer", "seconds")
 
 
-@dataclasses.dataclass(frozen=True)
+def _num_eigenvectors(k: Any, label: str, n: int) -> int:
+  if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+    raise ValueError(f"{label} must be an int in [1, N = {n}] (N = train + test samples of the "
+                     f"Gram). Received: num_eigenvectors={k!r}")
+  return k
+
+
+def _indices(value: Any, label: str, k: int) -> Tuple[int, ...]:
+  indices = fields.int_set(value, label, low=1)
+  if max(indices) > k:
+    raise ValueError(f"{label} must be <= num_eigenvectors={k} (1-based). "
+                     f"Received: indices={list(indices)}")
+  return indices
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
   """The validated settings of one eigenfunction run (see configs/eigenfunctions.py)."""
-  common: pipeline.Common
-  models: Tuple[pipeline.ModelSpec, ...]
-  data: pipeline.DataSpec
-  gram: pipeline.GramSpec
-  num_eigenvectors: int
-  eigen_method: str
-  indices: Tuple[int, ...]
-  kinds: Tuple[str, ...]
-  baseline: bool
-  baseline_kinds: Tuple[str, ...]
-  baseline_epochs: Optional[int]  # None: the recipe's epochs
-  train_seed: int
+  common: pipeline.Common = fields.block(pipeline.Common)
+  models: Tuple[pipeline.ModelSpec, ...] = fields.block(pipeline.read_models)
+  data: pipeline.DataSpec = fields.block(pipeline.DataSpec, datasets=DATASETS)
+  gram: pipeline.GramSpec = fields.block(pipeline.GramSpec, key="gram")
+  num_eigenvectors: int = fields.setting(_num_eigenvectors,
+                                         n=lambda s: s.data.num_train + s.data.num_test)
+  eigen_method: str = fields.setting(validation.check_choice, choices=EIGEN_METHODS)
+  indices: Tuple[int, ...] = fields.setting(_indices, k=lambda s: s.num_eigenvectors)
+  kinds: Tuple[str, ...] = fields.setting(fields.names, allowed=pipeline.KINDS)
+  baseline: bool = fields.setting(fields.flag)
+  baseline_kinds: Tuple[str, ...] = fields.setting(fields.names, allowed=pipeline.KINDS)
+  # None: the recipe's epochs.
+  baseline_epochs: Optional[int] = fields.setting(fields.optional(validation.check_positive_int))
+  train_seed: int = fields.setting(validation.check_non_negative_int)
 
   @property
   def baseline_recipe(self) -> recipe_lib.Recipe:
@@ -82,28 +100,14 @@ class Settings:
 
 def settings_from_config(config: Mapping[str, Any]) -> Settings:
   """Validates every field (ValueError naming it) before any folder is made or data read."""
-  common = pipeline.check_common(config, "PAPER_SGD")
-  data = pipeline.check_data(config, DATASETS)
-  n = data.num_train + data.num_test
-  k = config["num_eigenvectors"]
-  if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-    raise ValueError(f"config.num_eigenvectors must be an int in [1, N = {n}] (N = train + test "
-                     f"samples of the Gram). Received: num_eigenvectors={k!r}")
-  indices = pipeline.check_ints(config["indices"], "indices", low=1)
-  if max(indices) > k:
-    raise ValueError(f"config.indices must be <= num_eigenvectors={k} (1-based). "
-                     f"Received: indices={list(indices)}")
-  return Settings(
-      common=common, models=pipeline.check_models(config), data=data,
-      gram=pipeline.check_gram(config), num_eigenvectors=k,
-      eigen_method=pipeline.check_choice(config["eigen_method"], "eigen_method", EIGEN_METHODS),
-      indices=indices, kinds=pipeline.check_names(config["kinds"], "kinds", pipeline.KINDS),
-      baseline=bool(config["baseline"]),
-      baseline_kinds=pipeline.check_names(config["baseline_kinds"], "baseline_kinds",
-                                          pipeline.KINDS),
-      baseline_epochs=(None if pipeline.field(config, "baseline_epochs") is None else
-                       pipeline.check_positive_int(config["baseline_epochs"], "baseline_epochs")),
-      train_seed=pipeline.check_non_negative_int(config["train_seed"], "train_seed"))
+  return fields.read(Settings, config)
+
+
+def describe_outputs(workdir: pathlib.Path, results: Dict[str, Any]) -> List[str]:
+  """What the binary prints: the tables and figures `run` wrote."""
+  del workdir  # The paths are in `results`.
+  return ([f"Results ({len(results['rows'])} tasks): {results['csv']} and {results['json']}"]
+          + [f"Figure: {figure}" for figure in results["figures"]])
 
 
 def task_key(model: str, target: str, kind: str) -> str:

@@ -57,10 +57,12 @@ import numpy as np
 
 import ntk_tf
 from ntk_tf import atomic
-from ntk_tf.alignment import DEFAULT_MEMORY_BUDGET_BYTES
+from ntk_tf import data as data_lib
+from ntk_tf import validation
 from ntk_tf.distributed import cluster as cluster_lib
 from ntk_tf.distributed import cluster_runner
 from ntk_tf.distributed import sharded_passes
+from ntk_tf.experiments import fields
 from ntk_tf.experiments import pipeline
 from ntk_tf.experiments import plots
 from ntk_tf.experiments import spectrum as spectrum_lib
@@ -71,24 +73,65 @@ TASKS = ("cifar2", "eigenfunction")
 ALIGNMENT_ROUTES = ("jacobian", "gram")
 
 
-@dataclasses.dataclass(frozen=True)
+def _task(value: Any, label: str, dataset: str) -> str:
+  task = validation.check_choice(value, label, TASKS)
+  if task == "cifar2" and dataset not in ("cifar2", "mnist2"):
+    raise ValueError(f"{label} 'cifar2' needs a binary dataset ('cifar2' or 'mnist2'). "
+                     f"Received: dataset={dataset!r}")
+  return task
+
+
+def _measure_epochs(value: Any, label: str, last: int) -> Tuple[int, ...]:
+  epochs = fields.int_set(value, label, low=0, high=last)
+  if epochs[0] != 0 or epochs[-1] != last:
+    raise ValueError(f"{label} must contain 0 (init) and the last epoch {last} (end, "
+                     f"Table 1). Received: measure_epochs={list(epochs)}")
+  return epochs
+
+
+def _num_alignment(value: Any, label: str, limit: int) -> int:
+  num = validation.check_positive_int(value, label)
+  if num > limit:
+    raise ValueError(f"{label} (J) must be <= {limit} (the samples its eigenvectors live on). "
+                     f"Received: num_alignment={num}")
+  return num
+
+
+def _eigenfunction_indices(value: Any, label: str, task: str,
+                           num_alignment: int) -> Tuple[int, ...]:
+  """The trained-on phi_j of task "eigenfunction" (none for "cifar2")."""
+  if task != "eigenfunction":
+    return ()
+  return fields.int_set(value, label, low=1, high=num_alignment)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
   """The validated settings of one kernel-rotation run (see configs/kernel_rotation.py)."""
-  common: pipeline.Common
-  task: str  # "cifar2" | "eigenfunction"
-  models: Tuple[pipeline.ModelSpec, ...]
-  data: pipeline.DataSpec
-  gram: pipeline.GramSpec
-  eigenfunction_indices: Tuple[int, ...]
-  measure_epochs: Tuple[int, ...]
-  top_k: int
-  num_alignment: int
-  energy_concentration: bool  # Theta_t Grams for E_t(y) at every measured epoch
-  alignment_route: str  # "jacobian" (Lemma 1, App. B) | "gram"
-  alignment_batch_size: int  # examples per vector-Jacobian product of ntk_tf.alignment
-  alignment_memory_budget_bytes: int  # for its [m_chunk, P] arrays
-  keep_grams: bool
-  train_seed: int
+  common: pipeline.Common = fields.block(pipeline.Common)
+  models: Tuple[pipeline.ModelSpec, ...] = fields.block(pipeline.read_models)
+  data: pipeline.DataSpec = fields.block(pipeline.DataSpec, datasets=data_lib.DATASET_NAMES)
+  task: str = fields.setting(_task, dataset=lambda s: s.data.dataset)
+  gram: pipeline.GramSpec = fields.block(pipeline.GramSpec, key="gram")
+  measure_epochs: Tuple[int, ...] = fields.setting(_measure_epochs,
+                                                   last=lambda s: s.common.recipe.epochs)
+  top_k: int = fields.setting(fields.at_most, maximum=lambda s: s.data.num_train,
+                              bound="train_size={maximum}")
+  # J: phi_1..phi_J live on the train + test samples (task "eigenfunction") or the train ones.
+  num_alignment: int = fields.setting(_num_alignment, limit=lambda s: (
+      s.data.num_train + s.data.num_test if s.task == "eigenfunction" else s.data.num_train))
+  eigenfunction_indices: Tuple[int, ...] = fields.setting(
+      _eigenfunction_indices, task=lambda s: s.task, num_alignment=lambda s: s.num_alignment)
+  # Theta_t Grams for E_t(y) at every measured epoch.
+  energy_concentration: bool = fields.setting(fields.flag)
+  # "jacobian" (Lemma 1, App. B) | "gram".
+  alignment_route: str = fields.setting(validation.check_choice, choices=ALIGNMENT_ROUTES)
+  # Examples per vector-Jacobian product of ntk_tf.alignment, and the bytes of its
+  # [m_chunk, P] arrays.
+  alignment_batch_size: int = fields.setting(validation.check_positive_int)
+  alignment_memory_budget_bytes: int = fields.setting(validation.check_positive_int)
+  keep_grams: bool = fields.setting(fields.flag)
+  train_seed: int = fields.setting(validation.check_non_negative_int)
 
   @property
   def targets(self) -> List[str]:
@@ -97,47 +140,12 @@ class Settings:
     return [f"phi{j}" for j in self.eigenfunction_indices]
 
 
+describe_outputs = pipeline.describe_outputs  # What the binary prints.
+
+
 def settings_from_config(config: Mapping[str, Any]) -> Settings:
   """Validates every field (ValueError naming it) before any folder is made or data read."""
-  common = pipeline.check_common(config, "PAPER_CIFAR2")
-  recipe = common.recipe
-  models = pipeline.check_models(config)
-  task = pipeline.check_choice(config.task, "task", TASKS)
-  data = pipeline.check_data(config)
-  if task == "cifar2" and data.dataset not in ("cifar2", "mnist2"):
-    raise ValueError(f"config.task 'cifar2' needs a binary dataset ('cifar2' or 'mnist2'). "
-                     f"Received: dataset={data.dataset!r}")
-  epochs = pipeline.check_ints(config.measure_epochs, "measure_epochs", low=0, high=recipe.epochs)
-  if epochs[0] != 0 or epochs[-1] != recipe.epochs:
-    raise ValueError(f"config.measure_epochs must contain 0 (init) and the last epoch "
-                     f"{recipe.epochs} (end, Table 1). Received: measure_epochs={list(epochs)}")
-  top_k = pipeline.check_positive_int(config.top_k, "top_k")
-  if top_k > data.num_train:
-    raise ValueError(f"config.top_k must be <= train_size={data.num_train}. Received: top_k={top_k}")
-  num_alignment = pipeline.check_positive_int(config.num_alignment, "num_alignment")
-  limit = data.num_train + data.num_test if task == "eigenfunction" else data.num_train
-  if num_alignment > limit:
-    raise ValueError(f"config.num_alignment (J) must be <= {limit} (the samples its eigenvectors "
-                     f"live on). Received: num_alignment={num_alignment}")
-  indices = ()
-  if task == "eigenfunction":
-    indices = pipeline.check_ints(config.eigenfunction_indices, "eigenfunction_indices", low=1,
-                                  high=num_alignment)
-  return Settings(common=common, models=models, data=data, gram=pipeline.check_gram(config),
-                  task=task, eigenfunction_indices=indices, measure_epochs=epochs, top_k=top_k,
-                  num_alignment=num_alignment,
-                  energy_concentration=bool(pipeline.field(config, "energy_concentration", True)),
-                  alignment_route=pipeline.check_choice(
-                      pipeline.field(config, "alignment_route", "jacobian"), "alignment_route",
-                      ALIGNMENT_ROUTES),
-                  alignment_batch_size=pipeline.check_positive_int(
-                      pipeline.field(config, "alignment_batch_size", 256), "alignment_batch_size"),
-                  alignment_memory_budget_bytes=pipeline.check_positive_int(
-                      pipeline.field(config, "alignment_memory_budget_bytes",
-                                     DEFAULT_MEMORY_BUDGET_BYTES),
-                      "alignment_memory_budget_bytes"),
-                  keep_grams=bool(config.keep_grams),
-                  train_seed=pipeline.check_non_negative_int(config.train_seed, "train_seed"))
+  return fields.read(Settings, config)
 
 
 def unit_mean_square(functions: np.ndarray) -> np.ndarray:
@@ -286,10 +294,7 @@ def run(settings: Settings, workdir: pathlib.Path) -> List[Dict[str, Any]]:
     The rows of results.csv.
   """
   workdir, store = pipeline.prepare(workdir, settings)
-  recipe = settings.common.recipe
   dataset = settings.data.load()
-  x_train = dataset.x_train
-  first, last = settings.measure_epochs[0], settings.measure_epochs[-1]
   keys = []
   for spec in settings.models:
     model = spec.build(dataset.input_shape)
@@ -299,71 +304,96 @@ def run(settings: Settings, workdir: pathlib.Path) -> List[Dict[str, Any]]:
       basis = spectrum_lib.spectrum(model, spec, dataset, k, settings.gram, seed=spec.seed,
                                     progress=settings.common.progress)
     for target in settings.targets:
-      run_dir = workdir / spec.name / target
-      fp = workdir_lib.fingerprint({
-          "model": dataclasses.asdict(spec), "target": target, "train_seed": settings.train_seed,
-          "data": settings.data.identity(), "recipe": recipe.to_dict(),
-          "top_k": settings.top_k, "num_alignment": settings.num_alignment,
-          "gram": settings.gram.identity(), "energy": settings.energy_concentration,
-          "alignment_route": settings.alignment_route})
-      pipeline.fresh_dir(run_dir, fp)
-      key = f"{spec.name}_{target}"
-      run_keys = [f"{key}_epoch{e:04d}" for e in settings.measure_epochs] + [f"{key}_summary"]
-      keys += run_keys
-      if all(store.get(k, fp) is not None for k in run_keys):
-        logging.info("%s: finished earlier; skipped.", key)
-        continue
-      theta0_train = None
-      if basis is None:
-        y_train, y_test = dataset.y_train, dataset.y_test
-        phi_basis, overlap, target_j = None, math.nan, None
-      else:
-        task = spectrum_lib.eigenfunction_task(basis, int(target[3:]))
-        y_train, y_test = task.y_train, task.y_test
-        phi_basis = basis.eigvecs[basis.is_train, :settings.num_alignment]  # [n, J]
-        overlap, target_j = task.overlap, task.j
-        theta0_train = functools.partial(  # Theta_0 on the train rows: a slice, no new Gram
-            theta0_lib.rows, model, spec, dataset.all_x(),
-            np.flatnonzero(basis.is_train), settings.gram)
-      y = np.asarray(y_train, np.float32)  # [n] in {-1, +1}
-      result = pipeline.train_task(
-          pipeline.clone_with_weights(model),
-          pipeline.TaskData(x_train, y_train, dataset.x_test, y_test), recipe=recipe,
-          seed=settings.train_seed, task_dir=run_dir / "train", fingerprint=fp,
-          checkpoint_epochs=settings.measure_epochs, progress=settings.common.progress)
-      for epoch in settings.measure_epochs:
-        ekey = f"{key}_epoch{epoch:04d}"
-        if store.get(ekey, fp) is not None:
-          continue
-        if phi_basis is None and epoch > 0:
-          phi_basis = np.load(run_dir / "phi_init_train.npy")
-        logging.info("%s: measuring Theta_%d.", key, epoch)
-        row = _measure_epoch(settings, model, run_dir, x_train, y, phi_basis, epoch, theta0_train)
-        history = result.history[epoch]
-        row.update({"kind": "epoch", "model": spec.name, "target": target,
-                    "train_loss": history["train_loss"], "train_acc": history["train_acc"],
-                    "test_acc": history["test_acc"], "overlap": overlap})
-        store.put(ekey, row, fp)
-      # Summary of the run: Table 1 entries and the single-axis ratio.
-      rows = {r["epoch"]: r for r in store.rows([f"{key}_epoch{e:04d}" for e in (first, last)])}
-      summary = {"kind": "summary", "model": spec.name, "target": target,
-                 "energy_init": rows[first]["energy_top_k"],
-                 "energy_end": rows[last]["energy_top_k"],
-                 # Rows written before the {0, 1} column existed have none: NaN.
-                 "energy_init_01": rows[first].get("energy_top_k_01", math.nan),
-                 "energy_end_01": rows[last].get("energy_top_k_01", math.nan),
-                 "test_acc": result.final["test_acc"], "train_loss": result.final["train_loss"],
-                 "alpha_labels_ratio": rows[last]["alpha_labels"] / rows[first]["alpha_labels"],
-                 "overlap": overlap, "epoch": last}
-      if target_j is not None:
-        alpha_init = _read_column_csv(run_dir / f"alignment_epoch_{first:04d}.csv")
-        alpha_end = _read_column_csv(run_dir / f"alignment_epoch_{last:04d}.csv")
-        summary.update(single_axis(alpha_init, alpha_end, target_j))
-      store.put(f"{key}_summary", summary, fp)
+      keys += _run_target(settings, store, workdir / spec.name / target, spec, model, dataset,
+                          basis, target)
   rows = store.rows(keys)
   write_table1(settings, rows, workdir / "table1.md")
   plot_all(settings, rows, workdir)
   return rows
+
+
+def _run_target(settings: Settings, store: workdir_lib.ResultStore, run_dir: pathlib.Path,
+                spec: pipeline.ModelSpec, model: keras.Model, dataset: data_lib.Dataset,
+                basis: Optional[spectrum_lib.Spectrum], target: str) -> List[str]:
+  """Trains `model` on `target` and measures Theta_t at every measured epoch, into `store`.
+
+  Args:
+    basis: the eigenpairs of Theta_0 on train + test samples (task "eigenfunction"),
+      None for task "cifar2" (its phi_j come from the train Gram at epoch 0).
+  Returns:
+    The keys of the run's rows: one per measured epoch, then its summary.
+  """
+  recipe = settings.common.recipe
+  fp = workdir_lib.fingerprint({
+      "model": dataclasses.asdict(spec), "target": target, "train_seed": settings.train_seed,
+      "data": settings.data.identity(), "recipe": recipe.to_dict(),
+      "top_k": settings.top_k, "num_alignment": settings.num_alignment,
+      "gram": settings.gram.identity(), "energy": settings.energy_concentration,
+      "alignment_route": settings.alignment_route})
+  pipeline.fresh_dir(run_dir, fp)
+  key = f"{spec.name}_{target}"
+  run_keys = [f"{key}_epoch{e:04d}" for e in settings.measure_epochs] + [f"{key}_summary"]
+  if all(store.get(k, fp) is not None for k in run_keys):
+    logging.info("%s: finished earlier; skipped.", key)
+    return run_keys
+  theta0_train = None
+  if basis is None:
+    y_train, y_test = dataset.y_train, dataset.y_test
+    phi_basis, overlap, target_j = None, math.nan, None
+  else:
+    task = spectrum_lib.eigenfunction_task(basis, int(target[3:]))
+    y_train, y_test = task.y_train, task.y_test
+    phi_basis = basis.eigvecs[basis.is_train, :settings.num_alignment]  # [n, J]
+    overlap, target_j = task.overlap, task.j
+    theta0_train = functools.partial(  # Theta_0 on the train rows: a slice, no new Gram
+        theta0_lib.rows, model, spec, dataset.all_x(),
+        np.flatnonzero(basis.is_train), settings.gram)
+  y = np.asarray(y_train, np.float32)  # [n] in {-1, +1}
+  result = pipeline.train_task(
+      pipeline.clone_with_weights(model),
+      pipeline.TaskData(dataset.x_train, y_train, dataset.x_test, y_test), recipe=recipe,
+      seed=settings.train_seed, task_dir=run_dir / "train", fingerprint=fp,
+      checkpoint_epochs=settings.measure_epochs, progress=settings.common.progress)
+  for epoch in settings.measure_epochs:
+    ekey = f"{key}_epoch{epoch:04d}"
+    if store.get(ekey, fp) is not None:
+      continue
+    if phi_basis is None and epoch > 0:
+      phi_basis = np.load(run_dir / "phi_init_train.npy")
+    logging.info("%s: measuring Theta_%d.", key, epoch)
+    row = _measure_epoch(settings, model, run_dir, dataset.x_train, y, phi_basis, epoch,
+                         theta0_train)
+    history = result.history[epoch]
+    row.update({"kind": "epoch", "model": spec.name, "target": target,
+                "train_loss": history["train_loss"], "train_acc": history["train_acc"],
+                "test_acc": history["test_acc"], "overlap": overlap})
+    store.put(ekey, row, fp)
+  names = {"model": spec.name, "target": target}
+  store.put(f"{key}_summary",
+            _summary_row(settings, store, run_dir, key, result, names, overlap, target_j), fp)
+  return run_keys
+
+
+def _summary_row(settings: Settings, store: workdir_lib.ResultStore, run_dir: pathlib.Path,
+                 key: str, result: ntk_tf.TrainResult, names: Dict[str, str], overlap: float,
+                 target_j: Optional[int]) -> Dict[str, Any]:
+  """The summary row of a run (`names`: its model and target): its Table 1 entries and,
+  trained on phi_j, the single-axis ratio."""
+  first, last = settings.measure_epochs[0], settings.measure_epochs[-1]
+  rows = {r["epoch"]: r for r in store.rows([f"{key}_epoch{e:04d}" for e in (first, last)])}
+  summary = {"kind": "summary", **names, "energy_init": rows[first]["energy_top_k"],
+             "energy_end": rows[last]["energy_top_k"],
+             # Rows written before the {0, 1} column existed have none: NaN.
+             "energy_init_01": rows[first].get("energy_top_k_01", math.nan),
+             "energy_end_01": rows[last].get("energy_top_k_01", math.nan),
+             "test_acc": result.final["test_acc"], "train_loss": result.final["train_loss"],
+             "alpha_labels_ratio": rows[last]["alpha_labels"] / rows[first]["alpha_labels"],
+             "overlap": overlap, "epoch": last}
+  if target_j is not None:
+    alpha_init = _read_column_csv(run_dir / f"alignment_epoch_{first:04d}.csv")
+    alpha_end = _read_column_csv(run_dir / f"alignment_epoch_{last:04d}.csv")
+    summary.update(single_axis(alpha_init, alpha_end, target_j))
+  return summary
 
 
 # ----------------------------------------------------------------------------

@@ -45,28 +45,42 @@ import keras
 import numpy as np
 
 import ntk_tf
+from ntk_tf import data as data_lib
+from ntk_tf import validation
+from ntk_tf.experiments import fields
 from ntk_tf.experiments import pipeline
 from ntk_tf.experiments import plots
 from ntk_tf.experiments import spectrum as spectrum_lib
 from ntk_tf.experiments import workdir as workdir_lib
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
-  """The validated settings of one late-linearization run (configs/late_linearization.py)."""
-  common: pipeline.Common
-  model: pipeline.ModelSpec
-  data: pipeline.DataSpec
-  gram: pipeline.GramSpec
-  eigenfunction_index: int
-  pretrain_epochs: Tuple[int, ...]  # t of the Fig. 9 runs, 0 (Fig. 8's init) always included
-  forms: Tuple[str, ...]  # of Fig. 9's linear models, each of FORMS; the first is the paper's
-  train_seed: int
-
-
 # The forms of the linearization at theta_t (module docstring): "unbiased" (the paper's,
 # Sec. 4.3) and "offset" (f(x; theta_t) added).
 FORMS = ("unbiased", "offset")
+
+
+def _pretrain_epochs(value: Any, label: str, last: int) -> Tuple[int, ...]:
+  """The epochs t of the Fig. 9 runs, 0 (Fig. 8's init) always included."""
+  epochs = fields.int_set(value, label, low=0, high=last)
+  return tuple(sorted(set(epochs) | {0}))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+  """The validated settings of one late-linearization run (configs/late_linearization.py)."""
+  common: pipeline.Common = fields.block(pipeline.Common)
+  model: pipeline.ModelSpec = fields.block(pipeline.read_model)
+  data: pipeline.DataSpec = fields.block(pipeline.DataSpec, datasets=data_lib.DATASET_NAMES)
+  gram: pipeline.GramSpec = fields.block(pipeline.GramSpec, key="gram")
+  eigenfunction_index: int = fields.setting(
+      fields.at_most, maximum=lambda s: s.data.num_train + s.data.num_test,
+      bound="train_size + test_size = {maximum} (the eigenvectors live on those samples)")
+  pretrain_epochs: Tuple[int, ...] = fields.setting(_pretrain_epochs,
+                                                    last=lambda s: s.common.recipe.epochs)
+  # Of Fig. 9's linear models, each of FORMS; the first is the paper's.
+  forms: Tuple[str, ...] = fields.setting(fields.names, key="late_linearization_forms",
+                                          allowed=FORMS)
+  train_seed: int = fields.setting(validation.check_non_negative_int)
 
 
 def run_name(form: str, epoch: int) -> str:
@@ -94,24 +108,12 @@ def linearize_at(model0: keras.Model, theta_t: keras.Model, form: str) -> ntk_tf
                           offset=form == "offset", batch_norm="initial")
 
 
+describe_outputs = pipeline.describe_outputs  # What the binary prints.
+
+
 def settings_from_config(config: Mapping[str, Any]) -> Settings:
   """Validates every field (ValueError naming it) before any folder is made or data read."""
-  common = pipeline.check_common(config, "PAPER_SGD")
-  (model,) = pipeline.check_models(config, "model")
-  data = pipeline.check_data(config)
-  j = pipeline.check_positive_int(config.eigenfunction_index, "eigenfunction_index")
-  n_all = data.num_train + data.num_test
-  if j > n_all:
-    raise ValueError(f"config.eigenfunction_index must be <= train_size + test_size = {n_all} "
-                     f"(the eigenvectors live on those samples). Received: eigenfunction_index={j}")
-  epochs = pipeline.check_ints(config.pretrain_epochs, "pretrain_epochs", low=0,
-                               high=common.recipe.epochs)
-  forms = pipeline.check_names(pipeline.field(config, "late_linearization_forms", FORMS),
-                               "late_linearization_forms", FORMS)
-  return Settings(common=common, model=model, data=data, gram=pipeline.check_gram(config),
-                  eigenfunction_index=j, pretrain_epochs=tuple(sorted(set(epochs) | {0})),
-                  forms=forms,
-                  train_seed=pipeline.check_non_negative_int(config.train_seed, "train_seed"))
+  return fields.read(Settings, config)
 
 
 def run(settings: Settings, workdir: pathlib.Path) -> List[Dict[str, Any]]:

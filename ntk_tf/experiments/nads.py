@@ -32,6 +32,8 @@ import numpy as np
 
 import ntk_tf
 from ntk_tf import atomic
+from ntk_tf import validation
+from ntk_tf.experiments import fields
 from ntk_tf.experiments import pipeline
 from ntk_tf.experiments import plots
 from ntk_tf.experiments import workdir as workdir_lib
@@ -39,60 +41,52 @@ from ntk_tf.experiments import workdir as workdir_lib
 NAD_METHODS = tuple(m.value for m in ntk_tf.NadMethod)
 
 
-@dataclasses.dataclass(frozen=True)
+def _input_shape(shape: Any, label: str) -> Tuple[int, int, int]:
+  if (not isinstance(shape, (list, tuple)) or len(shape) != 3
+      or any(isinstance(s, bool) or not isinstance(s, int) or s <= 0 for s in shape)):
+    raise ValueError(f"{label} must be (H, W, C) positive ints. Received: input_shape={shape!r}")
+  return tuple(int(s) for s in shape)
+
+
+def _num_nads(value: Any, label: str, d: int, method: str) -> int:
+  """k, at most d = H * W * C (None: all d); "lanczos" needs k < d."""
+  num = d
+  if value is not None:
+    num = fields.at_most(value, label, maximum=d, bound="d = H*W*C = {maximum}")
+  if method == "lanczos" and num >= d:
+    raise ValueError(f"config.nad_method 'lanczos' needs num_nads < d = {d}. "
+                     f"Received: num_nads={value}")
+  return num
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
   """The validated settings of one NAD run (see configs/nads.py)."""
-  common: pipeline.Common
-  model: pipeline.ModelSpec
-  input_shape: Tuple[int, int, int]
-  num_nads: int  # k, all d = H * W * C when the config says None
-  nad_method: str
-  nad_sample_size: int
-  nad_indices: Tuple[int, ...]
-  num_images: int
-  train_size: int
-  test_size: int
-  eps: float
-  sigma: float
-  data_seed: int
-  train_seed: int
+  common: pipeline.Common = fields.block(pipeline.Common)
+  model: pipeline.ModelSpec = fields.block(pipeline.read_model)
+  input_shape: Tuple[int, int, int] = fields.setting(_input_shape)
+  nad_method: str = fields.setting(validation.check_choice, choices=NAD_METHODS)
+  num_nads: int = fields.setting(_num_nads, d=lambda s: int(np.prod(s.input_shape)),
+                                 method=lambda s: s.nad_method)
+  nad_sample_size: int = fields.setting(validation.check_non_negative_int)
+  nad_indices: Tuple[int, ...] = fields.setting(fields.int_set, low=1,
+                                                high=lambda s: s.num_nads)
+  num_images: int = fields.setting(fields.at_most, maximum=lambda s: s.num_nads,
+                                   bound="the {maximum} NADs computed")
+  train_size: int = fields.setting(validation.check_positive_int)
+  test_size: int = fields.setting(validation.check_positive_int)
+  eps: float = fields.setting(fields.positive_number)
+  sigma: float = fields.setting(fields.positive_number)
+  data_seed: int = fields.setting(validation.check_non_negative_int)
+  train_seed: int = fields.setting(validation.check_non_negative_int)
+
+
+describe_outputs = pipeline.describe_outputs  # What the binary prints.
 
 
 def settings_from_config(config: Mapping[str, Any]) -> Settings:
   """Validates every field (ValueError naming it) before any folder is made."""
-  common = pipeline.check_common(config, "PAPER_SGD")
-  (model,) = pipeline.check_models(config, "model")
-  shape = config.input_shape
-  if (not isinstance(shape, (list, tuple)) or len(shape) != 3
-      or any(isinstance(s, bool) or not isinstance(s, int) or s <= 0 for s in shape)):
-    raise ValueError(f"config.input_shape must be (H, W, C) positive ints. "
-                     f"Received: input_shape={shape!r}")
-  d = int(np.prod(shape))
-  num = d
-  if config.num_nads is not None:
-    num = pipeline.check_positive_int(config.num_nads, "num_nads")
-    if num > d:
-      raise ValueError(f"config.num_nads must be <= d = H*W*C = {d}. Received: num_nads={num}")
-  indices = pipeline.check_ints(config.nad_indices, "nad_indices", low=1, high=num)
-  num_images = pipeline.check_positive_int(config.num_images, "num_images")
-  if num_images > num:
-    raise ValueError(f"config.num_images must be <= the {num} NADs computed. "
-                     f"Received: num_images={num_images}")
-  method = pipeline.check_choice(config.nad_method, "nad_method", NAD_METHODS)
-  if method == "lanczos" and num >= d:
-    raise ValueError(f"config.nad_method 'lanczos' needs num_nads < d = {d}. "
-                     f"Received: num_nads={config.num_nads}")
-  return Settings(
-      common=common, model=model, input_shape=tuple(int(s) for s in shape), num_nads=num,
-      nad_method=method,
-      nad_sample_size=pipeline.check_non_negative_int(config.nad_sample_size, "nad_sample_size"),
-      nad_indices=indices, num_images=num_images,
-      train_size=pipeline.check_positive_int(config.train_size, "train_size"),
-      test_size=pipeline.check_positive_int(config.test_size, "test_size"),
-      eps=pipeline.check_positive_number(config.eps, "eps"),
-      sigma=pipeline.check_positive_number(config.sigma, "sigma"),
-      data_seed=pipeline.check_non_negative_int(config.data_seed, "data_seed"),
-      train_seed=pipeline.check_non_negative_int(config.train_seed, "train_seed"))
+  return fields.read(Settings, config)
 
 
 def _nad_settings(settings: Settings) -> Dict[str, Any]:

@@ -8,7 +8,8 @@
            -> result rows (`workdir.ResultStore`, `summary`) -> figures (`experiments/plots.py`)
 
 An experiment module holds only what is particular to it: its settings
-dataclass, its loop over tasks and its rows. Errors of a config name the field
+dataclass (the blocks below and its own fields, each read once by `fields.read`),
+its loop over tasks and its rows. Errors of a config name the field
 ("config.train_size must be ..."). Labels are +-1 everywhere (`ntk_tf.train`).
 
 Theta_0 cache: one content-addressed store per (model, seed, weights, data,
@@ -18,7 +19,6 @@ folder: `$NTK_TF_CACHE_DIR/grams`, else `~/.cache/ntk_tf/grams`.
 
 import dataclasses
 import json
-import math
 import os
 import pathlib
 import shutil
@@ -38,6 +38,7 @@ from ntk_tf import training
 from ntk_tf import validation
 from ntk_tf.data import sources
 from ntk_tf.distributed import cluster as cluster_lib
+from ntk_tf.experiments import fields
 from ntk_tf.experiments import workdir as workdir_lib
 
 KINDS = ("network", "linearized")
@@ -49,107 +50,40 @@ _FULL_SIZES = {"cifar10": "cifar10", "cifar2": "cifar10", "mnist": "mnist", "mni
 
 
 # ----------------------------------------------------------------------------
-# Settings: config fields -> typed values; every error names the field.
+# The settings blocks every experiment shares (configs/common.py), read by `fields.read`.
 
-def field(config: Mapping[str, Any], name: str, default: Any = None) -> Any:
-  """config[name] of a dict or ConfigDict, `default` where it is absent."""
-  return config[name] if name in config else default
-
-
-def check_names(value: Any, name: str, allowed: Sequence[str]) -> Tuple[str, ...]:
-  """Distinct names from a list (entries may be "a,b") or one "a,b" string, in the given order."""
-  items = [value] if isinstance(value, str) else value
-  if not isinstance(items, (list, tuple)):
-    raise ValueError(f"config.{name} must be a list of names. Received: {name}={value!r}")
-  names = tuple(p.strip() for item in items for p in str(item).split(",") if p.strip())
-  if not names:
-    raise ValueError(f"config.{name} must be a non-empty list of names. Received: {name}={value!r}")
-  bad = [n for n in names if n not in allowed]
-  if bad:
-    raise ValueError(f"config.{name} holds unknown names {bad}; expected some of "
-                     f"{list(allowed)}. Received: {name}={list(names)}")
-  if len(set(names)) != len(names):
-    raise ValueError(f"config.{name} must not repeat a name. Received: {name}={list(names)}")
-  return names
+def _experiment_name(value: Any, label: str) -> str:
+  if not value:
+    raise ValueError(f"{label} must name the experiment. Received: experiment={value!r}")
+  return str(value)
 
 
-def check_ints(value: Any, name: str, *, low: int, high: Optional[int] = None
-               ) -> Tuple[int, ...]:
-  """A non-empty set of distinct ints in [low, high], returned sorted ascending."""
-  items = [value] if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else value
-  if not isinstance(items, (list, tuple)) or not items:
-    raise ValueError(f"config.{name} must be a non-empty list of ints. Received: {name}={value!r}")
-  bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-  for v in items:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-      raise ValueError(f"config.{name} must hold ints. Received: {name}={list(items)!r}")
-    if v < low or (high is not None and v > high):
-      raise ValueError(f"config.{name} entries must lie in {bound}. Received: {name}={list(items)!r}")
-  if len(set(items)) != len(items):
-    raise ValueError(f"config.{name} must not repeat a value. Received: {name}={list(items)!r}")
-  return tuple(sorted(int(v) for v in items))
+def read_recipe(config: Mapping[str, Any]) -> recipe_lib.Recipe:
+  """The training recipe: the preset config.recipe, then config.optimizer and the overrides.
 
-
-def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
-  return validation.check_choice(value, f"config.{name}", choices)
-
-
-def check_positive_int(value: Any, name: str) -> int:
-  return validation.check_positive_int(value, f"config.{name}")
-
-
-def check_non_negative_int(value: Any, name: str) -> int:
-  return validation.check_non_negative_int(value, f"config.{name}")
-
-
-def check_optional_size(value: Any, name: str, maximum: int) -> Optional[int]:
-  if value is None:
-    return None
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= maximum:
-    raise ValueError(f"config.{name} must be None or an int in [1, {maximum}]. "
-                     f"Received: {name}={value!r}")
-  return int(value)
-
-
-def check_positive_number(value: Any, name: str) -> float:
-  if (isinstance(value, bool) or not isinstance(value, (int, float))
-      or not math.isfinite(value) or value <= 0):
-    raise ValueError(f"config.{name} must be a positive number. Received: {name}={value!r}")
-  return float(value)
-
-
-@dataclasses.dataclass(frozen=True)
-class Common:
-  """What every experiment has: its name, variant, recipe and the raw config (config.json)."""
-  experiment: str
-  variant: str
-  recipe: recipe_lib.Recipe
-  progress: bool
-  config: Mapping[str, Any]
-
-
-def check_common(config: Mapping[str, Any], default_recipe: str = "PAPER_SGD") -> Common:
-  """The fields every experiment has.
-
-  The recipe is the preset `config.recipe` (default `default_recipe`), "adam"
-  swapping in PAPER_ADAM with the preset's epochs (App. E.1), then the config's
-  non-None overrides of `RECIPE_OVERRIDES`.
+  "adam" swaps in PAPER_ADAM with the preset's epochs (App. E.1); the config's
+  non-None `RECIPE_OVERRIDES` replace the preset's values.
   """
-  experiment = field(config, "experiment")
-  if not experiment:
-    raise ValueError(f"config.experiment must name the experiment. Received: experiment={experiment!r}")
-  preset = check_choice(field(config, "recipe", default_recipe), "recipe", RECIPE_PRESETS)
-  optimizer = check_choice(field(config, "optimizer", "sgd"), "optimizer", recipe_lib.OPTIMIZERS)
+  preset = validation.check_choice(config["recipe"], "config.recipe", RECIPE_PRESETS)
+  optimizer = validation.check_choice(fields.get(config, "optimizer", "sgd"), "config.optimizer",
+                                      recipe_lib.OPTIMIZERS)
   base = getattr(recipe_lib, preset)
   recipe = base if optimizer == "sgd" else recipe_lib.PAPER_ADAM.replace(epochs=base.epochs)
-  overrides = {k: field(config, k) for k in RECIPE_OVERRIDES if field(config, k) is not None}
+  overrides = {k: config[k] for k in RECIPE_OVERRIDES if fields.get(config, k) is not None}
   try:
-    recipe = recipe.replace(**overrides)
+    return recipe.replace(**overrides)
   except (TypeError, ValueError) as e:
     raise ValueError(f"config recipe fields are invalid: {e}") from None
-  raw = atomic.jsonable(config)
-  return Common(experiment=str(experiment), variant=str(field(config, "variant", "?")),
-                recipe=recipe, progress=bool(field(config, "progress", False)), config=raw)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Common:
+  """What every experiment has: its name, variant, recipe and the raw config (config.json)."""
+  experiment: str = fields.setting(_experiment_name)
+  variant: str = fields.setting(fields.text, default="?")
+  recipe: recipe_lib.Recipe = fields.block(read_recipe)
+  progress: bool = fields.setting(fields.flag, default=False)
+  config: Mapping[str, Any] = fields.block(atomic.jsonable)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,34 +100,58 @@ class ModelSpec:
                           seed=self.seed if seed is None else seed, **dict(self.kwargs))
 
 
-def check_models(config: Mapping[str, Any], name: str = "models",
-                 seed_field: Optional[str] = "model_seed") -> Tuple[ModelSpec, ...]:
-  """One ModelSpec per name of config.<name> (config.activation, config.model_kwargs[name])."""
-  names = check_names(config[name], name, models_lib.MODEL_NAMES)
-  activation = check_choice(config["activation"], "activation", models_lib.ACTIVATIONS)
-  extras = atomic.jsonable(field(config, "model_kwargs") or {})
+def read_models(config: Mapping[str, Any], key: str = "models") -> Tuple[ModelSpec, ...]:
+  """One ModelSpec per name of config.<key>: config.activation, model_kwargs[name], model_seed.
+
+  model_seed is 0 where the config has none (an experiment that seeds each run itself).
+  """
+  names = fields.names(config[key], f"config.{key}", models_lib.MODEL_NAMES)
+  activation = validation.check_choice(config["activation"], "config.activation",
+                                       models_lib.ACTIVATIONS)
+  extras = atomic.jsonable(fields.get(config, "model_kwargs") or {})
   bad = sorted(set(extras) - set(models_lib.MODEL_NAMES))
   if bad:
     raise ValueError(f"config.model_kwargs keys must be model names {list(models_lib.MODEL_NAMES)}. "
                      f"Received: model_kwargs keys {bad}")
-  seed = check_non_negative_int(config[seed_field], seed_field) if seed_field else 0
+  seed = validation.check_non_negative_int(fields.get(config, "model_seed", 0), "config.model_seed")
   return tuple(ModelSpec(n, activation, dict(extras.get(n, {})), seed) for n in names)
+
+
+def read_model(config: Mapping[str, Any]) -> ModelSpec:
+  """The one ModelSpec of config.model (see `read_models`)."""
+  (spec,) = read_models(config, "model")
+  return spec
+
+
+def _full_sizes(dataset: str) -> Tuple[int, int]:
+  _, _, train, test = sources.RAW_SPECS[_FULL_SIZES[dataset]]
+  return train, test
+
+
+def _existing_folder(value: Any, label: str) -> Optional[str]:
+  if value is not None and not pathlib.Path(value).is_dir():
+    raise ValueError(f"{label} must be an existing folder. Received: data_dir={value!r}")
+  return value
 
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
-  """A (sub)sampled dataset of `ntk_tf.data` (None sizes keep the whole split)."""
-  dataset: str
-  train_size: Optional[int]
-  test_size: Optional[int]
-  seed: int
-  data_dir: Optional[str]
-  allow_download: bool
+  """A (sub)sampled dataset of `ntk_tf.data` (None sizes keep the whole split).
+
+  Read with the option `datasets`, the names the experiment accepts.
+  """
+  dataset: str = fields.setting(validation.check_choice, choices=lambda s: s.datasets)
+  train_size: Optional[int] = fields.setting(fields.optional_size, default=None,
+                                             maximum=lambda s: _full_sizes(s.dataset)[0])
+  test_size: Optional[int] = fields.setting(fields.optional_size, default=None,
+                                            maximum=lambda s: _full_sizes(s.dataset)[1])
+  seed: int = fields.setting(validation.check_non_negative_int, key="data_seed", default=0)
+  data_dir: Optional[str] = fields.setting(_existing_folder, default=None)
+  allow_download: bool = fields.setting(fields.flag, default=False)
 
   @property
   def full_sizes(self) -> Tuple[int, int]:
-    _, _, train, test = sources.RAW_SPECS[_FULL_SIZES[self.dataset]]
-    return train, test
+    return _full_sizes(self.dataset)
 
   @property
   def num_train(self) -> int:
@@ -215,40 +173,6 @@ class DataSpec:
                          allow_download=spec.allow_download)
 
 
-def check_data(config: Mapping[str, Any], datasets: Sequence[str] = data_lib.DATASET_NAMES,
-               *, sizes: bool = True) -> DataSpec:
-  """config.dataset, train_size, test_size (bounded by the split), data_seed, data_dir."""
-  dataset = check_choice(config["dataset"], "dataset", datasets)
-  data_dir = field(config, "data_dir")
-  if data_dir is not None and not pathlib.Path(data_dir).is_dir():
-    raise ValueError(f"config.data_dir must be an existing folder. Received: data_dir={data_dir!r}")
-  spec = DataSpec(dataset, None, None, check_non_negative_int(field(config, "data_seed", 0),
-                                                              "data_seed"),
-                  data_dir, bool(field(config, "allow_download", False)))
-  if not sizes:
-    return spec
-  full_train, full_test = spec.full_sizes
-  return dataclasses.replace(
-      spec, train_size=check_optional_size(field(config, "train_size"), "train_size", full_train),
-      test_size=check_optional_size(field(config, "test_size"), "test_size", full_test))
-
-
-@dataclasses.dataclass(frozen=True)
-class GramSpec:
-  """How Theta_0 is computed (block size, implementation, dtype), where it is cached, and on
-  which cluster ("local:N", or None: TF_CONFIG when set, else this process; `theta0`)."""
-  block_size: int
-  implementation: str
-  dtype: str
-  cache_dir: str
-  cluster: Optional[str] = None
-
-  def identity(self) -> Dict[str, Any]:
-    """What determines a Gram's values (for fingerprints): not where it is cached."""
-    return {"block_size": self.block_size, "implementation": self.implementation,
-            "dtype": self.dtype}
-
-
 def default_gram_cache_dir() -> pathlib.Path:
   """`$NTK_TF_CACHE_DIR/grams`, else `~/.cache/ntk_tf/grams`."""
   root = os.environ.get("NTK_TF_CACHE_DIR")
@@ -256,28 +180,38 @@ def default_gram_cache_dir() -> pathlib.Path:
   return base / "grams"
 
 
-def check_cluster(value: Any) -> Optional[str]:
+def _gram_cache_dir(value: Any, label: str) -> str:
+  """config.gram.cache_dir as an absolute folder (None: `default_gram_cache_dir`)."""
+  if value is not None and not isinstance(value, str):
+    raise ValueError(f"{label} must be a folder path or None. Received: gram.cache_dir={value!r}")
+  path = pathlib.Path(value).expanduser() if value else default_gram_cache_dir()
+  return str(path.absolute())
+
+
+def _cluster(value: Any, label: str) -> Optional[str]:
   """config.gram.cluster: None or "local:N" (N >= 1 localhost workers)."""
   if value is not None and not isinstance(value, str):
-    raise ValueError(f"config.gram.cluster must be 'local:N' or None. Received: cluster={value!r}")
+    raise ValueError(f"{label} must be 'local:N' or None. Received: cluster={value!r}")
   try:
     return cluster_lib.check_cluster(value)
   except ValueError as err:
     raise ValueError(f"config.gram.{err}") from None
 
 
-def check_gram(config: Mapping[str, Any]) -> GramSpec:
-  gram = config["gram"]
-  cache_dir = field(gram, "cache_dir")
-  if cache_dir is not None and not isinstance(cache_dir, str):
-    raise ValueError(f"config.gram.cache_dir must be a folder path or None. "
-                     f"Received: gram.cache_dir={cache_dir!r}")
-  path = pathlib.Path(cache_dir).expanduser() if cache_dir else default_gram_cache_dir()
-  return GramSpec(block_size=check_positive_int(gram["block_size"], "gram.block_size"),
-                  implementation=check_choice(gram["implementation"], "gram.implementation",
-                                              GRAM_IMPLEMENTATIONS),
-                  dtype=check_choice(gram["dtype"], "gram.dtype", GRAM_DTYPES),
-                  cache_dir=str(path.absolute()), cluster=check_cluster(field(gram, "cluster")))
+@dataclasses.dataclass(frozen=True)
+class GramSpec:
+  """How Theta_0 is computed (block size, implementation, dtype), where it is cached, and on
+  which cluster ("local:N", or None: TF_CONFIG when set, else this process; `theta0`)."""
+  block_size: int = fields.setting(validation.check_positive_int)
+  implementation: str = fields.setting(validation.check_choice, choices=GRAM_IMPLEMENTATIONS)
+  dtype: str = fields.setting(validation.check_choice, choices=GRAM_DTYPES)
+  cache_dir: str = fields.setting(_gram_cache_dir, default=None)
+  cluster: Optional[str] = fields.setting(_cluster, default=None)
+
+  def identity(self) -> Dict[str, Any]:
+    """What determines a Gram's values (for fingerprints): not where it is cached."""
+    return {"block_size": self.block_size, "implementation": self.implementation,
+            "dtype": self.dtype}
 
 
 # ----------------------------------------------------------------------------
@@ -400,6 +334,12 @@ class Timer:
   @property
   def seconds(self) -> float:
     return time.time() - self._start
+
+
+def describe_outputs(workdir: pathlib.Path, results: Any) -> List[str]:
+  """What an experiment binary prints when done: where its table and figures are."""
+  del results  # All in the workdir.
+  return [f"Results: {workdir / 'results.csv'}; figures: {workdir}/*.png"]
 
 
 def write_table(path: os.PathLike, rows: Sequence[Mapping[str, Any]],

@@ -58,7 +58,7 @@ class FeatureCache:
   """An LRU cache of block features by key, bounded in bytes.
 
   Keys are block contents (`key`) here, row offsets in a device's cache
-  (`distributed.runners.LocalRunner`); `nbytes(entry)` is an entry's size
+  (`distributed.local_runner.LocalRunner`); `nbytes(entry)` is an entry's size
   (default: `features_nbytes` of `BlockFeatures`).
   """
 

@@ -29,68 +29,53 @@ import numpy as np
 from ntk_tf import atomic
 from ntk_tf import validation
 from ntk_tf.distributed import cluster as cluster_lib
+from ntk_tf.distributed import cluster_runner
 from ntk_tf.distributed import device_block
 from ntk_tf.distributed import gram_job
-from ntk_tf.distributed import cluster_runner
 from ntk_tf.distributed import local_runner
+from ntk_tf.experiments import fields
 from ntk_tf.experiments import pipeline
 from ntk_tf.experiments import theta0
 
 DTYPES = ("float32", "float64")
 
 
-@dataclasses.dataclass(frozen=True)
+def _weights_file(value: Any, label: str) -> Optional[str]:
+  if value is not None and not pathlib.Path(value).is_file():
+    raise ValueError(f"{label} must be a weights file or None. Received: weights={value!r}")
+  return value
+
+
+def _store_folder(value: Any, label: str) -> Optional[str]:
+  """config.cache_dir as an absolute folder, or None (the store is the workdir)."""
+  if value is not None and not isinstance(value, str):
+    raise ValueError(f"{label} must be a folder path or None. Received: cache_dir={value!r}")
+  return str(pathlib.Path(value).expanduser().absolute()) if value else None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class GramSettings:
   """A gram config, validated (see configs/gram.py for each field)."""
-  model: pipeline.ModelSpec
-  weights: Optional[str]
-  data: pipeline.DataSpec
-  block_size: int
-  dtype: str
-  implementation: str
-  local_devices: int
-  device_feature_cache_bytes: int
-  cluster_row_blocks: int
-  worker_threads: Optional[int]
-  commit_interval_s: float
-  progress: bool
-  cache_dir: Optional[str]
-  config: Mapping[str, Any]
+  model: pipeline.ModelSpec = fields.block(pipeline.read_model)
+  weights: Optional[str] = fields.setting(_weights_file)
+  data: pipeline.DataSpec = fields.block(pipeline.DataSpec, datasets=("cifar10", "mnist"))
+  block_size: int = fields.setting(validation.check_positive_int)
+  dtype: str = fields.setting(validation.check_choice, choices=DTYPES)
+  implementation: str = fields.setting(validation.check_choice,
+                                       choices=device_block.IMPLEMENTATION_NAMES)
+  local_devices: int = fields.setting(validation.check_positive_int)
+  device_feature_cache_bytes: int = fields.setting(validation.check_non_negative_int)
+  cluster_row_blocks: int = fields.setting(validation.check_positive_int)
+  worker_threads: Optional[int] = fields.setting(fields.optional(validation.check_positive_int))
+  commit_interval_s: float = fields.setting(fields.positive_number)
+  progress: bool = fields.setting(fields.flag)
+  cache_dir: Optional[str] = fields.setting(_store_folder)
+  config: Mapping[str, Any] = fields.block(atomic.jsonable)
 
 
 def settings_from_config(config: Mapping[str, Any]) -> GramSettings:
   """Validates `config` (configs/gram.py) into GramSettings; raises ValueError naming a bad field."""
-  weights = pipeline.field(config, "weights")
-  if weights is not None and not pathlib.Path(weights).is_file():
-    raise ValueError(f"config.weights must be a weights file or None. Received: weights={weights!r}")
-  threads = pipeline.field(config, "worker_threads")
-  cache_dir = pipeline.field(config, "cache_dir")
-  if cache_dir is not None and not isinstance(cache_dir, str):
-    raise ValueError(f"config.cache_dir must be a folder path or None. Received: "
-                     f"cache_dir={cache_dir!r}")
-  (model,) = pipeline.check_models(config, "model")
-  return GramSettings(
-      model=model,
-      weights=weights,
-      data=pipeline.check_data(config, ("cifar10", "mnist")),
-      block_size=pipeline.check_positive_int(config["block_size"], "block_size"),
-      dtype=pipeline.check_choice(config["dtype"], "dtype", DTYPES),
-      implementation=pipeline.check_choice(config["implementation"], "implementation",
-                                           device_block.IMPLEMENTATION_NAMES),
-      local_devices=pipeline.check_positive_int(config["local_devices"], "local_devices"),
-      device_feature_cache_bytes=pipeline.check_non_negative_int(
-          pipeline.field(config, "device_feature_cache_bytes",
-                         local_runner.DEVICE_FEATURE_CACHE_BYTES), "device_feature_cache_bytes"),
-      cluster_row_blocks=pipeline.check_positive_int(
-          pipeline.field(config, "cluster_row_blocks", cluster_runner.ROW_BLOCKS),
-          "cluster_row_blocks"),
-      worker_threads=None if threads is None else pipeline.check_positive_int(
-          threads, "worker_threads"),
-      commit_interval_s=pipeline.check_positive_number(config["commit_interval_s"],
-                                                       "commit_interval_s"),
-      progress=bool(config["progress"]),
-      cache_dir=str(pathlib.Path(cache_dir).expanduser().absolute()) if cache_dir else None,
-      config=atomic.jsonable(config))
+  return fields.read(GramSettings, config)
 
 
 def build_model(settings: GramSettings, input_shape) -> keras.Model:
