@@ -23,7 +23,6 @@ Paper: App. B (Grams of 60,000 CIFAR-10/MNIST images, jobs of hours).
 """
 
 import hashlib
-import json
 import os
 import pathlib
 import time
@@ -73,7 +72,7 @@ def architecture_fingerprint(model: keras.Model) -> str:
   weights = [(v.path, tuple(v.shape), str(v.dtype), bool(v.trainable)) for v in model.weights]
   description = {"class": f"{type(model).__module__}.{type(model).__qualname__}",
                  "config": config, "weights": weights}
-  text = json.dumps(atomic.jsonable(description), sort_keys=True, default=repr)
+  text = atomic.json_text(description, sort_keys=True, default=repr)
   return hashlib.sha256(text.encode()).hexdigest()
 
 

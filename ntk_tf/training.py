@@ -59,7 +59,7 @@ import pathlib
 import tempfile
 import time
 import warnings
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from absl import logging
 import keras
@@ -282,7 +282,7 @@ def _save_state(state_dir: pathlib.Path, model, optimizer, theta0, history, meta
   files = {"weights.npz": _savez_bytes(model.get_weights()),
            "optimizer.npz": _savez_bytes([v.numpy() for v in optimizer.variables]),
            "theta0.npz": _savez_bytes(theta0),
-           "state.json": json.dumps({"meta": meta, "history": history}).encode()}
+           "state.json": atomic.json_text({"meta": meta, "history": history}).encode()}
 
   def fill(folder: pathlib.Path) -> None:
     for name, data in files.items():
@@ -291,12 +291,23 @@ def _save_state(state_dir: pathlib.Path, model, optimizer, theta0, history, meta
   atomic.replace_dir(state_dir, fill)
 
 
+def history_from_json(history: List[Dict[str, Any]]) -> List[Dict[str, float]]:
+  """A history read back from JSON, with NaN again where JSON holds null (`atomic.json_text`).
+
+  Every `HISTORY_FIELDS` value is a number; a null was a NaN or inf (e.g. the
+  batch loss of row 0, the test metrics without test data).
+  """
+  return [{key: math.nan if value is None else value for key, value in row.items()}
+          for row in history]
+
+
 def _load_state(state_dir: pathlib.Path) -> Optional[Dict]:
   """The state `_save_state` wrote in `state_dir` (after `atomic.recover_dir`), or None."""
   atomic.recover_dir(state_dir)
   if not (state_dir / "state.json").is_file():
     return None
   saved = json.loads((state_dir / "state.json").read_text())
+  saved["history"] = history_from_json(saved["history"])
   for name in ("weights", "optimizer", "theta0"):
     with np.load(state_dir / f"{name}.npz") as data:
       saved[name] = [data[f"arr_{i}"] for i in range(len(data.files))]
@@ -431,7 +442,7 @@ def train(model: keras.Model, x_train: Array, y_train: Optional[Array] = None, *
     work.mkdir(parents=True, exist_ok=True)
     for stray in work.glob("**/.*.tmp"):  # Temporary files of writes killed midway.
       stray.unlink()
-    atomic.write_text(work / "recipe.json", json.dumps(meta, indent=2))
+    atomic.write_text(work / "recipe.json", atomic.json_text(meta, indent=2))
     writer = tf.summary.create_file_writer(str(work / "tensorboard"))
   # After a resume's set_weights; theta_star is frozen, so the cache holds for the whole run.
   cache = primal_cache_lib.for_training(model, x_train) if primal_cache else None

@@ -23,7 +23,6 @@ are started by its scheduler with `TF_CONFIG` (`ntk_tf.distributed.cluster`).
 
 import atexit
 import ctypes
-import json
 import os
 import signal
 import socket
@@ -36,6 +35,7 @@ from typing import Dict, List, Optional
 from absl import logging
 import tensorflow as tf
 
+from ntk_tf import atomic
 from ntk_tf.distributed import server
 
 _PR_SET_PDEATHSIG = 1
@@ -99,7 +99,8 @@ class LocalCluster:
       for index in range(len(self.spec[job])):
         name = f"{job}:{index}"
         cpu = index % os.cpu_count() if pin_workers and job == "worker" else -1
-        self._commands[name] = [sys.executable, _SERVER, f"--cluster_spec={json.dumps(self.spec)}",
+        self._commands[name] = [sys.executable, _SERVER,
+                                f"--cluster_spec={atomic.json_text(self.spec)}",
                                 f"--job={job}", f"--index={index}",
                                 f"--intra_op_threads={threads or 0}", f"--cpu={cpu}",
                                 "--loopback_only"]
