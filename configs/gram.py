@@ -3,7 +3,7 @@
     python -m binaries.gram --config=configs/gram.py:smoke --workdir=/tmp/gram_smoke
     python -m binaries.gram --config=configs/gram.py:smoke --cluster=local:2 --workdir=/tmp/gram_b
     python -m binaries.gram --config=configs/gram.py:paper_resnet18_cifar10 --workdir=runs/gram_r18
-        (on a cluster: every task runs this command with its TF_CONFIG; see docs_cluster.md)
+        (on a cluster: every task runs this command with its TF_CONFIG; see docs/cluster.md)
 
 Writes <workdir>/gram.npy: Theta(x, x) of x = the train samples then the test
 samples, so Theta(x_train, x_test) = gram[:N_train, N_train:]. A rerun resumes.

@@ -7,29 +7,26 @@ Every file ntk_tf writes for a user (configs, result tables, manifests, eigen
 metadata, training state) goes through this module. Files get the usual
 permissions of a new file under the process umask (0644 under the common umask
 022), not the 0600 of `tempfile.mkstemp`, so other users of a shared run folder
-can read them. A directory is replaced as a whole by `replace_dir`: the new
-directory is written and fsynced under a temporary name, then renamed, so a
-kill leaves the complete old directory or the complete new one (as seen through
-`recover_dir`), never a mix.
+can read them: the temporary file is created with mode 0666 and the kernel
+applies the umask (the umask is never set: every thread would see the change).
+A directory is replaced as a whole by `replace_dir`: the new directory is
+written and fsynced under a temporary name, then renamed, so a kill leaves the
+complete old directory or the complete new one (as seen through `recover_dir`),
+never a mix. JSON (`json_text`, `write_json`) is strict: NaN and +-inf are
+written as null.
 """
 
 import json
+import math
 import os
 import pathlib
 import shutil
-import tempfile
 import uuid
 from typing import Any, Callable, Mapping, Union
 
 import numpy as np
 
 PathLike = Union[str, os.PathLike]
-
-
-def _umask() -> int:
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
 
 
 def fsync_dir(path: PathLike) -> None:
@@ -45,12 +42,12 @@ def write_bytes(path: PathLike, data: bytes) -> pathlib.Path:
   """Atomically replaces `path` by `data` (mode 0666 & ~umask); returns the path."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0666 & ~umask
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()
-      os.fchmod(f.fileno(), 0o666 & ~_umask())
       os.fsync(f.fileno())
     os.replace(tmp, path)
   except BaseException:
@@ -81,9 +78,27 @@ def jsonable(value: Any) -> Any:
   return value
 
 
+def _null_for_non_finite(value: Any) -> Any:
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _null_for_non_finite(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_null_for_non_finite(v) for v in value]
+  return value
+
+
+def json_text(obj: Any, **kwargs) -> str:
+  """`json.dumps` of `jsonable(obj)` with NaN and +-inf as null: strict JSON every parser reads.
+
+  The one JSON writer of ntk_tf; `kwargs` go to `json.dumps` (`allow_nan` is False).
+  """
+  return json.dumps(_null_for_non_finite(jsonable(obj)), allow_nan=False, **kwargs)
+
+
 def write_json(path: PathLike, obj: Any) -> pathlib.Path:
-  """Atomically writes `obj` as indented, key-sorted JSON (see `jsonable`); returns the path."""
-  return write_text(path, json.dumps(jsonable(obj), indent=2, sort_keys=True) + "\n")
+  """Atomically writes `obj` as indented, key-sorted JSON (`json_text`); returns the path."""
+  return write_text(path, json_text(obj, indent=2, sort_keys=True) + "\n")
 
 
 def _old_dir(path: pathlib.Path) -> pathlib.Path:

@@ -21,10 +21,7 @@ Metrics (Sec. 3.1, Fig. 3), one row per epoch (row 0 = initialization):
   cosine_distance        1 - <theta_t, theta_0> / (||theta_t|| ||theta_0||),
                          theta = all trainable weights flattened into one
                          vector of P numbers.
-Accuracy predicts label +1 when the logit is > 0.
-
-Labels are +-1, as everywhere in ntk_tf (the paper's f: R^d -> {+-1}); the
-binary cross-entropy sees the {0, 1} target t = (1 + y) / 2 internally.
+Accuracy predicts label +1 when the logit is > 0. Labels are +-1, as everywhere in ntk_tf.
 
 Outputs under `workdir`: `metrics.csv` (the history), `tensorboard/`
 (scalars per epoch, x axis = step), `checkpoints/epoch_XXXX.weights.h5` at the
@@ -55,7 +52,7 @@ import math
 import pathlib
 import tempfile
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 import keras
@@ -258,7 +255,7 @@ def _save_state(state_dir: pathlib.Path, model, optimizer, theta0, history, meta
   files = {"weights.npz": _savez_bytes(model.get_weights()),
            "optimizer.npz": _savez_bytes([v.numpy() for v in optimizer.variables]),
            "theta0.npz": _savez_bytes(theta0),
-           "state.json": json.dumps({"meta": meta, "history": history}).encode()}
+           "state.json": atomic.json_text({"meta": meta, "history": history}).encode()}
 
   def fill(folder: pathlib.Path) -> None:
     for name, data in files.items():
@@ -267,12 +264,19 @@ def _save_state(state_dir: pathlib.Path, model, optimizer, theta0, history, meta
   atomic.replace_dir(state_dir, fill)
 
 
+def history_from_json(history: List[Dict[str, Any]]) -> List[Dict[str, float]]:
+  """A history read back from JSON: NaN again where `atomic.json_text` wrote null (NaN, inf)."""
+  return [{key: math.nan if value is None else value for key, value in row.items()}
+          for row in history]
+
+
 def _load_state(state_dir: pathlib.Path) -> Optional[Dict]:
   """The state `_save_state` wrote in `state_dir` (after `atomic.recover_dir`), or None."""
   atomic.recover_dir(state_dir)
   if not (state_dir / "state.json").is_file():
     return None
   saved = json.loads((state_dir / "state.json").read_text())
+  saved["history"] = history_from_json(saved["history"])
   for name in ("weights", "optimizer", "theta0"):
     with np.load(state_dir / f"{name}.npz") as data:
       saved[name] = [data[f"arr_{i}"] for i in range(len(data.files))]
@@ -370,7 +374,7 @@ class _TrainingRun:
       self.work.mkdir(parents=True, exist_ok=True)
       for stray in self.work.glob("**/.*.tmp"):  # Temporary files of writes killed midway.
         stray.unlink()
-      atomic.write_text(self.work / "recipe.json", json.dumps(self.meta, indent=2))
+      atomic.write_text(self.work / "recipe.json", atomic.json_text(self.meta, indent=2))
       self.writer = tf.summary.create_file_writer(str(self.work / "tensorboard"))
 
   def _resume(self) -> None:

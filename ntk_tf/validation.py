@@ -1,6 +1,7 @@
 """Argument checks shared by the NTK modules; every error names the bad value."""
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
+import warnings
 
 import keras
 import numpy as np
@@ -19,17 +20,36 @@ def check_inputs(model: keras.Model, x: types.Inputs, name: str = "x",
                  dtype: Optional[str] = None) -> np.ndarray:
   """Returns `x` as a NumPy array after checking it fits `model` and is finite.
 
+  Complex inputs are refused (not cast: that would drop their imaginary part);
+  uint8 inputs are used as their raw 0-255 values, with a warning once per process.
+  For a subclassed model (no symbolic outputs to read), the model is run on the
+  first example to check that its output is one logit (`check_single_logit`).
+
   Args:
     model: the Keras model `x` is fed to; `x.shape[1:]` must equal its input
       shape (dimensions that the model leaves as None match anything).
-    x: `[N, ...]` inputs.
+    x: `[N, ...]` inputs, one array.
     name: the argument name used in error messages.
     dtype: the NumPy dtype of the result (default: the model's input dtype; for a
       subclassed model without `inputs`, float `x` keeps its dtype, other x gets floatx).
   """
-  array = np.asarray(x)
+  try:
+    array = np.asarray(x)
+  except ValueError:  # A list of arrays of different shapes: one per model input.
+    array = None
+  if array is None or array.dtype == object:
+    received = (f"{name} = a {type(x).__name__} of {len(x)} arrays"
+                if isinstance(x, (list, tuple, dict)) else f"{name}.dtype=object")
+    raise ValueError(f"{name} must be one array [N, ...]: ntk_tf expects a model with one input. "
+                     f"Received: {received}")
+  if np.iscomplexobj(array):
+    raise ValueError(f"{name} must be real: ntk_tf does not take complex inputs (a cast would "
+                     f"drop their imaginary part). Received: {name}.dtype={array.dtype}")
   if not np.issubdtype(array.dtype, np.number):
     raise ValueError(f"{name} must be numeric. Received: {name}.dtype={array.dtype}")
+  if array.dtype == np.uint8:
+    _warn_once("uint8", f"{name} is uint8: ntk_tf uses its raw 0-255 values as they are (no "
+                        "scaling to [0, 1]); divide by 255 first if the model expects that.")
   expected = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
   if expected is not None:
     fits = array.ndim == len(expected) + 1 and all(
@@ -49,7 +69,10 @@ def check_inputs(model: keras.Model, x: types.Inputs, name: str = "x",
     out_dtype = model.inputs[0].dtype
   else:  # A subclassed model (e.g. `Linearized`): keep float inputs as they are.
     out_dtype = array.dtype if np.issubdtype(array.dtype, np.floating) else keras.config.floatx()
-  return np.ascontiguousarray(array, dtype=np.dtype(str(getattr(out_dtype, "name", out_dtype))))
+  array = np.ascontiguousarray(array, dtype=np.dtype(str(getattr(out_dtype, "name", out_dtype))))
+  if not getattr(model, "outputs", None) and model.built:
+    _check_one_logit(model, model(array[:1], training=False), "for one example")
+  return array
 
 
 def check_finite_weights(model: keras.Model) -> None:
@@ -89,26 +112,54 @@ def parameter_count(model: keras.Model) -> int:
   return int(sum(int(np.prod(v.shape)) for v in model.trainable_variables))
 
 
-def check_single_logit(model: keras.Model) -> None:
-  """Raises ValueError unless `model` has one output `[N, 1]` (or `[N]`) and trainable weights.
+_ONE_LOGIT = "ntk_tf expects a model with one output logit, [N, 1]"
 
-  Every NTK in ntk_tf is the kernel of a single scalar logit (Sec. 2 of the
-  paper: binary classification, f: R^d -> R).
+
+def _check_one_logit(model: keras.Model, outputs: Any, where: str = "") -> None:
+  """Raises ValueError unless `outputs` (symbolic or computed) is one `[N, 1]` or `[N]` logit."""
+  if isinstance(outputs, (list, tuple, dict)):
+    if len(outputs) != 1:
+      raise ValueError(f"{_ONE_LOGIT}. Received: model {model.name!r} with {len(outputs)} outputs")
+    outputs = list(outputs.values() if isinstance(outputs, dict) else outputs)[0]
+  shape = tuple(outputs.shape)
+  if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+    raise ValueError(f"{_ONE_LOGIT}. Received: model {model.name!r} with output shape "
+                     f"{shape}{' ' + where if where else ''}")
+
+
+def check_single_logit(model: keras.Model) -> None:
+  """Raises ValueError unless `model` is built with one input, one logit and trainable weights.
+
+  The logit is one output `[N, 1]` (or `[N]`): every NTK in ntk_tf is the
+  kernel of a single scalar logit (Sec. 2 of the paper: binary classification,
+  f: R^d -> R). A subclassed model's output is checked on its inputs
+  (`check_inputs`).
   """
+  inputs = getattr(model, "inputs", None)
+  if inputs is not None and len(inputs) != 1:
+    raise ValueError(f"ntk_tf expects a model with one input, [N, ...]. Received: model "
+                     f"{model.name!r} with {len(inputs)} inputs")
   outputs = getattr(model, "outputs", None)
-  if outputs is not None and len(outputs) != 1:
-    raise ValueError(
-        f"ntk_tf needs a model with a single output logit, [N, 1]. Received: model "
-        f"{model.name!r} with {len(outputs)} outputs")
-  shape = tuple(outputs[0].shape) if outputs else None
-  if shape is not None and not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
-    raise ValueError(
-        f"ntk_tf needs a model with a single output logit, [N, 1]. Received: model "
-        f"{model.name!r} with output shape {shape}")
-  if model.built and not model.trainable_variables:
+  if outputs:
+    _check_one_logit(model, outputs)
+  if not model.built:
+    raise ValueError(f"model {model.name!r} is not built: ntk_tf needs its weights. Call it on a "
+                     f"batch (or model.build(input_shape)) first. Received: model {model.name!r} "
+                     "with built=False")
+  if not model.trainable_variables:
     raise ValueError(
         f"the NTK needs trainable parameters. Received: model {model.name!r} with 0 trainable "
         "variables")
+
+
+_warned = set()  # The keys `_warn_once` has warned about in this process.
+
+
+def _warn_once(key: str, message: str) -> None:
+  """Warns `message` (UserWarning) the first time this process passes `key`."""
+  if key not in _warned:
+    _warned.add(key)
+    warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def sign_convention(vectors: np.ndarray, axis: int = 0) -> np.ndarray:

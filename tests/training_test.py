@@ -7,6 +7,7 @@ closed-form learning-rate schedule, and itself across seeds and interruptions.
 
 import csv
 import json
+import math
 import os
 from unittest import mock
 
@@ -34,6 +35,18 @@ def _data(n: int = 40, seed: int = 0):
   x = rng.normal(size=(n, 3, 3, 1)).astype(np.float32)
   y = np.where(x.reshape(n, -1)[:, :4].sum(axis=1) > 0, 1, -1)  # [N] in {-1, +1}
   return x, y
+
+
+def _interrupted_after(epoch: int):
+  """Patches `training._save_state` to raise KeyboardInterrupt once epoch `epoch` is saved."""
+  save_state = training._save_state  # pylint: disable=protected-access
+
+  def save_then_crash(state_dir, model, optimizer, theta0, history, meta):
+    save_state(state_dir, model, optimizer, theta0, history, meta)
+    if history[-1]["epoch"] == epoch:
+      raise KeyboardInterrupt(f"simulated interruption after epoch {epoch}")
+
+  return mock.patch.object(training, "_save_state", save_then_crash)
 
 
 def _numpy_bce_and_acc(logits: np.ndarray, y: np.ndarray):
@@ -183,14 +196,7 @@ class TrainTest(parameterized.TestCase):
     full_result = ntk_tf.train(full, x, y, recipe=recipe, seed=1, progress=False)
 
     workdir = self.create_tempdir().full_path
-    save_state = training._save_state  # pylint: disable=protected-access
-
-    def save_then_crash(state_dir, model, optimizer, theta0, history, meta):
-      save_state(state_dir, model, optimizer, theta0, history, meta)
-      if history[-1]["epoch"] == 2:
-        raise KeyboardInterrupt("simulated interruption after epoch 2")
-
-    with mock.patch.object(training, "_save_state", save_then_crash):
+    with _interrupted_after(2):
       with self.assertRaises(KeyboardInterrupt):
         ntk_tf.train(_model(), x, y, recipe=recipe, seed=1, workdir=workdir, progress=False)
     resumed = _model(seed=4)  # different initial weights: all state must come from workdir
@@ -202,6 +208,28 @@ class TrainTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "different settings"):
       ntk_tf.train(_model(), x, y, recipe=recipe.replace(epochs=5), seed=1, workdir=workdir,
                    progress=False)
+
+  def test_json_files_are_strict_and_a_resume_keeps_their_nans(self):
+    # Without test data the test metrics are NaN, and so is row 0's batch loss.
+    x, y = _data()
+    recipe = _TINY.replace(epochs=2)
+    full = ntk_tf.train(_model(), x, y, recipe=recipe, seed=1, progress=False)
+    workdir = self.create_tempdir().full_path
+    with _interrupted_after(1):
+      with self.assertRaises(KeyboardInterrupt):
+        ntk_tf.train(_model(), x, y, recipe=recipe, seed=1, workdir=workdir, progress=False)
+
+    def refuse(constant):  # What a strict JSON parser does with NaN / Infinity.
+      raise ValueError(f"bare {constant} in JSON")
+
+    for name in ("recipe.json", os.path.join("state", "state.json")):
+      with open(os.path.join(workdir, name)) as f:
+        json.loads(f.read(), parse_constant=refuse)
+    resumed = ntk_tf.train(_model(), x, y, recipe=recipe, seed=1, workdir=workdir,
+                           progress=False)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+    self.assertTrue(math.isnan(resumed.history[0]["batch_loss"]))
+    np.testing.assert_equal(strip(resumed.history), strip(full.history))  # NaN == NaN here
 
   def test_trains_linearized_model(self):
     model = _model()

@@ -1,11 +1,16 @@
 """Tests for ntk_tf.validation: each check accepts good values and names the bad one."""
 
+import traceback
+from unittest import mock
+import warnings
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import keras
 import numpy as np
 
 from tests import test_util  # pylint: disable=unused-import
+import ntk_tf
 from ntk_tf import validation
 
 
@@ -13,6 +18,29 @@ def _dense_model(outputs=1, input_shape=(3,), trainable=True):
   inputs = keras.Input(input_shape)
   layer = keras.layers.Dense(outputs, trainable=trainable, name="head")
   return keras.Model(inputs, layer(keras.layers.Flatten()(inputs)), name="toy")
+
+
+def _two_input_model():
+  a, b = keras.Input((3,)), keras.Input((2,))
+  return keras.Model([a, b], keras.layers.Dense(1)(keras.layers.Concatenate()([a, b])),
+                     name="two_in")
+
+
+class _Logits(keras.Model):
+  """A subclassed model: Dense(`logits`), or two Dense(1) heads with `two_heads`."""
+
+  def __init__(self, logits=1, two_heads=False):
+    super().__init__(name="sub")
+    self.head = keras.layers.Dense(logits)
+    self.other = keras.layers.Dense(1) if two_heads else None
+
+  def call(self, x):
+    return self.head(x) if self.other is None else [self.head(x), self.other(x)]
+
+
+def _built(model, width=3):
+  model(np.zeros((1, width), np.float32))
+  return model
 
 
 class IntChecksTest(parameterized.TestCase):
@@ -108,6 +136,36 @@ class InputsTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "Received: x.dtype=<U1"):
       validation.check_inputs(self.model, np.full((1, 2, 3), "a"))
 
+  def test_rejects_complex_by_name(self):
+    x = np.ones((2, 2, 3)) + 1j
+    for model in (self.model, _built(_Logits(), width=3)):
+      with warnings.catch_warnings():
+        warnings.simplefilter("error")  # No NumPy ComplexWarning: refused before any cast.
+        with self.assertRaisesRegex(ValueError, r"x must be real.*Received: x.dtype=complex128"):
+          validation.check_inputs(model, x if model is self.model else x[:, 0])
+
+  def test_rejects_several_input_arrays(self):
+    with self.assertRaisesRegex(ValueError, r"one array \[N, ...\].*Received: x = a list of 2 "):
+      validation.check_inputs(_built(_Logits()), [np.zeros((4, 3)), np.zeros((4, 2))])
+
+  def test_uint8_warns_once_and_keeps_raw_values(self):
+    x = np.arange(12, dtype=np.uint8).reshape(2, 2, 3) * np.uint8(20)  # up to 220
+    with mock.patch.object(validation, "_warned", set()):
+      with self.assertWarnsRegex(UserWarning, r"x is uint8: .* raw 0-255 values"):
+        got = validation.check_inputs(self.model, x)
+      with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        validation.check_inputs(self.model, x, name="x2")  # Once per process.
+    np.testing.assert_array_equal(got, x.astype(np.float32))
+
+  def test_subclassed_output_checked_on_one_example(self):
+    validation.check_inputs(_built(_Logits()), np.zeros((4, 3)))
+    with self.assertRaisesRegex(ValueError, r"one output logit.*Received: model 'sub' with "
+                                r"output shape \(1, 10\) for one example"):
+      validation.check_inputs(_built(_Logits(10)), np.zeros((4, 3)))
+    with self.assertRaisesRegex(ValueError, "Received: model 'sub' with 2 outputs"):
+      validation.check_inputs(_built(_Logits(two_heads=True)), np.zeros((4, 3)))
+
 
 class ModelChecksTest(absltest.TestCase):
 
@@ -136,6 +194,10 @@ class ModelChecksTest(absltest.TestCase):
       validation.check_single_logit(two_heads)
     with self.assertRaisesRegex(ValueError, "Received: model 'toy' with 0 trainable variables"):
       validation.check_single_logit(_dense_model(trainable=False))
+    with self.assertRaisesRegex(ValueError, "one input.*Received: model 'two_in' with 2 inputs"):
+      validation.check_single_logit(_two_input_model())
+    with self.assertRaisesRegex(ValueError, "not built.*Received: model 'sub' with built=False"):
+      validation.check_single_logit(_Logits())
 
   def test_parameter_count_counts_trainable_scalars_only(self):
     inputs = keras.Input((4,))
@@ -144,6 +206,55 @@ class ModelChecksTest(absltest.TestCase):
     frozen = keras.layers.Dense(3, trainable=False)(normalized)  # 18, frozen
     model = keras.Model(inputs, keras.layers.Dense(1)(frozen))  # 3 + 1 = 4
     self.assertEqual(validation.parameter_count(model), 25 + 10 + 4)
+
+
+class UnsupportedModelsTest(parameterized.TestCase):
+  """ntk_gram and jacobian refuse what they do not take in one line, before any trace."""
+
+  _X = np.random.RandomState(0).randn(4, 3).astype(np.float32)
+
+  def assert_refused(self, pattern, model, x):
+    for fn in (lambda: ntk_tf.ntk_gram(model, x, progress=False),
+               lambda: ntk_tf.jacobian(model, x)):
+      with self.assertRaisesRegex(ValueError, pattern) as caught:
+        fn()
+      self.assertNotIn("\n", str(caught.exception))
+      frames = [f.filename for f in traceback.extract_tb(caught.exception.__traceback__)]
+      self.assertEmpty([f for f in frames if "tensorflow" in f or "keras" in f], msg=frames)
+
+  def test_two_inputs(self):
+    for x in ([self._X, self._X[:, :2]], self._X):
+      self.assert_refused(r"^ntk_tf expects a model with one input.* model 'two_in' with 2 inputs",
+                          _two_input_model(), x)
+
+  def test_subclassed_ten_logits(self):
+    self.assert_refused(r"^ntk_tf expects a model with one output logit.* model 'sub' with output "
+                        r"shape \(1, 10\)", _built(_Logits(10)), self._X)
+
+  def test_subclassed_two_outputs(self):
+    self.assert_refused("one output logit.* model 'sub' with 2 outputs",
+                        _built(_Logits(two_heads=True)), self._X)
+
+  def test_unbuilt_subclassed(self):
+    self.assert_refused("not built.* model 'sub' with built=False", _Logits(), self._X)
+
+  def test_functional_ten_logits(self):
+    self.assert_refused(r"one output logit.* model 'toy' with output shape \(None, 10\)",
+                        _dense_model(outputs=10), self._X)
+
+  def test_complex_inputs(self):
+    for model in (_dense_model(), _built(_Logits())):
+      self.assert_refused("x1? must be real.*Received: x1?.dtype=complex64", model,
+                          self._X + 1j * self._X)
+
+  def test_uint8_images_warn_and_use_raw_values(self):
+    model = _dense_model(input_shape=(2, 2, 3))
+    x = (np.arange(24).reshape(2, 2, 2, 3) * 10).astype(np.uint8)
+    with mock.patch.object(validation, "_warned", set()):
+      with self.assertWarnsRegex(UserWarning, "raw 0-255 values"):
+        theta = ntk_tf.ntk_gram(model, x, progress=False)
+    np.testing.assert_array_equal(theta, ntk_tf.ntk_gram(model, x.astype(np.float32),
+                                                         progress=False))
 
 
 class SignConventionTest(absltest.TestCase):

@@ -4,7 +4,10 @@
 
 Each worker and the parameter server is a `tf.distribute.Server` in its own
 subprocess (`ntk_tf/distributed/server.py`, run by path) on a free localhost port;
-the chief entry is the coordinator (the calling process). The servers are
+the chief entry is the coordinator (the calling process). Every server, the
+coordinator's included, listens on 127.0.0.1 only
+(`server.listen_on_loopback_only`: TensorFlow's servers have no authentication,
+and TensorFlow itself would listen on every interface). The servers are
 killed when the cluster is closed, when the interpreter exits, and (Linux
 `PR_SET_PDEATHSIG`) when the coordinator dies, even by SIGKILL.
 
@@ -20,7 +23,6 @@ are started by its scheduler with `TF_CONFIG` (`ntk_tf.distributed.cluster`).
 
 import atexit
 import ctypes
-import json
 import os
 import signal
 import socket
@@ -33,6 +35,9 @@ from typing import Dict, List, Optional
 from absl import logging
 import tensorflow as tf
 
+from ntk_tf import atomic
+from ntk_tf.distributed import server
+
 _PR_SET_PDEATHSIG = 1
 _START_TIMEOUT_S = 180.0
 _SUPERVISE_EVERY_S = 0.5
@@ -40,9 +45,9 @@ _SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "server.py")
 
 
 def free_port() -> int:
-  """A localhost TCP port free at the time of the call."""
+  """A loopback (127.0.0.1) TCP port free at the time of the call."""
   with socket.socket() as probe:
-    probe.bind(("localhost", 0))
+    probe.bind(("127.0.0.1", 0))
     return probe.getsockname()[1]
 
 
@@ -78,10 +83,12 @@ class LocalCluster:
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
       raise ValueError(f"num_workers must be an int >= 1. Received: num_workers={num_workers!r}")
     self.num_workers = num_workers
+    # This process is the chief: its server starts when a strategy connects.
+    server.listen_on_loopback_only()
     self.spec: Dict[str, List[str]] = {
-        "worker": [f"localhost:{free_port()}" for _ in range(num_workers)],
-        "ps": [f"localhost:{free_port()}"],
-        "chief": [f"localhost:{free_port()}"],
+        "worker": [f"127.0.0.1:{free_port()}" for _ in range(num_workers)],
+        "ps": [f"127.0.0.1:{free_port()}"],
+        "chief": [f"127.0.0.1:{free_port()}"],
     }
     self.processes: Dict[str, subprocess.Popen] = {}
     self.restarts = 0  # Servers restarted after they died.
@@ -92,9 +99,11 @@ class LocalCluster:
       for index in range(len(self.spec[job])):
         name = f"{job}:{index}"
         cpu = index % os.cpu_count() if pin_workers and job == "worker" else -1
-        self._commands[name] = [sys.executable, _SERVER, f"--cluster_spec={json.dumps(self.spec)}",
+        self._commands[name] = [sys.executable, _SERVER,
+                                f"--cluster_spec={atomic.json_text(self.spec)}",
                                 f"--job={job}", f"--index={index}",
-                                f"--intra_op_threads={threads or 0}", f"--cpu={cpu}"]
+                                f"--intra_op_threads={threads or 0}", f"--cpu={cpu}",
+                                "--loopback_only"]
         self._spawn(name)
     self._closed = threading.Event()
     atexit.register(self.close)
@@ -134,7 +143,7 @@ class LocalCluster:
         time.sleep(0.2)
 
   def server_addresses(self) -> Dict[str, str]:
-    """{"worker:0": "localhost:port", ..., "ps:0": ...} of the server processes."""
+    """{"worker:0": "127.0.0.1:port", ..., "ps:0": ...} of the server processes."""
     return {f"{job}:{i}": address for job in ("worker", "ps")
             for i, address in enumerate(self.spec[job])}
 

@@ -413,7 +413,7 @@ def table1_markdown(rows: List[Dict[str, Any]], target: str = "cifar2") -> str:
                        ("Test accuracy", "test_acc")):
     values = [r.get(field, math.nan) for r in summaries]
     lines.append(f"| {label} | " + " | ".join(
-        "n/a" if math.isnan(v) else f"{100 * v:.1f}%" for v in values) + " |")
+        "n/a" if v is None or math.isnan(v) else f"{100 * v:.1f}%" for v in values) + " |")
   return "\n".join(lines) + "\n"
 
 

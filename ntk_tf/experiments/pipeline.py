@@ -295,7 +295,8 @@ def train_task(model: keras.Model, data: TaskData, *, recipe: recipe_lib.Recipe,
   done = task_dir / "result.json"
   if done.is_file():
     saved = json.loads(done.read_text())
-    return training.TrainResult(history=saved["history"], recipe=recipe, seed=seed)
+    return training.TrainResult(history=training.history_from_json(saved["history"]),
+                                recipe=recipe, seed=seed)
   logging.info("Training %s in %s (%d epochs).", model.name, task_dir, recipe.epochs)
   result = training.train(model, data.x_train, data.y_train, x_test=data.x_test,
                           y_test=data.y_test, recipe=recipe, seed=seed, workdir=str(task_dir),

@@ -313,7 +313,7 @@ def _flatten(config: Any, prefix: str = "") -> List[Tuple[str, str]]:
     for k in sorted(config):
       items += _flatten(config[k], f"{prefix}{k}.")
     return items
-  return [(prefix[:-1], json.dumps(config))]
+  return [(prefix[:-1], atomic.json_text(config))]
 
 
 def build(root: os.PathLike) -> Tuple[Document, List[Experiment]]:

@@ -24,7 +24,7 @@ from ntk_tf import atomic
 
 def fingerprint(settings: Mapping[str, Any]) -> str:
   """sha256 (16 hex digits) of the canonical JSON of `settings`."""
-  text = json.dumps(atomic.jsonable(settings), sort_keys=True)
+  text = atomic.json_text(settings, sort_keys=True)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -23,7 +23,6 @@ Paper: App. B (Grams of 60,000 CIFAR-10/MNIST images, jobs of hours).
 """
 
 import hashlib
-import json
 import os
 import pathlib
 import time
@@ -74,7 +73,7 @@ def architecture_fingerprint(model: keras.Model) -> str:
   weights = [(v.path, tuple(v.shape), str(v.dtype), bool(v.trainable)) for v in model.weights]
   description = {"class": f"{type(model).__module__}.{type(model).__qualname__}",
                  "config": config, "weights": weights}
-  text = json.dumps(atomic.jsonable(description), sort_keys=True, default=repr)
+  text = atomic.json_text(description, sort_keys=True, default=repr)
   return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -122,9 +121,12 @@ class GramStore:
   `compute()`, never returned. `matrix` re-checks the blocks if gram.npy changed
   on disk since, and `block` checks the block it returns.
 
-  One writer at a time: opening and `compute()` hold an exclusive lock on the
-  store; a second process waits for it (`lock="wait"`, logged) or raises
-  RuntimeError (`lock="fail"`).
+  One writer at a time: `compute()`, and opening a store that must be made or
+  repaired, hold an exclusive lock on the store; a second process waits for it
+  (`lock="wait"`, logged) or raises RuntimeError (`lock="fail"`). Opening a
+  store of this job that needs no repair only reads, under a shared lock:
+  readers do not wait for each other, and a finished store opens (and
+  `compute()` returns at once) without write access, e.g. on a read-only cache.
 
   Peak memory: that of one `ntk_gram` block (`ntk_tf.ntk.block_size.peak_memory_bytes`)
   plus one [B, B] block in flight; the matrix itself stays on disk (N^2 * bytes,
@@ -198,8 +200,11 @@ class GramStore:
     self._damaged = {}  # {block index: checksum} of log lines whose blocks failed it.
     self._matrix_stat = None  # gram.npy's (size, mtime) when last verified or written.
     self.path.mkdir(parents=True, exist_ok=True)
-    with fmt.locked(self.path, self._lock_mode):
-      self._open(overwrite, verify)
+    with fmt.locked(self.path, self._lock_mode, shared=True):
+      opened = self._open_as_is(overwrite, verify)
+    if not opened:
+      with fmt.locked(self.path, self._lock_mode):
+        self._open(overwrite, verify)
 
   @property
   def matrix_path(self) -> pathlib.Path:
@@ -225,28 +230,46 @@ class GramStore:
   def shape(self):
     return (self.n, self.n)
 
-  def _open(self, overwrite: bool, verify: bool) -> None:
-    """Creates the store or checks and repairs an existing one (the lock is held)."""
+  def _manifest(self, overwrite: bool) -> Tuple[Optional[dict], List[str]]:
+    """(manifest or None, the identity fields it differs in); raises unless `overwrite`."""
     try:
       manifest = fmt.read_manifest(self.path)
     except ValueError:
       if not overwrite:
         raise
-      manifest = None
-    if manifest is not None:
-      mismatched = [f"{field}: store has {manifest.get(field)!r}, "
-                    f"this job has {self._identity[field]!r}"
-                    for field in _IDENTITY_FIELDS if manifest.get(field) != self._identity[field]]
-      if mismatched and not overwrite:
-        raise ValueError(
-            f"GramStore at {str(self.path)!r} was made for a different job and cannot be "
-            f"continued ({'; '.join(mismatched)}). Use a new path, delete the old store or "
-            f"pass overwrite=True.")
-      if mismatched:
-        logging.warning("GramStore %s: made for a different job (%s); overwrite=True, "
-                        "recomputing it.", self.path, "; ".join(mismatched))
-        manifest = None
-    if manifest is None or not self.matrix_path.exists():
+      return None, []
+    mismatched = [f"{field}: store has {manifest.get(field)!r}, "
+                  f"this job has {self._identity[field]!r}"
+                  for field in _IDENTITY_FIELDS
+                  if manifest is not None and manifest.get(field) != self._identity[field]]
+    if mismatched and not overwrite:
+      raise ValueError(
+          f"GramStore at {str(self.path)!r} was made for a different job and cannot be "
+          f"continued ({'; '.join(mismatched)}). Use a new path, delete the old store or "
+          f"pass overwrite=True.")
+    return manifest, mismatched
+
+  def _open_as_is(self, overwrite: bool, verify: bool) -> bool:
+    """Opens a store of this job that needs no repair, reading only (a shared lock is held).
+
+    Returns False, having read nothing else, for a store that is absent, of another
+    job (`overwrite`) or with a damaged matrix: `_open` makes or repairs it. Torn log
+    lines are left to the next `compute`, which rewrites the log before appending.
+    """
+    manifest, mismatched = self._manifest(overwrite)
+    if manifest is None or mismatched or not fmt.matrix_is_intact(self.path, self.n, self.dtype):
+      return False
+    committed = self._log.read(repair=False)
+    self._done = self._verified(committed) if verify else committed
+    return True
+
+  def _open(self, overwrite: bool, verify: bool) -> None:
+    """Creates the store or checks and repairs an existing one (the lock is held)."""
+    manifest, mismatched = self._manifest(overwrite)
+    if mismatched:
+      logging.warning("GramStore %s: made for a different job (%s); overwrite=True, "
+                      "recomputing it.", self.path, "; ".join(mismatched))
+    if manifest is None or mismatched or not self.matrix_path.exists():
       self._create()
       return
     fmt.repair_matrix(self.path, self.n, self.dtype)
@@ -291,6 +314,8 @@ class GramStore:
 
   def compute(self, progress: bool = True) -> "GramStore":
     """Computes every block not yet on disk; returns self (complete)."""
+    if self.is_complete:
+      return self
     with fmt.locked(self.path, self._lock_mode):
       self._refresh()
       if not self.is_complete:
@@ -366,7 +391,7 @@ class GramStore:
     return tile
 
   def _recompute_damaged(self) -> None:
-    with fmt.locked(self.path, self._lock_mode):
+    with fmt.locked(self.path, self._lock_mode, shared=True):
       self._done = self._verified(self._done)
     self.compute(progress=False)
 

@@ -18,7 +18,8 @@ Layout of a store directory:
                  recomputed). The log is appended in place, not replaced: a
                  rewrite per block made the bookkeeping quadratic in the number of
                  blocks (27,500 blocks at N = 60,000, B = 256).
-  lock           `fcntl.flock` target: one writer per store.
+  lock           `fcntl.flock` target: one writer per store (exclusive); readers
+                 share it, so they wait for a writer but not for each other.
 
 Commit protocol (crash safety): blocks are written into gram.npy; every commit
 interval the matrix is flushed to disk (msync), then the blocks' log lines are
@@ -29,6 +30,7 @@ recomputed, never returned.
 """
 
 import contextlib
+import errno
 import fcntl
 import io
 import json
@@ -133,12 +135,28 @@ def create_matrix(path: pathlib.Path, n: int, dtype: str) -> None:
   header = npy_header(n, dtype)
   fd = os.open(path / MATRIX_FILE, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
   try:
-    _allocate(fd, len(header) + n * n * np.dtype(dtype).itemsize)
+    _allocate(fd, matrix_bytes(n, dtype))
     os.pwrite(fd, header, 0)
     os.fsync(fd)
   finally:
     os.close(fd)
   atomic.fsync_dir(path)
+
+
+def matrix_bytes(n: int, dtype: str) -> int:
+  """The size of an intact gram.npy: its header and `n * n` entries of `dtype`."""
+  return len(npy_header(n, dtype)) + n * n * np.dtype(dtype).itemsize
+
+
+def matrix_is_intact(path: pathlib.Path, n: int, dtype: str) -> bool:
+  """True if gram.npy exists with its header and length intact (`repair_matrix` would not write)."""
+  header = npy_header(n, dtype)
+  try:
+    with open(path / MATRIX_FILE, "rb") as f:
+      intact_header = f.read(len(header)) == header
+      return intact_header and os.fstat(f.fileno()).st_size == matrix_bytes(n, dtype)
+  except FileNotFoundError:
+    return False
 
 
 def repair_matrix(path: pathlib.Path, n: int, dtype: str) -> bool:
@@ -148,8 +166,7 @@ def repair_matrix(path: pathlib.Path, n: int, dtype: str) -> bool:
   than the header says is extended with zeros (the blocks it lost then fail
   their checksums and are recomputed); a longer one is cut.
   """
-  header = npy_header(n, dtype)
-  size = len(header) + n * n * np.dtype(dtype).itemsize
+  header, size = npy_header(n, dtype), matrix_bytes(n, dtype)
   fd = os.open(path / MATRIX_FILE, os.O_RDWR)
   repaired = False
   try:
@@ -281,18 +298,31 @@ class _Appender:
 # --- lock ----------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def locked(path: pathlib.Path, mode: str) -> Iterator[None]:
-  """Holds the store's exclusive lock (`fcntl.flock` on `<path>/lock`) inside the block.
+def locked(path: pathlib.Path, mode: str, shared: bool = False) -> Iterator[None]:
+  """Holds the store's lock (`fcntl.flock` on `<path>/lock`) inside the block.
 
-  mode "wait": a second writer logs that it waits, then blocks until the first is
-  done; "fail": it raises RuntimeError naming the store and the holder's pid. The
-  lock file holds the holder's pid as text (it is locked by inode, so it is
-  rewritten in place, not replaced).
+  A writer's lock is exclusive; a reader's (`shared`) is held by every reader at
+  once and excludes writers. mode "wait": a process that must wait logs so, then
+  blocks until the holder is done; "fail": it raises RuntimeError naming the
+  store and the last writer's pid. The lock file holds that pid as text (it is
+  locked by inode, so it is rewritten in place, not replaced). A reader without
+  write access opens the lock file read-only, or takes no lock where there is
+  none and none can be made (a read-only directory, where no writer is either).
   """
-  fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+  try:
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+  except OSError as error:
+    if not shared or error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+      raise
+    try:
+      fd = os.open(path / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+      yield
+      return
+  kind = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
   try:
     try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      fcntl.flock(fd, kind | fcntl.LOCK_NB)
     except BlockingIOError:
       holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
       if mode == "fail":
@@ -301,10 +331,11 @@ def locked(path: pathlib.Path, mode: str) -> Iterator[None]:
             f"Wait for it, use lock='wait', or use another path.") from None
       logging.warning("GramStore %s: another process (pid %s) is writing it; waiting for its "
                       "lock.", path, holder)
-      fcntl.flock(fd, fcntl.LOCK_EX)
+      fcntl.flock(fd, kind)
       logging.info("GramStore %s: lock acquired.", path)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    if not shared:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     try:
       yield
     finally:
