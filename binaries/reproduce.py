@@ -24,7 +24,7 @@ from ntk_tf.reproduce import program
 _FIGURE = flags.DEFINE_string("figure", None, "A figure (fig2 ... fig16, table1), a comma "
                               "list of them, or 'all'.")
 _MODELS = flags.DEFINE_string("models", None, "Comma list of mlp, lenet, resnet18 (default: "
-                              "MLP and LeNet; ResNet18 too at the smoke scale).")
+                              "mlp,lenet; ResNet18 needs a GPU at the paper's scale).")
 _SCALE = flags.DEFINE_enum("scale", "paper", ["smoke", "quick", "paper"],
                            "smoke: seconds; quick: minutes on 2 CPU cores; paper: the paper's "
                            "settings.")
@@ -61,8 +61,9 @@ def main(argv):
         render=_RENDER.value, adopt=_ADOPT.value, import_legacy=_IMPORT_LEGACY.value,
         out=_OUT.value, data_dir=_DATA_DIR.value, download=_DOWNLOAD.value,
         resume_command=_resume_command())
-  except ValueError as err:
-    raise app.UsageError(str(err)) from None
+  except ValueError as err:  # A bad value: one line naming it, not the whole usage.
+    sys.stderr.write(f"reproduce: error: {err}\n")
+    return 2
 
 
 if __name__ == "__main__":

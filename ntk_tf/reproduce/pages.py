@@ -639,7 +639,7 @@ def _deviations(spec: figures_lib.FigureSpec, data: Mapping[str, Sequence[Row]])
   if "resnet18" in shown:
     items.append(f"ResNet18 (which the paper shows) {figures_lib.GPU_NOTE}: "
                  f"`{page_command(spec, ['resnet18'], 'paper')}` on a GPU machine.")
-  extra = [m for m in data if m not in spec.paper_models]
+  extra = [m for m in figures_lib.MODELS if m in data and m not in spec.paper_models]
   if extra:
     items.append(f"{', '.join(_model(m) for m in extra)}: not in the paper's figure; the same "
                  f"protocol on another architecture.")
