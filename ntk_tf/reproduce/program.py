@@ -1,0 +1,107 @@
+"""The one call of binaries/reproduce.py: plan, run, merge into the CSVs, render.
+
+    reproduce(figures="fig2", models="mlp,lenet", scale="paper", workdir="runs/paper")
+
+Relative paths are taken from where `bazel run` was called (BUILD_WORKING_DIRECTORY),
+else from the current folder; the default `out` is docs/paper of the repository there.
+"""
+
+import os
+import pathlib
+from typing import Callable, Optional
+
+from ntk_tf.reproduce import figures as figures_lib
+from ntk_tf.reproduce import pages
+from ntk_tf.reproduce import plan as plan_lib
+from ntk_tf.reproduce import runner
+from ntk_tf.reproduce import tables
+
+DEFAULT_OUT = "docs/paper"
+
+
+def resolve(path: str) -> pathlib.Path:
+  """An absolute path; a relative one from BUILD_WORKING_DIRECTORY (bazel run), else the cwd."""
+  resolved = pathlib.Path(path).expanduser()
+  if not resolved.is_absolute():
+    resolved = pathlib.Path(os.environ.get("BUILD_WORKING_DIRECTORY", os.getcwd())) / resolved
+  return resolved
+
+
+def _folder(path: pathlib.Path, flag: str) -> pathlib.Path:
+  existing = next(p for p in (path, *path.parents) if p.exists())
+  if not existing.is_dir():
+    raise ValueError(f"--{flag} must be a folder, but {existing} is not one. "
+                     f"Received: --{flag}={path}")
+  return path
+
+
+def reproduce(*, figures: Optional[str] = None, models: Optional[str] = None,
+              scale: str = "paper", workdir: Optional[str] = None, jobs: Optional[int] = None,
+              dry_run: bool = False, render: bool = False, adopt: Optional[str] = None,
+              import_legacy: Optional[str] = None, out: str = DEFAULT_OUT,
+              data_dir: Optional[str] = None, download: bool = False,
+              resume_command: str = "the same command", progress_s: float = 30.0,
+              log: Callable[[str], None] = print) -> int:
+  """Does what the flags of binaries/reproduce.py ask; returns the exit status.
+
+  --render: pages from the CSVs in `out` only. --adopt=DIR: DIR's rows into the CSVs of
+  the figures its settings match, then render. --import_legacy=DIR: the one-time import
+  of docs/paper_scale. Otherwise: the plan of `figures` at `scale` for `models` in
+  `workdir` (--dry-run prints it), its parts run, their rows merged into `out`, render.
+
+  Raises:
+    ValueError: a bad value, named (the binary prints it as a one-line usage error).
+  """
+  out_dir = _folder(resolve(out), "out")
+  if render:
+    written = pages.render(out_dir)
+    log(f"reproduce: rendered {len(written)} files in {out}")
+    return 0
+  if adopt:
+    source = resolve(adopt)
+    if not (source / "config.json").is_file():
+      raise ValueError(f"--adopt must be an experiment workdir (with config.json). "
+                       f"Received: --adopt={adopt}")
+    lines = tables.adopt(source, out_dir)
+    for line in lines:
+      log(line)
+    pages.render(out_dir)
+    return 0 if any("matched" in line for line in lines) else 1
+  if import_legacy:
+    for line in tables.import_legacy(resolve(import_legacy), out_dir):
+      log(line)
+    pages.render(out_dir)
+    return 0
+  if not figures:
+    raise ValueError("--figure is required (a name, a comma list or 'all') unless --render, "
+                     "--adopt or --import_legacy is given. Received: --figure=None")
+  if not workdir:
+    raise ValueError("--workdir is required to plan or run. Received: --workdir=None")
+  names = figures_lib.parse_figures(figures)
+  chosen = figures_lib.parse_models(models)
+  figures_lib.check_scale(scale)
+  jobs = jobs if jobs is not None else len(runner._cores())  # pylint: disable=protected-access
+  if jobs < 1:
+    raise ValueError(f"--jobs must be >= 1. Received: --jobs={jobs}")
+  if data_dir is not None:
+    data_dir = str(_folder(resolve(data_dir), "data_dir"))
+  root = _folder(resolve(workdir), "workdir")
+  plan = plan_lib.make_plan(names, scale, chosen, root, out_dir, jobs, data_dir=data_dir)
+  shown = pathlib.Path(os.environ.get("BUILD_WORKING_DIRECTORY", os.getcwd()))
+  if dry_run:
+    log(plan_lib.describe(plan, shown))
+    return 0
+  for note in plan.notes:
+    log(note)
+  done, total = plan.tasks_done()
+  parts = sum(len(r.parts) for r in plan.runs)
+  log(f"reproduce: {done} of {total} tasks done; {parts} part(s) to run on {jobs} job(s).")
+  code = runner.run_plan(plan, download=download, progress_s=progress_s,
+                         resume_command=resume_command, log=log)
+  if code >= 128:
+    return code
+  for line in tables.merge_plan(plan):
+    log(f"reproduce: {line}")
+  pages.render(out_dir)
+  log(f"reproduce: pages in {out}")
+  return code

@@ -1,0 +1,205 @@
+"""Runs a plan's parts as subprocesses, at most `jobs` at a time; then merges and renders.
+
+Each part is `<python> -m binaries.<experiment> --config=configs/<experiment>.py:<variant>
+--config.<field>=<value> ... --workdir=<part>` run from the repository root, its output
+appended to <part>/log.txt, pinned to one core (slot k -> core k, where the machine has
+that many). The experiments resume themselves, so a part killed and started again
+continues where it stopped.
+
+Order: longest part first. A part whose Theta_0 another part of the same `gram_key` is
+computing waits until that part trains (its `ready_glob` exists) or ends.
+
+Progress: every `progress_s` seconds one line, tasks done of all and the time left by
+the measured rates. SIGINT / SIGTERM stop every part (SIGTERM, then SIGKILL after
+`STOP_WAIT_S`) and `run` returns 130 / 143 after one line saying how to resume.
+"""
+
+import ctypes
+import dataclasses
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+from ntk_tf.reproduce import plan as plan_lib
+from ntk_tf.reproduce import tables
+
+STOP_WAIT_S = 10.0
+_PR_SET_PDEATHSIG = 1
+
+
+def repository_root() -> pathlib.Path:
+  """The folder holding binaries/ and configs/ (found from this package's location)."""
+  return pathlib.Path(__file__).absolute().parent.parent.parent
+
+
+def _child_setup(core: Optional[int]) -> Callable[[], None]:
+  """In the child before exec: its own process group, die with the parent (Linux), pin to
+  `core` where given."""
+
+  def setup():
+    os.setpgrp()
+    try:
+      ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+      pass
+    if core is not None and hasattr(os, "sched_setaffinity"):
+      os.sched_setaffinity(0, {core})
+
+  return setup
+
+
+def _cores() -> List[int]:
+  if hasattr(os, "sched_getaffinity"):
+    return sorted(os.sched_getaffinity(0))
+  return list(range(os.cpu_count() or 1))
+
+
+@dataclasses.dataclass
+class _Job:
+  run: plan_lib.Run
+  part: plan_lib.Part
+  process: Optional[subprocess.Popen] = None
+  slot: Optional[int] = None
+  log: Optional[object] = None
+
+
+def _record_start(part_dir: pathlib.Path) -> None:
+  path = part_dir / tables.RUNNER_FILE
+  record = tables._json(path)  # pylint: disable=protected-access
+  record.setdefault("starts", []).append(time.time())
+  tmp = path.with_name(f".{path.name}.tmp")
+  tmp.write_text(json.dumps(record, indent=1) + "\n")
+  os.replace(tmp, path)
+
+
+def _start(job: _Job, slot: int, pin: bool, download: bool) -> None:
+  job.part.dir.mkdir(parents=True, exist_ok=True)
+  _record_start(job.part.dir)
+  args = [sys.executable, "-m"] + plan_lib.command(job.run, job.part, download)
+  job.log = open(job.part.dir / "log.txt", "a")
+  job.log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(args[1:])}\n")
+  job.log.flush()
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  cores = _cores()
+  job.slot = slot
+  job.process = subprocess.Popen(
+      args, cwd=repository_root(), stdout=job.log, stderr=subprocess.STDOUT, env=env,
+      preexec_fn=_child_setup(cores[slot] if pin else None))
+
+
+def _ready(job: _Job) -> bool:
+  """Whether a running part has Theta_0 and its eigenvectors (it trains, or wrote a row)."""
+  glob = job.run.spec.ready_glob
+  return bool(glob and (any(job.part.dir.glob(glob)) or any(job.part.dir.glob("results/*.json"))))
+
+
+def _stop(jobs: Sequence[_Job]) -> None:
+  running = [j for j in jobs if j.process is not None and j.process.poll() is None]
+  for job in running:
+    try:
+      os.killpg(job.process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+      pass
+  deadline = time.time() + STOP_WAIT_S
+  for job in running:
+    try:
+      job.process.wait(max(0.0, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+      try:
+        os.killpg(job.process.pid, signal.SIGKILL)
+      except ProcessLookupError:
+        pass
+      job.process.wait()
+
+
+def progress_line(plan: plan_lib.Plan, running: Sequence[_Job]) -> str:
+  """Tasks done of the plan's (workdir and committed rows) and the estimated time left."""
+  done = total = 0
+  left = 0.0
+  for run in plan.runs:
+    rows = set(plan_lib.workdir_rows(run))
+    for task in run.tasks:
+      total += 1
+      if task.name in run.done or all(k in rows for k in task.keys):
+        done += 1
+      else:
+        left += plan.rates.task_seconds(run, task)[0]
+  names = ", ".join(f"{j.run.name}/part{j.part.index}" for j in running) or "none"
+  slots = max(1, min(plan.jobs, len(running) or 1))
+  return (f"reproduce: {done} of {total} tasks done; about "
+          f"{plan_lib.format_seconds(left / slots)} left; running: {names}")
+
+
+def run_plan(plan: plan_lib.Plan, *, download: bool = False, progress_s: float = 30.0,
+             resume_command: str = "the same command",
+             log: Callable[[str], None] = print) -> int:
+  """Runs the plan's parts (see the module docstring). Returns 0, 1 (a part failed) or 128+signal."""
+  queue = sorted((_Job(r, p) for r in plan.runs for p in r.parts),
+                 key=lambda j: (-j.part.estimate_s, j.run.name, j.part.index))
+  running: List[_Job] = []
+  finished: List[Tuple[_Job, int]] = []
+  ready: Set[str] = set()
+  stopped: Dict[str, int] = {}
+  pin = plan.jobs <= len(_cores())
+
+  def on_signal(signum, frame):
+    del frame
+    stopped.setdefault("signal", signum)
+
+  previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+  last_progress = time.time()
+  try:
+    while (queue or running) and not stopped:
+      for job in running:
+        if job.run.gram_key and _ready(job):
+          ready.add(job.run.gram_key)
+      for job in list(running):
+        code = job.process.poll()
+        if code is None:
+          continue
+        running.remove(job)
+        job.log.close()
+        finished.append((job, code))
+        if code == 0 and job.run.gram_key:
+          ready.add(job.run.gram_key)
+        log(f"reproduce: {job.run.name}/part{job.part.index} "
+            f"{'finished' if code == 0 else f'failed (exit {code}); see {job.part.dir}/log.txt'}")
+      busy_keys = {j.run.gram_key for j in running if j.run.gram_key}
+      free = [s for s in range(plan.jobs) if s not in {j.slot for j in running}]
+      for job in list(queue):
+        if not free:
+          break
+        key = job.run.gram_key
+        if key and key not in ready and key in busy_keys:
+          continue  # Its Theta_0 is being computed by another part.
+        queue.remove(job)
+        _start(job, free.pop(0), pin, download)
+        running.append(job)
+        if key:
+          busy_keys.add(key)
+        log(f"reproduce: started {job.run.name}/part{job.part.index} "
+            f"({len(job.part.tasks)} tasks, about {plan_lib.format_seconds(job.part.estimate_s)})")
+      if time.time() - last_progress >= progress_s:
+        log(progress_line(plan, running))
+        last_progress = time.time()
+      time.sleep(0.2)
+  finally:
+    if stopped or running:
+      _stop(running)
+    for job in running:
+      if job.log:
+        job.log.close()
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
+  if stopped:
+    signum = stopped["signal"]
+    sys.stderr.write(f"reproduce: stopped by {signal.Signals(signum).name}; the finished "
+                     f"tasks are kept; to resume, run {resume_command}\n")
+    sys.stderr.flush()
+    return 128 + signum
+  return 1 if any(code != 0 for _, code in finished) else 0
