@@ -29,6 +29,7 @@ models, Jacobians, linearization and training around them.
 
 from ntk_tf import data
 from ntk_tf import models
+from ntk_tf import predict
 from ntk_tf.alignment import alignment
 from ntk_tf.alignment import energy_concentration
 from ntk_tf.eigen import eigen
@@ -56,6 +57,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "data", "models",
+    # Kernel-regression predictions of the linearized model (nt.predict's conventions).
+    "predict",
     # Kernels (Sec. 2, App. B).
     "GramStore", "NtkImplementation", "NtkOperator", "as_float64_model", "jacobian", "ntk_gram",
     # Spectra, tasks and alignment (Sec. 3.1, 4.2, Lemma 1).
