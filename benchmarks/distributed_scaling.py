@@ -15,7 +15,7 @@ the workers, and sending the inputs to them, fixed costs of a job whatever
 its size, are not counted (the timed Grams' stores have the warm-up's data
 key, and the runner keeps the inputs resident: `ClusterRunner.start`). Each
 closure carries up to `--row_blocks` blocks of one block row (default:
-`cluster_runner.ROW_BLOCKS`). Printed: this machine's features; per configuration
+`cluster_runner.ROW_BLOCKS`). Printed: the machine's features; per configuration
 the median Gram's seconds (all of them in brackets), the speedup of the
 medians t(1 worker) / t(2 workers) (ideal 2.0), the CPU seconds the
 coordinator, the parameter server and the workers used in the median Gram
@@ -111,7 +111,7 @@ _GEMM_LOOP = ("import os, sys, time, numpy as np; os.sched_setaffinity(0, {int(s
 def machine_parallel_speedup() -> float:
   """t(one GEMM loop on core 0) * 2 / t(two loops at once on cores 0 and 1).
 
-  The speedup two independent single-threaded processes get on this machine
+  The speedup two independent single-threaded processes get on the machine it runs on
   (2.0 on two free physical cores; less when the cores share execution units or
   other jobs run): the ceiling for the 2-worker speedup measured in the same run.
   """
@@ -160,7 +160,7 @@ def main(argv):
     return
   print(machine.format_features(machine.features()))
   print(f"load average before: {os.getloadavg()}")
-  print(f"This machine's ceiling before (see below): {machine_parallel_speedup():.2f}x")
+  print(f"The machine's ceiling before (see below): {machine_parallel_speedup():.2f}x")
   print(f"Gram of N={_N.value}, blocks of {_BLOCK_SIZE.value}, {_IMPLEMENTATION.value}, "
         f"float32; each worker 1 intra-op thread, pinned to a core: {_PIN.value}; "
         f"--cluster=local:W; the median of {_REPEATS.value} timed Gram(s) per configuration "
@@ -180,7 +180,7 @@ def main(argv):
             f" {row['coordinator_cpu_s']:>18.2f} {row['ps_cpu_s']:>5.2f} {row['worker_cpu_s']:>7.2f}"
             f"   [{', '.join(f'{t:.2f}' for t in row['all_seconds'])}] ({row['data']}; "
             f"{row['row_blocks']} blocks per closure)", flush=True)
-  print(f"\nThis machine's ceiling after: two single-threaded GEMM loops on cores 0 and 1 "
+  print(f"\nThe machine's ceiling after: two single-threaded GEMM loops on cores 0 and 1 "
         f"vs one: {machine_parallel_speedup():.2f}x")
   print(f"load average after: {os.getloadavg()}")
 

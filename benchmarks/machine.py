@@ -1,4 +1,4 @@
-"""The features of this machine that set the speed of the Gram paths, for the benchmark table.
+"""The features of the machine that set the speed of the Gram paths, for the benchmark table.
 
 CPU model and AVX-512 (from /proc/cpuinfo), whether TensorFlow runs its oneDNN
 CPU kernels (TF_ENABLE_ONEDNN_OPTS, else TF's own default for this CPU), the

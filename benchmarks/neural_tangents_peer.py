@@ -6,7 +6,7 @@ JAX 0.4.25 (never a dependency of ntk_tf; see benchmarks/README.md):
     python3 -m venv /tmp/peer && /tmp/peer/bin/pip install \
         jax==0.4.25 jaxlib==0.4.25 neural-tangents==0.6.5
     .venv/bin/python -m binaries.bench_gram --export_weights=/tmp/peer.npz \
-        --data_dir=/work/shared/data
+        --data_dir=../shared/data
     /tmp/peer/bin/python benchmarks/neural_tangents_peer.py /tmp/peer.npz
 
 It reads the `.npz` of `benchmarks/peer_export.py` (ntk_tf's weights, inputs

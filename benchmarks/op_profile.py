@@ -1,7 +1,7 @@
 r"""Where the time goes: a model's Gram and training steps, timed per TensorFlow op.
 
     .venv/bin/python -m benchmarks.op_profile --model=resnet18 --n=128 \
-        --data_dir=/work/shared/data
+        --data_dir=../shared/data
 
 For the N-sample Gram (`ntk_gram`, `--implementation`), one training step of
 the network and one of its linearization (as `ntk_tf.train` runs them, batch

@@ -8,7 +8,7 @@ images (Gaussian inputs where the data is absent), by
 `local:2` (one shard per worker), every worker with ONE intra-op thread and
 pinned to its own core, each configuration in a fresh coordinator process.
 Timed: the last of `--passes` identical passes (default 2: the first also
-traces the functions and ships them to the workers). Printed: this machine's features,
+traces the functions and ships them to the workers). Printed: the machine's features,
 seconds per configuration, the speedup t(1 worker) / t(2 workers) (ideal
 2.0), the largest relative difference of the alphas from the baseline's (the
 sum over examples is split differently: not bytewise), and the machine's own
@@ -97,7 +97,7 @@ def main(argv):
     print(f"{workers:>7} {row['first_seconds']:>8.1f} {row['seconds']:>8.1f} "
           f"{baseline[0] / row['seconds']:>7.2f}x {rel:>13.2e}   "
           f"(P={row['params']}, {row['data']})", flush=True)
-  print(f"\nThis machine's ceiling: two single-threaded GEMM loops on cores 0 and 1 vs one: "
+  print(f"\nThe machine's ceiling: two single-threaded GEMM loops on cores 0 and 1 vs one: "
         f"{distributed_scaling.machine_parallel_speedup():.2f}x")
   print(f"load average after: {os.getloadavg()}")
 

@@ -1,7 +1,7 @@
 r"""GramStore vs in-memory `ntk_gram`: the price of a resumable Gram on disk.
 
     .venv/bin/python -m benchmarks.store_throughput [--model=mlp] [--n=8000] \
-        [--block_sizes=default,256] [--repeats=3] [--data_dir=/work/shared/data]
+        [--block_sizes=default,256] [--repeats=3] [--data_dir=../shared/data]
 
 For N CIFAR-10 images (Gaussian inputs where the data is absent), times, in one
 process and interleaved `--repeats` times: `ntk_gram(model, x)` with its

@@ -1,7 +1,7 @@
 r"""Per-example conv kernel gradients of the structured NTK: the engines, timed on real layers.
 
     .venv/bin/python -m benchmarks.structured_conv_engines --models=resnet18,lenet --n=32 \
-        --data_dir=/work/shared/data
+        --data_dir=../shared/data
 
 For every Conv2D kernel the structured plan puts in jacobian form (per-example
 gradients g_i = sum_p X_i[p]^T D_i[p], [N, K*C]), records its inputs and
@@ -19,7 +19,7 @@ on them, best of `--repeats` after one untimed call (tracing excluded):
 
 Prints per layer milliseconds and each engine's max relative difference from
 numpy, then totals and the ratio numpy / engine (> 1: faster than numpy), with
-this machine's features (`benchmarks/machine.py`) above. Timings belong to the
+the machine's features (`benchmarks/machine.py`) above. Timings belong to the
 machine they were taken on.
 """
 

@@ -1,9 +1,9 @@
-"""Benchmarks the NTK Gram paths; prints this machine's features and one table.
+"""Benchmarks the NTK Gram paths; prints the machine's features and one table.
 
 See benchmarks/gram_paths.py (the paths and what is timed) and
 benchmarks/machine.py (the features printed beside the table).
 
-    bazel run //binaries:bench_gram -- --data_dir=/work/shared/data [--smoke]
+    bazel run //binaries:bench_gram -- --data_dir=../shared/data [--smoke]
     bazel run //binaries:bench_gram -- --data_dir=... --export_weights=/tmp/peer.npz
         (for the neural-tangents yardstick, benchmarks/neural_tangents_peer.py)
 """

@@ -51,9 +51,9 @@ class SettingsTest(parameterized.TestCase):
   def test_gram_cache_dir_default_follows_the_environment(self):
     with mock.patch.dict(os.environ, {"NTK_TF_CACHE_DIR": "/some/cache"}):
       self.assertEqual(_read_blocks(_config())[3].cache_dir, "/some/cache/grams")
-    with mock.patch.dict(os.environ, {"HOME": "/home/u"}):
+    with mock.patch.dict(os.environ, {"HOME": "/nonexistent/u"}):
       os.environ.pop("NTK_TF_CACHE_DIR", None)
-      self.assertEqual(_read_blocks(_config())[3].cache_dir, "/home/u/.cache/ntk_tf/grams")
+      self.assertEqual(_read_blocks(_config())[3].cache_dir, "/nonexistent/u/.cache/ntk_tf/grams")
 
   @parameterized.named_parameters(
       ("model", {"models": ("vgg",)}, r"config.models holds unknown names \['vgg'\]"),

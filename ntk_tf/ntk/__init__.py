@@ -16,7 +16,7 @@ Modules, one job each:
   ntk_vector_products  NTK_VECTOR_PRODUCTS, and `NtkOperator` (Theta v without Theta)
   auto                 AUTO: STRUCTURED or JACOBIAN by a FLOP estimate
   block_size           the peak memory of one block per implementation; the default B
-  engine_cache         the matmul engine AUTO uses on this machine (a pin, a cache)
+  engine_cache         the matmul engine AUTO uses on the machine at hand (a pin, a cache)
   gram_store           `GramStore`: an on-disk, resumable Gram
   gram_store_format    its files, checksums, log and lock
   progress             blocks done, rate and ETA

@@ -76,7 +76,7 @@ def make_block_fn(model: keras.Model, dtype: DType = "float32", block_size: Opti
   The chosen candidate's `make_block_fn` gets `options`; one it does not take
   is rejected by name (`implementation.check_options`). nominal_block also
   reaches a structured choice. Without a `matmul_engine` option, the engine
-  pinned or cached for this machine and model name (`ntk_tf.ntk.engine_cache`)
+  pinned or cached for the machine at hand and model name (`ntk_tf.ntk.engine_cache`)
   is used, if any.
   """
   if "matmul_engine" not in options:

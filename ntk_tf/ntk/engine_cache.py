@@ -5,7 +5,7 @@ machine (NumPy's BLAS kernel, TF with or without oneDNN, XLA). The engine
 "auto" uses is, in order:
 
   1. `NTK_TF_MATMUL_ENGINE` (environment: "auto", "numpy" or "xla"), a pin;
-  2. the entry for this machine in the cache file `engines.json` under
+  2. the entry for the machine at hand in the cache file `engines.json` under
      `$NTK_TF_CACHE_DIR`, else `~/.cache/ntk_tf` (written by `record`, e.g. by
      a benchmark that timed the engines on the real shapes);
   3. "auto", the path's own default (`implementation.MatmulEngine.AUTO`).
@@ -61,7 +61,7 @@ def _read() -> Dict[str, Dict[str, str]]:
 
 
 def record(model_key: str, engine: str) -> pathlib.Path:
-  """Stores `engine` for `model_key` on this machine (atomic rewrite); returns the file."""
+  """Stores `engine` for `model_key` on the machine at hand (atomic rewrite); returns the file."""
   member = implementation_lib.resolve_engine(engine)
   entries = _read()
   entries.setdefault(machine_key(), {})[str(model_key)] = member.value
