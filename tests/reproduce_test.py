@@ -22,10 +22,12 @@ from absl.testing import absltest
 
 from tests import test_util
 from ntk_tf.reproduce import figures
+from ntk_tf.reproduce import markdown
 from ntk_tf.reproduce import pages
 from ntk_tf.reproduce import plan as plan_lib
 from ntk_tf.reproduce import program
 from ntk_tf.reproduce import runner
+from ntk_tf.reproduce import runs
 from ntk_tf.reproduce import tables
 
 _ROOT = runner.repository_root()
@@ -178,9 +180,9 @@ class PlanTest(absltest.TestCase):
     self.assertEqual(first.settings_id, second.settings_id)
     self.assertRegex(first.settings_id, r"^[0-9a-f]{16}$")
     config = first.config((("indices", (3,)), ("progress", True), ("allow_download", True)))
-    self.assertEqual(plan_lib.settings_id(config), first.settings_id)
+    self.assertEqual(runs.settings_id(config), first.settings_id)
     config.epochs = 5
-    self.assertNotEqual(plan_lib.settings_id(config), first.settings_id)
+    self.assertNotEqual(runs.settings_id(config), first.settings_id)
     adam = _plan(["fig11"], "paper", ["mlp"], self.workdir, self.out).runs[0]
     self.assertNotEqual(adam.settings_id, first.settings_id)
 
@@ -208,8 +210,8 @@ class PlanTest(absltest.TestCase):
 
   def test_spearman_against_a_hand_computed_value(self):
     # Ranks x = 1, 2, 3, 4; y = 2, 1, 4, 3: 1 - 6 * sum(d^2) / (n (n^2 - 1)) = 1 - 24 / 60.
-    self.assertAlmostEqual(pages.spearman([1, 2, 3, 4], [10, 5, 30, 20]), 0.6)
-    self.assertEqual(list(pages.ranks([3.0, float("nan"), 3.0, 1.0])), [2.5, 4.0, 2.5, 1.0])
+    self.assertAlmostEqual(markdown.spearman([1, 2, 3, 4], [10, 5, 30, 20]), 0.6)
+    self.assertEqual(list(markdown.ranks([3.0, float("nan"), 3.0, 1.0])), [2.5, 4.0, 2.5, 1.0])
 
 
 class EndToEndTest(absltest.TestCase):
@@ -281,7 +283,7 @@ class EndToEndTest(absltest.TestCase):
                        planned, name)
       self.assertEqual({r["settings_id"] for r in rows}, {run.settings_id})
       for part in run.part_dirs():
-        self.assertEqual(plan_lib.config_settings_id(part / "config.json"), run.settings_id)
+        self.assertEqual(runs.config_settings_id(part / "config.json"), run.settings_id)
     self.assertEqual(plan.tasks_done()[0], plan.tasks_done()[1])
 
   def test_a_rerun_trains_nothing(self):

@@ -26,6 +26,7 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from ntk_tf.reproduce import plan as plan_lib
+from ntk_tf.reproduce import runs as runs_lib
 from ntk_tf.reproduce import tables
 
 STOP_WAIT_S = 10.0
@@ -61,8 +62,8 @@ def _cores() -> List[int]:
 
 @dataclasses.dataclass
 class _Job:
-  run: plan_lib.Run
-  part: plan_lib.Part
+  run: runs_lib.Run
+  part: runs_lib.Part
   process: Optional[subprocess.Popen] = None
   slot: Optional[int] = None
   log: Optional[object] = None
@@ -117,12 +118,12 @@ def _stop(jobs: Sequence[_Job]) -> None:
       job.process.wait()
 
 
-def progress_line(plan: plan_lib.Plan, running: Sequence[_Job]) -> str:
+def progress_line(plan: runs_lib.Plan, running: Sequence[_Job]) -> str:
   """Tasks done of the plan's (workdir and committed rows) and the estimated time left."""
   done = total = 0
   left = 0.0
   for run in plan.runs:
-    rows = set(plan_lib.workdir_rows(run))
+    rows = set(runs_lib.workdir_rows(run))
     for task in run.tasks:
       total += 1
       if task.name in run.done or all(k in rows for k in task.keys):
@@ -135,7 +136,7 @@ def progress_line(plan: plan_lib.Plan, running: Sequence[_Job]) -> str:
           f"{plan_lib.format_seconds(left / slots)} left; running: {names}")
 
 
-def run_plan(plan: plan_lib.Plan, *, download: bool = False, progress_s: float = 30.0,
+def run_plan(plan: runs_lib.Plan, *, download: bool = False, progress_s: float = 30.0,
              resume_command: str = "the same command",
              log: Callable[[str], None] = print) -> int:
   """Runs the plan's parts (see the module docstring). Returns 0, 1 (a part failed) or 128+signal."""

@@ -32,7 +32,8 @@ import platform
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ntk_tf.reproduce import figures as figures_lib
-from ntk_tf.reproduce import plan as plan_lib
+from ntk_tf.reproduce import runs as runs_lib
+from ntk_tf.reproduce import tasks as tasks_lib
 
 LEAD_COLUMNS = ("task", "model", "kind", "dataset", "num_train", "num_test", "epochs",
                 "optimizer", "seed", "experiment", "scale", "settings_id", "fingerprint",
@@ -183,7 +184,7 @@ def _alpha(path: pathlib.Path) -> Optional[List[float]]:
   return [float(r["alpha"]) for r in rows] if rows else None
 
 
-def _extra_columns(run: plan_lib.Run, source: pathlib.Path, key: str, raw: Mapping[str, Any]
+def _extra_columns(run: runs_lib.Run, source: pathlib.Path, key: str, raw: Mapping[str, Any]
                    ) -> Dict[str, Any]:
   """What the experiment writes beside its rows that the figures plot (module docstring)."""
   if run.experiment == "kernel_rotation" and raw.get("kind") == "epoch":
@@ -194,7 +195,7 @@ def _extra_columns(run: plan_lib.Run, source: pathlib.Path, key: str, raw: Mappi
   return {}
 
 
-def _describe(run: plan_lib.Run, source: pathlib.Path, config: Mapping[str, Any]
+def _describe(run: runs_lib.Run, source: pathlib.Path, config: Mapping[str, Any]
               ) -> Dict[str, Any]:
   """The lead columns that come from the settings of a workdir (settings.json, config)."""
   settings = _json(source / "settings.json")
@@ -206,7 +207,7 @@ def _describe(run: plan_lib.Run, source: pathlib.Path, config: Mapping[str, Any]
           "seed": config.get("train_seed", config.get("model_seed", 0))}
 
 
-def workdir_row(run: plan_lib.Run, source: pathlib.Path, key: str, kind: str,
+def workdir_row(run: runs_lib.Run, source: pathlib.Path, key: str, kind: str,
                 context: Mapping[str, Any]) -> Optional[Row]:
   """The CSV row of results/<key>.json in `source` (a part or an adopted workdir)."""
   raw = _json(source / "results" / f"{key}.json")
@@ -228,7 +229,7 @@ def workdir_row(run: plan_lib.Run, source: pathlib.Path, key: str, kind: str,
   return {k: cell(v) for k, v in row.items()}
 
 
-def nad_rows(run: plan_lib.Run, source: pathlib.Path, page: str,
+def nad_rows(run: runs_lib.Run, source: pathlib.Path, page: str,
              context: Mapping[str, Any]) -> List[Row]:
   """Fig. 4's alignment curve or Fig. 10's images from a NAD workdir ([] where absent)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -257,14 +258,14 @@ def nad_rows(run: plan_lib.Run, source: pathlib.Path, page: str,
 # ----------------------------------------------------------------------------
 # Merging a run's rows into its figures' CSVs.
 
-def _context(run: plan_lib.Run, source: pathlib.Path, root: Optional[pathlib.Path],
+def _context(run: runs_lib.Run, source: pathlib.Path, root: Optional[pathlib.Path],
              machine_: str, label: str) -> Dict[str, Any]:
   part = source.name if root is None else str(source.relative_to(root))
   return {"config": _json(source / "config.json"), "machine": machine_,
           "wall_seconds": _wall_seconds(source), "source": label, "part": part}
 
 
-def merge_figure(figure: str, run: plan_lib.Run, task_names: Sequence[str],
+def merge_figure(figure: str, run: runs_lib.Run, task_names: Sequence[str],
                  sources: Sequence[pathlib.Path], out: pathlib.Path,
                  root: Optional[pathlib.Path], machine_: str, label: str = "run"
                  ) -> Tuple[Optional[pathlib.Path], str]:
@@ -287,7 +288,7 @@ def merge_figure(figure: str, run: plan_lib.Run, task_names: Sequence[str],
     return None, (f"{path.name}: holds {other[0].get('scale')}-scale rows; the {run.scale}-"
                   f"scale rows are not written over them (pass another --out).")
   kept = {r["task"]: r for r in existing if r.get("settings_id") == run.settings_id}
-  usable = [s for s in sources if plan_lib.config_settings_id(s / "config.json") == run.settings_id]
+  usable = [s for s in sources if runs_lib.config_settings_id(s / "config.json") == run.settings_id]
   contexts = [(s, _context(run, s, root, machine_, label)) for s in usable]
   config = run.config()
   names = set(task_names)
@@ -298,14 +299,14 @@ def merge_figure(figure: str, run: plan_lib.Run, task_names: Sequence[str],
     found, ok, fresh_count = [], True, 0
     for key, kind in task.rows:
       row = kept.get(key)
-      if row is None or not plan_lib.has_required(run, config, row, key, kind):
+      if row is None or not runs_lib.has_required(run, config, row, key, kind):
         fresh = next((r for r in (workdir_row(run, s, key, kind, c) for s, c in contexts)
                       if r is not None), None)
         if fresh is not None:
           row, fresh_count = fresh, fresh_count + 1
       if row is None:
         break
-      ok = ok and plan_lib.has_required(run, config, row, key, kind)
+      ok = ok and runs_lib.has_required(run, config, row, key, kind)
       found.append(row)
     else:
       for row in found:
@@ -324,7 +325,7 @@ def merge_figure(figure: str, run: plan_lib.Run, task_names: Sequence[str],
   return path, f"{path.name}: {len(rows)} rows ({new} new), {len(extras)} more."
 
 
-def merge_plan(plan: plan_lib.Plan, machine_: Optional[str] = None) -> List[str]:
+def merge_plan(plan: runs_lib.Plan, machine_: Optional[str] = None) -> List[str]:
   """Merges every run's parts into the CSVs of its figures; then rates.csv. Returns lines."""
   machine_ = machine_ or machine()
   lines = []
@@ -370,12 +371,12 @@ def write_rates(out: pathlib.Path) -> pathlib.Path:
   return path
 
 
-def read_rates(out: pathlib.Path) -> plan_lib.Rates:
+def read_rates(out: pathlib.Path) -> runs_lib.Rates:
   table = {}
   for row in read_csv(out / RATES_FILE):
     table[(row["experiment"], row["model"], row["kind"], row["scale"])] = float(
         row["seconds_per_epoch"])
-  return plan_lib.Rates(table)
+  return runs_lib.Rates(table)
 
 
 # ----------------------------------------------------------------------------
@@ -393,11 +394,11 @@ def adopt(source: pathlib.Path, out: pathlib.Path, machine_: Optional[str] = Non
   """
   config = _json(source / "config.json")
   experiment = config.get("experiment")
-  if experiment not in plan_lib.EXPERIMENTS:
+  if experiment not in tasks_lib.EXPERIMENTS:
     return [f"--adopt: {source.name}/config.json names no experiment of "
-            f"{list(plan_lib.EXPERIMENTS)}. Received: experiment={experiment!r}"]
-  wanted = plan_lib.config_settings_id(source / "config.json")
-  spec = plan_lib.EXPERIMENTS[experiment]
+            f"{list(tasks_lib.EXPERIMENTS)}. Received: experiment={experiment!r}"]
+  wanted = runs_lib.config_settings_id(source / "config.json")
+  spec = tasks_lib.EXPERIMENTS[experiment]
   models = config.get(spec.model_field)
   models = [models] if isinstance(models, str) else list(models or [])
   machine_ = machine_ or machine()
@@ -409,7 +410,7 @@ def adopt(source: pathlib.Path, out: pathlib.Path, machine_: Optional[str] = Non
       for model in models:
         if model not in figure.models:
           continue
-        run, tasks = plan_lib._run_for(figure, scale, model, out, None)  # pylint: disable=protected-access
+        run, tasks = runs_lib.run_for(figure, scale, model, out, None)
         tried.append(f"{name}/{scale}/{model} {run.settings_id}")
         if run.settings_id != wanted:
           continue
@@ -457,7 +458,7 @@ def import_legacy(folder: pathlib.Path, out: pathlib.Path) -> List[str]:
       continue
     by_task = {r["task"]: r for r in legacy}
     for name in names:
-      run, tasks = plan_lib._run_for(figures_lib.FIGURES[name], "paper", model, out, None)  # pylint: disable=protected-access
+      run, tasks = runs_lib.run_for(figures_lib.FIGURES[name], "paper", model, out, None)
       rows = []
       for task in tasks:
         for key, kind in task.rows:
@@ -477,7 +478,7 @@ def import_legacy(folder: pathlib.Path, out: pathlib.Path) -> List[str]:
       for task in tasks:
         mine = [r for r in rows if r["plan_task"] == task.name]
         ok = len(mine) == len(task.rows) and all(
-            plan_lib.has_required(run, config, r, r["task"], r["kind"]) for r in mine)
+            runs_lib.has_required(run, config, r, r["task"], r["kind"]) for r in mine)
         for row in mine:
           row["task_done"] = "1" if ok else "0"
       write_csv(csv_path(out, name, model), rows)
