@@ -35,7 +35,7 @@ from absl import flags
 from benchmarks import machine
 
 COLUMNS = ("commit", "model", "n", "flops_per_pair", "gemm_numpy_gflops", "gemm_tf_gflops",
-           "bound_s", "time_s", "ratio", "cpu", "avx512", "onednn", "blas")
+           "bound_s", "time_s", "ratio", "cpu", "avx512", "onednn", "blas", "load_avg")
 
 
 def pair_flops(model) -> int:
@@ -133,7 +133,8 @@ def measure(models: Sequence[str], n: int, data_dir: Optional[str], repeats: int
         "gemm_numpy_gflops": f"{rates['numpy']:.1f}", "gemm_tf_gflops": f"{rates['tensorflow']:.1f}",
         "bound_s": f"{bound:.3f}", "time_s": f"{seconds:.3f}", "ratio": f"{seconds / bound:.2f}",
         "cpu": features["CPU"], "avx512": features["AVX-512"],
-        "onednn": features["TF oneDNN"].split()[0], "blas": features["NumPy BLAS"]})
+        "onednn": features["TF oneDNN"].split()[0], "blas": features["NumPy BLAS"],
+        "load_avg": f"{os.getloadavg()[0]:.1f}"})
   return rows
 
 
@@ -161,16 +162,19 @@ def render(csv_path: os.PathLike) -> str:
       "N (N + 1) / 2 x FLOPs per pair / R, with FLOPs per pair 2 (a + b) for a dense layer",
       "of a inputs and b units and 2 P for any other layer of P weights, and R the best fp32",
       "GEMM rate of NumPy and TensorFlow measured in the same process. `ntk_gram` is timed",
-      "with its defaults (auto, float32), the best of `--repeats` (3) after a warm-up.",
+      "with its defaults (auto, float32), the best of `--repeats` (3) after a warm-up; `load` is",
+      "the 1-minute load average when the row was measured (2 or more: other work shared the",
+      "machine, and the ratio is pessimistic).",
       "",
       "| commit | model | N | FLOPs / pair | GEMM NumPy / TF, GFLOP/s | bound s | time s | "
-      "time / bound | CPU | AVX-512 | oneDNN |",
-      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+      "time / bound | CPU | AVX-512 | oneDNN | load |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
   for r in rows:
     lines.append(f"| {r['commit']} | {r['model']} | {int(r['n']):,} | {int(r['flops_per_pair']):,} | "
                  f"{r['gemm_numpy_gflops']} / {r['gemm_tf_gflops']} | {r['bound_s']} | "
-                 f"{r['time_s']} | {r['ratio']} | {r['cpu']} | {r['avx512']} | {r['onednn']} |")
+                 f"{r['time_s']} | {r['ratio']} | {r['cpu']} | {r['avx512']} | {r['onednn']} | "
+                 f"{r['load_avg']} |")
   return "\n".join(lines) + "\n"
 
 

@@ -42,7 +42,7 @@ class BoundTest(absltest.TestCase):
       bound.append_rows(path, [dict(row, model="lenet")])
       page = bound.render(path)
       self.assertEqual(page, bound.render(path))
-    self.assertIn("| x | mlp | 4,000 | 6,946 | x / x | x | x | 1.40 |", page)
+    self.assertIn("| x | mlp | 4,000 | 6,946 | x / x | x | x | 1.40 | x | x | x | x |", page)
     self.assertEqual(page.count("| lenet |"), 1)
 
 

@@ -189,7 +189,9 @@ class LayoutTest(absltest.TestCase):
   def setUp(self):
     super().setUp()
     self.sources = _sources()
-    self.assertIn("ntk_tf.ntk.gram", self.sources)  # The tree was found.
+    # The tree was found, every sub-package with its own BUILD file included.
+    for package in ("data", "experiments", "models", "ntk", "reproduce"):
+      self.assertIn(f"ntk_tf.{package}", self.sources, "add its py_sources to the data")
 
   def test_root_has_few_modules(self):
     root = sorted(path.name for path in _NTK_TF.glob("*.py"))
