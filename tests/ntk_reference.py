@@ -66,6 +66,9 @@ def finite_difference_jacobian(model: keras.Model, x: np.ndarray, step: float = 
   no autodiff at all, so it checks the gradients TF computes. Meant for small
   float64 models (2 P forward passes); the weights are restored after.
   """
+  # Traced once: the variables are read at each call, so the 2 P passes reuse one graph
+  # (in eager, Keras builds a fresh XLA function for a grouped convolution on every call).
+  forward = tf.function(lambda: model(x, training=False))
   columns = []
   for variable in model.trainable_variables:
     base = np.array(variable.numpy(), copy=True)
@@ -76,7 +79,7 @@ def finite_difference_jacobian(model: keras.Model, x: np.ndarray, step: float = 
         moved = flat.copy()
         moved[k] += sign * step
         variable.assign(moved.reshape(base.shape))
-        logits.append(np.asarray(model(x, training=False))[:, 0])  # [N]
+        logits.append(np.asarray(forward())[:, 0])  # [N]
       columns.append((logits[0] - logits[1]) / (2.0 * step))
     variable.assign(base)
   return np.stack(columns, axis=1)  # [N, P]
