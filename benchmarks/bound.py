@@ -22,10 +22,8 @@ docs/performance.md from that CSV alone.
         --out=docs/performance.md
 """
 
-import csv
 import os
 import pathlib
-import subprocess
 import time
 from typing import Dict, List, Mapping, Optional, Sequence
 
@@ -33,6 +31,7 @@ from absl import app
 from absl import flags
 
 from benchmarks import machine
+from benchmarks import rows as result_rows
 
 COLUMNS = ("commit", "model", "n", "flops_per_pair", "gemm_numpy_gflops", "gemm_tf_gflops",
            "bound_s", "time_s", "ratio", "cpu", "avx512", "onednn", "blas", "load_avg")
@@ -101,14 +100,6 @@ def time_gram(model, x, repeats: int = 3) -> float:
   return min(times)
 
 
-def _commit() -> str:
-  try:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, check=True, cwd=pathlib.Path(__file__).parent).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
-
-
 def measure(models: Sequence[str], n: int, data_dir: Optional[str], repeats: int,
             gemm_n: int) -> List[Dict[str, object]]:
   """One row per model (COLUMNS): the Gram of `n` CIFAR-10 images (or Gaussian inputs)."""
@@ -129,7 +120,7 @@ def measure(models: Sequence[str], n: int, data_dir: Optional[str], repeats: int
     bound = gram_bound_s(len(x), per_pair, best_rate)
     seconds = time_gram(model, x, repeats)
     rows.append({
-        "commit": _commit(), "model": name, "n": len(x), "flops_per_pair": per_pair,
+        "commit": result_rows.commit(), "model": name, "n": len(x), "flops_per_pair": per_pair,
         "gemm_numpy_gflops": f"{rates['numpy']:.1f}", "gemm_tf_gflops": f"{rates['tensorflow']:.1f}",
         "bound_s": f"{bound:.3f}", "time_s": f"{seconds:.3f}", "ratio": f"{seconds / bound:.2f}",
         "cpu": features["CPU"], "avx512": features["AVX-512"],
@@ -140,20 +131,12 @@ def measure(models: Sequence[str], n: int, data_dir: Optional[str], repeats: int
 
 def append_rows(path: os.PathLike, rows: Sequence[Mapping[str, object]]) -> None:
   """Appends `rows` to the CSV at `path` (header written when the file is new)."""
-  path = pathlib.Path(path)
-  new = not path.exists()
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with path.open("a", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
-    if new:
-      writer.writeheader()
-    writer.writerows(rows)
+  result_rows.append_rows(path, rows, COLUMNS)
 
 
 def render(csv_path: os.PathLike) -> str:
   """docs/performance.md from the CSV alone: the rule, then one table row per measurement."""
-  with open(csv_path, newline="") as f:
-    rows = list(csv.DictReader(f))
+  rows = result_rows.read_rows(csv_path)
   lines = [
       "# Performance",
       "",
