@@ -18,6 +18,7 @@ settings at one seed.
 import collections
 import os
 import pathlib
+import re
 import subprocess
 import sys
 from typing import Dict, List, Sequence, Tuple
@@ -88,8 +89,9 @@ def _summary(rows: Sequence[dict]) -> Tuple[Dict[Tuple[str, str], List[float]], 
 
 
 def _task_order(task: str) -> Tuple[int, str]:
-  digits = "".join(ch for ch in task if ch.isdigit())
-  return (int(digits) if digits else 10 ** 9, task)
+  """By j ("mlp_phi0010_network" -> 10), the reference line (no phi) last."""
+  found = re.search(r"phi(\d+)", task)
+  return (int(found.group(1)) if found else 10 ** 9, task)
 
 
 def render(csv_path: os.PathLike) -> str:
@@ -107,6 +109,8 @@ def render(csv_path: os.PathLike) -> str:
       "`TF_ENABLE_ONEDNN_OPTS=0` (TensorFlow's Eigen kernels, the default on CPUs without",
       "AVX-512) and `=1` (oneDNN, the default with AVX-512). A different seed is a different",
       "theta0, so different eigenvectors and tasks. Machines: " + "; ".join(machines) + ".",
+      "oneDNN picks its kernels by CPU, so the gap between the settings measured on one CPU",
+      "need not be the gap on another; the benchmark appends a machine's rows when run there.",
       "",
       "| task | oneDNN off: mean [min, max] | oneDNN on: mean [min, max] | largest on - off gap "
       "at one seed |",
