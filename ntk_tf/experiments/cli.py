@@ -17,7 +17,9 @@ error raised before any folder is made.
 A rerun whose settings changed never replaces finished work: it stops with one
 line naming the changed settings and the tasks (`validation.ConflictError`,
 exit 1). --start_over first moves the earlier work of another config to
-<workdir>/earlier.<n>/ (`workdir.start_over`).
+<workdir>/earlier.<n>/ (`workdir.start_over`). SIGINT and SIGTERM stop a run
+within seconds with one line saying to rerun the same command (which resumes)
+and exit 130 / 143 (`signals`).
 
 On a TF_CONFIG cluster every task runs the same command: the worker and ps
 tasks serve (`distributed.cluster.serve_if_server`), the chief runs the
@@ -41,6 +43,7 @@ from ml_collections import config_flags
 from ntk_tf import models
 from ntk_tf import validation
 from ntk_tf.distributed import cluster
+from ntk_tf.experiments import signals
 from ntk_tf.experiments import workdir
 
 
@@ -176,22 +179,25 @@ def _parse_flags(argv: Sequence[str]) -> Sequence[str]:
     sys.exit(1)
 
 
-def _one_line_errors(main_fn: Callable[[Sequence[str]], Any]) -> Callable[[Sequence[str]], Any]:
-  """`main_fn` printing a `validation.ConflictError` as one line and exiting 1."""
+def _entry(main_fn: Callable[[Sequence[str]], Any]) -> Callable[[Sequence[str]], Any]:
+  """`main_fn` stopped by SIGINT / SIGTERM (`signals`), a `validation.ConflictError` one line
+  and exit 1."""
 
   def wrapped(argv: Sequence[str]) -> Any:
-    try:
-      return main_fn(argv)
-    except validation.ConflictError as err:
-      sys.stderr.write(f"{pathlib.Path(argv[0]).stem}: error: {err}\n")
-      return 1
+    name = pathlib.Path(argv[0]).stem
+    with signals.stop_on_signals(name):
+      try:
+        return main_fn(argv)
+      except validation.ConflictError as err:
+        sys.stderr.write(f"{name}: error: {err}\n")
+        return 1
 
   return wrapped
 
 
 def main(main_fn: Callable[[Sequence[str]], None], require_workdir: bool = True) -> None:
   """`app.run(main_fn)` with --workdir required (unless not `require_workdir`), user errors
-  as one line."""
+  as one line, SIGINT / SIGTERM a stop within seconds (exit 130 / 143; `signals`)."""
   if require_workdir:
     flags.mark_flag_as_required("workdir")
-  app.run(_one_line_errors(main_fn), flags_parser=_parse_flags)
+  app.run(_entry(main_fn), flags_parser=_parse_flags)
