@@ -31,6 +31,7 @@ way the process connects to its cluster before it builds any model.
 import dataclasses
 import inspect
 import pathlib
+import re
 import sys
 import types
 from typing import Any, Callable, Optional, Sequence, Tuple
@@ -172,9 +173,13 @@ def _parse_flags(argv: Sequence[str]) -> Sequence[str]:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as err:  # ml_collections: --config.<unknown field>=...
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
-    field = str(err).strip("\"'")
+    text = str(err)  # ml_collections' message, quoted (and escaped) once or twice.
+    field = re.search(r"[A-Za-z_][\w.]*", text)
+    field = field.group(0) if field else text
+    guess = re.search(r'Did you mean "([^"]+)"', text)
+    hint = f" Did you mean {guess.group(1)!r}?" if guess else ""
     sys.stderr.write(f"FATAL Flags parsing error: the config has no field {field!r}; this "
-                     f"experiment does not take it. Received: {overrides}\n"
+                     f"experiment does not take it.{hint} Received: {overrides}\n"
                      f"Pass --helpfull to see the flags.\n")
     sys.exit(1)
 

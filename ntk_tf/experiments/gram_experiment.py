@@ -69,7 +69,7 @@ class GramSettings:
   device_feature_cache_bytes: int = fields.setting(validation.check_non_negative_int)
   cluster_row_blocks: int = fields.setting(validation.check_positive_int)
   worker_threads: Optional[int] = fields.setting(fields.optional(validation.check_positive_int))
-  commit_interval_s: float = fields.setting(fields.positive_number)
+  commit_interval_s: float = fields.setting(fields.non_negative_number)  # 0: every block
   progress: bool = fields.setting(fields.flag)
   cache_dir: Optional[str] = fields.setting(_store_folder)
   config: Mapping[str, Any] = fields.block(atomic.jsonable)
