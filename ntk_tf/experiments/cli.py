@@ -29,6 +29,7 @@ way the process connects to its cluster before it builds any model.
 """
 
 import dataclasses
+import errno
 import inspect
 import pathlib
 import re
@@ -184,6 +185,10 @@ def _parse_flags(argv: Sequence[str]) -> Sequence[str]:
     sys.exit(1)
 
 
+# OSErrors a user acts on (space, permissions, a read-only disk): one line, not a traceback.
+USER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
 def _entry(main_fn: Callable[[Sequence[str]], Any]) -> Callable[[Sequence[str]], Any]:
   """`main_fn` stopped by SIGINT / SIGTERM (`signals`), a `validation.ConflictError` one line
   and exit 1."""
@@ -195,6 +200,11 @@ def _entry(main_fn: Callable[[Sequence[str]], Any]) -> Callable[[Sequence[str]],
         return main_fn(argv)
       except validation.ConflictError as err:
         sys.stderr.write(f"{name}: error: {err}\n")
+        return 1
+      except OSError as err:
+        if err.errno not in USER_ERRNOS:
+          raise
+        sys.stderr.write(f"{name}: error: {err}\n")  # Names the file (and, full, the space).
         return 1
 
   return wrapped
