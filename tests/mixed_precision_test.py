@@ -1,8 +1,7 @@
 """A LeNet built under keras' "mixed_float16" policy: every NTK quantity in the dtype asked for.
 
-The process first uses a float32 model (as a session would), then sets the global
-policy to mixed_float16 (float32 weights, float16 compute) and builds the LeNet
-under it. ntk_gram (every implementation), jacobian, GramStore and NtkOperator
+A float32 model is used first in the same process; then the global policy is set
+to mixed_float16 (float32 weights, float16 compute) and the LeNet built under it. ntk_gram (every implementation), jacobian, GramStore and NtkOperator
 must then compute in float32 / float64, compared with the float64 brute force
 of `tests/ntk_reference.py` (a float16 computation is about 1e-3 off). The global
 policy is restored after each test.
