@@ -15,6 +15,7 @@ from absl import logging
 from ntk_tf.distributed import cluster
 from ntk_tf.experiments import cli
 from ntk_tf.experiments import gram_experiment
+from ntk_tf.experiments import workdir
 
 _FLAGS = cli.define_flags("gram", download=False)
 _CLUSTER = flags.DEFINE_string("cluster", None,
@@ -41,11 +42,13 @@ def main(argv):
   if not _FLAGS.workdir.value:
     raise app.UsageError("--workdir is required.")
   settings, path = cli.read_settings(gram_experiment, config, _FLAGS.workdir.value)
+  cli.start_over_if_asked(_FLAGS, path, config)
   logging.info("Config:\n%s", config)
-  info = gram_experiment.run(settings, path, _CLUSTER.value)
+  with workdir.kept_on_conflict(path):
+    info = gram_experiment.run(settings, path, _CLUSTER.value)
   print(f"Gram [{info['n']}, {info['n']}] ({info['n_train']} train + {info['n_test']} test) "
         f"on {info['where']} in {info['seconds']:.1f} s: {info['matrix']}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(main, require_workdir=False)  # A TF_CONFIG worker or ps task needs no --workdir.

@@ -52,7 +52,7 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
   # On a cluster: blocks of one block row per closure (the coordinator's cost per closure,
   # ~3-4 ms on 2 cores, is paid once for them; cluster_runner.ClusterRunner).
   c.cluster_row_blocks = 8
-  c.commit_interval_s = 5.0  # a killed job loses at most this much work
+  c.commit_interval_s = 5.0  # >= 0 (0: after every block); a killed job loses at most this
   c.progress = True
   # None: the store is the workdir. A folder: the experiments' shared Theta_0 store of this
   # model and data in it (what --config.gram.cache_dir=<folder> of an experiment reuses).

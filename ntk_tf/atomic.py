@@ -16,6 +16,7 @@ never a mix. JSON (`json_text`, `write_json`) is strict: NaN and +-inf are
 written as null.
 """
 
+import errno
 import json
 import math
 import os
@@ -50,12 +51,27 @@ def write_bytes(path: PathLike, data: bytes) -> pathlib.Path:
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as err:
     if os.path.exists(tmp):
       os.remove(tmp)
+    if isinstance(err, OSError) and err.errno in _DISK_FULL:
+      raise disk_full(err, path, len(data)) from None
     raise
   fsync_dir(path.parent)
   return path
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(err: OSError, path: PathLike, needed: int) -> OSError:
+  """`err` (ENOSPC / EDQUOT) as an OSError naming `path`, the bytes `needed` and those free."""
+  try:
+    free = f"{shutil.disk_usage(pathlib.Path(path).parent).free} bytes are free there"
+  except OSError:
+    free = "the free space is unknown"
+  return OSError(err.errno, f"No space left to write {path}: it needs {needed} bytes, {free}. "
+                 "Free some space and rerun the same command to resume")
 
 
 def write_text(path: PathLike, text: str) -> pathlib.Path:

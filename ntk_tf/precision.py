@@ -7,6 +7,12 @@ its config with every dtype policy set to `dtype` and copies the weights,
 cast; `as_float64_model` is its float64 case. Float64 NTKs are then exact to
 ~1e-15 rather than float32's ~1e-7.
 
+A model built under a mixed policy ("mixed_float16", "mixed_bfloat16":
+float32 variables, float16 compute) is no exception: every public quantity
+(`ntk_gram`, `jacobian`, `GramStore`, `NtkOperator`) is computed on its
+`cast_model` copy in the dtype asked for, built under a float32 global policy
+(`global_policy`) whatever the process's policy is.
+
 `tf32_matmuls(enabled)` scopes TensorFloat-32 matmuls on Ampere+ GPUs. Every
 Gram path runs its matmuls inside `tf32_matmuls(allow_tf32)` with
 allow_tf32=False unless asked (TF32 keeps a 10-bit mantissa, so a TF32 Gram
@@ -44,6 +50,24 @@ def model_dtype(model: keras.Model) -> str:
   return dtypes.pop() if dtypes else keras.config.floatx()
 
 
+def computes_in(model: keras.Model, dtype: str) -> bool:
+  """Whether every weight of `model` is `dtype` and its layers compute in `dtype`."""
+  layers = [model] + list(getattr(model, "_flatten_layers", lambda: [])())
+  return (all(v.dtype == dtype for v in model.weights)
+          and all(getattr(layer, "compute_dtype", dtype) == dtype for layer in layers))
+
+
+@contextlib.contextmanager
+def global_policy(name: str) -> Iterator[None]:
+  """Scopes Keras' global dtype policy (`keras.config.set_dtype_policy`), restoring after."""
+  previous = keras.config.dtype_policy()
+  keras.config.set_dtype_policy(name)
+  try:
+    yield
+  finally:
+    keras.config.set_dtype_policy(previous)
+
+
 def _with_dtype(config: Any, dtype: str) -> Any:
   """Returns `config` with every "dtype" entry (layer policies, inputs) set to `dtype`."""
   if isinstance(config, dict):
@@ -60,6 +84,8 @@ def cast_model(model: keras.Model, dtype: types.DType) -> keras.Model:
   Same architecture, same weights (trainable and non-trainable, e.g. BatchNorm
   moving statistics) cast to `dtype`, so `copy(x) == model(x)` up to float32
   round-off. The copy is independent: later changes to `model` do not reach it.
+  A model of a mixed policy (float32 weights, float16 compute) gets a copy that
+  computes in `dtype` too.
   Call it with `training=False` for inference-mode BatchNorm (as every ntk_tf
   function does).
 
@@ -69,11 +95,12 @@ def cast_model(model: keras.Model, dtype: types.DType) -> keras.Model:
     dtype: "float32" or "float64".
   """
   dtype = canonical_dtype(dtype)
-  if all(v.dtype == dtype for v in model.weights) and model.compute_dtype == dtype:
+  if computes_in(model, dtype):
     return model
   try:
     config = model.get_config()
-    clone = model.__class__.from_config(_with_dtype(config, dtype))
+    with global_policy(dtype):  # Sublayers made without a dtype: not the process's policy.
+      clone = model.__class__.from_config(_with_dtype(config, dtype))
   except (NotImplementedError, TypeError, ValueError) as err:
     raise ValueError(
         "cast_model needs a model that round-trips through get_config/from_config "
@@ -95,12 +122,15 @@ def as_float64_model(model: keras.Model) -> keras.Model:
 
 
 def model_for_dtype(model: keras.Model, dtype: types.DType) -> keras.Model:
-  """Returns `model` itself for float32 and its float64 copy for float64.
+  """Returns its float64 copy for float64; for float32, `model` itself unless it computes
+  in a narrower float (a mixed_float16 / mixed_bfloat16 model: its float32 copy).
 
   (`ntk_tf.jacobian` and `ntk_tf.alignment` use it; the Gram paths use
   `cast_model`, which also casts a float64 model down for float32.)"""
   name = canonical_dtype(dtype)
-  return as_float64_model(model) if name == "float64" else model
+  if name == "float64":
+    return as_float64_model(model)
+  return model if computes_in(model, "float64") else cast_model(model, name)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,13 @@ import numpy as np
 from ntk_tf import types
 
 
+class ConflictError(ValueError):
+  """Earlier work would be replaced or mixed with this job's; the message says what and the way on.
+
+  The binaries print it as one line (`experiments/cli.main`), not a traceback.
+  """
+
+
 def check_positive_int(value, name: str) -> int:
   """Returns `value` as an int if it is a positive integer, else raises ValueError."""
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:

@@ -1,5 +1,6 @@
 """Tests for ntk_tf.atomic: permissions, no partial files, directory replacement and recovery."""
 
+import errno
 import json
 import math
 import os
@@ -67,6 +68,18 @@ class AtomicTest(absltest.TestCase):
       atomic.write_bytes(root / "f", "not bytes")
     self.assertEqual((root / "f").read_text(), "old")
     self.assertEqual(sorted(p.name for p in root.iterdir()), ["f"])
+
+  def test_a_full_disk_names_the_file_and_the_space_needed(self):
+    root = pathlib.Path(self.create_tempdir().full_path)
+    full = OSError(errno.ENOSPC, "No space left on device")
+    with mock.patch.object(atomic.os, "fsync", side_effect=full):
+      with self.assertRaises(OSError) as raised:
+        atomic.write_bytes(root / "gram_info.json", b"12345")
+    self.assertEqual(raised.exception.errno, errno.ENOSPC)
+    message = str(raised.exception)
+    self.assertIn(f"No space left to write {root / 'gram_info.json'}: it needs 5 bytes, ", message)
+    self.assertRegex(message, r"\d+ bytes are free there")
+    self.assertEqual(os.listdir(root), [])  # No temp file left.
 
   def test_replace_dir_swaps_whole_directories(self):
     root = pathlib.Path(self.create_tempdir().full_path)

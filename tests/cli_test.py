@@ -1,5 +1,8 @@
 """Tests of the binaries' front end (ntk_tf/experiments/cli.py): usage errors before any folder."""
 
+import contextlib
+import errno
+import io
 import os
 import pathlib
 import stat
@@ -54,6 +57,25 @@ def _first_model(name):
 
 
 class CliTest(parameterized.TestCase):
+
+  @parameterized.parameters(errno.ENOSPC, errno.EACCES, errno.EROFS)
+  def test_a_disk_or_permission_error_is_one_line_exit_1(self, code):
+    def main(argv):
+      del argv
+      raise OSError(code, os.strerror(code), "/runs/a/results.csv")
+    stderr = io.StringIO()
+    entry = cli._entry(main)  # pylint: disable=protected-access
+    with contextlib.redirect_stderr(stderr):
+      self.assertEqual(entry(["binaries/nads.py"]), 1)
+    self.assertEqual(stderr.getvalue(),
+                     f"nads: error: [Errno {code}] {os.strerror(code)}: '/runs/a/results.csv'\n")
+
+  def test_other_os_errors_keep_their_traceback(self):
+    def main(argv):
+      del argv
+      raise OSError(errno.EIO, "I/O error")
+    with self.assertRaises(OSError):
+      cli._entry(main)(["binaries/nads.py"])  # pylint: disable=protected-access
 
   @parameterized.product(
       name=list(_EXPERIMENTS),

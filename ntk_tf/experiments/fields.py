@@ -186,3 +186,11 @@ def positive_number(value: Any, label: str) -> float:
       or not math.isfinite(value) or value <= 0):
     raise ValueError(f"{label} must be a positive number. Received: {_key(label)}={value!r}")
   return float(value)
+
+
+def non_negative_number(value: Any, label: str) -> float:
+  """A finite number >= 0, as a float."""
+  if (isinstance(value, bool) or not isinstance(value, (int, float))
+      or not math.isfinite(value) or value < 0):
+    raise ValueError(f"{label} must be a number >= 0. Received: {_key(label)}={value!r}")
+  return float(value)

@@ -17,6 +17,7 @@ gram.npy do not depend on where it ran. See configs/gram.py for the variants.
 Paper: App. B (the Grams of the paper's models on CIFAR-10 and MNIST).
 """
 
+import contextlib
 import dataclasses
 import pathlib
 import time
@@ -36,6 +37,7 @@ from ntk_tf.distributed import local_runner
 from ntk_tf.experiments import fields
 from ntk_tf.experiments import pipeline
 from ntk_tf.experiments import theta0
+from ntk_tf.experiments import workdir as workdir_lib
 
 DTYPES = ("float32", "float64")
 
@@ -67,7 +69,7 @@ class GramSettings:
   device_feature_cache_bytes: int = fields.setting(validation.check_non_negative_int)
   cluster_row_blocks: int = fields.setting(validation.check_positive_int)
   worker_threads: Optional[int] = fields.setting(fields.optional(validation.check_positive_int))
-  commit_interval_s: float = fields.setting(fields.positive_number)
+  commit_interval_s: float = fields.setting(fields.non_negative_number)  # 0: every block
   progress: bool = fields.setting(fields.flag)
   cache_dir: Optional[str] = fields.setting(_store_folder)
   config: Mapping[str, Any] = fields.block(atomic.jsonable)
@@ -84,6 +86,18 @@ def build_model(settings: GramSettings, input_shape) -> keras.Model:
   if settings.weights:
     model.load_weights(settings.weights)
   return model
+
+
+@contextlib.contextmanager
+def _start_over_hint(in_workdir: bool):
+  """A store of another job in the workdir: its ConflictError also names --start_over."""
+  try:
+    yield
+  except validation.ConflictError as err:
+    if not in_workdir:
+      raise
+    raise validation.ConflictError(f"{err} (The gram binary: --start_over moves the earlier "
+                                   "store to earlier.<n>/ in the workdir.)") from None
 
 
 def run(settings: GramSettings, workdir: pathlib.Path, cluster: Optional[str] = None) -> dict:
@@ -104,8 +118,7 @@ def run(settings: GramSettings, workdir: pathlib.Path, cluster: Optional[str] = 
     x_train, x_test = dataset.x_train, dataset.x_test
     model = build_model(settings, x_train.shape[1:])
     validation.check_finite_weights(model)
-    workdir.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(workdir / "config.json", settings.config)
+    workdir_lib.prepare(workdir, settings.config)  # config.json; an earlier one kept
     if resolved is not None:
       runner = cluster_runner.ClusterRunner(model, settings.implementation, settings.dtype,
                                             resolved.strategy, resolved.num_workers,
@@ -124,7 +137,7 @@ def run(settings: GramSettings, workdir: pathlib.Path, cluster: Optional[str] = 
     if settings.cache_dir:  # The experiments' Theta_0 store of this model and data.
       store_dir = theta0.path(model, settings.model, dataset.all_x(), settings.dtype,
                               settings.cache_dir)
-    with runner:
+    with runner, _start_over_hint(store_dir == workdir):
       store = gram_job.compute_gram(store_dir, model, x_train, runner,
                                     x_test=x_test if len(x_test) else None,
                                     block_size=settings.block_size, dtype=settings.dtype,

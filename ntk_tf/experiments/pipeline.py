@@ -236,19 +236,32 @@ def prepare(workdir: os.PathLike, settings: Any) -> Tuple[pathlib.Path, workdir_
 
 
 def fresh_dir(path: os.PathLike, fingerprint: str) -> pathlib.Path:
-  """`path`, emptied first if another job made it (its fingerprint.txt differs); the one place.
+  """`path`, made for a job of `fingerprint` (its fingerprint.txt); the one place.
 
   A job of the same settings keeps what it left (resumable state, checkpoints,
-  Grams); a job of other settings (e.g. another seed) never reuses it.
+  Grams). A folder of another job (e.g. another seed) is never reused nor
+  cleared: fingerprint.json beside the stamp records the settings, to name
+  what changed.
+
+  Raises:
+    validation.ConflictError: `path` holds another job's work, or files without
+      a stamp; nothing is removed (see `workdir.start_over`).
   """
   path = pathlib.Path(path)
   stamp = path / "fingerprint.txt"
-  if path.exists() and (not stamp.is_file() or stamp.read_text() != fingerprint):
-    logging.info("Clearing %s, left by a job with other settings.", path)
-    shutil.rmtree(path)
+  new = (fingerprint if isinstance(fingerprint, workdir_lib.Fingerprint)
+         else workdir_lib.Fingerprint(fingerprint))
+  if path.exists() and (not stamp.is_file() or stamp.read_text() != new):
+    if stamp.is_file() or any(path.iterdir()):
+      record = path / "fingerprint.json"
+      old = json.loads(record.read_text()) if record.is_file() else None
+      raise workdir_lib.conflict(path, old, new, f"the folder {path} (its training state, "
+                                 "checkpoints and results)")
   path.mkdir(parents=True, exist_ok=True)
   if not stamp.is_file():
-    atomic.write_text(stamp, fingerprint)
+    if new.settings is not None:
+      atomic.write_json(path / "fingerprint.json", new.settings)
+    atomic.write_text(stamp, new)
   return path
 
 
@@ -284,7 +297,7 @@ def train_task(model: keras.Model, data: TaskData, *, recipe: recipe_lib.Recipe,
                progress: bool = False) -> training.TrainResult:
   """Trains a network or a `Linearized` model on one task with `ntk_tf.train`, resumably.
 
-  `task_dir` (cleared first if another job's, see `fresh_dir`) holds
+  `task_dir` (never another job's, see `fresh_dir`) holds
   metrics.csv, checkpoints/ and, while the task runs, the resumable state/. A
   finished task leaves result.json (its history) and drops state/; calling
   again returns that result without training.

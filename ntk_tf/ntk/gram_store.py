@@ -113,7 +113,8 @@ class GramStore:
 
   Opening a store checks it: a store made for another job (architecture,
   weights, data, N, block size, dtype, implementation or options) raises
-  ValueError naming the differing field, unless `overwrite=True` (then it is
+  `validation.ConflictError` (a ValueError) naming the differing field, unless
+  `overwrite=True` (then it is
   emptied and recomputed); a damaged manifest or a store of format version 1
   raises ValueError saying to delete it; a damaged .npy header is rewritten, a
   truncated gram.npy extended; every committed block is checked against its
@@ -243,7 +244,7 @@ class GramStore:
                   for field in _IDENTITY_FIELDS
                   if manifest is not None and manifest.get(field) != self._identity[field]]
     if mismatched and not overwrite:
-      raise ValueError(
+      raise validation.ConflictError(
           f"GramStore at {str(self.path)!r} was made for a different job and cannot be "
           f"continued ({'; '.join(mismatched)}). Use a new path, delete the old store or "
           f"pass overwrite=True.")

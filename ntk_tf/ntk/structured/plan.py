@@ -125,8 +125,9 @@ class ModelPlan:
                choices: Union[None, str, Mapping[str, str]] = None, nominal_block: int = 256):
     if nominal_block <= 0:
       raise ValueError(f"nominal_block must be positive. Received: nominal_block={nominal_block}")
-    self.model = model
     self.dtype = precision.model_dtype(model)
+    model = precision.cast_model(model, self.dtype)  # A mixed-policy model: its own dtype.
+    self.model = model
     self.graph = keras_graph.functional_graph(model)
     self.input_shape = tuple(model.inputs[0].shape[1:])
     self.plans = self._make_plans(choices, nominal_block)
