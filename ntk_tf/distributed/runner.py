@@ -36,13 +36,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ntk_tf import precision
+
 
 def place_model(model: keras.Model, strategy: tf.distribute.Strategy) -> keras.Model:
   """A copy of `model` whose variables `strategy` creates (mirrored, or on parameter servers).
 
-  Same architecture (`get_config`/`from_config`) and the same weights, bit for bit.
+  Same architecture (`get_config`/`from_config`) and the same weights, bit for bit,
+  rebuilt under the global policy of the weights' dtype, so that the layers made
+  without one in the config (the model, its inputs) compute in it too and
+  `precision.cast_model` of the copy is the copy itself.
   """
-  with strategy.scope():
+  with precision.global_policy(precision.model_dtype(model)), strategy.scope():
     placed = model.__class__.from_config(model.get_config())
     placed.set_weights(model.get_weights())
   return placed
