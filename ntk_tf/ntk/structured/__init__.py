@@ -30,6 +30,13 @@ Each Dense / Conv2D kernel takes the cheaper, by the FLOP estimate in
 per-example gradients and contracting them ("jacobian"). Biases and BatchNorm
 parameters are always per-example gradients (they have few parameters).
 
+A model with O > 1 logits [N, O] (the output kernels of `ntk_tf.ntk.output_kernel`,
+which call O "K") has one kernel here, "trace" = sum_o Theta_oo: one backward
+pass per logit, and each cotangent D (and per-example gradient) holds the O
+logits' side by side, so every term above sums over o unchanged, e.g.
+(A_a A_b^T) * (sum_o D_a,o D_b,o^T). "full" and "diagonal" are refused by
+name ("pseudo" is one logit).
+
 Modules, one job each:
   plan         LayerPlan / ModelPlan: per-layer forms, FLOP and memory counts
   keras_graph  the one place that uses Keras' private functional-graph APIs
@@ -52,6 +59,7 @@ from ntk_tf.ntk.structured.geometry import conv_paddings
 from ntk_tf.ntk.structured.geometry import host_conv_gradient
 from ntk_tf.ntk.structured.geometry import host_patches
 from ntk_tf.ntk.structured.geometry import patch_indices
+from ntk_tf.ntk.structured.ntk import OUTPUT_KERNELS
 from ntk_tf.ntk.structured.ntk import StructuredNtk
 from ntk_tf.ntk.structured.ntk import make_block_fn
 from ntk_tf.ntk.structured.plan import CHOICES

@@ -102,12 +102,17 @@ class FeatureExtractor:
   """Computes (and caches) the `BlockFeatures` of blocks for one `ModelPlan`.
 
   Blocks are zero-padded to the smallest block size seen so far that fits
-  (buckets), so the traced function sees few shapes.
+  (buckets), so the traced function sees few shapes. With `outputs` O > 1
+  (the "trace" output kernel of an O-logit model) every cotangent holds the O
+  logits' cotangents side by side and every per-example gradient the O
+  gradients, so each feature Gram sums over the logits:
+  (A_a . A_b)(sum_o D_a,o . D_b,o) = sum_o Theta_oo.
   """
 
   def __init__(self, model_plan: plan_lib.ModelPlan, *, on_host: bool, allow_tf32: bool,
-               cache_bytes: int):
+               cache_bytes: int, outputs: int = 1):
     self.model_plan = model_plan
+    self.outputs = int(outputs)  # O: 1, or the model's logits for the "trace" output kernel
     self.plans = model_plan.plans
     self.dtype = model_plan.dtype
     self.on_host = on_host
@@ -139,56 +144,27 @@ class FeatureExtractor:
   def _features(self, x: tf.Tensor):
     """Returns (product terms, positional terms, per-example gradients [N, p_G'], host terms).
 
-    Host terms: (conv inputs [N, H, W, C_in], cotangents [N, P, C]) of the
+    Host terms: (conv inputs [N, H, W, C_in], cotangents [N, P, O C]) of the
     jacobian-form conv kernels whose gradients are formed on the host, in
-    `host_plans` order; their columns join the gradient there.
+    `host_plans` order; their columns join the gradient there. With O =
+    `outputs` > 1 logits, every cotangent is the O per-logit cotangents
+    concatenated along channels (`_cotangents`).
     """
     needs_reference = bool(self._reference_vars)
     use_pfor = self._reference_pfor
-    with tf.GradientTape(persistent=needs_reference) as tape:
+    with tf.GradientTape(persistent=needs_reference or self.outputs > 1) as tape:
       tape.watch(x)
-      outputs = plan_lib.check_logits(self._recorder.run(x))
-      logits = tf.reshape(outputs, [-1])  # [N]
-      total = tf.reduce_sum(logits)
+      outputs = plan_lib.check_logits(self._recorder.run(x))  # [N, O]
+      logits = tf.reshape(outputs, [-1]) if self.outputs == 1 else outputs  # [N] or [N, O]
+      totals = [tf.reduce_sum(outputs[:, a]) for a in range(self.outputs)]  # sum_i f_a(x_i)
     records = self._recorder.records
     planned = [p for p in self.plans if p.kind != plan_lib.REFERENCE]
-    cotangents = tape.gradient(total, [records[p.name][1] for p in planned],
-                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    n = tf.shape(x)[0]
-    products, positional, grads, host = [], [], [], []
-    host_ids = {id(p) for p in self.host_plans}
+    cotangents = self._cotangents(tape, totals, [records[p.name][1] for p in planned])
+    terms = ([], [], [], [])  # products, positional, grads, host
     for plan, cot in zip(planned, cotangents):
-      inputs = records[plan.name][0]
-      if plan.kind == "batch_norm":
-        grads.extend(_batch_norm_grads(plan, inputs, cot))
-        continue
-      if id(plan) in host_ids or id(plan) in self._tf_gradient_ids:
-        cot = tf.reshape(cot, [n, plan.positions, plan.channels])  # [N, P, C]
-        if id(plan) in host_ids:
-          host.append((inputs, cot))
-        else:
-          grads.append(geometry.conv_gradient(plan.layer, inputs, cot, *plan.patches))  # [N, K*C]
-        if plan.bias:
-          grads.append(tf.reduce_sum(cot, axis=1))  # [N, C]
-        continue
-      if plan.kind == "conv2d":
-        patches = geometry.conv_patches(plan.layer, inputs, *plan.patches)  # [N, P, K]
-      else:
-        patches = tf.reshape(inputs, [n, plan.positions, plan.patch_len])  # [N, P, K]
-      cot = tf.reshape(cot, [n, plan.positions, plan.channels])  # [N, P, C]
-      bias_merged = False
-      if plan.kernel:
-        if plan.is_product:
-          # The bias joins as +1 on the inputs Gram (the engines' product offsets).
-          bias_merged = plan.bias
-          products.append((tf.reshape(patches, [n, plan.patch_len]),  # [N, K]
-                           tf.reshape(cot, [n, plan.channels])))  # [N, C]
-        elif plan.is_positional:
-          positional.append((patches, cot))
-        else:
-          grads.append(structured_blocks.positional_gradient(patches, cot))  # [N, K*C]
-      if plan.bias and not bias_merged:
-        grads.append(tf.reduce_sum(cot, axis=1))  # [N, C]
+      self._layer_features(plan, records[plan.name][0], cot, terms)
+    products, positional, grads, host = terms
+    n = tf.shape(x)[0]
     if needs_reference:
       try:
         jac = tape.jacobian(logits, self._reference_vars, experimental_use_pfor=use_pfor)
@@ -197,9 +173,60 @@ class FeatureExtractor:
           raise
         logging.warning("pfor failed for the reference layers (%s); using a while loop.", err)
         jac = tape.jacobian(logits, self._reference_vars, experimental_use_pfor=False)
-      grads.extend(tf.reshape(j, [n, -1]) for j in jac)  # [N, p_v] each
+      grads.extend(tf.reshape(j, [n, -1]) for j in jac)  # [N, p_v] (or [N, O p_v]) each
     gradient = tf.concat(grads, axis=1) if grads else tf.zeros([n, 0], x.dtype)  # [N, p_G']
     return products, positional, gradient, host
+
+  @staticmethod
+  def _cotangents(tape, totals, zs) -> List[tf.Tensor]:
+    """d (sum_i f_a(x_i)) / d z for each recorded z [N, ..., C], the O logits concatenated.
+
+    Each z gets `[N, ..., O C]`, channel a C + c the cotangent of logit a (one
+    backward pass per logit; examples are independent in inference mode).
+    """
+    per_logit = [tape.gradient(total, zs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                 for total in totals]
+    if len(per_logit) == 1:
+      return per_logit[0]
+    return [tf.concat(list(cots), axis=-1) for cots in zip(*per_logit)]  # [N, ..., O C]
+
+  def _layer_features(self, plan, inputs, cot, terms) -> None:
+    """Appends one planned layer's terms to `terms` (products, positional, grads, host)."""
+    products, positional, grads, host = terms
+    n = tf.shape(inputs)[0]
+    channels = plan.channels * self.outputs  # O C: the O logits' cotangents side by side
+    if plan.kind == "batch_norm":
+      grads.extend(_batch_norm_grads(plan, inputs, cot, self.outputs))
+      return
+    host_ids = {id(p) for p in self.host_plans}
+    if id(plan) in host_ids or id(plan) in self._tf_gradient_ids:
+      cot = tf.reshape(cot, [n, plan.positions, channels])  # [N, P, O C]
+      if id(plan) in host_ids:
+        host.append((inputs, cot))
+      else:
+        grads.extend(geometry.conv_gradient(plan.layer, inputs, cot_a, *plan.patches)
+                     for cot_a in tf.split(cot, self.outputs, axis=-1))  # [N, K*C] each
+      if plan.bias:
+        grads.append(tf.reduce_sum(cot, axis=1))  # [N, O C]
+      return
+    if plan.kind == "conv2d":
+      patches = geometry.conv_patches(plan.layer, inputs, *plan.patches)  # [N, P, K]
+    else:
+      patches = tf.reshape(inputs, [n, plan.positions, plan.patch_len])  # [N, P, K]
+    cot = tf.reshape(cot, [n, plan.positions, channels])  # [N, P, O C]
+    bias_merged = False
+    if plan.kernel:
+      if plan.is_product:
+        # The bias joins as +1 on the inputs Gram (the engines' product offsets).
+        bias_merged = plan.bias
+        products.append((tf.reshape(patches, [n, plan.patch_len]),  # [N, K]
+                         tf.reshape(cot, [n, channels])))  # [N, O C]
+      elif plan.is_positional:
+        positional.append((patches, cot))
+      else:
+        grads.append(structured_blocks.positional_gradient(patches, cot))  # [N, K*O C]
+    if plan.bias and not bias_merged:
+      grads.append(tf.reduce_sum(cot, axis=1))  # [N, O C]
 
   def _bucket(self, n: int) -> int:
     """The padded block size for n examples: the smallest bucket >= n, else n."""
@@ -230,25 +257,30 @@ class FeatureExtractor:
       products = [(l.numpy()[:n], r.numpy()[:n]) for l, r in products]
       positional = [(p.numpy()[:n], d.numpy()[:n]) for p, d in positional]
       pieces = [gradient.numpy()[:n]] + [
-          geometry.host_conv_gradient(plan.layer, inputs.numpy()[:n], cot.numpy()[:n])
-          for plan, (inputs, cot) in zip(self.host_plans, host)]  # [N, K*C] each
+          geometry.host_conv_gradient(plan.layer, inputs.numpy()[:n], cot_a)
+          for plan, (inputs, cot) in zip(self.host_plans, host)
+          for cot_a in np.split(cot.numpy()[:n], self.outputs, axis=-1)]  # [N, K*C] each
       gradient = np.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0]  # [N, p_G]
     entry = BlockFeatures(n, products, positional, gradient)
     self.cache.put(key, entry)
     return entry
 
 
-def _batch_norm_grads(plan, inputs, cot):
-  """Per-example gradients of BatchNorm's gamma [N, C] and beta [N, C] (inference mode)."""
+def _batch_norm_grads(plan, inputs, cot, outputs: int = 1):
+  """Per-example gradients of BatchNorm's gamma [N, O C] and beta [N, O C] (inference mode).
+
+  `cot` [N, ..., O C] holds the O logits' cotangents side by side (O = `outputs`).
+  """
   layer = plan.layer
   n = tf.shape(inputs)[0]
   mean = tf.cast(layer.moving_mean, inputs.dtype)
   variance = tf.cast(layer.moving_variance, inputs.dtype)
   x_hat = (inputs - mean) * tf.math.rsqrt(variance + layer.epsilon)  # [N, ..., C]
-  cot = tf.reshape(cot, [n, -1, plan.channels])  # [N, P, C]
+  cot = tf.reshape(cot, [n, -1, outputs, plan.channels])  # [N, P, O, C]
   grads = []
   if plan.gamma:
-    grads.append(tf.reduce_sum(tf.reshape(x_hat, [n, -1, plan.channels]) * cot, axis=1))
+    x_hat = tf.reshape(x_hat, [n, -1, 1, plan.channels])  # [N, P, 1, C]
+    grads.append(tf.reshape(tf.reduce_sum(x_hat * cot, axis=1), [n, -1]))  # [N, O C]
   if plan.beta:
-    grads.append(tf.reduce_sum(cot, axis=1))  # [N, C]
+    grads.append(tf.reshape(tf.reduce_sum(cot, axis=1), [n, -1]))  # [N, O C]
   return grads
