@@ -17,6 +17,8 @@ import numpy as np
 import ntk_tf
 from ntk_tf.ntk import block_size as block_size_lib
 from ntk_tf.ntk import gram
+from ntk_tf.ntk import jacobian_block
+from ntk_tf.ntk import ntk_vector_products
 from ntk_tf.ntk import output_kernel
 from ntk_tf.ntk import structured
 from tests import ntk_reference
@@ -25,7 +27,7 @@ _K = 3
 _N1, _N2 = 6, 4
 _BLOCK = 4  # Row blocks 0:4 and 4:6: a diagonal block, a mirrored one, a partial one.
 _IMPLEMENTATIONS = ("jacobian", "structured", "ntk_vector_products", "auto")
-_STRUCTURED_REFUSES = ("full", "diagonal")
+_NOT_SQUARE = ("full", "diagonal")  # GramStore refuses them: they are not [N, N].
 _KERNELS = output_kernel.OUTPUT_KERNELS
 # Small models: the MLP (Dense only) and LeNet (Conv2D, pooling, Dense).
 _MODELS = {"mlp": dict(width=8), "lenet": dict()}
@@ -77,8 +79,6 @@ class OutputKernelValuesTest(parameterized.TestCase):
   def test_float64_matches_brute_force(self, name, implementation):
     _, twin, x1, x2, expected, _ = _reference(name)
     for kernel in _KERNELS:
-      if implementation == "structured" and kernel in _STRUCTURED_REFUSES:
-        continue
       for x_b, which in ((None, 0), (x2, 1)):
         theta = gram.ntk_gram(twin, x1, x_b, block_size=_BLOCK, implementation=implementation,
                               dtype="float64", output_kernel=kernel, progress=False)
@@ -90,12 +90,23 @@ class OutputKernelValuesTest(parameterized.TestCase):
   @parameterized.parameters(*_IMPLEMENTATIONS)
   def test_float32_matches_brute_force(self, implementation):
     model, _, x1, x2, expected, _ = _reference("mlp")
-    kernels = ("trace", "pseudo") if implementation == "structured" else _KERNELS
-    for kernel in kernels:
+    for kernel in _KERNELS:
       theta = gram.ntk_gram(model, x1, x2, block_size=_BLOCK, implementation=implementation,
                             dtype="float32", output_kernel=kernel, progress=False)
       self.assertEqual(theta.dtype, np.float32)
       self.assertLessEqual(ntk_reference.rel_error(theta, expected[kernel][1]), 2e-5, msg=kernel)
+
+  @parameterized.product(choices=("structured", "jacobian"), matmul_engine=("numpy", "xla"))
+  def test_structured_every_layer_form(self, choices, matmul_engine):
+    # Conv kernels as positional terms (structured) or per-example gradients (jacobian);
+    # "trace" runs on either engine, "full"/"diagonal" on the host whatever the engine.
+    _, twin, x1, x2, expected, _ = _reference("lenet")
+    for kernel in ("full", "diagonal", "trace"):
+      theta = gram.ntk_gram(twin, x1, x2, block_size=_BLOCK, implementation="structured",
+                            dtype="float64", output_kernel=kernel, choices=choices,
+                            matmul_engine=matmul_engine, progress=False)
+      self.assertLessEqual(ntk_reference.rel_error(theta, expected[kernel][1]), 1e-10,
+                           msg=kernel)
 
   def test_symmetric_full_mirrors_output_axes(self):
     _, twin, x1, _, _, _ = _reference("mlp")
@@ -180,18 +191,21 @@ class OutputKernelErrorsTest(parameterized.TestCase):
         call()
       self.assertNotIn("\n", str(caught.exception))
 
-  @parameterized.parameters(*_STRUCTURED_REFUSES)
-  def test_structured_refuses_full_and_diagonal_by_name(self, kernel):
-    pattern = (rf"implementation='structured' does not compute output_kernel='{kernel}'.*"
-               rf"Received: implementation='structured', output_kernel='{kernel}'")
-    with self.assertRaisesRegex(ValueError, pattern):
-      gram.ntk_gram(self.model, self.x, implementation="structured", output_kernel=kernel,
-                    progress=False)
-    with self.assertRaisesRegex(ValueError, pattern):
-      structured.make_block_fn(self.model, "float32", output_kernel=kernel)
+  def test_block_fns_refuse_pseudo_and_unknown_kernels_by_name(self):
+    # "pseudo" is one logit on the pseudo-NTK model: only ntk_gram / gram.make_block_fn run it.
+    makers = {"jacobian": jacobian_block.make_block_fn, "structured": structured.make_block_fn,
+              "ntk_vector_products": ntk_vector_products.make_block_fn}
+    for implementation, make_block_fn in makers.items():
+      with self.assertRaisesRegex(ValueError, rf"Received: implementation='{implementation}', "
+                                  r"output_kernel='pseudo'"):
+        make_block_fn(self.model, "float32", output_kernel="pseudo")
+      with self.assertRaisesRegex(ValueError, r"Received: output_kernel='sum'"):
+        make_block_fn(self.model, "float32", output_kernel="sum")
+    self.assertEqual(gram.make_block_fn(self.model, "jacobian", "float32", 4,
+                                        output_kernel="pseudo")(self.x).shape, (3, 3))
 
   def test_gram_store_refuses_non_square_kernels_by_name(self):
-    for kernel in _STRUCTURED_REFUSES:
+    for kernel in _NOT_SQUARE:
       with self.assertRaisesRegex(ValueError, rf"Received: output_kernel='{kernel}'"):
         ntk_tf.GramStore(self.create_tempdir().full_path, self.model, self.x,
                          output_kernel=kernel)

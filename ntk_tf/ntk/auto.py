@@ -26,10 +26,11 @@ always cost more FLOPs than the jacobian path. Their use is memory (no
 [B, P] Jacobian) and top-k eigenvectors (k products instead of n): use
 `ntk_vector_products.NtkOperator` directly.
 
-Output kernels of a K-logit model (`ntk_tf.ntk.output_kernel`): "trace" is
-chosen by the same rule (both paths carry the K outputs along the same
-features); "full" and "diagonal" are computed by jacobian, the one candidate
-that computes them (`structured.OUTPUT_KERNELS`).
+Output kernels of a K-logit model (`ntk_tf.ntk.output_kernel`) are chosen by
+the same one-logit rule: both candidates compute every kernel, and both pay
+about K times the backward passes and K (trace) to K^2 (full) times the
+final contraction of one logit. An output kernel a candidate does not
+compute (`OUTPUT_KERNELS` of its module) goes to the other.
 """
 
 from typing import Dict, Optional
@@ -72,7 +73,8 @@ def choose_implementation(model: keras.Model, input_shape: Shape, n: int, *,
                           output_kernel: Optional[str] = None) -> NtkImplementation:
   """Returns the candidate with the fewest estimated FLOPs for an [n, n] block.
 
-  An `output_kernel` the structured path does not compute gets JACOBIAN.
+  An `output_kernel` the structured path does not compute gets JACOBIAN
+  (today it computes every one).
   """
   if output_kernel is not None and output_kernel not in structured.OUTPUT_KERNELS:
     return NtkImplementation.JACOBIAN

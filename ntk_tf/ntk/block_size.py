@@ -32,8 +32,10 @@ holds W entries per example pair, W = K^2 ("full"), K ("diagonal") or 1
 
   jacobian:            s * [ 3 B K P + 3 B F_act + 2 B^2 W ]
       (Jacobians [B, K, P]; the block and its reordered copy)
-  structured ("trace"): s * [ (2 + K) B F_act + B F_patch + 2 B F_feat(K) + B^2 (7 + P2) ]
-      (K cotangents per activation; F_feat(K) counts K cotangents per layer)
+  structured:          s * [ (2 + K) B F_act + B F_patch + 2 B F_feat(K) + B^2 V (7 + P2) ]
+      (K cotangents per activation; F_feat(K) counts K cotangents per layer;
+       V = 1 for "trace", K^2 for "full" and "diagonal", whose contraction
+       holds [B K, B K] cotangent Grams and [B, K, B, K, P_l, P_l] positional ones)
   ntk_vector_products: s * [ 4 B F_act + 4 P + B^2 W ]
   auto:                the formula of the implementation it chooses for that kernel.
 "pseudo" is one logit (its model ends in a fixed sum): the one-logit formulas.
@@ -96,9 +98,11 @@ def peak_memory_bytes(model: keras.Model, block_size: int,
                                         output_kernel=output_kernel)
   act = model_plan.activation_size()
   if member == NtkImplementation.STRUCTURED:
+    pair_blocks = k * k if output_kernel in (output_kernel_lib.FULL,
+                                             output_kernel_lib.DIAGONAL) else 1  # V
     floats = ((2 + k) * b * act + b * model_plan.transient_size()
               + 2 * b * model_plan.feature_size(outputs=k)
-              + b * b * (7 + model_plan.positional_square()))
+              + b * b * pair_blocks * (7 + model_plan.positional_square()))
   elif member == NtkImplementation.JACOBIAN:
     floats = _jacobian_floats(b, model_plan.params, act, k, width, output_kernel)
   else:

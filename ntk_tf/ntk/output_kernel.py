@@ -19,12 +19,14 @@ the `[N1, N2]` Gram of that logit (for "full" and "diagonal" the K axes of
 length 1 are dropped, so the result is the same array under every choice).
 A K > 1 model needs a choice; None refuses it by name (`resolve`).
 
-Implementations (`ntk_tf.ntk.gram.ntk_gram`): jacobian computes every kernel
-(Jacobians [B, K, P]); ntk_vector_products every kernel (K products per
-column); structured "trace" (the K logits' cotangents side by side) and
-"pseudo", and refuses "full" and "diagonal" by name; auto chooses as for one
-logit, and jacobian for "full" and "diagonal". Each refuses a kernel it does
-not compute naming the implementation and the kernel (`check_supported`).
+Implementations (`ntk_tf.ntk.gram.ntk_gram`), each computing every kernel:
+jacobian from Jacobians [B, K, P]; structured from per-layer factors with K
+cotangents per layer ("trace": side by side, any engine; "full"/"diagonal":
+one [B K, B K] cotangent GEMM per layer against the layer's [B, B] inputs
+Gram, host BLAS); ntk_vector_products by K products per column; auto by its
+one-logit rule. A make_block_fn given a kernel it does not compute refuses
+it naming the implementation and the kernel (`check_supported`); "pseudo" is
+never passed to one (`resolve`).
 
 Symmetry of a square Gram (x2 = x1): Theta[j, i] is Theta[i, j] with the example
 axes swapped and, for "full", the output axes swapped too,
@@ -96,14 +98,20 @@ def check_supported(output_kernel: Optional[str], supported: Tuple[str, ...],
                     implementation: str) -> None:
   """Raises ValueError naming `implementation` and `output_kernel` unless it is supported.
 
-  None (one logit) is always supported; "pseudo" never reaches an
-  implementation (`resolve` turns it into None on `pseudo_ntk_model`).
+  None (one logit) is always supported; "pseudo" is refused: it never
+  reaches an implementation (`resolve` turns it into None on `pseudo_ntk_model`).
   """
+  if output_kernel == PSEUDO:
+    raise ValueError(
+        f"implementation={implementation!r} takes output_kernel='pseudo' as one logit: "
+        f"call ntk_gram or ntk_tf.ntk.gram.make_block_fn (they run the pseudo-NTK model, "
+        f"output_kernel.pseudo_ntk_model). Received: implementation={implementation!r}, "
+        f"output_kernel='pseudo'")
   if output_kernel is not None and output_kernel not in supported:
     raise ValueError(
         f"implementation={implementation!r} does not compute output_kernel={output_kernel!r}; "
-        f"it computes {supported} (and 'pseudo', as one logit); use implementation='jacobian' "
-        f"for every output kernel. Received: implementation={implementation!r}, "
+        f"it computes {supported} (and 'pseudo', as one logit). "
+        f"Received: implementation={implementation!r}, "
         f"output_kernel={output_kernel!r}")
 
 

@@ -31,11 +31,14 @@ per-example gradients and contracting them ("jacobian"). Biases and BatchNorm
 parameters are always per-example gradients (they have few parameters).
 
 A model with O > 1 logits [N, O] (the output kernels of `ntk_tf.ntk.output_kernel`,
-which call O "K") has one kernel here, "trace" = sum_o Theta_oo: one backward
-pass per logit, and each cotangent D (and per-example gradient) holds the O
-logits' side by side, so every term above sums over o unchanged, e.g.
-(A_a A_b^T) * (sum_o D_a,o D_b,o^T). "full" and "diagonal" are refused by
-name ("pseudo" is one logit).
+which call O "K") gets one backward pass per logit, so O cotangents D_i,o
+per layer. "trace" = sum_o Theta_oo holds them side by side, so every term
+above sums over o unchanged, e.g. (A_a A_b^T) * (sum_o D_a,o D_b,o^T).
+"full" keeps them apart: for a Dense layer
+Theta_W[i, j, o, r] = (A_i . A_j)(D_i,o . D_j,r), one [Na O, Nb O] cotangent
+Gram times the [Na, Nb] inputs Gram, not O^2 one-logit Grams
+(`engines.OutputContraction`); "diagonal" is its o = r entries. "pseudo" is
+one logit.
 
 Modules, one job each:
   plan         LayerPlan / ModelPlan: per-layer forms, FLOP and memory counts

@@ -18,9 +18,10 @@ from ntk_tf.ntk.structured import plan as plan_lib
 from ntk_tf.types import Array, DType, Inputs
 
 # The output kernels of a K-logit model this path computes ("pseudo" is one logit):
-# "trace" carries the K logits' cotangents side by side (`features.FeatureExtractor`).
-# "full" and "diagonal" are refused by name (use implementation="jacobian").
-OUTPUT_KERNELS = (output_kernel_lib.TRACE,)
+# "trace" carries the K logits' cotangents side by side (`features.FeatureExtractor`),
+# "full" and "diagonal" keep them apart (`engines.OutputContraction`, host BLAS).
+OUTPUT_KERNELS = (output_kernel_lib.FULL, output_kernel_lib.DIAGONAL, output_kernel_lib.TRACE)
+_SEPARATE = (output_kernel_lib.FULL, output_kernel_lib.DIAGONAL)
 
 
 class StructuredNtk:
@@ -52,7 +53,7 @@ class StructuredNtk:
 
     Args:
       model: a functional/sequential Keras model with output [N, 1] (or [N, K]
-        with output_kernel="trace").
+        with an output_kernel).
       dtype: "float32" or "float64"; the model is cast if needed.
       choices: None (by FLOP estimate), "structured" or "jacobian" for every
         Dense/Conv2D kernel, or {layer name: choice}.
@@ -64,8 +65,10 @@ class StructuredNtk:
       allow_tf32: allow TF32 matmuls on GPU (inexact; off by default).
       feature_cache_bytes: host memory for caching per-block features, so an
         example block's forward/backward pass runs once per Gram.
-      output_kernel: None (one logit) or "trace" (sum over a model's K logits of
-        the per-logit NTKs; `OUTPUT_KERNELS`); others are refused by name.
+      output_kernel: None (one logit), or a K-logit model's "trace" (folded
+        features, any engine), "full" or "diagonal" (per-logit features,
+        contracted by `engines.OutputContraction` on the host whatever
+        `matmul_engine` says); `OUTPUT_KERNELS`.
     """
     output_kernel_lib.check_supported(output_kernel_lib.check_output_kernel(output_kernel),
                                       OUTPUT_KERNELS, "structured")
@@ -79,14 +82,21 @@ class StructuredNtk:
                                          nominal_block=nominal_block)
     self.plans: List[plan_lib.LayerPlan] = self.model_plan.plans
     self.input_shape = self.model_plan.input_shape
-    output_kernel_lib.resolve(output_kernel, self.model_plan.outputs,  # K > 1 needs "trace".
+    output_kernel_lib.resolve(output_kernel, self.model_plan.outputs,  # K > 1 needs one.
                               model.name)
     offsets = [float(p.bias) for p in self.plans if p.is_product]
-    self.contraction = engines.make_contraction(engine, offsets, self.accumulate_dtype)
+    separate = output_kernel in _SEPARATE
+    if separate:  # Host BLAS whatever the engine: the O x O structure (`OutputContraction`).
+      self.contraction = engines.OutputContraction(
+          offsets, self.accumulate_dtype,
+          diagonal_only=output_kernel == output_kernel_lib.DIAGONAL)
+    else:
+      self.contraction = engines.make_contraction(engine, offsets, self.accumulate_dtype)
     self.matmul_engine = "numpy" if self.contraction.on_host else "xla"
     self.features = features_lib.FeatureExtractor(
         self.model_plan, on_host=self.contraction.on_host, allow_tf32=self.allow_tf32,
-        cache_bytes=feature_cache_bytes, outputs=self.model_plan.outputs)
+        cache_bytes=feature_cache_bytes, outputs=self.model_plan.outputs,
+        separate_outputs=separate)
 
   @property
   def cache(self) -> features_lib.FeatureCache:
