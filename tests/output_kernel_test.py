@@ -210,8 +210,8 @@ class OutputKernelErrorsTest(parameterized.TestCase):
         ntk_tf.GramStore(self.create_tempdir().full_path, self.model, self.x,
                          output_kernel=kernel)
 
-  def test_ntk_operator_refuses_other_kernels_by_name(self):
-    for kernel in ("full", "diagonal", "trace"):
+  def test_ntk_operator_refuses_non_square_kernels_by_name(self):
+    for kernel in _NOT_SQUARE:
       with self.assertRaisesRegex(ValueError, rf"Received: output_kernel='{kernel}'"):
         ntk_tf.NtkOperator(self.model, self.x, output_kernel=kernel)
 
@@ -234,13 +234,20 @@ class OutputKernelStoreAndOperatorTest(parameterized.TestCase):
                        implementation="jacobian", output_kernel=other)
     self.assertTrue(os.path.exists(os.path.join(path, "gram.npy")))
 
-  def test_ntk_operator_pseudo(self):
+  @parameterized.parameters("trace", "pseudo")
+  def test_ntk_operator(self, kernel):
     _, twin, x1, _, expected, _ = _reference("lenet")
     operator = ntk_tf.NtkOperator(twin, x1, batch_size=4, dtype="float64",
-                                  output_kernel="pseudo")
-    v = np.random.RandomState(3).randn(_N1)
-    want = expected["pseudo"][0] @ v
-    self.assertLessEqual(ntk_reference.rel_error(operator.matvec(v), want), 1e-10)
+                                  output_kernel=kernel)
+    v = np.random.RandomState(3).randn(_N1, 2)
+    want = expected[kernel][0] @ v  # [N, 2]
+    self.assertLessEqual(ntk_reference.rel_error(operator.matvec(v[:, 0]), want[:, 0]), 1e-10)
+    self.assertLessEqual(ntk_reference.rel_error(operator.matmat(v), want), 1e-10)
+
+  def test_ntk_operator_k_logits_need_a_kernel(self):
+    model, _ = _models("mlp")
+    with self.assertRaisesRegex(ValueError, r"K=3 output logits.*Received: output_kernel=None"):
+      ntk_tf.NtkOperator(model, ntk_reference.inputs(2))
 
 
 class OutputKernelMemoryTest(absltest.TestCase):

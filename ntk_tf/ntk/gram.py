@@ -11,7 +11,10 @@ The block loop is generic: an `NtkImplementation` selects, in the table
 `_IMPLEMENTATION_TO_BLOCK_FN` right above `ntk_gram`, the `make_block_fn`
 `(model, dtype, block_size, **options)` of one implementation module, which
 returns a `BlockFn` `(x_a [B, ...], x_b [B, ...] | None) -> [B, B]` (x_b None
-means x_b = x_a, a diagonal block of a symmetric Gram).
+means x_b = x_a, a diagonal block of a symmetric Gram). For a model with K
+logits the block carries the output kernel's axes after the example axes,
+`[B, B, K, K]` ("full") or `[B, B, K]` ("diagonal"), and so does the Gram
+(`ntk_tf.ntk.output_kernel`).
 
 Paper: Sec. 2 (empirical NTK), App. B (Gram matrices of the trained networks).
 """

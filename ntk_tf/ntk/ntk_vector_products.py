@@ -94,6 +94,10 @@ def _batches(x: np.ndarray, batch_size: int):
     yield start, batch, n
 
 
+# Output kernels that are not [N, N]: `NtkOperator` refuses them.
+_NOT_SQUARE = (output_kernel_lib.FULL, output_kernel_lib.DIAGONAL)
+
+
 class NtkOperator:
   """The NTK Gram matrix K = J J^T [N, N] of `model` on x, as a linear operator.
 
@@ -103,53 +107,61 @@ class NtkOperator:
   Memory: O(P) for the tangent plus one batch of activations (x2 for forward
   mode); K is never stored.
 
-  A model with several logits takes `output_kernel="pseudo"`: K is then the
-  pseudo-NTK, the one-logit NTK of (1/sqrt K) sum_a f_a
-  (`ntk_tf.ntk.output_kernel`); other output kernels are refused by name.
+  A model with K logits takes an [N, N] output kernel (`ntk_tf.ntk.output_kernel`):
+  "pseudo", the one-logit NTK of (1/sqrt K) sum_a f_a (one product per
+  matvec), or "trace", sum_a J_a J_a^T v with J_a = d f_a / d theta [N, P]
+  (K VJP and K JVP passes per matvec); "full" and "diagonal" are not [N, N]
+  and are refused by name.
   """
 
   def __init__(self, model: keras.Model, x: Inputs, *, batch_size: int = 256,
                dtype: DType = "float32", output_kernel: Optional[str] = None):
-    if output_kernel_lib.check_output_kernel(output_kernel) not in (None,
-                                                                    output_kernel_lib.PSEUDO):
+    if output_kernel_lib.check_output_kernel(output_kernel) in _NOT_SQUARE:
       raise ValueError(
-          f"NtkOperator applies one [N, N] kernel of one logit: it takes output_kernel=None "
-          f"or 'pseudo' (the pseudo-NTK of a K-logit model). Received: "
-          f"output_kernel={output_kernel!r}")
-    if output_kernel == output_kernel_lib.PSEUDO:
-      validation.check_model(model, one_logit=False)
-      model, _, _ = output_kernel_lib.output_model(
-          model, output_kernel, np.asarray(x[:1], precision.model_dtype(model)))
-    validation.check_single_logit(model)
+          f"NtkOperator applies an [N, N] kernel: it takes output_kernel=None, 'trace' or "
+          f"'pseudo'. Received: output_kernel={output_kernel!r}")
+    validation.check_model(model, one_logit=False)
+    model, kernel, k = output_kernel_lib.output_model(
+        model, output_kernel, np.asarray(x[:1], precision.model_dtype(model)))
     self.dtype = np.dtype(precision.canonical_dtype(dtype))
     self.batch_size = validation.check_positive_int(batch_size, "batch_size")
     self._x = np.asarray(x, dtype=self.dtype)
-    self._products = BatchProducts(model, self.dtype.name)
+    # The logits summed over ("trace": K of them), or None for one logit.
+    self._logits = range(k) if kernel == output_kernel_lib.TRACE else None
+    self._products = BatchProducts(model, self.dtype.name, multi_logit=kernel is not None)
     self.shape = (len(self._x), len(self._x))
 
-  def transposed_jacobian_product(self, v: Array) -> list:
-    """Returns u = J^T v, a list of tensors shaped like the trainable variables."""
+  def transposed_jacobian_product(self, v: Array, logit: Optional[int] = None) -> list:
+    """Returns u = J^T v (J_a^T v for `logit` a), a list shaped like the trainable variables."""
     total = [tf.zeros_like(w) for w in self._products.variables]
+    k = None if logit is None else len(self._logits)
     for start, batch, n in _batches(self._x, self.batch_size):
-      v_batch = np.zeros(self.batch_size, self.dtype)
-      v_batch[:n] = v[start:start + n]
+      v_batch = np.zeros((self.batch_size,) if k is None else (self.batch_size, k), self.dtype)
+      if k is None:
+        v_batch[:n] = v[start:start + n]  # [B]
+      else:
+        v_batch[:n, logit] = v[start:start + n]  # [B, K], zero but for logit a
       grads = self._products._vjp(tf.constant(batch), tf.constant(v_batch))
       total = [t + g for t, g in zip(total, grads)]
     return total
 
-  def jacobian_product(self, tangents: list) -> Array:
-    """Returns J u [N] for u a list shaped like the trainable variables."""
+  def jacobian_product(self, tangents: list, logit: Optional[int] = None) -> Array:
+    """Returns J u [N] (J_a u for `logit` a) for u a list shaped like the trainable variables."""
     out = np.empty(self.shape[0], self.dtype)
     for start, batch, n in _batches(self._x, self.batch_size):
-      out[start:start + n] = self._products._jvp(tf.constant(batch), tangents).numpy()[:n]
+      products = self._products._jvp(tf.constant(batch), tangents).numpy()  # [B] or [B, K]
+      out[start:start + n] = products[:n] if logit is None else products[:n, logit]
     return out
 
   def matvec(self, v: Array) -> Array:
-    """Returns K v [N] for v [N]."""
+    """Returns K v [N] for v [N] ("trace": sum_a J_a J_a^T v)."""
     v = np.asarray(v, self.dtype).reshape(-1)
     if v.shape[0] != self.shape[0]:
       raise ValueError(f"v must have shape [{self.shape[0]}]. Received: shape={v.shape}")
-    return self.jacobian_product(self.transposed_jacobian_product(v))
+    if self._logits is None:
+      return self.jacobian_product(self.transposed_jacobian_product(v))
+    return sum(self.jacobian_product(self.transposed_jacobian_product(v, a), a)
+               for a in self._logits)
 
   def matmat(self, matrix: Array) -> Array:
     """Returns K V [N, k] for V [N, k]."""
@@ -165,7 +177,7 @@ class NtkOperator:
                                  matmat=self.matmat, dtype=self.dtype)
 
 
-# The output kernels of a K-logit model this path computes ("pseudo" is one logit).
+# The output kernels of a K-logit model the BlockFn computes ("pseudo" is one logit).
 OUTPUT_KERNELS = (output_kernel_lib.FULL, output_kernel_lib.DIAGONAL, output_kernel_lib.TRACE)
 
 
