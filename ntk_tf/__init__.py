@@ -44,6 +44,8 @@ from ntk_tf.ntk.gram import ntk_gram
 from ntk_tf.ntk.gram_store import GramStore
 from ntk_tf.ntk.implementation import NtkImplementation
 from ntk_tf.ntk.ntk_vector_products import NtkOperator
+from ntk_tf.ntk.output_kernel import OUTPUT_KERNELS
+from ntk_tf.ntk.output_kernel import flatten_full_gram
 from ntk_tf.precision import as_float64_model
 from ntk_tf.recipe import PAPER_ADAM
 from ntk_tf.recipe import PAPER_CIFAR2
@@ -61,6 +63,8 @@ __all__ = [
     "predict",
     # Kernels (Sec. 2, App. B).
     "GramStore", "NtkImplementation", "NtkOperator", "as_float64_model", "jacobian", "ntk_gram",
+    # Output kernels of K-logit models (ntk_gram(..., output_kernel=...)).
+    "OUTPUT_KERNELS", "flatten_full_gram",
     # Spectra, tasks and alignment (Sec. 3.1, 4.2, Lemma 1).
     "alignment", "eigen", "eigenfunction_signs", "energy_concentration",
     # Linearized models and training (Eq. 1, App. A).

@@ -11,7 +11,7 @@ statistics and dropout is off, so samples do not interact and row i depends on
 x_i alone (Sec. 2: the empirical NTK of the network at its current weights).
 """
 
-from typing import Callable
+from typing import Callable, Optional
 
 import keras
 import numpy as np
@@ -26,7 +26,8 @@ from ntk_tf import validation
 _PARALLEL_EXAMPLES = 16
 
 
-def jacobian_fn(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
+def jacobian_fn(model: keras.Model,
+                outputs: Optional[int] = None) -> Callable[[tf.Tensor], tf.Tensor]:
   """Returns a `tf.function` mapping a block `x [B, ...]` to its Jacobian `[B, P]`.
 
   Each row is a separate GradientTape gradient of the logit of one example
@@ -34,22 +35,44 @@ def jacobian_fn(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
   work per block is B backward passes of batch size 1. The function is traced
   once per block shape and dtype. Peak memory: B * P * bytes for the result
   plus one example's activations per concurrent example.
+
+  With `outputs=K` (a model with K logits `[N, K]`) the Jacobian is
+  `[B, K, P]`, J[i, a] = d f_a(x_i) / d theta: K backward passes per example
+  from one forward pass (a persistent tape), B K P * bytes for the result.
   """
   onednn.protect(model)  # per-example (batch 1) gradients hit oneDNN's 1x1 stride-2 bug
   variables = model.trainable_variables
   num_params = validation.parameter_count(model)
   dtype = tf.as_dtype(variables[0].dtype)
 
+  def flat(grads):  # a list shaped like the variables -> [P]
+    return tf.concat([tf.reshape(tf.cast(g, dtype), [-1]) for g in grads], axis=0)
+
   def example_gradient(x_i):  # x_i [...] -> [P]
     with tf.GradientTape() as tape:
       logit = tf.reshape(model(x_i[None], training=False), [])  # [] (the single logit)
-    grads = tape.gradient(logit, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return tf.concat([tf.reshape(tf.cast(g, dtype), [-1]) for g in grads], axis=0)  # [P]
+    return flat(tape.gradient(logit, variables,
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO))
+
+  def example_output_gradients(x_i):  # x_i [...] -> [K, P]
+    with tf.GradientTape(persistent=True) as tape:
+      logits = tf.reshape(model(x_i[None], training=False), [outputs])  # [K]
+      per_output = [logits[a] for a in range(outputs)]
+    rows = [flat(tape.gradient(logit, variables,
+                               unconnected_gradients=tf.UnconnectedGradients.ZERO))
+            for logit in per_output]
+    return tf.stack(rows)  # [K, P]
+
+  if outputs is None:
+    fn, row_shape = example_gradient, [num_params]
+  else:
+    fn, row_shape = example_output_gradients, [validation.check_positive_int(
+        outputs, "outputs"), num_params]
 
   @tf.function(reduce_retracing=True)
-  def block_jacobian(x):  # x [B, ...] -> [B, P]
-    return tf.map_fn(example_gradient, x, parallel_iterations=_PARALLEL_EXAMPLES,
-                     fn_output_signature=tf.TensorSpec([num_params], dtype))
+  def block_jacobian(x):  # x [B, ...] -> [B, P] (or [B, K, P])
+    return tf.map_fn(fn, x, parallel_iterations=_PARALLEL_EXAMPLES,
+                     fn_output_signature=tf.TensorSpec(row_shape, dtype))
 
   return block_jacobian
 

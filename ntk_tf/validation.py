@@ -24,13 +24,14 @@ def check_positive_int(value, name: str) -> int:
 
 
 def check_inputs(model: keras.Model, x: types.Inputs, name: str = "x",
-                 dtype: Optional[str] = None) -> np.ndarray:
+                 dtype: Optional[str] = None, *, one_logit: bool = True) -> np.ndarray:
   """Returns `x` as a NumPy array after checking it fits `model` and is finite.
 
   Complex inputs are refused (not cast: that would drop their imaginary part);
   uint8 inputs are used as their raw 0-255 values, with a warning once per process.
   For a subclassed model (no symbolic outputs to read), the model is run on the
-  first example to check that its output is one logit (`check_single_logit`).
+  first example to check that its output is one logit (`check_single_logit`),
+  or, with `one_logit=False`, one output of K logits `[N, K]` (`check_logits`).
 
   Args:
     model: the Keras model `x` is fed to; `x.shape[1:]` must equal its input
@@ -78,7 +79,11 @@ def check_inputs(model: keras.Model, x: types.Inputs, name: str = "x",
     out_dtype = array.dtype if np.issubdtype(array.dtype, np.floating) else keras.config.floatx()
   array = np.ascontiguousarray(array, dtype=np.dtype(str(getattr(out_dtype, "name", out_dtype))))
   if not getattr(model, "outputs", None) and model.built:
-    _check_one_logit(model, model(array[:1], training=False), "for one example")
+    outputs = model(array[:1], training=False)
+    if one_logit:
+      _check_one_logit(model, outputs, "for one example")
+    else:
+      check_logits(model, outputs, "for one example")
   return array
 
 
@@ -120,18 +125,35 @@ def parameter_count(model: keras.Model) -> int:
 
 
 _ONE_LOGIT = "ntk_tf expects a model with one output logit, [N, 1]"
+_LOGITS = "ntk_tf expects a model with one output of K logits, [N, K]"
+
+
+def _check_output(model: keras.Model, outputs: Any, where: str, expects: str,
+                  max_width: Optional[int]) -> None:
+  """Raises ValueError, `expects` first, unless `outputs` is one `[N]` or `[N, K <= max_width]`."""
+  if isinstance(outputs, (list, tuple, dict)):
+    if len(outputs) != 1:
+      raise ValueError(f"{expects}. Received: model {model.name!r} with {len(outputs)} outputs")
+    outputs = list(outputs.values() if isinstance(outputs, dict) else outputs)[0]
+  shape = tuple(outputs.shape)
+  width_ok = len(shape) == 2 and (max_width is None or shape[1] == max_width)
+  if not (len(shape) == 1 or width_ok):
+    raise ValueError(f"{expects}. Received: model {model.name!r} with output shape "
+                     f"{shape}{' ' + where if where else ''}")
 
 
 def _check_one_logit(model: keras.Model, outputs: Any, where: str = "") -> None:
   """Raises ValueError unless `outputs` (symbolic or computed) is one `[N, 1]` or `[N]` logit."""
-  if isinstance(outputs, (list, tuple, dict)):
-    if len(outputs) != 1:
-      raise ValueError(f"{_ONE_LOGIT}. Received: model {model.name!r} with {len(outputs)} outputs")
-    outputs = list(outputs.values() if isinstance(outputs, dict) else outputs)[0]
-  shape = tuple(outputs.shape)
-  if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
-    raise ValueError(f"{_ONE_LOGIT}. Received: model {model.name!r} with output shape "
-                     f"{shape}{' ' + where if where else ''}")
+  _check_output(model, outputs, where, _ONE_LOGIT, 1)
+
+
+def check_logits(model: keras.Model, outputs: Any, where: str = "") -> None:
+  """Raises ValueError unless `outputs` (symbolic or computed) is one `[N, K]` or `[N]` output.
+
+  The K logits of one output array (`ntk_tf.ntk.output_kernel`); a model with
+  several output arrays is refused, naming how many.
+  """
+  _check_output(model, outputs, where, _LOGITS, None)
 
 
 def check_single_logit(model: keras.Model) -> None:
@@ -139,8 +161,18 @@ def check_single_logit(model: keras.Model) -> None:
 
   The logit is one output `[N, 1]` (or `[N]`): every NTK in ntk_tf is the
   kernel of a single scalar logit (Sec. 2 of the paper: binary classification,
-  f: R^d -> R). A subclassed model's output is checked on its inputs
+  f: R^d -> R), except `ntk_gram`'s output kernels (`check_model` with
+  `one_logit=False`). A subclassed model's output is checked on its inputs
   (`check_inputs`).
+  """
+  check_model(model, one_logit=True)
+
+
+def check_model(model: keras.Model, *, one_logit: bool = True) -> None:
+  """Raises ValueError unless `model` is built with one input, its logits and trainable weights.
+
+  With `one_logit`, the logits are one `[N, 1]` output (`check_single_logit`);
+  else one `[N, K]` output of any K (`check_logits`).
   """
   inputs = getattr(model, "inputs", None)
   if inputs is not None and len(inputs) != 1:
@@ -148,7 +180,7 @@ def check_single_logit(model: keras.Model) -> None:
                      f"{model.name!r} with {len(inputs)} inputs")
   outputs = getattr(model, "outputs", None)
   if outputs:
-    _check_one_logit(model, outputs)
+    (_check_one_logit if one_logit else check_logits)(model, outputs)
   if not model.built:
     raise ValueError(f"model {model.name!r} is not built: ntk_tf needs its weights. Call it on a "
                      f"batch (or model.build(input_shape)) first. Received: model {model.name!r} "

@@ -59,6 +59,26 @@ def loop_jacobian(model: keras.Model, x: np.ndarray) -> np.ndarray:
   return np.stack(rows)  # [N, P]
 
 
+def loop_output_jacobian(model: keras.Model, x: np.ndarray) -> np.ndarray:
+  """Returns `[N, K, P]`: entry [i, a] is the GradientTape gradient of f_a(x_i) alone.
+
+  One tape per example and per output (inference mode), for a model with K logits.
+  """
+  dtype = model.trainable_variables[0].dtype
+  k = int(model(tf.constant(x[:1], dtype=dtype), training=False).shape[-1])
+  rows = []
+  for i in range(x.shape[0]):
+    per_output = []
+    for a in range(k):
+      with tf.GradientTape() as tape:
+        logit = model(tf.constant(x[i:i + 1], dtype=dtype), training=False)[0, a]
+      grads = tape.gradient(logit, model.trainable_variables,
+                            unconnected_gradients=tf.UnconnectedGradients.ZERO)
+      per_output.append(np.concatenate([np.asarray(g).ravel() for g in grads]))  # [P]
+    rows.append(np.stack(per_output))  # [K, P]
+  return np.stack(rows)  # [N, K, P]
+
+
 def finite_difference_jacobian(model: keras.Model, x: np.ndarray, step: float = 1e-6) -> np.ndarray:
   """Returns `[N, P]` by central differences of the logit, one parameter at a time.
 

@@ -213,10 +213,11 @@ class UnsupportedModelsTest(parameterized.TestCase):
 
   _X = np.random.RandomState(0).randn(4, 3).astype(np.float32)
 
-  def assert_refused(self, pattern, model, x):
-    for fn in (lambda: ntk_tf.ntk_gram(model, x, progress=False),
-               lambda: ntk_tf.jacobian(model, x)):
-      with self.assertRaisesRegex(ValueError, pattern) as caught:
+  def assert_refused(self, pattern, model, x, jacobian_pattern=None):
+    """`pattern` for both, or for ntk_gram only when `jacobian_pattern` is given."""
+    for fn, expected in ((lambda: ntk_tf.ntk_gram(model, x, progress=False), pattern),
+                         (lambda: ntk_tf.jacobian(model, x), jacobian_pattern or pattern)):
+      with self.assertRaisesRegex(ValueError, expected) as caught:
         fn()
       self.assertNotIn("\n", str(caught.exception))
       frames = [f.filename for f in traceback.extract_tb(caught.exception.__traceback__)]
@@ -228,19 +229,25 @@ class UnsupportedModelsTest(parameterized.TestCase):
                           _two_input_model(), x)
 
   def test_subclassed_ten_logits(self):
-    self.assert_refused(r"^ntk_tf expects a model with one output logit.* model 'sub' with output "
-                        r"shape \(1, 10\)", _built(_Logits(10)), self._X)
+    # ntk_gram takes K logits with an output kernel (output_kernel_test); jacobian one logit.
+    self.assert_refused(r"^The model 'sub' has K=10 output logits.*output_kernel.*'full', "
+                        r"'diagonal', 'trace', 'pseudo'.*Received: output_kernel=None",
+                        _built(_Logits(10)), self._X,
+                        jacobian_pattern=r"^ntk_tf expects a model with one output logit.* "
+                        r"model 'sub' with output shape \(1, 10\)")
 
   def test_subclassed_two_outputs(self):
-    self.assert_refused("one output logit.* model 'sub' with 2 outputs",
+    self.assert_refused("one output.* model 'sub' with 2 outputs",
                         _built(_Logits(two_heads=True)), self._X)
 
   def test_unbuilt_subclassed(self):
     self.assert_refused("not built.* model 'sub' with built=False", _Logits(), self._X)
 
   def test_functional_ten_logits(self):
-    self.assert_refused(r"one output logit.* model 'toy' with output shape \(None, 10\)",
-                        _dense_model(outputs=10), self._X)
+    self.assert_refused(r"^The model 'toy' has K=10 output logits.*Received: output_kernel=None",
+                        _dense_model(outputs=10), self._X,
+                        jacobian_pattern=r"one output logit.* model 'toy' with output shape "
+                        r"\(None, 10\)")
 
   def test_complex_inputs(self):
     for model in (_dense_model(), _built(_Logits())):

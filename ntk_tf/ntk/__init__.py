@@ -15,6 +15,7 @@ Modules, one job each:
   structured/          STRUCTURED: per-layer structured derivatives (a sub-package)
   ntk_vector_products  NTK_VECTOR_PRODUCTS, and `NtkOperator` (Theta v without Theta)
   auto                 AUTO: STRUCTURED or JACOBIAN by a FLOP estimate
+  output_kernel        the kernels of a K-logit model (full, diagonal, trace, pseudo)
   block_size           the peak memory of one block per implementation; the default B
   engine_cache         the matmul engine AUTO uses on the machine at hand (a pin, a cache)
   gram_store           `GramStore`: an on-disk, resumable Gram

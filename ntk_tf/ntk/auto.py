@@ -25,6 +25,12 @@ BatchNorm 4 P_l C vs 2 C, other layers 2 p by the rule), so
 always cost more FLOPs than the jacobian path. Their use is memory (no
 [B, P] Jacobian) and top-k eigenvectors (k products instead of n): use
 `ntk_vector_products.NtkOperator` directly.
+
+Output kernels of a K-logit model (`ntk_tf.ntk.output_kernel`) are chosen by
+the same one-logit rule: both candidates compute every kernel, and both pay
+about K times the backward passes and K (trace) to K^2 (full) times the
+final contraction of one logit. An output kernel a candidate does not
+compute (`OUTPUT_KERNELS` of its module) goes to the other.
 """
 
 from typing import Dict, Optional
@@ -63,15 +69,26 @@ def implementation_flops(model: keras.Model, input_shape: Shape,
   }
 
 
-def choose_implementation(model: keras.Model, input_shape: Shape, n: int) -> NtkImplementation:
-  """Returns the candidate with the fewest estimated FLOPs for an [n, n] block."""
+def choose_implementation(model: keras.Model, input_shape: Shape, n: int, *,
+                          output_kernel: Optional[str] = None) -> NtkImplementation:
+  """Returns the candidate with the fewest estimated FLOPs for an [n, n] block.
+
+  An `output_kernel` the structured path does not compute gets JACOBIAN
+  (today it computes every one).
+  """
+  if output_kernel is not None and output_kernel not in structured.OUTPUT_KERNELS:
+    return NtkImplementation.JACOBIAN
   flops = implementation_flops(model, input_shape, n)
   return min(CANDIDATES, key=lambda member: (flops[member], CANDIDATES.index(member)))
 
 
 def make_block_fn(model: keras.Model, dtype: DType = "float32", block_size: Optional[int] = None,
-                  *, nominal_block: int = 256, **options) -> implementation_lib.BlockFn:
+                  *, nominal_block: int = 256, output_kernel: Optional[str] = None,
+                  **options) -> implementation_lib.BlockFn:
   """Returns the BlockFn of the candidate with the fewest estimated FLOPs (rule above).
+
+  `output_kernel` (a K-logit model's kernel) goes to the candidate, chosen as
+  the module docstring says.
 
   The chosen candidate's `make_block_fn` gets `options`; one it does not take
   is rejected by name (`implementation.check_options`). nominal_block also
@@ -87,9 +104,12 @@ def make_block_fn(model: keras.Model, dtype: DType = "float32", block_size: Opti
     # A subclassed model has no layer graph to plan: only per-example gradients apply.
     choice = NtkImplementation.JACOBIAN
   else:
-    choice = choose_implementation(model, tuple(model.inputs[0].shape[1:]), nominal_block)
+    choice = choose_implementation(model, tuple(model.inputs[0].shape[1:]), nominal_block,
+                                   output_kernel=output_kernel)
     if choice == NtkImplementation.STRUCTURED:
       options["nominal_block"] = nominal_block
   chosen_make_block_fn = _CANDIDATE_TO_BLOCK_FN[choice]
   implementation_lib.check_options(choice, chosen_make_block_fn, options)
+  if output_kernel is not None:
+    options["output_kernel"] = output_kernel
   return chosen_make_block_fn(model, dtype, block_size, **options)

@@ -26,6 +26,20 @@ F_act = floats of all layer outputs per example, P = trainable parameters:
 A model with no layer graph (subclassed; only JACOBIAN and
 NTK_VECTOR_PRODUCTS apply) is counted without its activations (F_act = 0).
 
+A model with K > 1 logits and an output kernel (`ntk_tf.ntk.output_kernel`)
+holds W entries per example pair, W = K^2 ("full"), K ("diagonal") or 1
+("trace"), and K per-example gradients or cotangents per example:
+
+  jacobian:            s * [ 3 B K P + 3 B F_act + 2 B^2 W ]
+      (Jacobians [B, K, P]; the block and its reordered copy)
+  structured:          s * [ (2 + K) B F_act + B F_patch + 2 B F_feat(K) + B^2 V (7 + P2) ]
+      (K cotangents per activation; F_feat(K) counts K cotangents per layer;
+       V = 1 for "trace", K^2 for "full" and "diagonal", whose contraction
+       holds [B K, B K] cotangent Grams and [B, K, B, K, P_l, P_l] positional ones)
+  ntk_vector_products: s * [ 4 B F_act + 4 P + B^2 W ]
+  auto:                the formula of the implementation it chooses for that kernel.
+"pseudo" is one logit (its model ends in a fixed sum): the one-logit formulas.
+
 `block_size_for_budget` returns the largest B (capped at `max_block`) whose
 peak fits the budget; `default_block_size`, what `ntk_gram` and `GramStore`
 use when not given a block size, splits N evenly into blocks that fit and are
@@ -43,6 +57,7 @@ from ntk_tf import precision
 from ntk_tf import validation
 from ntk_tf.ntk import auto
 from ntk_tf.ntk import implementation as implementation_lib
+from ntk_tf.ntk import output_kernel as output_kernel_lib
 from ntk_tf.ntk import structured
 from ntk_tf.ntk.implementation import NtkImplementation
 from ntk_tf.types import DType, Shape
@@ -52,7 +67,8 @@ def peak_memory_bytes(model: keras.Model, block_size: int,
                       implementation: Union[str, NtkImplementation],
                       dtype: DType = "float32",
                       model_plan: Optional[structured.ModelPlan] = None,
-                      nominal_block: int = 256) -> int:
+                      nominal_block: int = 256, *, output_kernel: Optional[str] = None,
+                      outputs: Optional[int] = 1) -> int:
   """Returns the estimated peak memory of one [B, B] block (formula in the module docstring).
 
   Args:
@@ -62,28 +78,42 @@ def peak_memory_bytes(model: keras.Model, block_size: int,
     dtype: "float32" or "float64" (s = 4 or 8).
     model_plan: the model's `structured.ModelPlan`, if already built.
     nominal_block: the block size AUTO's choice and the structured plan assume.
+    output_kernel: the kernel of a K-logit model ("full", "diagonal", "trace");
+      None: one logit.
+    outputs: K (None, unknown: counted as 1).
   """
   member = implementation_lib.resolve(implementation)
   itemsize = 8 if precision.canonical_dtype(dtype) == "float64" else 4
+  k = int(outputs or 1) if output_kernel else 1
+  width = output_kernel_lib.entries_per_pair(output_kernel, k)  # W
+  b = int(block_size)
   if model_plan is None and not structured.keras_graph.is_functional(model):
-    b, params = int(block_size), validation.parameter_count(model)
+    params = validation.parameter_count(model)
     if member == NtkImplementation.NTK_VECTOR_PRODUCTS:
-      return itemsize * 4 * params
-    return itemsize * (3 * b * params + b * b)  # AUTO is JACOBIAN (`ntk_tf.ntk.auto`).
+      return itemsize * (4 * params + (b * b * width if output_kernel else 0))
+    return itemsize * _jacobian_floats(b, params, 0, k, width, output_kernel)  # AUTO: JACOBIAN.
   model_plan = model_plan or structured.ModelPlan(model, nominal_block=nominal_block)
   if member == NtkImplementation.AUTO:
-    member = auto.choose_implementation(model, model_plan.input_shape, nominal_block)
-  b = int(block_size)
+    member = auto.choose_implementation(model, model_plan.input_shape, nominal_block,
+                                        output_kernel=output_kernel)
   act = model_plan.activation_size()
   if member == NtkImplementation.STRUCTURED:
-    floats = (3 * b * act + b * model_plan.transient_size()
-              + 2 * b * model_plan.feature_size()
-              + b * b * (7 + model_plan.positional_square()))
+    pair_blocks = k * k if output_kernel in (output_kernel_lib.FULL,
+                                             output_kernel_lib.DIAGONAL) else 1  # V
+    floats = ((2 + k) * b * act + b * model_plan.transient_size()
+              + 2 * b * model_plan.feature_size(outputs=k)
+              + b * b * pair_blocks * (7 + model_plan.positional_square()))
   elif member == NtkImplementation.JACOBIAN:
-    floats = 3 * b * model_plan.params + 3 * b * act + b * b
+    floats = _jacobian_floats(b, model_plan.params, act, k, width, output_kernel)
   else:
-    floats = 4 * b * act + 4 * model_plan.params
+    floats = 4 * b * act + 4 * model_plan.params + (b * b * width if output_kernel else 0)
   return itemsize * floats
+
+
+def _jacobian_floats(b: int, params: int, act: int, k: int, width: int,
+                     output_kernel: Optional[str]) -> int:
+  """Floats of one jacobian block: 3 B K P + 3 B F_act + B^2 (2 W with an output kernel)."""
+  return 3 * b * k * params + 3 * b * act + b * b * (2 * width if output_kernel else 1)
 
 
 def block_size_for_budget(model: keras.Model, input_shape: Shape, memory_budget_bytes: int,
@@ -142,11 +172,13 @@ def physical_memory_bytes() -> int:
 def check_block_memory(model: keras.Model, block_size: int,
                        implementation: Union[str, NtkImplementation],
                        dtype: DType = "float32",
-                       memory_budget_bytes: Optional[int] = None) -> int:
+                       memory_budget_bytes: Optional[int] = None, *,
+                       output_kernel: Optional[str] = None, outputs: Optional[int] = 1) -> int:
   """Returns the estimated peak bytes of one block; raises if they exceed the budget.
 
   Args:
-    model, block_size, implementation, dtype: as `peak_memory_bytes`.
+    model, block_size, implementation, dtype, output_kernel, outputs: as
+      `peak_memory_bytes`.
     memory_budget_bytes: the bytes a block may use; None means the machine's
       physical memory (`physical_memory_bytes`; no check if unknown).
   Raises:
@@ -159,12 +191,15 @@ def check_block_memory(model: keras.Model, block_size: int,
                                                         "memory_budget_bytes")
   if not memory_budget_bytes:
     return 0
-  peak = peak_memory_bytes(model, block_size, implementation, dtype)
+  peak = peak_memory_bytes(model, block_size, implementation, dtype,
+                           output_kernel=output_kernel, outputs=outputs)
   if peak > memory_budget_bytes:
     raise ValueError(
         f"block_size={block_size} needs about {peak / 2**30:.3g} GiB per block "
         f"(ntk_tf.ntk.block_size.peak_memory_bytes, implementation="
-        f"{implementation_lib.resolve(implementation).value!r}, dtype={dtype!r}), more than the "
+        f"{implementation_lib.resolve(implementation).value!r}, dtype={dtype!r}"
+        f"{f', output_kernel={output_kernel!r}, K={outputs}' if output_kernel else ''}), "
+        f"more than the "
         f"memory budget of {memory_budget_bytes / 2**30:.3g} GiB; use a smaller block_size "
         f"(ntk_tf.ntk.block_size.block_size_for_budget). Received: block_size={block_size}")
   return peak
@@ -184,7 +219,9 @@ def default_memory_budget_bytes() -> int:
 
 def largest_block_size(model: keras.Model, implementation: Union[str, NtkImplementation],
                        dtype: DType, max_block: int,
-                       memory_budget_bytes: Optional[int] = None) -> int:
+                       memory_budget_bytes: Optional[int] = None, *,
+                       output_kernel: Optional[str] = None,
+                       outputs: Optional[int] = 1) -> int:
   """Returns the largest B in [1, max_block] with peak_memory_bytes(B) <= the budget.
 
   The bound `default_block_size` splits under. Peak memory grows with B (every
@@ -194,7 +231,7 @@ def largest_block_size(model: keras.Model, implementation: Union[str, NtkImpleme
   `peak_memory_bytes` takes (subclassed ones included).
 
   Args:
-    model, implementation, dtype: as `peak_memory_bytes`.
+    model, implementation, dtype, output_kernel, outputs: as `peak_memory_bytes`.
     max_block: upper bound on B (a Gram's max(N1, N2)).
     memory_budget_bytes: bytes one block may use; None:
       `default_memory_budget_bytes()`.
@@ -206,9 +243,11 @@ def largest_block_size(model: keras.Model, implementation: Union[str, NtkImpleme
   if structured.keras_graph.is_functional(model):
     model_plan = structured.ModelPlan(model)
     if member == NtkImplementation.AUTO:
-      member = auto.choose_implementation(model, model_plan.input_shape, 256)
-  fits = lambda b: peak_memory_bytes(model, b, member, dtype,
-                                     model_plan=model_plan) <= memory_budget_bytes
+      member = auto.choose_implementation(model, model_plan.input_shape, 256,
+                                          output_kernel=output_kernel)
+  fits = lambda b: peak_memory_bytes(model, b, member, dtype, model_plan=model_plan,
+                                     output_kernel=output_kernel,
+                                     outputs=outputs) <= memory_budget_bytes
   if fits(max_block):
     return max_block
   low, high = 1, max_block  # fits(low) or low == 1; not fits(high).
@@ -227,7 +266,9 @@ DEFAULT_MAX_BLOCK = 3000
 
 
 def default_block_size(model: keras.Model, implementation: Union[str, NtkImplementation],
-                       dtype: DType, n: int, memory_budget_bytes: Optional[int] = None) -> int:
+                       dtype: DType, n: int, memory_budget_bytes: Optional[int] = None, *,
+                       output_kernel: Optional[str] = None,
+                       outputs: Optional[int] = 1) -> int:
   """Returns the block size of `ntk_gram(block_size=None)`: N split evenly into row blocks.
 
       b = largest_block_size(..., min(n, DEFAULT_MAX_BLOCK), budget),
@@ -237,11 +278,13 @@ def default_block_size(model: keras.Model, implementation: Union[str, NtkImpleme
   not a sliver (n = 8,000 gives three blocks of 2,667, not 3,000 + 3,000 + 2,000).
 
   Args:
-    model, implementation, dtype, memory_budget_bytes: as `largest_block_size`.
+    model, implementation, dtype, memory_budget_bytes, output_kernel, outputs: as
+      `largest_block_size`.
     n: the Gram's max(N1, N2) (> 0).
   """
   n = validation.check_positive_int(n, "n")
   largest = largest_block_size(model, implementation, dtype, min(n, DEFAULT_MAX_BLOCK),
-                               memory_budget_bytes)
+                               memory_budget_bytes, output_kernel=output_kernel,
+                               outputs=outputs)
   rows = -(-n // largest)
   return -(-n // rows)

@@ -11,7 +11,10 @@ The block loop is generic: an `NtkImplementation` selects, in the table
 `_IMPLEMENTATION_TO_BLOCK_FN` right above `ntk_gram`, the `make_block_fn`
 `(model, dtype, block_size, **options)` of one implementation module, which
 returns a `BlockFn` `(x_a [B, ...], x_b [B, ...] | None) -> [B, B]` (x_b None
-means x_b = x_a, a diagonal block of a symmetric Gram).
+means x_b = x_a, a diagonal block of a symmetric Gram). For a model with K
+logits the block carries the output kernel's axes after the example axes,
+`[B, B, K, K]` ("full") or `[B, B, K]` ("diagonal"), and so does the Gram
+(`ntk_tf.ntk.output_kernel`).
 
 Paper: Sec. 2 (empirical NTK), App. B (Gram matrices of the trained networks).
 """
@@ -30,6 +33,7 @@ from ntk_tf.ntk import block_size as block_size_lib
 from ntk_tf.ntk import implementation as implementation_lib
 from ntk_tf.ntk import jacobian_block
 from ntk_tf.ntk import ntk_vector_products
+from ntk_tf.ntk import output_kernel as output_kernel_lib
 from ntk_tf.ntk import progress as progress_lib
 from ntk_tf.ntk import structured
 from ntk_tf.ntk.implementation import BlockFn
@@ -142,18 +146,20 @@ def _pad_rows(x: np.ndarray, block_size: int) -> np.ndarray:
 
 def compute_block(fn: BlockFn, x1: np.ndarray, x2: Optional[np.ndarray], block: Block,
                   block_size: int) -> np.ndarray:
-  """Returns Theta(x1[i0:i1], x2[j0:j1]) `[i1 - i0, j1 - j0]` for one block.
+  """Returns Theta(x1[i0:i1], x2[j0:j1]) `[i1 - i0, j1 - j0, ...]` for one block.
 
   `x2=None` means the symmetric Gram of x1; its diagonal blocks are made exactly
-  symmetric ((G + G^T) / 2), so the whole matrix is, unless `fn` says its
-  diagonal blocks already are (attribute `exactly_symmetric`).
+  symmetric ((G + G^T) / 2, G^T by `output_kernel.transpose_block`), so the
+  whole matrix is, unless `fn` says its diagonal blocks already are (attribute
+  `exactly_symmetric`). Output-kernel blocks carry their K axes after the two
+  example axes.
   """
   i0, i1, j0, j1 = block
   x_a = _pad_rows(x1[i0:i1], block_size)  # [B, ...]
   if x2 is None and i0 == j0:
-    theta = fn(x_a, None)  # [B, B]
+    theta = np.asarray(fn(x_a, None))  # [B, B, ...]
     if not getattr(fn, "exactly_symmetric", False):
-      theta = 0.5 * (theta + theta.T)
+      theta = 0.5 * (theta + output_kernel_lib.transpose_block(theta))
   else:
     x_b = _pad_rows((x1 if x2 is None else x2)[j0:j1], block_size)  # [B, ...]
     theta = fn(x_a, x_b)  # [B, B]
@@ -187,8 +193,13 @@ def effective_block_size(block_size: int, n1: int, n2: int) -> int:
 def prepare(model: keras.Model, x1: types.Inputs, x2: Optional[types.Inputs],
             block_size: Optional[int], dtype: types.DType, *,
             implementation: Union[None, str, NtkImplementation] = None,
-            cap_block_size: bool = False, memory_budget_bytes: Optional[int] = None):
+            cap_block_size: bool = False, memory_budget_bytes: Optional[int] = None,
+            output_kernel: Optional[str] = None):
   """Validates the arguments of a Gram job; returns (x1, x2, block_size, dtype name).
+
+  The model must have one output of K logits; K > 1 needs an `output_kernel`
+  (`output_kernel.resolve` refuses None, naming K), and the memory estimates
+  count K (`block_size.peak_memory_bytes`).
 
   With `cap_block_size`, block_size becomes `effective_block_size` (at most
   max(N1, N2)). With `implementation`, the block's estimated peak memory
@@ -202,20 +213,22 @@ def prepare(model: keras.Model, x1: types.Inputs, x2: Optional[types.Inputs],
   if block_size is not None or implementation is None:
     block_size = validation.check_positive_int(block_size, "block_size")
   dtype = precision.canonical_dtype(dtype)
-  validation.check_single_logit(model)
+  validation.check_model(model, one_logit=False)
   validation.check_finite_weights(model)
-  x1 = validation.check_inputs(model, x1, "x1")
-  x2 = None if x2 is None else validation.check_inputs(model, x2, "x2")
+  x1 = validation.check_inputs(model, x1, "x1", one_logit=False)
+  x2 = None if x2 is None else validation.check_inputs(model, x2, "x2", one_logit=False)
+  model, kernel, k = output_kernel_lib.output_model(model, output_kernel, x1[:1])
+  outputs = dict(output_kernel=kernel, outputs=k)  # What the memory estimates count.
   if block_size is None:
     n = max(x1.shape[0], x1.shape[0] if x2 is None else x2.shape[0])
     block_size = block_size_lib.default_block_size(model, implementation, dtype, n,
-                                                   memory_budget_bytes)
+                                                   memory_budget_bytes, **outputs)
   if cap_block_size:
     block_size = effective_block_size(block_size, x1.shape[0],
                                       x1.shape[0] if x2 is None else x2.shape[0])
   if implementation is not None:
     block_size_lib.check_block_memory(model, block_size, implementation, dtype,
-                                      memory_budget_bytes)
+                                      memory_budget_bytes, **outputs)
   return x1, x2, block_size, dtype
 
 
@@ -233,18 +246,28 @@ def check_options(implementation: Union[str, NtkImplementation],
 
 
 def make_block_fn(model: keras.Model, implementation: Union[str, NtkImplementation],
-                  dtype: types.DType, block_size: int = 256, **options) -> BlockFn:
+                  dtype: types.DType, block_size: int = 256, *,
+                  output_kernel: Optional[str] = None, **options) -> BlockFn:
   """Returns the `BlockFn` of `implementation` for `model` in `dtype`, for blocks of `block_size`.
 
-  Checks the options (`check_options`) and that `model` has one logit and
-  trainable weights (`validation.check_single_logit`), then calls the
-  implementation's `make_block_fn` (the table below). `ntk_gram` checks the
-  model in `prepare` instead and looks the table up itself.
+  Checks the options (`check_options`) and that `model` has one output of
+  logits and trainable weights (`validation.check_model`), resolves
+  `output_kernel` (`output_kernel.output_model`: K > 1 needs one; "pseudo"
+  runs the one-logit path on the pseudo-NTK model), then calls the
+  implementation's `make_block_fn` (the table below), which refuses by name
+  an output kernel it does not compute. `ntk_gram` checks the model in
+  `prepare` instead and looks the table up itself.
   """
   member = check_options(implementation, options)
-  validation.check_single_logit(model)
+  validation.check_model(model, one_logit=False)
+  model, kernel, _ = output_kernel_lib.output_model(model, output_kernel)
   return _IMPLEMENTATION_TO_BLOCK_FN[member](model, precision.canonical_dtype(dtype), block_size,
-                                             **options)
+                                             **_with_output_kernel(options, kernel))
+
+
+def _with_output_kernel(options: Mapping[str, Any], kernel: Optional[str]) -> dict:
+  """`options`, plus `output_kernel=kernel` for a K-logit kernel (one logit: as they are)."""
+  return dict(options) if kernel is None else dict(options, output_kernel=kernel)
 
 
 # The BlockFn maker of each implementation, `(model, dtype, block_size, **options) -> BlockFn`
@@ -261,10 +284,15 @@ def ntk_gram(model: keras.Model, x1: types.Inputs, x2: Optional[types.Inputs] = 
              block_size: Optional[int] = None,
              implementation: Union[str, NtkImplementation] = "auto",
              dtype: types.DType = "float32", progress: bool = True,
-             memory_budget_bytes: Optional[int] = None, **options) -> np.ndarray:
+             memory_budget_bytes: Optional[int] = None, output_kernel: Optional[str] = None,
+             **options) -> np.ndarray:
   """Returns the empirical NTK Gram Theta(x1, x2) as a NumPy array.
 
       Theta(x1, x2) = J(x1) J(x2)^T,   J = d f / d theta (all trainable weights)
+
+  A model with K > 1 logits needs `output_kernel` (`ntk_tf.ntk.output_kernel`:
+  "full" Theta[i, j, a, b] = J_a(x1_i) . J_b(x2_j), "diagonal", "trace",
+  "pseudo"; which implementation computes which is listed there).
 
   The model runs in inference mode (BatchNorm moving statistics, no dropout),
   so Theta[i, j] depends on x1_i and x2_j only. With `x2=None` only the upper
@@ -308,47 +336,63 @@ def ntk_gram(model: keras.Model, x1: types.Inputs, x2: Optional[types.Inputs] = 
     memory_budget_bytes: bytes one block may use (estimated); None means the
       machine's physical memory for an explicit block_size, and the default
       budget above when block_size is None.
+    output_kernel: None (one logit; a K > 1 model is refused, naming K),
+      "full", "diagonal", "trace" or "pseudo" (above).
     **options: options of the implementation's `make_block_fn` (the table
       right above; `implementation.OPTIONS`: matmul_engine, accumulate_dtype,
       allow_tf32, nominal_block, choices, feature_cache_bytes); one the
       implementation does not take raises ValueError naming it.
 
   Returns:
-    `[N1, N2]` array of `dtype`.
+    `[N1, N2]` array of `dtype` (`[N1, N2, K, K]` for "full", `[N1, N2, K]`
+    for "diagonal" with K > 1).
 
   Paper: Sec. 2, eq. for Theta; App. B.
   """
   x1, x2, block_size, dtype = prepare(model, x1, x2, block_size, dtype,  # checks the model
                                       implementation=implementation, cap_block_size=True,
-                                      memory_budget_bytes=memory_budget_bytes)
+                                      memory_budget_bytes=memory_budget_bytes,
+                                      output_kernel=output_kernel)
   member = check_options(implementation, options)
+  model, kernel, k = output_kernel_lib.output_model(model, output_kernel, x1[:1])
   fn = _reusable_block_fn(_IMPLEMENTATION_TO_BLOCK_FN[member], model, member, dtype, block_size,
-                          options)
+                          _with_output_kernel(options, kernel))
+  n2 = x1.shape[0] if x2 is None else x2.shape[0]
+  shape = output_kernel_lib.gram_shape(x1.shape[0], n2, kernel, k)  # [N1, N2, ...]
+  return _fill_gram_clearing(fn, x1, x2, block_size, shape, dtype, progress)
+
+
+def _fill_gram_clearing(fn: BlockFn, x1: np.ndarray, x2: Optional[np.ndarray], block_size: int,
+                        shape: Tuple[int, ...], dtype: str, progress: bool) -> np.ndarray:
+  """`_fill_gram`, with `fn`'s feature cache (if any) emptied before and after."""
   feature_cache = getattr(fn, "cache", None)
   if feature_cache is not None:
     feature_cache.clear()  # Weights may have changed since a reused fn last ran.
   try:
-    return _fill_gram(fn, x1, x2, block_size, dtype, progress)
+    return _fill_gram(fn, x1, x2, block_size, shape, dtype, progress)
   finally:
     if feature_cache is not None:
       feature_cache.clear()  # Do not hold block features past the call.
 
 
 def _fill_gram(fn: BlockFn, x1: np.ndarray, x2: Optional[np.ndarray], block_size: int,
-               dtype: str, progress: bool) -> np.ndarray:
-  """Returns Theta(x1, x2) `[N1, N2]` from `fn`'s blocks (upper triangle mirrored if x2 None)."""
-  n1 = x1.shape[0]
-  n2 = n1 if x2 is None else x2.shape[0]
+               shape: Tuple[int, ...], dtype: str, progress: bool) -> np.ndarray:
+  """Returns Theta(x1, x2) of `shape` `[N1, N2, ...]` from `fn`'s blocks.
+
+  With x2 None the upper triangle of blocks is mirrored
+  (`output_kernel.transpose_block`: for "full", Theta[j, i, b, a] = Theta[i, j, a, b]).
+  """
+  n1, n2 = shape[:2]
   blocks = iter_blocks(n1, n2, block_size, symmetric=x2 is None)
-  theta = np.empty((n1, n2), dtype=dtype)  # [N1, N2]
+  theta = np.empty(shape, dtype=dtype)  # [N1, N2, ...]
   with progress_lib.Progress(len(blocks), desc="ntk_gram", unit="blocks",
                              enabled=progress) as bar:
     for position in sweep(fn, blocks, block_size):
       block = blocks[position]
       i0, i1, j0, j1 = block
-      theta_block = compute_block(fn, x1, x2, block, block_size)  # [i1-i0, j1-j0]
+      theta_block = compute_block(fn, x1, x2, block, block_size)  # [i1-i0, j1-j0, ...]
       theta[i0:i1, j0:j1] = theta_block
       if x2 is None and i0 != j0:
-        theta[j0:j1, i0:i1] = theta_block.T
+        theta[j0:j1, i0:i1] = output_kernel_lib.transpose_block(theta_block)
       bar.update()
   return theta

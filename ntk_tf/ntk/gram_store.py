@@ -13,7 +13,7 @@ matrix is bit-identical to an uninterrupted run and to `ntk_gram` with the same
 block size and implementation.
 
 Identity: a store belongs to one (architecture, weights, data, N, dtype, block
-size, implementation, options). The architecture is the model's Keras config
+size, implementation, options, output kernel). The architecture is the model's Keras config
 (canonical JSON, initializers/regularizers/constraints left out: they do not
 change the function once the weights exist), its class, and its weights' paths,
 shapes, dtypes and trainability; for a subclassed model whose config does not
@@ -38,12 +38,16 @@ from ntk_tf import validation
 from ntk_tf.ntk import gram as gram_lib
 from ntk_tf.ntk import gram_store_format as fmt
 from ntk_tf.ntk import implementation as implementation_lib
+from ntk_tf.ntk import output_kernel as output_kernel_lib
 from ntk_tf.ntk import progress as progress_lib
 from ntk_tf.ntk.implementation import NtkImplementation
 
 # Manifest fields that must match for a job to continue a store (in the order errors list them).
-_IDENTITY_FIELDS = ("n", "block_size", "dtype", "implementation", "options", "model_class",
+_IDENTITY_FIELDS = ("n", "block_size", "dtype", "implementation", "options", "output_kernel",
+                    "model_class",
                     "architecture_fingerprint", "weights_fingerprint", "data_fingerprint")
+# Output kernels that are not [N, N] (refused: the store holds one square matrix).
+_NOT_SQUARE = (output_kernel_lib.FULL, output_kernel_lib.DIAGONAL)
 # Damaged blocks named one per log line; the rest are counted.
 _MAX_LOGGED = 10
 # Config keys that do not change the function of a built model.
@@ -135,7 +139,8 @@ class GramStore:
 
   Args:
     path: the store directory (created if absent).
-    model: Keras model with one output logit (inference mode).
+    model: Keras model with one output of logits (inference mode); K > 1
+      logits need `output_kernel`.
     x: `[N, ...]` inputs.
     block_size: B (> 0), the rows of a block, the unit of work and of a commit.
       None (the default): the existing store's B if `path` holds one, else
@@ -153,6 +158,10 @@ class GramStore:
     lock: "wait" or "fail", what a second writer does.
     overwrite: empty a store made for another job instead of refusing it.
     verify: check every committed block's checksum when opening.
+    output_kernel: None (one logit), or for a model with K > 1 logits one of
+      the `[N, N]` output kernels "trace" or "pseudo" (`ntk_tf.ntk.output_kernel`);
+      part of the store's identity. "full" and "diagonal" (`[N, N, K, K]`,
+      `[N, N, K]`) are refused by name: use `ntk_gram`.
     **options: options of the implementation's `make_block_fn` (see
       `ntk_gram`); part of the store's identity.
   """
@@ -161,14 +170,23 @@ class GramStore:
                block_size: Optional[int] = None, dtype: types.DType = "float32",
                implementation: Union[str, NtkImplementation] = "auto",
                commit_interval_s: float = 5.0, lock: str = "wait", overwrite: bool = False,
-               verify: bool = True, **options):
+               verify: bool = True, output_kernel: Optional[str] = None, **options):
     member = implementation_lib.resolve(implementation)
+    if output_kernel_lib.check_output_kernel(output_kernel) in _NOT_SQUARE:
+      raise ValueError(
+          f"GramStore stores [N, N] Grams: output_kernel={output_kernel!r} is not one "
+          f"(use ntk_gram, or output_kernel='trace' or 'pseudo'). "
+          f"Received: output_kernel={output_kernel!r}")
     if block_size is None:
       block_size = fmt.stored_block_size(path)  # Continue an existing store as it was made.
     x, _, block_size, dtype = gram_lib.prepare(
         model, x, None, block_size, dtype,
-        implementation=member if block_size is None else None)  # None: default_block_size.
+        implementation=member if block_size is None else None,  # None: default_block_size.
+        output_kernel=output_kernel)
     gram_lib.check_options(member, options)
+    # The model differentiated ("pseudo": its pseudo-NTK model) and the kernel it computes.
+    self._ntk_model, self._kernel, _ = output_kernel_lib.output_model(model, output_kernel,
+                                                                      x[:1])
     if (isinstance(commit_interval_s, bool) or not isinstance(commit_interval_s, (int, float))
         or not commit_interval_s >= 0):
       raise ValueError("commit_interval_s must be a number >= 0. "
@@ -179,6 +197,7 @@ class GramStore:
     self.block_size = block_size
     self.dtype = dtype
     self.implementation = member
+    self.output_kernel = output_kernel
     self.commit_interval_s = float(commit_interval_s)
     self._model = model
     self._x = x
@@ -192,6 +211,7 @@ class GramStore:
         "implementation": member.value,
         "options": atomic.jsonable(
             {key: getattr(value, "value", value) for key, value in sorted(options.items())}),
+        "output_kernel": output_kernel,
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "architecture_fingerprint": architecture_fingerprint(model),
         "weights_fingerprint": weights_fingerprint(model),
@@ -330,8 +350,8 @@ class GramStore:
     devices or workers, `ntk_tf.distributed.RunnerGramStore`); the writing and
     the commit protocol stay in `_compute_missing`.
     """
-    fn = gram_lib.make_block_fn(self._model, self.implementation, self.dtype, self.block_size,
-                                **self._options)
+    fn = gram_lib.make_block_fn(self._ntk_model, self.implementation, self.dtype,
+                                self.block_size, output_kernel=self._kernel, **self._options)
     missing = [index for index in range(len(self._blocks)) if index not in self._done]
     blocks = [self._blocks[index] for index in missing]
     for position in gram_lib.sweep(fn, blocks, self.block_size):  # reuses cached features

@@ -5,7 +5,12 @@
 (x_b None means x_b = x_a, a diagonal block of a symmetric Gram.) Every
 `NtkImplementation` member has one module with a function
 
-    make_block_fn(model, dtype, block_size, **options) -> BlockFn
+    make_block_fn(model, dtype, block_size, *, output_kernel=None, **options) -> BlockFn
+
+`output_kernel` ("full", "diagonal", "trace"; None for one logit) is the
+kernel of a K-logit model (`ntk_tf.ntk.output_kernel`); the BlockFn then
+returns `[Na, Nb, K, K]`, `[Na, Nb, K]` or `[Na, Nb]`, and a make_block_fn
+refuses a kernel it does not compute, naming the implementation and kernel.
 
 `model` is the Keras model as the caller gave it, `dtype` "float32" or
 "float64" (the precision rule is in `ntk_tf.ntk.gram.ntk_gram`), `block_size`
@@ -98,6 +103,9 @@ def resolve_engine(engine: Union[str, MatmulEngine]) -> MatmulEngine:
 #   feature_cache_bytes  host memory for cached block features (structured)
 OPTIONS: Tuple[str, ...] = ("matmul_engine", "accumulate_dtype", "allow_tf32", "nominal_block",
                             "choices", "feature_cache_bytes")
+# Keyword-only arguments of a make_block_fn that are not options: `ntk_gram` passes
+# `output_kernel` itself (resolved by `ntk_tf.ntk.output_kernel`), never from **options.
+NOT_OPTIONS: Tuple[str, ...] = ("output_kernel",)
 
 
 class BlockFn(Protocol):
@@ -129,7 +137,8 @@ def accepted_options(make_block_fn: MakeBlockFn) -> Tuple[str, ...]:
   on to a `make_block_fn` that checks them.
   """
   params = inspect.signature(make_block_fn).parameters.values()
-  names = [p.name for p in params if p.kind == inspect.Parameter.KEYWORD_ONLY]
+  names = [p.name for p in params
+           if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name not in NOT_OPTIONS]
   if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params):
     names += [name for name in OPTIONS if name not in names]
   return tuple(names)

@@ -30,6 +30,16 @@ Each Dense / Conv2D kernel takes the cheaper, by the FLOP estimate in
 per-example gradients and contracting them ("jacobian"). Biases and BatchNorm
 parameters are always per-example gradients (they have few parameters).
 
+A model with O > 1 logits [N, O] (the output kernels of `ntk_tf.ntk.output_kernel`,
+which call O "K") gets one backward pass per logit, so O cotangents D_i,o
+per layer. "trace" = sum_o Theta_oo holds them side by side, so every term
+above sums over o unchanged, e.g. (A_a A_b^T) * (sum_o D_a,o D_b,o^T).
+"full" keeps them apart: for a Dense layer
+Theta_W[i, j, o, r] = (A_i . A_j)(D_i,o . D_j,r), one [Na O, Nb O] cotangent
+Gram times the [Na, Nb] inputs Gram, not O^2 one-logit Grams
+(`engines.OutputContraction`); "diagonal" is its o = r entries. "pseudo" is
+one logit.
+
 Modules, one job each:
   plan         LayerPlan / ModelPlan: per-layer forms, FLOP and memory counts
   keras_graph  the one place that uses Keras' private functional-graph APIs
@@ -52,6 +62,7 @@ from ntk_tf.ntk.structured.geometry import conv_paddings
 from ntk_tf.ntk.structured.geometry import host_conv_gradient
 from ntk_tf.ntk.structured.geometry import host_patches
 from ntk_tf.ntk.structured.geometry import patch_indices
+from ntk_tf.ntk.structured.ntk import OUTPUT_KERNELS
 from ntk_tf.ntk.structured.ntk import StructuredNtk
 from ntk_tf.ntk.structured.ntk import make_block_fn
 from ntk_tf.ntk.structured.plan import CHOICES

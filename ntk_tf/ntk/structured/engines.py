@@ -14,6 +14,8 @@ interface, `Contraction(features_a, features_b, diagonal) -> [Na, Nb]`:
 
 Both are exact float32/float64 products; only the summation order differs.
 `make_contraction` picks one from an `implementation.MatmulEngine`.
+`OutputContraction` (host BLAS) computes the "full" and "diagonal" output
+kernels of a model with O logits, `[Na, Nb, O, O]` and `[Na, Nb, O]`.
 """
 
 from collections import OrderedDict
@@ -131,6 +133,57 @@ class XlaContraction(Contraction):
     if diagonal:
       theta = 0.5 * (theta + theta.T)  # Device matmuls need not be exactly symmetric.
     return theta
+
+
+class OutputContraction(Contraction):
+  """The "full" / "diagonal" output kernels of an O-logit model, by host BLAS.
+
+  Features keep their logit axis O (`features.FeatureExtractor(separate_outputs=True)`):
+  products (A [N, K], D [N, O, C]), positional (X [N, P, K], D [N, O, P, C]),
+  gradients [N, O, p_G]. Rows (i, o) of the cotangents meet the inputs Gram
+  of their examples only, so the O x O structure costs one [Na O, Nb O]
+  cotangent GEMM per layer, not O^2 one-logit Grams:
+
+    Theta[i, j, o, r] = sum_products (A_i . A_j + offset) (D_i,o . D_j,r)
+                      + sum_positional sum_{p,q} (X_i[p] . X_j[q]) (D_i,o[p] . D_j,r[q])
+                      + G_i,o . G_j,r
+
+  Returns `[Na, Nb, O, O]` ("full") or its o = r entries `[Na, Nb, O]`
+  ("diagonal"; the same GEMMs); diagonal blocks are symmetrized,
+  Theta[j, i, r, o] = Theta[i, j, o, r].
+  """
+
+  on_host = True
+
+  def __init__(self, product_offsets: Sequence[float], accumulate_dtype: str,
+               diagonal_only: bool = False):
+    super().__init__(product_offsets, accumulate_dtype)
+    self.diagonal_only = bool(diagonal_only)
+
+  def __call__(self, a: BlockFeatures, b: BlockFeatures, diagonal: bool) -> np.ndarray:
+    (n_a, o, _), n_b = a.gradient.shape, b.gradient.shape[0]
+    pairs = lambda u, v: (u.reshape(n_a * o, -1) @ v.reshape(n_b * o, -1).T).reshape(
+        n_a, o, n_b, o)  # [Na, O, Nb, O]: rows (i, o) against rows (j, r)
+    theta = np.zeros((n_a, o, n_b, o), self.accumulate_dtype)  # [Na, O, Nb, O]
+    for (left_a, right_a), (left_b, right_b), offset in zip(a.products, b.products,
+                                                            self.product_offsets):
+      inputs_gram = left_a @ left_b.T + offset  # [Na, Nb]
+      theta += inputs_gram[:, None, :, None] * pairs(right_a, right_b)
+    if a.gradient.shape[2]:
+      theta += pairs(a.gradient, b.gradient)
+    for (patches_a, cot_a), (patches_b, cot_b) in zip(a.positional, b.positional):
+      (p, k), c = patches_a.shape[1:], cot_a.shape[-1]
+      patch_gram = (patches_a.reshape(n_a * p, k) @ patches_b.reshape(n_b * p, k).T).reshape(
+          n_a, p, n_b, p)  # [Na, P, Nb, P]
+      cot_gram = (cot_a.reshape(n_a * o * p, c) @ cot_b.reshape(n_b * o * p, c).T).reshape(
+          n_a, o, p, n_b, o, p)  # [Na, O, P, Nb, O, P]
+      theta += np.einsum("ipjq,iopjrq->iojr", patch_gram, cot_gram)  # [Na, O, Nb, O]
+    theta = theta.transpose(0, 2, 1, 3)  # [Na, Nb, O, O]
+    if diagonal:
+      theta = 0.5 * (theta + theta.transpose(1, 0, 3, 2))  # Theta[j, i, r, o] = Theta[i, j, o, r]
+    if self.diagonal_only:
+      return np.ascontiguousarray(np.diagonal(theta, axis1=2, axis2=3))  # [Na, Nb, O]
+    return np.ascontiguousarray(theta)  # [Na, Nb, O, O]
 
 
 def make_contraction(engine: implementation_lib.MatmulEngine, product_offsets: Sequence[float],

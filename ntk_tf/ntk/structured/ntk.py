@@ -11,10 +11,17 @@ import numpy as np
 
 from ntk_tf import precision
 from ntk_tf.ntk import implementation as implementation_lib
+from ntk_tf.ntk import output_kernel as output_kernel_lib
 from ntk_tf.ntk.structured import engines
 from ntk_tf.ntk.structured import features as features_lib
 from ntk_tf.ntk.structured import plan as plan_lib
 from ntk_tf.types import Array, DType, Inputs
+
+# The output kernels of a K-logit model this path computes ("pseudo" is one logit):
+# "trace" carries the K logits' cotangents side by side (`features.FeatureExtractor`),
+# "full" and "diagonal" keep them apart (`engines.OutputContraction`, host BLAS).
+OUTPUT_KERNELS = (output_kernel_lib.FULL, output_kernel_lib.DIAGONAL, output_kernel_lib.TRACE)
+_SEPARATE = (output_kernel_lib.FULL, output_kernel_lib.DIAGONAL)
 
 
 class StructuredNtk:
@@ -41,11 +48,12 @@ class StructuredNtk:
                nominal_block: int = 256,
                matmul_engine: Union[str, implementation_lib.MatmulEngine] = "auto",
                accumulate_dtype: Optional[DType] = None, allow_tf32: bool = False,
-               feature_cache_bytes: int = 1 << 30):
+               feature_cache_bytes: int = 1 << 30, output_kernel: Optional[str] = None):
     """Builds the plan.
 
     Args:
-      model: a functional/sequential Keras model with output [N, 1].
+      model: a functional/sequential Keras model with output [N, 1] (or [N, K]
+        with an output_kernel).
       dtype: "float32" or "float64"; the model is cast if needed.
       choices: None (by FLOP estimate), "structured" or "jacobian" for every
         Dense/Conv2D kernel, or {layer name: choice}.
@@ -57,7 +65,14 @@ class StructuredNtk:
       allow_tf32: allow TF32 matmuls on GPU (inexact; off by default).
       feature_cache_bytes: host memory for caching per-block features, so an
         example block's forward/backward pass runs once per Gram.
+      output_kernel: None (one logit), or a K-logit model's "trace" (folded
+        features, any engine), "full" or "diagonal" (per-logit features,
+        contracted by `engines.OutputContraction` on the host whatever
+        `matmul_engine` says); `OUTPUT_KERNELS`.
     """
+    output_kernel_lib.check_supported(output_kernel_lib.check_output_kernel(output_kernel),
+                                      OUTPUT_KERNELS, "structured")
+    self.output_kernel = output_kernel
     self.dtype = precision.canonical_dtype(dtype)
     self.accumulate_dtype = precision.canonical_dtype(accumulate_dtype or self.dtype)
     engine = implementation_lib.resolve_engine(matmul_engine)
@@ -67,12 +82,21 @@ class StructuredNtk:
                                          nominal_block=nominal_block)
     self.plans: List[plan_lib.LayerPlan] = self.model_plan.plans
     self.input_shape = self.model_plan.input_shape
+    output_kernel_lib.resolve(output_kernel, self.model_plan.outputs,  # K > 1 needs one.
+                              model.name)
     offsets = [float(p.bias) for p in self.plans if p.is_product]
-    self.contraction = engines.make_contraction(engine, offsets, self.accumulate_dtype)
+    separate = output_kernel in _SEPARATE
+    if separate:  # Host BLAS whatever the engine: the O x O structure (`OutputContraction`).
+      self.contraction = engines.OutputContraction(
+          offsets, self.accumulate_dtype,
+          diagonal_only=output_kernel == output_kernel_lib.DIAGONAL)
+    else:
+      self.contraction = engines.make_contraction(engine, offsets, self.accumulate_dtype)
     self.matmul_engine = "numpy" if self.contraction.on_host else "xla"
     self.features = features_lib.FeatureExtractor(
         self.model_plan, on_host=self.contraction.on_host, allow_tf32=self.allow_tf32,
-        cache_bytes=feature_cache_bytes)
+        cache_bytes=feature_cache_bytes, outputs=self.model_plan.outputs,
+        separate_outputs=separate)
 
   @property
   def cache(self) -> features_lib.FeatureCache:
@@ -106,7 +130,8 @@ def make_block_fn(model: keras.Model, dtype: DType = "float32", block_size: Opti
                   nominal_block: int = 256,
                   matmul_engine: Union[str, implementation_lib.MatmulEngine] = "auto",
                   accumulate_dtype: Optional[DType] = None, allow_tf32: bool = False,
-                  feature_cache_bytes: int = 1 << 30) -> StructuredNtk:
+                  feature_cache_bytes: int = 1 << 30,
+                  output_kernel: Optional[str] = None) -> StructuredNtk:
   """Returns the structured-NTK BlockFn `(x_a, x_b=None) -> Theta(x_a, x_b)` [Na, Nb].
 
   Theta = sum_l Theta_l as in `ntk_tf.ntk.structured`; the options are those of
@@ -116,4 +141,5 @@ def make_block_fn(model: keras.Model, dtype: DType = "float32", block_size: Opti
   del block_size  # Features are bucketed by the block sizes they see.
   return StructuredNtk(model, dtype, choices=choices, nominal_block=nominal_block,
                        matmul_engine=matmul_engine, accumulate_dtype=accumulate_dtype,
-                       allow_tf32=allow_tf32, feature_cache_bytes=feature_cache_bytes)
+                       allow_tf32=allow_tf32, feature_cache_bytes=feature_cache_bytes,
+                       output_kernel=output_kernel)

@@ -101,9 +101,13 @@ class LayerPlan:
 
 
 def check_logits(outputs):
-  """Returns `outputs` if it is [N, 1], else raises naming its shape."""
-  if len(outputs.shape) != 2 or outputs.shape[-1] != 1:
-    raise ValueError(f"The structured NTK needs a single-logit model, output [N, 1]. "
+  """Returns `outputs` if it is one output of logits [N, O], else raises naming its shape.
+
+  (O logits: the output kernels of `ntk_tf.ntk.output_kernel`, which call it K;
+  here K is the patch length.)
+  """
+  if len(outputs.shape) != 2:
+    raise ValueError(f"The structured NTK needs one output of logits, [N, O]. "
                      f"Received: output shape {tuple(outputs.shape)}")
   return outputs
 
@@ -117,6 +121,7 @@ class ModelPlan:
 
   Attributes:
     model: the model; graph: its Functional graph; input_shape: one example's shape.
+    outputs: O, the width of the model's output of logits [N, O].
     plans: one `LayerPlan` per layer with trainable weights, in graph order
       (plus one for trainable variables no layer owns).
   """
@@ -171,7 +176,8 @@ class ModelPlan:
     """Reads P, K, C of each known layer from one eager pass on a single zero input."""
     known = {id(p.layer): p.kind for p in plans if p.kind != REFERENCE}
     recorder = keras_graph.Recorder(self.graph, known)
-    check_logits(recorder.run(tf.zeros((1,) + self.input_shape, self.dtype)))
+    self.outputs = int(check_logits(
+        recorder.run(tf.zeros((1,) + self.input_shape, self.dtype))).shape[-1])  # O logits
     for plan in plans:
       if plan.kind == REFERENCE:
         continue
@@ -221,22 +227,27 @@ class ModelPlan:
     """Per-example floats F_act of all layer outputs (the forward pass's activations)."""
     return keras_graph.output_floats(self.graph)
 
-  def feature_size(self) -> int:
-    """Per-example floats F_feat of block features: products, positional terms, gradients."""
+  def feature_size(self, outputs: int = 1) -> int:
+    """Per-example floats F_feat of block features: products, positional terms, gradients.
+
+    With `outputs` O > 1 (the "trace" output kernel) every cotangent and
+    per-example gradient is held once per logit (`features.FeatureExtractor`).
+    """
     total = 0
     for p in self.plans:
+      c = p.channels * outputs  # cotangent width
       if p.kind == REFERENCE:
-        total += p.params
+        total += p.params * outputs
       elif p.kind == "batch_norm":
-        total += p.channels * (p.gamma + p.beta)
+        total += c * (p.gamma + p.beta)
       else:
         if p.is_product:
-          total += p.patch_len + p.channels
+          total += p.patch_len + c
           continue
         if p.kernel:
-          total += (p.positions * (p.patch_len + p.channels) if p.choice == STRUCTURED
-                    else p.patch_len * p.channels)
-        total += p.channels * p.bias
+          total += (p.positions * (p.patch_len + c) if p.choice == STRUCTURED
+                    else p.patch_len * c)
+        total += c * p.bias
     return total
 
   def transient_size(self) -> int:
