@@ -113,6 +113,7 @@ def measure(models: Sequence[str], n: int, data_dir: Optional[str], repeats: int
   features = machine.features()
   rates = gemm_rates(gemm_n)
   best_rate = max(rates.values())
+  commit = result_rows.commit()
   rows = []
   for name in models:
     model = ntk_tf.models.get(name, input_shape=x.shape[1:], seed=0)
@@ -120,7 +121,7 @@ def measure(models: Sequence[str], n: int, data_dir: Optional[str], repeats: int
     bound = gram_bound_s(len(x), per_pair, best_rate)
     seconds = time_gram(model, x, repeats)
     rows.append({
-        "commit": result_rows.commit(), "model": name, "n": len(x), "flops_per_pair": per_pair,
+        "commit": commit, "model": name, "n": len(x), "flops_per_pair": per_pair,
         "gemm_numpy_gflops": f"{rates['numpy']:.1f}", "gemm_tf_gflops": f"{rates['tensorflow']:.1f}",
         "bound_s": f"{bound:.3f}", "time_s": f"{seconds:.3f}", "ratio": f"{seconds / bound:.2f}",
         "cpu": features["CPU"], "avx512": features["AVX-512"],

@@ -50,8 +50,8 @@ def run_quick(workdir: pathlib.Path, onednn: str, seed: int, extra: Sequence[str
 
 def task_rows(workdir: pathlib.Path, onednn: str, seed: int) -> List[Dict[str, object]]:
   """One row per task of a finished run (its results.csv)."""
-  features = machine.features()
-  return [{"commit": result_rows.commit(), "config": CONFIG, "onednn": onednn, "seed": seed,
+  features, commit = machine.features(), result_rows.commit()
+  return [{"commit": commit, "config": CONFIG, "onednn": onednn, "seed": seed,
            "task": r["task"], "kind": r["kind"], "index": r["index"], "test_acc": r["test_acc"],
            "cpu": features["CPU"], "avx512": features["AVX-512"]}
           for r in result_rows.read_rows(workdir / "results.csv")]
