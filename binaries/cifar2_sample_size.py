@@ -6,6 +6,7 @@ See configs/cifar2_sample_size.py for the variants and
 ntk_tf/experiments/cifar2_sample_size.py for what is computed and written.
 """
 
+from binaries import engine_defaults  # pylint: disable=unused-import  # first: sets oneDNN
 from ntk_tf.experiments import cifar2_sample_size
 from ntk_tf.experiments import cli
 

@@ -6,6 +6,7 @@ See configs/eigenfunctions.py for the variants and ntk_tf/experiments/eigenfunct
 for what is computed and written.
 """
 
+from binaries import engine_defaults  # pylint: disable=unused-import  # first: sets oneDNN
 from ntk_tf.experiments import cli
 from ntk_tf.experiments import eigenfunctions
 

@@ -8,6 +8,8 @@ serve, the chief coordinates), else one process. See configs/gram.py and
 ntk_tf/experiments/gram_experiment.py.
 """
 
+from binaries import engine_defaults  # pylint: disable=unused-import  # first: sets oneDNN
+
 from absl import app
 from absl import flags
 from absl import logging

@@ -6,6 +6,7 @@ r"""Kernel rotation (Sec. 4.2, Figs. 6, 7, 15, 16, Table 1).
 The config variants and the exact paper commands are in configs/kernel_rotation.py.
 """
 
+from binaries import engine_defaults  # pylint: disable=unused-import  # first: sets oneDNN
 from ntk_tf.experiments import cli
 from ntk_tf.experiments import kernel_rotation
 

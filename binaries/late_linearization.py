@@ -6,6 +6,7 @@ r"""Late linearization (Sec. 4.3, Figs. 8, 9).
 The config variants and the exact paper commands are in configs/late_linearization.py.
 """
 
+from binaries import engine_defaults  # pylint: disable=unused-import  # first: sets oneDNN
 from ntk_tf.experiments import cli
 from ntk_tf.experiments import late_linearization
 

@@ -5,6 +5,7 @@ r"""NADs: linear predictors along neural anisotropy directions (Sec. 3.2, Figs. 
 The config variants and the exact paper commands are in configs/nads.py.
 """
 
+from binaries import engine_defaults  # pylint: disable=unused-import  # first: sets oneDNN
 from ntk_tf.experiments import cli
 from ntk_tf.experiments import nads
 

@@ -6,6 +6,8 @@ Experiment workdirs are found by their config.json (key `experiment`); see
 ntk_tf/experiments/report.py.
 """
 
+from binaries import engine_defaults  # pylint: disable=unused-import  # first: sets oneDNN
+
 from absl import app
 from absl import flags
 

@@ -13,6 +13,8 @@ A rerun continues where a kill stopped it; a task whose row is in the committed 
 scales and what they run are in ntk_tf/reproduce/figures.py.
 """
 
+from binaries import engine_defaults  # pylint: disable=unused-import  # first: sets oneDNN
+
 import os
 import sys
 
