@@ -14,8 +14,7 @@ Not a timed test; timings belong to the machine they were taken on.
 
 import json
 import os
-import time
-from typing import Dict, Optional
+from typing import Dict
 
 from absl import app
 from absl import flags
@@ -25,14 +24,12 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # pylint: disable=g-import-not-at-top
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from benchmarks import machine  # pylint: disable=g-import-not-at-top
+from benchmarks import step_timing  # pylint: disable=g-import-not-at-top
 import ntk_tf  # pylint: disable=g-import-not-at-top
 from ntk_tf import atomic  # pylint: disable=g-import-not-at-top
 from ntk_tf import primal_cache as primal_cache_lib  # pylint: disable=g-import-not-at-top
-from ntk_tf import train_step  # pylint: disable=g-import-not-at-top
-from ntk_tf import training  # pylint: disable=g-import-not-at-top
 
 _MODELS = flags.DEFINE_list("models", ["mlp", "lenet"], "Architectures to time.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder with cifar10.npz (default: search).")
@@ -47,30 +44,7 @@ flags.register_validator("models", lambda names: names and set(names) <= set(ntk
                          message=f"--models must be a subset of {ntk_tf.models.MODEL_NAMES}.")
 
 
-def time_train_step(model: keras.Model, x: np.ndarray, y: np.ndarray, *,
-                    recipe: ntk_tf.Recipe = ntk_tf.PAPER_SGD, steps: int = 20,
-                    warmup: int = 3,
-                    primal_cache: Optional[primal_cache_lib.PrimalCache] = None) -> float:
-  """Mean wall seconds of one `ntk_tf.train` step of `model` on the batch (x `[B, ...]`, y `[B]` +-1).
-
-  The steps run as `train` runs them: `steps` consecutive steps in one call of
-  `train_step.make_train_loop` (here all on the same batch). The loop is traced
-  and run first on at least `warmup` steps; it trains `model` in place. With
-  `primal_cache` (of a Linearized `model` on x), the steps read it at indices 0..B-1.
-  """
-  dtype = tf.as_dtype(model.compute_dtype)
-  warmup_calls = -(-max(1, warmup) // steps)  # ceil: each call runs `steps` steps
-  optimizer = training.make_optimizer(recipe, steps * (warmup_calls + 1))
-  loop = train_step.make_train_loop(model, optimizer, len(x), primal_cache=primal_cache)
-  xs = tf.constant(np.concatenate([x] * steps), dtype)  # [steps * B, ...]
-  ts = tf.constant(np.concatenate([(np.asarray(y) > 0).reshape(-1, 1)] * steps), dtype)  # (1 + y) / 2
-  indices = () if primal_cache is None else (tf.constant(np.tile(np.arange(len(x)), steps),
-                                                         tf.int32),)  # [steps * B]
-  for _ in range(warmup_calls):
-    loop(xs, ts, *indices).numpy()
-  start = time.perf_counter()
-  loop(xs, ts, *indices).numpy()
-  return (time.perf_counter() - start) / steps
+time_train_step = step_timing.time_train_step  # tests/bench_train_test.py uses it here
 
 
 def compare_step_times(model: keras.Model, x: np.ndarray, y: np.ndarray, *, steps: int,
