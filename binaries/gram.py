@@ -46,7 +46,7 @@ def main(argv):
   settings, path = cli.read_settings(gram_experiment, config, _FLAGS.workdir.value)
   cli.start_over_if_asked(_FLAGS, path, config)
   logging.info("Config:\n%s", config)
-  with workdir.kept_on_conflict(path):
+  with workdir.removed_if_unused(path), workdir.kept_on_conflict(path):
     info = gram_experiment.run(settings, path, _CLUSTER.value)
   print(f"Gram [{info['n']}, {info['n']}] ({info['n_train']} train + {info['n_test']} test) "
         f"on {info['where']} in {info['seconds']:.1f} s: {info['matrix']}")

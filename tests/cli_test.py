@@ -107,6 +107,65 @@ class CliTest(parameterized.TestCase):
     with self.assertRaisesRegex(app.UsageError, "workdir must be a folder"):
       _run(name, path / "below")
 
+  @parameterized.parameters(*_WITH_DATA)
+  def test_bad_data_file_is_one_line_and_leaves_no_workdir(self, name):
+    data_dir = pathlib.Path(self.create_tempdir().full_path)
+    for raw in ("cifar10", "mnist"):
+      (data_dir / f"{raw}.npz").write_bytes(b"PK\x03\x04 not a whole zip file")
+    workdir = pathlib.Path(self.create_tempdir().full_path) / "run"
+    with self.assertRaisesRegex(sources.DataFileError, "Corrupt or unreadable dataset file "
+                                f"{data_dir}/(cifar10|mnist).npz"):
+      _run(name, workdir, data_dir=str(data_dir), progress=False)
+    self.assertFalse(os.path.lexists(workdir), sorted(workdir.rglob("*")))
+
+  def test_data_errors_reach_the_user_in_one_line(self):
+    for error in (sources.DataFileError("Corrupt or unreadable dataset file /d/mnist.npz: x"),
+                  sources.DataNotFoundError("Dataset 'mnist' not found.")):
+      def main(argv, error=error):
+        del argv
+        raise error
+      stderr = io.StringIO()
+      with contextlib.redirect_stderr(stderr):
+        self.assertEqual(cli._entry(main)(["binaries/nads.py"]), 1)  # pylint: disable=protected-access
+      self.assertEqual(stderr.getvalue(), f"nads: error: {error}\n")
+
+  def test_wrong_arrays_in_a_data_file_are_a_data_file_error(self):
+    data_dir = pathlib.Path(self.create_tempdir().full_path)
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    np.savez(data_dir / "mnist.npz", x_train=np.zeros((2, 28, 28), np.float32))
+    with self.assertRaisesRegex(sources.DataFileError, "mnist.npz: missing arrays"):
+      sources.load_raw("mnist", str(data_dir))
+
+  @parameterized.parameters(*_EXPERIMENTS)
+  def test_dangling_symlink_workdir_is_a_usage_error(self, name):
+    root = pathlib.Path(self.create_tempdir().full_path)
+    (root / "link").symlink_to(root / "gone")
+    for workdir in (root / "link", root / "link" / "below"):
+      with self.assertRaisesRegex(app.UsageError, f"{root}/link is a symbolic link to "
+                                  f"{root}/gone, which does not exist"):
+        _run(name, workdir)
+    self.assertFalse((root / "gone").exists())
+
+  def test_a_workdir_with_work_or_made_before_is_kept_on_error(self):
+    from ntk_tf.experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+    root = pathlib.Path(self.create_tempdir().full_path)
+    cases = {"fresh": False, "existing": True, "with_result": True}
+    for case, kept in cases.items():
+      path = root / case
+      if case == "existing":
+        path.mkdir()
+      with self.assertRaises(RuntimeError):
+        with workdir_lib.removed_if_unused(path):
+          path.mkdir(exist_ok=True)
+          (path / "results").mkdir()
+          (path / "config.json").write_text("{}")
+          (path / "settings.json").write_text("{}")
+          if case == "with_result":
+            (path / "results" / "task.json").write_text("{}")
+          raise RuntimeError("stop")
+      self.assertEqual(path.exists(), kept, case)
+    self.assertTrue((root / "with_result" / "results" / "task.json").exists())
+
   def test_data_error_names_the_config_field_the_binaries_take(self):
     with self.assertRaises(sources.DataNotFoundError) as caught:
       sources.load_raw("mnist", self.create_tempdir().full_path)

@@ -60,6 +60,15 @@ class DataNotFoundError(FileNotFoundError):
   """No source could supply a dataset; the message lists what was tried."""
 
 
+class DataFileError(ValueError):
+  """A dataset file exists but cannot be used (corrupt, unreadable, wrong arrays); the
+  message names the file and what is wrong with it."""
+
+
+# The data errors a user fixes by supplying other data (the binaries print them in one line).
+DATA_ERRORS = (DataNotFoundError, DataFileError)
+
+
 def cache_dir() -> pathlib.Path:
   return pathlib.Path(os.environ.get("NTK_TF_CACHE_DIR",
                                      pathlib.Path.home() / ".cache" / "ntk_tf" / "data"))
@@ -75,7 +84,7 @@ def validate_arrays(name: str, arrays: Dict[str, np.ndarray], origin: str) -> Di
   (h, w, c), num_classes, _, _ = RAW_SPECS[name]
   missing = [k for k in ARRAY_KEYS if k not in arrays]
   if missing:
-    raise ValueError(f"{origin}: missing arrays {missing}; expected {list(ARRAY_KEYS)}. "
+    raise DataFileError(f"{origin}: missing arrays {missing}; expected {list(ARRAY_KEYS)}. "
                      f"Received keys: {sorted(arrays)}")
   out = {}
   for split in ("train", "test"):
@@ -83,15 +92,15 @@ def validate_arrays(name: str, arrays: Dict[str, np.ndarray], origin: str) -> Di
     if x.ndim == 3 and c == 1:
       x = x[..., None]
     if x.ndim != 4 or x.shape[1:] != (h, w, c):
-      raise ValueError(f"{origin}: x_{split} must have shape [N, {h}, {w}, {c}]. "
+      raise DataFileError(f"{origin}: x_{split} must have shape [N, {h}, {w}, {c}]. "
                        f"Received: shape={x.shape}")
     if x.dtype != np.uint8:
-      raise ValueError(f"{origin}: x_{split} must be uint8 pixels. Received: dtype={x.dtype}")
+      raise DataFileError(f"{origin}: x_{split} must be uint8 pixels. Received: dtype={x.dtype}")
     if y.shape != (x.shape[0],):
-      raise ValueError(f"{origin}: y_{split} must have shape [{x.shape[0]}]. "
+      raise DataFileError(f"{origin}: y_{split} must have shape [{x.shape[0]}]. "
                        f"Received: shape={y.shape}")
     if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= num_classes:
-      raise ValueError(f"{origin}: y_{split} must be ints in [0, {num_classes}). Received: "
+      raise DataFileError(f"{origin}: y_{split} must be ints in [0, {num_classes}). Received: "
                        f"dtype={y.dtype}, range=[{y.min()}, {y.max()}]")
     out[f"x_{split}"], out[f"y_{split}"] = x, y.astype(np.int64)
   return out
@@ -111,7 +120,7 @@ def _load_npz_cached(name: str, path: str, mtime_ns: int, size: int) -> Dict[str
     with np.load(path, allow_pickle=False) as npz:
       arrays = {k: npz[k] for k in npz.files}
   except Exception as e:  # zipfile.BadZipFile, OSError, ValueError, EOFError...
-    raise ValueError(f"Corrupt or unreadable dataset file {path}: {e}") from e
+    raise DataFileError(f"Corrupt or unreadable dataset file {path}: {e}") from e
   arrays = validate_arrays(name, arrays, str(path))
   for a in arrays.values():
     a.flags.writeable = False  # Shared between callers of the cache.

@@ -42,6 +42,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from ntk_tf import data
 from ntk_tf import models
 from ntk_tf import validation
 from ntk_tf.distributed import cluster
@@ -114,7 +115,7 @@ def run_experiment(experiment, holders: ExperimentFlags,
   if gram is not None:  # Before any model is built (`cluster.connect`).
     cluster.connect(gram.cluster)
   logging.info("Config:\n%s", config)
-  with workdir.kept_on_conflict(path):
+  with workdir.removed_if_unused(path), workdir.kept_on_conflict(path):
     return path, experiment.run(settings, path)
 
 
@@ -190,16 +191,16 @@ USER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROF
 
 
 def _entry(main_fn: Callable[[Sequence[str]], Any]) -> Callable[[Sequence[str]], Any]:
-  """`main_fn` stopped by SIGINT / SIGTERM (`signals`), a `validation.ConflictError` one line
-  and exit 1."""
+  """`main_fn` stopped by SIGINT / SIGTERM (`signals`); a `validation.ConflictError`, a data
+  error (`data.DATA_ERRORS`) or an OSError of USER_ERRNOS one line and exit 1."""
 
   def wrapped(argv: Sequence[str]) -> Any:
     name = pathlib.Path(argv[0]).stem
     with signals.stop_on_signals(name):
       try:
         return main_fn(argv)
-      except validation.ConflictError as err:
-        sys.stderr.write(f"{name}: error: {err}\n")
+      except (validation.ConflictError,) + data.DATA_ERRORS as err:
+        sys.stderr.write(f"{name}: error: {err}\n")  # Names the setting or the data file.
         return 1
       except OSError as err:
         if err.errno not in USER_ERRNOS:

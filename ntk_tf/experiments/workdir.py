@@ -126,14 +126,19 @@ def start_over(workdir: os.PathLike, config: Any) -> Optional[pathlib.Path]:
 def resolve_workdir(workdir: str) -> pathlib.Path:
   """Absolute workdir; relative paths are taken from where `bazel run` was called.
 
-  Creates nothing. Raises ValueError if `workdir` is empty or it (or a folder
-  above it) exists as something other than a folder.
+  Creates nothing. Raises ValueError if `workdir` is empty, or it (or a folder
+  above it) exists as something other than a folder or is a dangling symbolic link.
   """
   if not workdir:
     raise ValueError(f"workdir must be a non-empty path. Received: workdir={workdir!r}")
   path = pathlib.Path(workdir).expanduser()
   if not path.is_absolute():
     path = pathlib.Path(os.environ.get("BUILD_WORKING_DIRECTORY", os.getcwd())) / path
+  for link in (path, *path.parents):
+    if link.is_symlink() and not link.exists():
+      raise ValueError(f"workdir must be a folder, but {link} is a symbolic link to "
+                       f"{os.readlink(link)}, which does not exist. Received: "
+                       f"workdir={workdir!r}")
   existing = next(p for p in (path, *path.parents) if p.exists())
   if not existing.is_dir():
     raise ValueError(f"workdir must be a folder, but {existing} exists and is not one. "
@@ -181,6 +186,35 @@ def kept_on_conflict(workdir: os.PathLike) -> Iterator[None]:
         atomic.write_bytes(path / name, data)
     for extra in set(path.glob("config.*.json")) - kept:
       extra.unlink()
+    raise
+
+
+# What a run writes into its workdir before any task (`prepare`, `ResultStore`).
+_SET_UP_FILES = frozenset(("config.json", "settings.json"))
+
+
+@contextlib.contextmanager
+def removed_if_unused(workdir: os.PathLike) -> Iterator[None]:
+  """On an error, removes the workdir if this run made it and no work was written to it.
+
+  A run that stops before its first task (bad data, a full disk, a refused
+  cluster) would otherwise leave a folder holding only config.json,
+  settings.json and empty folders. A workdir that existed before the run, or
+  that holds any other file, is never touched.
+  """
+  path = pathlib.Path(workdir)
+  made_here = not os.path.lexists(path)
+  try:
+    yield
+  except Exception:
+    if made_here and path.is_dir() and not path.is_symlink():
+      files = [f for f in path.rglob("*") if not f.is_dir()]
+      if all(f.parent == path and f.name in _SET_UP_FILES for f in files):
+        for folder in sorted((d for d in path.rglob("*") if d.is_dir()), reverse=True):
+          folder.rmdir()  # deepest first; each is empty
+        for f in files:
+          f.unlink()
+        path.rmdir()
     raise
 
 
