@@ -44,6 +44,9 @@ _IMPORT_LEGACY = flags.DEFINE_string("import_legacy", None, "One-time: convert t
 _OUT = flags.DEFINE_string("out", program.DEFAULT_OUT, "Folder of the committed CSVs and pages.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Passed on as --config.data_dir.")
 _DOWNLOAD = flags.DEFINE_bool("download", False, "Passed on: allow fetching the data.")
+_START_OVER = flags.DEFINE_bool(
+    "start_over", False, "Passed on: a part whose folder holds work made with other settings "
+    "moves it to earlier.<n>/ in that folder and starts afresh (without it, the part stops).")
 
 
 def _resume_command() -> str:
@@ -62,6 +65,7 @@ def main(argv):
         workdir=_WORKDIR.value, jobs=_JOBS.value, dry_run=_DRY_RUN.value,
         render=_RENDER.value, adopt=_ADOPT.value, import_legacy=_IMPORT_LEGACY.value,
         out=_OUT.value, data_dir=_DATA_DIR.value, download=_DOWNLOAD.value,
+        start_over=_START_OVER.value,
         resume_command=_resume_command())
   except ValueError as err:  # A bad value: one line naming it, not the whole usage.
     sys.stderr.write(f"reproduce: error: {err}\n")

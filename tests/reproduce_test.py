@@ -21,6 +21,7 @@ import time
 from absl.testing import absltest
 
 from tests import test_util
+from ntk_tf.experiments import workdir as workdir_lib
 from ntk_tf.reproduce import figures
 from ntk_tf.reproduce import markdown
 from ntk_tf.reproduce import pages
@@ -128,6 +129,28 @@ class PlanTest(absltest.TestCase):
     forced = _plan(["fig2"], "smoke", ["mlp"], self.workdir, self.out, jobs=2,
                    min_part_seconds=0).runs[0]
     self.assertLen(forced.parts, 2)
+
+  def test_start_over_is_passed_to_every_part(self):
+    plan = _plan(["fig2"], "paper", ["mlp"], self.workdir, self.out, jobs=2)
+    for part in plan.runs[0].parts:
+      self.assertNotIn("--start_over", plan_lib.command(plan.runs[0], part))
+      args = plan_lib.command(plan.runs[0], part, start_over=True)
+      self.assertEqual(args[-1], "--start_over")
+      self.assertEqual(args[-2], f"--workdir={part.dir}")
+
+  def test_a_refused_part_says_to_start_over(self):
+    log = self.workdir / "log.txt"
+    refusal = workdir_lib.conflict(self.workdir, {"epochs": 100},
+                                   workdir_lib.Fingerprint("f", {"epochs": 3}), "2 tasks")
+    log.write_text("training...\n" * 2000 + f"eigenfunctions: error: {refusal}\n")
+    line = runner.failure_line(1, log)
+    self.assertTrue(line.startswith(f"failed (exit 1); see {log}: its folder holds work made "
+                                    "with other settings"), line)
+    self.assertIn("rerun reproduce with --start_over", line)
+    log.write_text("Traceback: something else\n")
+    self.assertEqual(runner.failure_line(1, log), f"failed (exit 1); see {log}")
+    self.assertEqual(runner.failure_line(2, self.workdir / "absent.txt"),
+                     f"failed (exit 2); see {self.workdir / 'absent.txt'}")
 
   def test_late_linearization_is_one_part(self):
     (run,) = _plan(["fig8"], "paper", ["mlp"], self.workdir, self.out, jobs=2).runs

@@ -196,13 +196,20 @@ def format_seconds(seconds: float) -> str:
   return f"{hours}h{minutes:02d}m"
 
 
-def command(run: runs_lib.Run, part: runs_lib.Part, download: bool = False) -> List[str]:
-  """The part's command line after `python -m` (the binary, config, overrides, workdir)."""
+def command(run: runs_lib.Run, part: runs_lib.Part, download: bool = False,
+            start_over: bool = False) -> List[str]:
+  """The part's command line after `python -m` (the binary, config, overrides, workdir).
+
+  `start_over` passes --start_over: the binary moves earlier work made with other
+  settings to <part dir>/earlier.<n>/ instead of refusing to run.
+  """
   args = [f"binaries.{run.experiment}", f"--config=configs/{run.experiment}.py:{run.variant}"]
   args += [f"--config.{k}={runs_lib.format_value(v)}" for k, v in part.overrides]
   args.append(f"--workdir={part.dir}")
   if download and run.spec.has_data:
     args.append("--download")
+  if start_over:
+    args.append("--start_over")
   return args
 
 

@@ -39,7 +39,7 @@ def reproduce(*, figures: Optional[str] = None, models: Optional[str] = None,
               scale: str = "paper", workdir: Optional[str] = None, jobs: Optional[int] = None,
               dry_run: bool = False, render: bool = False, adopt: Optional[str] = None,
               import_legacy: Optional[str] = None, out: str = DEFAULT_OUT,
-              data_dir: Optional[str] = None, download: bool = False,
+              data_dir: Optional[str] = None, download: bool = False, start_over: bool = False,
               resume_command: str = "the same command", progress_s: float = 30.0,
               log: Callable[[str], None] = print) -> int:
   """Does what the flags of binaries/reproduce.py ask; returns the exit status.
@@ -96,7 +96,7 @@ def reproduce(*, figures: Optional[str] = None, models: Optional[str] = None,
   done, total = plan.tasks_done()
   parts = sum(len(r.parts) for r in plan.runs)
   log(f"reproduce: {done} of {total} tasks done; {parts} part(s) to run on {jobs} job(s).")
-  code = runner.run_plan(plan, download=download, progress_s=progress_s,
+  code = runner.run_plan(plan, download=download, start_over=start_over, progress_s=progress_s,
                          resume_command=resume_command, log=log)
   if code >= 128:
     return code

@@ -25,6 +25,7 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
+from ntk_tf.experiments import signals
 from ntk_tf.reproduce import plan as plan_lib
 from ntk_tf.reproduce import runs as runs_lib
 from ntk_tf.reproduce import tables
@@ -78,10 +79,10 @@ def _record_start(part_dir: pathlib.Path) -> None:
   os.replace(tmp, path)
 
 
-def _start(job: _Job, slot: int, pin: bool, download: bool) -> None:
+def _start(job: _Job, slot: int, pin: bool, download: bool, start_over: bool) -> None:
   job.part.dir.mkdir(parents=True, exist_ok=True)
   _record_start(job.part.dir)
-  args = [sys.executable, "-m"] + plan_lib.command(job.run, job.part, download)
+  args = [sys.executable, "-m"] + plan_lib.command(job.run, job.part, download, start_over)
   job.log = open(job.part.dir / "log.txt", "a")
   job.log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(args[1:])}\n")
   job.log.flush()
@@ -91,6 +92,26 @@ def _start(job: _Job, slot: int, pin: bool, download: bool) -> None:
   job.process = subprocess.Popen(
       args, cwd=repository_root(), stdout=job.log, stderr=subprocess.STDOUT, env=env,
       preexec_fn=_child_setup(cores[slot] if pin else None))
+
+
+# The end of a binary's refusal to replace work made with other settings (`workdir`).
+_REFUSAL = "pass --start_over to move the earlier work"
+
+
+def failure_line(code: int, log_path: pathlib.Path) -> str:
+  """What reproduce says of a part that exited with `code`: where its log is, and, when the
+  part refused to replace work made with other settings, how to start it over."""
+  line = f"failed (exit {code}); see {log_path}"
+  try:
+    with open(log_path, "rb") as log_file:
+      log_file.seek(max(0, os.path.getsize(log_path) - 8192))
+      tail = log_file.read().decode("utf-8", "replace")
+  except OSError:
+    return line
+  if _REFUSAL in tail:
+    line += (": its folder holds work made with other settings; rerun reproduce with "
+             "--start_over to move that work to earlier.<n>/ in the part's folder")
+  return line
 
 
 def _ready(job: _Job) -> bool:
@@ -136,10 +157,13 @@ def progress_line(plan: runs_lib.Plan, running: Sequence[_Job]) -> str:
           f"{plan_lib.format_seconds(left / slots)} left; running: {names}")
 
 
-def run_plan(plan: runs_lib.Plan, *, download: bool = False, progress_s: float = 30.0,
-             resume_command: str = "the same command",
+def run_plan(plan: runs_lib.Plan, *, download: bool = False, start_over: bool = False,
+             progress_s: float = 30.0, resume_command: str = "the same command",
              log: Callable[[str], None] = print) -> int:
-  """Runs the plan's parts (see the module docstring). Returns 0, 1 (a part failed) or 128+signal."""
+  """Runs the plan's parts (see the module docstring). Returns 0, 1 (a part failed) or 128+signal.
+
+  `download` and `start_over` pass --download and --start_over to every part (`plan.command`).
+  """
   queue = sorted((_Job(r, p) for r in plan.runs for p in r.parts),
                  key=lambda j: (-j.part.estimate_s, j.run.name, j.part.index))
   running: List[_Job] = []
@@ -168,8 +192,8 @@ def run_plan(plan: runs_lib.Plan, *, download: bool = False, progress_s: float =
         finished.append((job, code))
         if code == 0 and job.run.gram_key:
           ready.add(job.run.gram_key)
-        log(f"reproduce: {job.run.name}/part{job.part.index} "
-            f"{'finished' if code == 0 else f'failed (exit {code}); see {job.part.dir}/log.txt'}")
+        log(f"reproduce: {job.run.name}/part{job.part.index} " + (
+            "finished" if code == 0 else failure_line(code, job.part.dir / "log.txt")))
       busy_keys = {j.run.gram_key for j in running if j.run.gram_key}
       free = [s for s in range(plan.jobs) if s not in {j.slot for j in running}]
       for job in list(queue):
@@ -179,7 +203,7 @@ def run_plan(plan: runs_lib.Plan, *, download: bool = False, progress_s: float =
         if key and key not in ready and key in busy_keys:
           continue  # Its Theta_0 is being computed by another part.
         queue.remove(job)
-        _start(job, free.pop(0), pin, download)
+        _start(job, free.pop(0), pin, download, start_over)
         running.append(job)
         if key:
           busy_keys.add(key)
@@ -202,5 +226,5 @@ def run_plan(plan: runs_lib.Plan, *, download: bool = False, progress_s: float =
     sys.stderr.write(f"reproduce: stopped by {signal.Signals(signum).name}; the finished "
                      f"tasks are kept; to resume, run {resume_command}\n")
     sys.stderr.flush()
-    return 128 + signum
+    return signals.exit_code(signum)
   return 1 if any(code != 0 for _, code in finished) else 0
