@@ -27,6 +27,7 @@ import numpy as np
 
 from tests import test_util  # pylint: disable=g-bad-import-order
 from configs import gram as gram_config
+from ntk_tf import onednn
 from ntk_tf.experiments import gram_experiment
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -75,8 +76,10 @@ class DistributedGramTest(absltest.TestCase):
     command = [sys.executable, "-m", "binaries.gram", "--config=configs/gram.py:smoke",
                f"--workdir={workdir}", f"--config.data_dir={self.data_dir}", *_OVERRIDES,
                *flags]
+    # The binary on this process's kernels (binaries/engine_defaults.py would turn oneDNN
+    # on where TF leaves it off), so its bytes can equal the in-process Gram's.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
-               TF_CPP_MIN_LOG_LEVEL="2")
+               TF_CPP_MIN_LOG_LEVEL="2", TF_ENABLE_ONEDNN_OPTS="1" if onednn.enabled() else "0")
     return subprocess.Popen(command, cwd=_ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
 
