@@ -54,6 +54,26 @@ class IsolatedDataTest(parameterized.TestCase):
     np.testing.assert_allclose(ds.x_test, expected, rtol=1e-5, atol=1e-5)
     self.assertEqual(ds.x_train.dtype, np.float32)
 
+  def test_statistics_are_computed_once_per_file_and_again_when_it_changes(self):
+    raw = _fake_raw()
+    self._write("cifar10", raw)
+    from ntk_tf.data import datasets  # pylint: disable=g-import-not-at-top
+    with mock.patch.object(datasets, "channel_stats", wraps=datasets.channel_stats) as stats:
+      first = data.load("cifar10", data_dir=self.dir, train_size=10)
+      second = data.load("cifar10", data_dir=self.dir, train_size=20, seed=3)
+      self.assertEqual(stats.call_count, 1)
+      np.testing.assert_array_equal(first.mean, second.mean)
+      changed = dict(raw, x_train=np.full_like(raw["x_train"], 7))
+      os.remove(os.path.join(self.dir, "cifar10.npz"))
+      self._write("cifar10", changed)
+      third = data.load("cifar10", data_dir=self.dir)
+      self.assertEqual(stats.call_count, 2)
+      np.testing.assert_allclose(third.mean, np.full(3, 7 / 255.0), rtol=1e-12)
+      writable = np.array(raw["x_train"])  # A caller's own array: never cached.
+      datasets._cached_channel_stats(writable)  # pylint: disable=protected-access
+      datasets._cached_channel_stats(writable)  # pylint: disable=protected-access
+      self.assertEqual(stats.call_count, 4)
+
   def test_binary_labels_and_gram_convention(self):
     self._write("cifar10", _fake_raw())
     ds = data.load("cifar2", data_dir=self.dir)

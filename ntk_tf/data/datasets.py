@@ -10,7 +10,8 @@ Conventions (declared once for the module):
 """
 
 import dataclasses
-from typing import Optional, Sequence, Tuple
+import weakref
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -84,6 +85,26 @@ def channel_stats(x_uint8: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     sq += (chunk * chunk).sum(axis=0)
   var = sq / count / 255.0**2 - mean**2
   return mean, np.sqrt(var)
+
+
+# channel_stats of read-only arrays (the cached raw splits of `sources`), by identity: the
+# whole train split's statistics take seconds and every `load` of a dataset needs them.
+_STATS: Dict[int, Tuple["weakref.ref", Tuple[np.ndarray, np.ndarray]]] = {}
+
+
+def _cached_channel_stats(x_uint8: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+  """`channel_stats(x_uint8)`, computed once per read-only array (the same values)."""
+  if x_uint8.flags.writeable:
+    return channel_stats(x_uint8)
+  entry = _STATS.get(id(x_uint8))
+  if entry is not None and entry[0]() is x_uint8:
+    return entry[1]
+  stats = channel_stats(x_uint8)
+  for stats_array in stats:
+    stats_array.flags.writeable = False  # Shared between loads.
+  key = id(x_uint8)
+  _STATS[key] = (weakref.ref(x_uint8, lambda _, key=key: _STATS.pop(key, None)), stats)
+  return stats
 
 
 def standardize(x_uint8: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -164,7 +185,7 @@ def load(name: str, *, data_dir: Optional[str] = None, train_size: Optional[int]
                  stratified_subsample(raw["y_train"], train_size, seed))
   test_index = (np.arange(len(y_test)) if test_size is None else
                 stratified_subsample(raw["y_test"], test_size, seed + 1))
-  mean, std = channel_stats(raw["x_train"])
+  mean, std = _cached_channel_stats(raw["x_train"])
   if normalize:
     x_train = standardize(raw["x_train"][train_index], mean, std)
     x_test = standardize(raw["x_test"][test_index], mean, std)
