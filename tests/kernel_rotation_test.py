@@ -20,6 +20,7 @@ import ntk_tf
 from ntk_tf import models
 from ntk_tf.experiments import kernel_rotation
 from ntk_tf.experiments import pipeline
+from ntk_tf.experiments import spectrum as spectrum_lib
 from tests import ntk_reference
 from tests import test_util
 
@@ -199,6 +200,38 @@ class SmokeTest(absltest.TestCase):
     self.assertFalse(config.energy_concentration)
     self.assertEqual(config.alignment_route, "jacobian")
     self.assertTrue(np.isnan(summary["energy_init"]))
+
+  def test_targets_share_the_basis_alignment_at_init(self):
+    config = kernel_rotation.settings_from_config(test_util.smoke_config(
+        self, kr_config, "smoke_eigenfunction", eigenfunction_indices=(3, 2)))
+    workdir = pathlib.Path(self.create_tempdir().full_path)
+    widths = []
+    real_alignment = ntk_tf.alignment
+
+    def recording(model, x, y, **kwargs):
+      widths.append(np.asarray(y).reshape(len(x), -1).shape[1])
+      return real_alignment(model, x, y, **kwargs)
+
+    with mock.patch.object(ntk_tf, "alignment", side_effect=recording):
+      kernel_rotation.run(config, workdir)
+    j = config.num_alignment
+    # phi3: epochs 0 and 2 with the basis and y; phi2: y alone at epoch 0, then all at 2.
+    self.assertEqual(widths, [j + 1, j + 1, 1, j + 1])
+    alpha = {t: np.loadtxt(workdir / f"mlp/{t}/alignment_epoch_0000.csv", delimiter=",",
+                           skiprows=1)[:, 1] for t in ("phi3", "phi2")}
+    np.testing.assert_array_equal(alpha["phi2"], alpha["phi3"])
+    # alpha_0(y) of phi2 against Lemma 1 on Theta_0's train block, in float64.
+    rows = {r["task"]: r for r in runs_rows(workdir)}
+    dataset = config.data.load()
+    spec = config.models[0]
+    model = spec.build(dataset.input_shape)
+    basis = spectrum_lib.spectrum(model, spec, dataset, j, config.gram, seed=spec.seed,
+                                  progress=False)  # the cached Theta_0's eigenvectors
+    labels = np.asarray(spectrum_lib.eigenfunction_task(basis, 2).y_train, np.float64)  # [n]
+    gram = ntk_tf.ntk_gram(model, dataset.x_train, dtype="float64", implementation="jacobian",
+                           progress=False)
+    expected = kernel_rotation.alignment_from_gram(gram, labels[:, None])[0]
+    self.assertAlmostEqual(rows["mlp_phi2_epoch0000"]["alpha_labels"] / expected, 1.0, places=5)
 
   def test_eigenfunction_task_grams_only_where_needed(self):
     # alpha by Lemma 1: no GramStore at any checkpoint without energy concentration.

@@ -46,6 +46,7 @@ Paper: Sec. 4.2, Figs. 6, 7, 15, 16, Table 1 (App. E.2, E.3).
 
 import dataclasses
 import functools
+import io
 import math
 import pathlib
 import shutil
@@ -240,12 +241,17 @@ def _read_column_csv(path: pathlib.Path) -> np.ndarray:
 
 def _measure_epoch(settings: Settings, model, run_dir: pathlib.Path, x_train: np.ndarray,
                    y: np.ndarray, phi_basis: Optional[np.ndarray], epoch: int,
-                   theta0_train: Optional[Callable[[], np.ndarray]] = None) -> Dict[str, Any]:
+                   theta0_train: Optional[Callable[[], np.ndarray]] = None,
+                   shared_alpha0: Optional[pathlib.Path] = None) -> Dict[str, Any]:
   """Energy (Gram of Theta_t), alignments (Lemma 1 or Gram; files) and the row of epoch t.
 
   Args:
     theta0_train: at epoch 0, a function returning Theta_0 on the training rows (a slice
       of the shared store); None computes the Gram of the checkpoint.
+    shared_alpha0: at epoch 0 of an eigenfunction task, the file of alpha_0(phi_j) that
+      every target of the model shares (`_shared_alpha0_path`). If present, only
+      alpha_0(y) is computed here (alone, so its last bits may differ from a joint pass);
+      if not, it is written after the joint computation.
   """
   model_t = pipeline.load_checkpoint(model, run_dir / "train", epoch)
   row = {"epoch": epoch, "energy_top_k": math.nan, "alpha_labels": math.nan}
@@ -274,9 +280,18 @@ def _measure_epoch(settings: Settings, model, run_dir: pathlib.Path, x_train: np
   if settings.alignment_route == "gram":
     alpha = alignment_from_gram(gram, functions)  # [J + 1]
   else:  # Lemma 1 (App. B): no Gram.
-    alpha = alignment_from_jacobian(
-        model_t, x_train, functions, batch_size=settings.alignment_batch_size,
+    measure = functools.partial(
+        alignment_from_jacobian, model_t, x_train, batch_size=settings.alignment_batch_size,
         dtype=settings.gram.dtype, memory_budget_bytes=settings.alignment_memory_budget_bytes)
+    shared = shared_alpha0 if epoch == 0 else None
+    if shared is not None and shared.is_file():  # Theta_0 and the phi_j: as for other targets.
+      alpha = np.concatenate([np.load(shared), measure(y[:, None])])  # [J + 1]
+    else:
+      alpha = measure(functions)  # [J + 1]
+      if shared is not None:
+        buffer = io.BytesIO()
+        np.save(buffer, alpha[:-1], allow_pickle=False)
+        atomic.write_bytes(shared, buffer.getvalue())
   _write_column_csv(run_dir / f"alignment_epoch_{epoch:04d}.csv", "alpha", alpha[:-1])
   row["alpha_labels"] = float(alpha[-1])
   del gram
@@ -362,7 +377,8 @@ def _run_target(settings: Settings, store: workdir_lib.ResultStore, run_dir: pat
       phi_basis = np.load(run_dir / "phi_init_train.npy")
     logging.info("%s: measuring Theta_%d.", key, epoch)
     row = _measure_epoch(settings, model, run_dir, dataset.x_train, y, phi_basis, epoch,
-                         theta0_train)
+                         theta0_train, _shared_alpha0_path(settings, spec, run_dir.parent)
+                         if basis is not None else None)
     history = result.history[epoch]
     row.update({"kind": "epoch", "model": spec.name, "target": target,
                 "train_loss": history["train_loss"], "train_acc": history["train_acc"],
@@ -372,6 +388,22 @@ def _run_target(settings: Settings, store: workdir_lib.ResultStore, run_dir: pat
   store.put(f"{key}_summary",
             _summary_row(settings, store, run_dir, key, result, names, overlap, target_j), fp)
   return run_keys
+
+
+def _shared_alpha0_path(settings: Settings, spec: pipeline.ModelSpec,
+                        model_dir: pathlib.Path) -> pathlib.Path:
+  """Where alpha_0(phi_j), j <= num_alignment, of `spec` is kept for all its targets.
+
+  alpha_0 depends on theta_0, the training inputs and the phi_j only, not on the
+  target, so the 1,000 columns (the costliest pass of a Fig. 7 task) are computed once
+  per model. The name holds a hash of those settings, so other settings never read it.
+  """
+  identity = workdir_lib.fingerprint({
+      "model": dataclasses.asdict(spec), "data": settings.data.identity(),
+      "num_alignment": settings.num_alignment, "gram": settings.gram.identity(),
+      "alignment_batch_size": settings.alignment_batch_size,
+      "alignment_memory_budget_bytes": settings.alignment_memory_budget_bytes})
+  return model_dir / f"alignment_theta0_basis_{identity[:16]}.npy"
 
 
 def _summary_row(settings: Settings, store: workdir_lib.ResultStore, run_dir: pathlib.Path,
