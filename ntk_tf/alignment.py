@@ -37,8 +37,10 @@ summed in order) is a pure-TF function: `alignment` runs it on all of x,
 `ntk_tf.distributed.sharded_passes` on one shard of x per device or worker.
 """
 
+import time
 from typing import Callable, List, Tuple
 
+from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
@@ -71,6 +73,10 @@ DEFAULT_MEMORY_BUDGET_BYTES = 2 * 1024**3
 # their concatenation. (Turning the sum into float64 at the end of a chunk
 # needs the sum plus one float64 copy, 12 or 16 bytes per entry, within 4x.)
 _LIVE_ARRAYS = 4
+# Rows of x per call of the pass (rounded down to whole batches), and seconds between the
+# progress lines of a long pass.
+_SLAB_ROWS = 8192
+_LOG_EVERY_S = 30.0
 
 
 def label_chunks(num_labels: int, num_params: int, dtype: types.DType,
@@ -151,8 +157,11 @@ def alignment(model: keras.Model, x: types.Inputs, y: types.Array, *, batch_size
   padded = -(-n // batch_size) * batch_size  # ceil(N / B) * B
   x = tf.constant(np.pad(x.astype(dtype), [(0, padded - n)] + [(0, 0)] * (x.ndim - 1)))  # [N', ...]
   labels_2d = np.pad(labels_2d, [(0, padded - n), (0, 0)])  # [N', m]
+  slab = max(1, _SLAB_ROWS // batch_size) * batch_size  # rows per call (progress)
   alphas = np.concatenate([  # [m]
-      _chunk_alignment(gradients, x, labels_2d[:, chunk], n, tf.as_dtype(dtype))
+      _chunk_alignment(gradients, x, labels_2d[:, chunk], n, tf.as_dtype(dtype), slab,
+                       f" (labels {chunk.start + 1}-{chunk.stop} of {labels_2d.shape[1]})"
+                       if len(chunks) > 1 else "")
       for chunk in chunks])
   return alphas.reshape(labels.shape[1:])  # [] or [m]
 
@@ -197,7 +206,8 @@ def label_gradients_fn(model: keras.Model, batch_size: int, route: str = "vjp"
   pass and m backward passes (`tape.jacobian` of the m projections
   y_b[:, c]^T f(x_b)); with "jacobian" it is the batch's per-example Jacobian
   J_b `[B, P]` and Y_b^T J_b (module docstring). Batches are summed in order
-  in the model's dtype. The batch loop is a
+  in the model's dtype, onto `initial` [m, P] when given (consecutive slabs of rows,
+  each call continuing the last one's sum, give the bits of one call). The batch loop is a
   `tf.range` loop, so g runs eagerly or (wrapped in `tf.function`) as one
   graph anywhere: `alignment` calls it on all of x, `sharded_passes` on one
   shard of x per device or worker.
@@ -225,10 +235,11 @@ def label_gradients_fn(model: keras.Model, batch_size: int, route: str = "vjp"
                           unconnected_gradients=tf.UnconnectedGradients.ZERO)  # m VJPs
     return tf.concat([tf.reshape(g, [tf.shape(y_b)[1], -1]) for g in grads], axis=1)  # [m, P]
 
-  def label_gradients(x, labels):
+  def label_gradients(x, labels, initial=None):
     batch_shape = [batch_size] + list(x.shape[1:])
     labels = tf.cast(labels, variables[0].dtype)  # [R, m]
-    total = tf.zeros([labels.shape[1], num_params], labels.dtype)  # [m, P]
+    total = (tf.zeros([labels.shape[1], num_params], labels.dtype) if initial is None
+             else tf.cast(initial, labels.dtype))  # [m, P]
     for start in tf.range(0, tf.shape(x)[0], batch_size):
       x_b = tf.ensure_shape(x[start:start + batch_size], batch_shape)  # [B, ...]
       y_b = tf.ensure_shape(labels[start:start + batch_size], [batch_size, labels.shape[1]])
@@ -252,10 +263,26 @@ def alphas_from_label_gradients(label_gradients: np.ndarray, n: int) -> np.ndarr
 
 
 def _chunk_alignment(gradients, x: tf.Tensor, labels_chunk: np.ndarray, n: int,
-                     tf_dtype: tf.DType) -> np.ndarray:
-  """One pass over the padded `x [N', ...]` for `labels_chunk [N', m_chunk]`: alphas `[m_chunk]`."""
-  total = gradients(x, tf.constant(labels_chunk, dtype=tf_dtype)).numpy()  # [m_chunk, P]
-  return alphas_from_label_gradients(total, n)
+                     tf_dtype: tf.DType, slab: int, what: str = "") -> np.ndarray:
+  """One pass over the padded `x [N', ...]` for `labels_chunk [N', m_chunk]`: alphas `[m_chunk]`.
+
+  The pass runs in slabs of `slab` rows (a multiple of the batch size), each continuing
+  the last one's sum (`label_gradients_fn`'s `initial`: the same bits as one call), so
+  a long pass logs its progress every `_LOG_EVERY_S` seconds.
+  """
+  rows = int(x.shape[0])
+  labels = tf.constant(labels_chunk, dtype=tf_dtype)  # [N', m_chunk]
+  total, start_time = None, time.monotonic()
+  last_log = start_time
+  for start in range(0, rows, slab):
+    stop = min(rows, start + slab)
+    total = gradients(x[start:stop], labels[start:stop], total)  # [m_chunk, P]
+    now = time.monotonic()
+    if now - last_log >= _LOG_EVERY_S and stop < rows:
+      logging.info("alignment%s: %d of %d samples, %.0f s, ETA %.0f s", what, stop, n,
+                   now - start_time, (now - start_time) / stop * (rows - stop))
+      last_log = now
+  return alphas_from_label_gradients(total.numpy(), n)
 
 
 def energy_concentration(eigvecs: types.Array, y: types.Array, k: int) -> np.ndarray:

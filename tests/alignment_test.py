@@ -79,6 +79,23 @@ class AlignmentTest(parameterized.TestCase):
         np.testing.assert_array_equal(results[2], results[m])
     np.testing.assert_allclose(expected[:2], eigvals[-2:] / n**2, rtol=1e-12)  # alpha(phi_j) = lambda_j / N^2
 
+  @parameterized.parameters("vjp", "jacobian")
+  def test_slabs_give_the_bits_of_one_pass_and_report_progress(self, route):
+    model = ntk_tf.models.get("lenet", input_shape=_SHAPE, seed=1)
+    n = 21  # 6 batches of 4 (the last padded), slabs of 1 batch: 6 calls
+    x = np.random.RandomState(7).randn(n, *_SHAPE).astype(np.float32)
+    labels = np.random.RandomState(8).randn(n, 3)  # [N, 3]
+    with mock.patch.object(alignment_lib, "_SLAB_ROWS", 10 ** 9):
+      whole = ntk_tf.alignment(model, x, labels, batch_size=4, route=route)
+    with mock.patch.object(alignment_lib, "_SLAB_ROWS", 4), \
+         mock.patch.object(alignment_lib, "_LOG_EVERY_S", 0.0), \
+         mock.patch.object(alignment_lib.logging, "info") as info:
+      slabs = ntk_tf.alignment(model, x, labels, batch_size=4, route=route)
+    np.testing.assert_array_equal(slabs, whole)
+    lines = [call.args[0] % call.args[1:] for call in info.call_args_list]
+    self.assertLen(lines, 5)  # after each slab but the last
+    self.assertTrue(lines[0].startswith("alignment: 4 of 21 samples"), lines[0])
+
   def test_auto_route_takes_the_jacobian_for_many_columns_that_fit(self):
     model = ntk_tf.models.get("mlp", input_shape=_SHAPE, seed=0)
     n, m = 6, alignment_lib.JACOBIAN_MIN_LABELS
