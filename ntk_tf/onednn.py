@@ -47,6 +47,7 @@ those of plain Keras layers.
 """
 
 import os
+import platform
 
 import keras
 
@@ -79,6 +80,18 @@ def enabled() -> bool:
   if setting in ("0", "false"):
     return False
   return bool(_DEFAULT_ON_CPU_FLAGS & _cpu_flags())
+
+
+def machine() -> str:
+  """The features that set a result's last digits, e.g. "x86_64 2 cores avx2 no-avx512 oneDNN off".
+
+  Recorded with every experiment row (`experiments.workdir.ResultStore`) and shown in the
+  committed CSVs (`reproduce.tables`).
+  """
+  flags = _cpu_flags()
+  simd = " ".join(("" if f in flags else "no-") + f for f in ("avx2", "avx512f"))
+  return (f"{platform.machine()} {os.cpu_count()} cores {simd.replace('avx512f', 'avx512')} "
+          f"oneDNN {'on' if enabled() else 'off'}")
 
 
 def is_affected_conv(layer) -> bool:

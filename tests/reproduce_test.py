@@ -352,6 +352,18 @@ class EndToEndTest(absltest.TestCase):
       adopted = tables.read_csv(out / f"{name}_mlp.csv")
       self.assertEqual([r["task"] for r in adopted],
                        [r["task"] for r in tables.read_csv(self.out / f"{name}_mlp.csv")])
+    # Each row keeps the machine its run recorded, not the adopting process's.
+    recorded = json.loads(next((part / "results").glob("*.json")).read_text())["machine"]
+    self.assertRegex(recorded, r" cores .*oneDNN (on|off)$")
+    marked = pathlib.Path(self.create_tempdir().full_path) / "marked"
+    shutil.copytree(part, marked)
+    for path in (marked / "results").glob("*.json"):
+      row = json.loads(path.read_text())
+      path.write_text(json.dumps(dict(row, machine="another machine oneDNN off")))
+    fresh_out = pathlib.Path(self.create_tempdir().full_path)
+    self.assertEqual(_in_process([f"--adopt={marked}", f"--out={fresh_out}"], []), 0)
+    self.assertEqual({r["machine"] for r in tables.read_csv(fresh_out / "fig2_mlp.csv")},
+                     {"another machine oneDNN off"})
     changed = pathlib.Path(self.create_tempdir().full_path) / "changed"
     shutil.copytree(part, changed)
     config = json.loads((changed / "config.json").read_text())

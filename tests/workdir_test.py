@@ -69,6 +69,16 @@ class WorkdirTest(absltest.TestCase):
     self.assertEqual(workdir.start_over(root, {"epochs": 4}), root / "earlier.2")
     self.assertEqual(sorted(p.name for p in root.iterdir()), ["earlier.1", "earlier.2"])
 
+  def test_rows_record_the_machine_that_made_them(self):
+    from ntk_tf import onednn  # pylint: disable=g-import-not-at-top
+    store = workdir.ResultStore(self.create_tempdir().full_path)
+    store.put("a", {"x": 1})
+    store.put("b", {"x": 2, "machine": "named by the row"})
+    rows = {r["task"]: r for r in store.rows()}
+    self.assertEqual(rows["a"]["machine"], onednn.machine())
+    self.assertRegex(rows["a"]["machine"], r"^\S+ \d+ cores (no-)?avx2 (no-)?avx512 oneDNN (on|off)$")
+    self.assertEqual(rows["b"]["machine"], "named by the row")
+
   def test_bad_key(self):
     store = workdir.ResultStore(self.create_tempdir().full_path)
     with self.assertRaisesRegex(ValueError, "key='../x'"):

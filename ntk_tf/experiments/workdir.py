@@ -256,9 +256,15 @@ class ResultStore:
     return row
 
   def put(self, key: str, row: Mapping[str, Any], fingerprint_: Optional[str] = None) -> None:
-    """Stores `row` of `key` (with `fingerprint_` and, of a `Fingerprint`, its settings)."""
+    """Stores `row` of `key` (with `fingerprint_` and, of a `Fingerprint`, its settings).
+
+    The row also records the machine that made it (`onednn.machine()`: CPU features and
+    whether oneDNN was on), unless it names one.
+    """
+    from ntk_tf import onednn  # pylint: disable=g-import-not-at-top  (imports Keras)
     row = dict(atomic.jsonable(row))
     row["task"] = key
+    row.setdefault("machine", onednn.machine())
     if fingerprint_ is not None:
       row["fingerprint"] = str(fingerprint_)
       if getattr(fingerprint_, "settings", None) is not None:

@@ -28,7 +28,6 @@ import json
 import math
 import os
 import pathlib
-import platform
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ntk_tf.reproduce import figures as figures_lib
@@ -131,12 +130,9 @@ def committed_rows(out: pathlib.Path) -> Dict[Tuple[str, str], Row]:
 # The machine and the rows of a workdir.
 
 def machine() -> str:
-  """The features that set our numbers' last digits: e.g. "x86_64 2 cores avx2 no-avx512 oneDNN off"."""
+  """This process's `onednn.machine()`: the machine of rows that do not record their own."""
   from ntk_tf import onednn  # pylint: disable=g-import-not-at-top
-  flags = onednn._cpu_flags()  # pylint: disable=protected-access
-  simd = " ".join(("" if f in flags else "no-") + f for f in ("avx2", "avx512f"))
-  return (f"{platform.machine()} {os.cpu_count()} cores {simd.replace('avx512f', 'avx512')} "
-          f"oneDNN {'on' if onednn.enabled() else 'off'}")
+  return onednn.machine()
 
 
 def _json(path: pathlib.Path) -> Dict[str, Any]:
@@ -223,7 +219,7 @@ def workdir_row(run: runs_lib.Run, source: pathlib.Path, key: str, kind: str,
     row["num_train"] = raw["train_size"]
   row.update(_extra_columns(run, source, key, raw))
   row.update({"experiment": run.experiment, "scale": run.scale, "settings_id": run.settings_id,
-              "config": run.settings, "machine": context["machine"],
+              "config": run.settings, "machine": raw.get("machine") or context["machine"],
               "wall_seconds": context["wall_seconds"].get(key), "source": context["source"],
               "part": context["part"]})
   return {k: cell(v) for k, v in row.items()}
