@@ -39,8 +39,8 @@ _RENDER = flags.DEFINE_bool("render", False, "Rebuild the pages, PNGs and index 
                             "its CSVs alone.")
 _ADOPT = flags.DEFINE_string(
     "adopt", None, "An experiment workdir to merge into the CSVs of the figures whose settings "
-    "it matches. Its rows' machine column is the adopting machine and its oneDNN setting, "
-    "so adopt on the machine that ran it, with the TF_ENABLE_ONEDNN_OPTS it ran with.")
+    "it matches. Each row keeps the machine it recorded; rows from before rows recorded one "
+    "take the adopting machine and its oneDNN setting.")
 _IMPORT_LEGACY = flags.DEFINE_string("import_legacy", None, "One-time: convert the CSVs of the "
                                      "former docs/paper_scale folder.")
 _OUT = flags.DEFINE_string("out", program.DEFAULT_OUT, "Folder of the committed CSVs and pages.")
