@@ -17,6 +17,7 @@ written as null.
 """
 
 import errno
+import io
 import json
 import math
 import os
@@ -62,6 +63,17 @@ def write_bytes(path: PathLike, data: bytes) -> pathlib.Path:
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_numpy(path: PathLike, save: Callable[..., None], *args, **kwargs) -> pathlib.Path:
+  """Atomically writes what `save(file, *args, **kwargs)` writes (`np.save`, `np.savez`).
+
+  E.g. `write_numpy(path, np.savez, eigvals=w, eigvecs=v)`: the same bytes as
+  `np.savez(path, ...)`, through `write_bytes`.
+  """
+  buffer = io.BytesIO()
+  save(buffer, *args, **kwargs)
+  return write_bytes(path, buffer.getvalue())
 
 
 def disk_full(err: OSError, path: PathLike, needed: int) -> OSError:

@@ -61,6 +61,19 @@ class AtomicTest(absltest.TestCase):
     self.assertEqual(atomic.json_text({"b": 1, "a": [2]}, sort_keys=True),
                      json.dumps({"b": 1, "a": [2]}, sort_keys=True))  # Finite: as json.dumps.
 
+  def test_write_numpy_gives_the_bytes_numpy_writes(self):
+    tmp = pathlib.Path(self.create_tempdir().full_path)
+    w, v = np.arange(3.0), np.eye(3, dtype=np.float32)
+    np.savez(tmp / "direct.npz", eigvals=w, eigvecs=v)
+    np.save(tmp / "direct.npy", w, allow_pickle=False)
+    atomic.write_numpy(tmp / "atomic.npz", np.savez, eigvals=w, eigvecs=v)
+    atomic.write_numpy(tmp / "atomic.npy", np.save, w, allow_pickle=False)
+    for suffix in (".npz", ".npy"):
+      self.assertEqual((tmp / f"atomic{suffix}").read_bytes(),
+                       (tmp / f"direct{suffix}").read_bytes())
+    self.assertEqual(sorted(p.name for p in tmp.iterdir()),
+                     ["atomic.npy", "atomic.npz", "direct.npy", "direct.npz"])  # no temp files
+
   def test_failed_write_keeps_the_old_file(self):
     root = pathlib.Path(self.create_tempdir().full_path)
     atomic.write_text(root / "f", "old")

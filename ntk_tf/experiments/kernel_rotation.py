@@ -46,7 +46,6 @@ Paper: Sec. 4.2, Figs. 6, 7, 15, 16, Table 1 (App. E.2, E.3).
 
 import dataclasses
 import functools
-import io
 import math
 import pathlib
 import shutil
@@ -289,9 +288,7 @@ def _measure_epoch(settings: Settings, model, run_dir: pathlib.Path, x_train: np
     else:
       alpha = measure(functions)  # [J + 1]
       if shared is not None:
-        buffer = io.BytesIO()
-        np.save(buffer, alpha[:-1], allow_pickle=False)
-        atomic.write_bytes(shared, buffer.getvalue())
+        atomic.write_numpy(shared, np.save, alpha[:-1], allow_pickle=False)
   _write_column_csv(run_dir / f"alignment_epoch_{epoch:04d}.csv", "alpha", alpha[:-1])
   row["alpha_labels"] = float(alpha[-1])
   del gram

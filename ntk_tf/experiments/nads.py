@@ -22,7 +22,6 @@ Paper: Sec. 3.2, Fig. 4, App. C, Fig. 10.
 """
 
 import dataclasses
-import io
 import json
 import pathlib
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -110,9 +109,7 @@ def compute_nads(settings: Settings, model, workdir: pathlib.Path) -> Tuple[np.n
                settings.nad_method)
   singular_values, directions = ntk_tf.nads(model, k=settings.num_nads, x=x,
                                             method=settings.nad_method)
-  buffer = io.BytesIO()
-  np.savez(buffer, singular_values=singular_values, directions=directions)
-  atomic.write_bytes(cache, buffer.getvalue())
+  atomic.write_numpy(cache, np.savez, singular_values=singular_values, directions=directions)
   atomic.write_json(meta, {"fingerprint": fp})
   return np.asarray(singular_values), np.asarray(directions)
 

@@ -16,7 +16,6 @@ so they too are computed once per (model, seed, data, dtype, k, method, seed).
 """
 
 import dataclasses
-import io
 from typing import Sequence
 
 from absl import logging
@@ -96,9 +95,7 @@ def spectrum(model: keras.Model, spec: pipeline.ModelSpec, dataset: data_lib.Dat
       return Spectrum(saved["eigvals"], saved["eigvecs"], dataset.is_train)
   logging.info("%s: top %d eigenpairs of the [%d, %d] Gram (%s)", spec.name, k, n, n, method)
   eigvals, eigvecs = ntk_tf.eigen(store, k, method=method, seed=seed)
-  buffer = io.BytesIO()
-  np.savez(buffer, eigvals=eigvals, eigvecs=eigvecs)
-  atomic.write_bytes(cache, buffer.getvalue())
+  atomic.write_numpy(cache, np.savez, eigvals=eigvals, eigvecs=eigvecs)
   return Spectrum(np.asarray(eigvals), np.asarray(eigvecs), dataset.is_train)
 
 
