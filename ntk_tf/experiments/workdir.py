@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from absl import logging
@@ -28,6 +29,8 @@ from ntk_tf import atomic
 from ntk_tf import validation
 
 EARLIER = "earlier"  # start_over moves earlier work to <workdir>/earlier.<n>/
+# How a refusal (`conflict`) tells the user to start over; reproduce looks for it in logs.
+START_OVER_HINT = "pass --start_over to move the earlier work"
 _MAX_NAMED = 10  # tasks named in a conflict message, then "and N more"
 
 
@@ -85,8 +88,8 @@ def conflict(where: os.PathLike, old: Optional[Mapping[str, Any]], new: Fingerpr
     changed = "the settings it was made with are not recorded"
   return validation.ConflictError(
       f"{where} holds work made with other settings ({changed}); this run would replace "
-      f"{what}. Rerun with the earlier settings, choose another --workdir, or pass "
-      f"--start_over to move the earlier work to {EARLIER}.<n>/ in the workdir first.")
+      f"{what}. Rerun with the earlier settings, choose another --workdir, or "
+      f"{START_OVER_HINT} to {EARLIER}.<n>/ in the workdir first.")
 
 
 def _named(names: Sequence[str]) -> str:
@@ -210,11 +213,7 @@ def removed_if_unused(workdir: os.PathLike) -> Iterator[None]:
     if made_here and path.is_dir() and not path.is_symlink():
       files = [f for f in path.rglob("*") if not f.is_dir()]
       if all(f.parent == path and f.name in _SET_UP_FILES for f in files):
-        for folder in sorted((d for d in path.rglob("*") if d.is_dir()), reverse=True):
-          folder.rmdir()  # deepest first; each is empty
-        for f in files:
-          f.unlink()
-        path.rmdir()
+        shutil.rmtree(path)
     raise
 
 

@@ -26,6 +26,7 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from ntk_tf.experiments import signals
+from ntk_tf.experiments import workdir as workdir_lib
 from ntk_tf.reproduce import plan as plan_lib
 from ntk_tf.reproduce import runs as runs_lib
 from ntk_tf.reproduce import tables
@@ -94,10 +95,6 @@ def _start(job: _Job, slot: int, pin: bool, download: bool, start_over: bool) ->
       preexec_fn=_child_setup(cores[slot] if pin else None))
 
 
-# The end of a binary's refusal to replace work made with other settings (`workdir`).
-_REFUSAL = "pass --start_over to move the earlier work"
-
-
 def failure_line(code: int, log_path: pathlib.Path) -> str:
   """What reproduce says of a part that exited with `code`: where its log is, and, when the
   part refused to replace work made with other settings, how to start it over."""
@@ -108,7 +105,7 @@ def failure_line(code: int, log_path: pathlib.Path) -> str:
       tail = log_file.read().decode("utf-8", "replace")
   except OSError:
     return line
-  if _REFUSAL in tail:
+  if workdir_lib.START_OVER_HINT in tail:
     line += (": its folder holds work made with other settings; rerun reproduce with "
              "--start_over to move that work to earlier.<n>/ in the part's folder")
   return line
