@@ -46,6 +46,7 @@ With oneDNN off, `protect` changes nothing, so results there are bit-for-bit
 those of plain Keras layers.
 """
 
+import functools
 import os
 import platform
 
@@ -56,6 +57,7 @@ _DEFAULT_ON_CPU_FLAGS = frozenset(
     ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16"))
 
 
+@functools.lru_cache(maxsize=1)
 def _cpu_flags() -> frozenset:
   try:
     with open("/proc/cpuinfo") as cpuinfo:
