@@ -11,9 +11,9 @@ for the LeNet's convolutions, which have 3 and 6 input channels.
 
 Measured on a 2-core AMD EPYC without AVX-512 (`benchmarks/bound.py --step`,
 docs/performance.md):
-- LeNet's training step at batch 128 runs 3-4x faster with oneDNN;
-- the LeNet Gram's features are faster by about a quarter;
-- the MLP is unchanged.
+- LeNet's training step at batch 128 runs 3-5x faster with oneDNN;
+- the LeNet Gram's features are faster by about a quarter, its whole Gram within noise;
+- the MLP's step is 5-10% slower, its Gram within noise.
 
 So a binary sets the variable to "1" when it is unset, and only on x86-64 Linux, where
 TF ships oneDNN. The ops oneDNN gets wrong are routed around in `ntk_tf/onednn.py`,

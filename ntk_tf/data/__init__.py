@@ -16,5 +16,6 @@ from ntk_tf.data.sources import load_raw
 
 __all__ = [
     "BINARY_POSITIVE_CLASSES", "DATA_ERRORS", "DATASET_NAMES", "DataFileError",
-    "DataNotFoundError", "Dataset", "binarize", "channel_stats", "load", "load_raw", "standardize", "stratified_subsample", "to_01",
+    "DataNotFoundError", "Dataset", "binarize", "channel_stats", "load", "load_raw",
+    "standardize", "stratified_subsample", "to_01",
 ]

@@ -85,7 +85,7 @@ def validate_arrays(name: str, arrays: Dict[str, np.ndarray], origin: str) -> Di
   missing = [k for k in ARRAY_KEYS if k not in arrays]
   if missing:
     raise DataFileError(f"{origin}: missing arrays {missing}; expected {list(ARRAY_KEYS)}. "
-                     f"Received keys: {sorted(arrays)}")
+                        f"Received keys: {sorted(arrays)}")
   out = {}
   for split in ("train", "test"):
     x, y = np.asarray(arrays[f"x_{split}"]), np.asarray(arrays[f"y_{split}"])
@@ -93,15 +93,16 @@ def validate_arrays(name: str, arrays: Dict[str, np.ndarray], origin: str) -> Di
       x = x[..., None]
     if x.ndim != 4 or x.shape[1:] != (h, w, c):
       raise DataFileError(f"{origin}: x_{split} must have shape [N, {h}, {w}, {c}]. "
-                       f"Received: shape={x.shape}")
+                          f"Received: shape={x.shape}")
     if x.dtype != np.uint8:
-      raise DataFileError(f"{origin}: x_{split} must be uint8 pixels. Received: dtype={x.dtype}")
+      raise DataFileError(f"{origin}: x_{split} must be uint8 pixels. "
+                          f"Received: dtype={x.dtype}")
     if y.shape != (x.shape[0],):
       raise DataFileError(f"{origin}: y_{split} must have shape [{x.shape[0]}]. "
-                       f"Received: shape={y.shape}")
+                          f"Received: shape={y.shape}")
     if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= num_classes:
-      raise DataFileError(f"{origin}: y_{split} must be ints in [0, {num_classes}). Received: "
-                       f"dtype={y.dtype}, range=[{y.min()}, {y.max()}]")
+      raise DataFileError(f"{origin}: y_{split} must be ints in [0, {num_classes}). "
+                          f"Received: dtype={y.dtype}, range=[{y.min()}, {y.max()}]")
     out[f"x_{split}"], out[f"y_{split}"] = x, y.astype(np.int64)
   return out
 
