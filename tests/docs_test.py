@@ -1,8 +1,9 @@
 """Tracked files are written for users: no diary words, no paths of one machine.
 
 README and docs are for users and results are generated (STYLE rule 22): no file
-speaks of work sessions, names an absolute path of the machine it was written on,
-or says "this machine"; README stays at most 250 lines.
+reads as a lab notebook (the words of `_DIARY`), names an absolute path of the
+computer it was written on, or points at the computer it runs on (`_THIS_MACHINE`);
+README stays at most 250 lines.
 """
 
 import pathlib
