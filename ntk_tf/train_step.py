@@ -1,9 +1,11 @@
 """The compiled training step of `ntk_tf.train`: forward, loss, backward, optimizer update.
 
-    loss_k = mean_{i in batch k} BCE(f(x_i; theta_k), t_i),
+    loss_k = mean_{i in batch k} l(f(x_i; theta_k), t_i),
     theta_{k+1} = optimizer update of theta_k with d loss_k / d theta,
 
-t_i = (1 + y_i) / 2 the {0, 1} BCE target of the label y_i in {-1, +1}.
+with l the binary cross-entropy of one logit, t_i = (1 + y_i) / 2 the {0, 1} target of the
+label y_i in {-1, +1}; or, for C > 1 logits, the softmax cross-entropy
+l(f, t) = logsumexp(f) - t . f with t_i the one-hot row of the class c_i (`loss_of`).
 `make_train_step` runs one step per call; `make_train_loop` runs K
 consecutive minibatches in one call (a loop inside one tf.function), so the
 host dispatches once per K steps and never waits for a step's loss. Both run
@@ -23,13 +25,15 @@ Like Keras, it casts the learning rate (a float32 schedule) and the Python
 float momentum through float32 to a float64 model's dtype.
 Every other optimizer runs `optimizer.apply_gradients`.
 
-Shapes: x `[B, ...]`, targets t `[B, 1]` in the model's compute dtype;
-a loop's slab `[K*B, ...]` and `[K*B, 1]`, its losses `[K]`.
+Shapes: x `[B, ...]`, targets t `[B, C]` in the model's compute dtype (C = 1: the BCE target
+of one logit; C > 1: one-hot rows for C logits); a loop's slab `[K*B, ...]` and `[K*B, C]`,
+its losses `[K]` (K steps).
 """
 
 from typing import Callable, List, Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from ntk_tf import onednn
@@ -40,6 +44,74 @@ from ntk_tf.primal_cache import PrimalCache
 def bce_with_logits(y01: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
   """mean_i [softplus(f_i) - y_i f_i], the binary cross-entropy of one logit. `[B, 1]` -> `[]`."""
   return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y01, logits=logits))
+
+
+def softmax_cross_entropy(one_hot: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+  """mean_i [logsumexp(f_i) - t_i . f_i], the cross-entropy of C > 1 logits. `[B, C]` -> `[]`."""
+  return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=one_hot, logits=logits))
+
+
+def loss_of(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+  """The training loss for targets `[B, C]`: `bce_with_logits` for C = 1, else
+  `softmax_cross_entropy`. C is static; logits must have the same shape `[B, C]`."""
+  if targets.shape[-1] == 1:
+    return bce_with_logits(targets, logits)
+  return softmax_cross_entropy(targets, logits)
+
+
+def targets_of(labels, num_outputs: int, name: str = "y") -> np.ndarray:
+  """The targets of `loss_of` for labels `[N]`: `[N, C]` float32.
+
+  C = num_outputs = 1: labels in {-1, +1}, targets (1 + y) / 2 in {0, 1}.
+  C > 1: class labels c in {0, ..., C - 1} (ints, or floats with integer values),
+  targets the one-hot rows e_c. Raises ValueError naming `name` and a bad label.
+  """
+  y = np.asarray(labels)
+  if y.ndim != 1:
+    raise ValueError(f"{name} must be [N] labels. Received: {name}.shape={y.shape}")
+  if num_outputs == 1:
+    bad = ~np.isin(y, (-1, 1))
+    if bad.any():
+      raise ValueError(f"{name} must hold labels in {{-1, +1}} for a model with one logit. "
+                       f"Received: {name} containing {np.unique(y[bad])[:5].tolist()}")
+    return (y > 0).astype(np.float32).reshape(-1, 1)  # [N, 1]
+  classes = np.arange(num_outputs)
+  bad = ~np.isin(y, classes)
+  if bad.any():
+    raise ValueError(f"{name} must hold class labels in {{0, ..., {num_outputs - 1}}} for a "
+                     f"model with {num_outputs} logits. Received: {name} containing "
+                     f"{np.unique(y[bad])[:5].tolist()}")
+  return (y.reshape(-1, 1) == classes).astype(np.float32)  # [N, C]
+
+
+def num_logits(model: keras.Model, x) -> int:
+  """C, the logits of `model`, read off its output on one example of x."""
+  if len(x) == 0:
+    raise ValueError("x must hold at least one example. Received: 0 examples")
+  logits = model(tf.constant(x[:1], model.compute_dtype), training=False)
+  if logits.shape.rank != 2:
+    raise ValueError(f"train needs a model with logits [N, C]. Received: output shape "
+                     f"{tuple(logits.shape)} for one example")
+  return int(logits.shape[-1])
+
+
+def make_eval_step(model: keras.Model) -> Callable:
+  """eval_step(x `[B, ...]`, t `[B, C]`) -> (sum of the losses, number correct), in inference mode.
+
+  Correct: logit > 0 predicts the target 1 for C = 1; argmax_a f_a = argmax_a t_a for C > 1.
+  """
+  @tf.function
+  def eval_step(x, targets):
+    logits = model(x, training=False)  # [B, C]
+    if targets.shape[-1] == 1:
+      losses = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits)
+      hits = tf.equal(tf.cast(logits > 0, targets.dtype), targets)
+    else:
+      losses = tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+      hits = tf.equal(tf.argmax(logits, -1), tf.argmax(targets, -1))
+    return tf.reduce_sum(losses), tf.reduce_sum(tf.cast(hits, tf.float64))
+
+  return eval_step
 
 
 def fuses_update(optimizer: keras.optimizers.Optimizer) -> bool:
@@ -89,10 +161,10 @@ def _make_step_body(model: keras.Model, optimizer: keras.optimizers.Optimizer,
   def step(x, y01, indices=None):
     with tf.GradientTape() as tape:
       if primal_cache is None:
-        logits = model(x, training=True)  # [B, 1]
+        logits = model(x, training=True)  # [B, C]
       else:
-        logits = primal_cache(x, indices)  # [B, 1]
-      loss = bce_with_logits(y01, logits)
+        logits = primal_cache(x, indices)  # [B, C]
+      loss = loss_of(y01, logits)
     update(tape.gradient(loss, params))
     return loss
 
@@ -100,9 +172,9 @@ def _make_step_body(model: keras.Model, optimizer: keras.optimizers.Optimizer,
 
 
 def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> Callable:
-  """The compiled step of `train`: forward, BCE, backward, optimizer update; returns the loss.
+  """The compiled step of `train`: forward, loss, backward, optimizer update; returns the loss.
 
-  `step(x [B, ...], t [B, 1])`, t the {0, 1} BCE targets in the model's compute dtype.
+  `step(x [B, ...], t [B, C])`, t the targets of `loss_of` in the model's compute dtype.
   """
   return tf.function(_make_step_body(model, optimizer))
 
@@ -123,7 +195,7 @@ def make_train_loop(model: keras.Model, optimizer: keras.optimizers.Optimizer,
     batch_size: B, the examples per step.
     primal_cache: None, or the cache of `model` (then `indices` is required).
   Returns:
-    loop(xs `[K*B, ...]`, ts `[K*B, 1]`, indices `[K*B]` int32 with a cache) ->
+    loop(xs `[K*B, ...]`, ts `[K*B, C]`, indices `[K*B]` int32 with a cache) ->
     `[K]` losses; any K >= 1 without retracing.
   """
   batch_size = validation.check_positive_int(batch_size, "batch_size")
@@ -141,7 +213,7 @@ def make_train_loop(model: keras.Model, optimizer: keras.optimizers.Optimizer,
     num_steps = shape[0] // batch_size  # K
     batches = tf.reshape(xs, tf.concat([[num_steps, batch_size], shape[1:]], 0))  # [K, B, ...]
     batches = tf.ensure_shape(batches, [None, batch_size] + xs.shape[1:].as_list())
-    targets = tf.reshape(ys, [num_steps, batch_size, 1])  # [K, B, 1]
+    targets = tf.reshape(ys, [num_steps, batch_size, ys.shape[-1]])  # [K, B, C]
     index_batches = None if indices is None else tf.reshape(indices, [num_steps, batch_size])  # [K, B]
     losses = tf.TensorArray(ys.dtype, size=num_steps)
     for k in tf.range(num_steps):

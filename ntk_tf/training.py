@@ -2,6 +2,10 @@
 
     loss(theta) = mean_i BCE(sigmoid(f(x_i; theta)), (1 + y_i) / 2),   y_i in {-1, +1},
 
+for a model with one logit (the paper's), or for C > 1 logits the softmax cross-entropy
+
+    loss(theta) = mean_i [logsumexp(f(x_i; theta)) - f_{c_i}(x_i; theta)],   c_i in {0..C-1},
+
 minimized with the optimizer of a `Recipe` (App. A: SGD, momentum 0.9, a decaying
 learning rate; its linear shape is our choice, see recipe.py). `train` treats a `keras.Model` and
 a `ntk_tf.Linearized` identically: it updates `model.trainable_weights`, calls
@@ -21,7 +25,8 @@ Metrics (Sec. 3.1, Fig. 3), one row per epoch (row 0 = initialization):
   cosine_distance        1 - <theta_t, theta_0> / (||theta_t|| ||theta_0||),
                          theta = all trainable weights flattened into one
                          vector of P numbers.
-Accuracy predicts label +1 when the logit is > 0. Labels are +-1, as everywhere in ntk_tf.
+Accuracy predicts label +1 when the logit is > 0 (one logit; labels are +-1, as everywhere
+in ntk_tf), or the class argmax_a f_a (C logits).
 
 Outputs under `workdir`: `metrics.csv` (the history), `tensorboard/`
 (scalars per epoch, x axis = step), `checkpoints/epoch_XXXX.weights.h5` at the
@@ -41,7 +46,8 @@ Determinism: epoch e visits the samples in the order
 model passed in. Two runs with the same seed on the same machine give identical
 weights on CPU (on GPU, also call `tf.config.experimental.enable_op_determinism()`).
 
-Shapes: x `[N, ...]`, y `[N]` in {-1, +1}, logits `[N, 1]`.
+Shapes: x `[N, ...]`, y `[N]` in {-1, +1} with logits `[N, 1]`, or class labels y `[N]` in
+{0, ..., C - 1} with logits `[N, C]`.
 """
 
 import csv
@@ -62,9 +68,9 @@ from tensorflow.core.framework import summary_pb2
 
 from ntk_tf import atomic
 from ntk_tf import primal_cache as primal_cache_lib
+from ntk_tf import train_step as train_step_lib
 from ntk_tf.recipe import PAPER_SGD
 from ntk_tf.recipe import Recipe
-from ntk_tf.train_step import make_train_loop
 from ntk_tf.types import Array
 from ntk_tf.validation import check_finite_weights
 
@@ -148,37 +154,17 @@ def make_optimizer(recipe: Recipe, total_steps: int) -> keras.optimizers.Optimiz
   return keras.optimizers.Adam(learning_rate=lr)
 
 
-def _make_eval_step(model: keras.Model):
-  @tf.function
-  def eval_step(x, y01):
-    logits = model(x, training=False)  # [B, 1]
-    loss_sum = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=y01, logits=logits))
-    correct = tf.reduce_sum(tf.cast(tf.equal(tf.cast(logits > 0, y01.dtype), y01), tf.float64))
-    return loss_sum, correct
-
-  return eval_step
-
-
-def _evaluate(eval_step, x: np.ndarray, y01: np.ndarray, batch_size: int, dtype) -> Dict[str, float]:
-  """Mean loss and accuracy over all of (x, y01)."""
+def _evaluate(eval_step, x: np.ndarray, targets: np.ndarray, batch_size: int,
+              dtype) -> Dict[str, float]:
+  """Mean loss and accuracy over all of (x, targets)."""
   loss_sum, correct = 0.0, 0.0
   for start in range(0, len(x), batch_size):
     xb = tf.constant(x[start:start + batch_size], dtype)
-    yb = tf.constant(y01[start:start + batch_size], dtype)
+    yb = tf.constant(targets[start:start + batch_size], dtype)
     l, c = eval_step(xb, yb)
     loss_sum += float(l)
     correct += float(c)
   return {"loss": loss_sum / len(x), "acc": correct / len(x)}
-
-
-def _targets01(y_pm1: Array, name: str) -> np.ndarray:
-  """The BCE targets (1 + y) / 2 of +-1 labels, `[N]` -> `[N, 1]` float32 in {0, 1}."""
-  y = np.asarray(y_pm1).reshape(-1, 1)  # [N, 1]
-  bad = ~np.isin(y, (-1, 1))
-  if bad.any():
-    raise ValueError(f"{name} must hold labels in {{-1, +1}}. Received: {name} containing "
-                     f"{np.unique(y[bad])[:5].tolist()}")
-  return (y > 0).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------
@@ -323,14 +309,16 @@ def _check_settings(recipe: Recipe, seed: int, checkpoint_epochs: Sequence[int],
   return checkpoint_epochs
 
 
-def _checked_examples(x: Array, y: Optional[Array], name: str) -> Tuple[np.ndarray, np.ndarray]:
-  """x_<name> as an array `[N, ...]` and the BCE targets `[N, 1]` of its +-1 labels y_<name>.
+def _checked_examples(x: Array, y: Optional[Array], name: str,
+                      num_outputs: int) -> Tuple[np.ndarray, np.ndarray]:
+  """x_<name> as an array `[N, ...]` and the targets `[N, C]` of its labels y_<name>.
 
-  Raises ValueError if y is missing, not in {-1, +1}, or not as long as x, naming it."""
+  Raises ValueError if y is missing, holds a bad label (`train_step.targets_of`), or is not as
+  long as x, naming it."""
   if y is None:
-    raise ValueError(f"x_{name} needs its labels y_{name} (+-1). Received: y_{name}=None")
+    raise ValueError(f"x_{name} needs its labels y_{name}. Received: y_{name}=None")
   x = np.asarray(x)
-  targets = _targets01(y, f"y_{name}")  # [N, 1] BCE targets
+  targets = train_step_lib.targets_of(y, num_outputs, f"y_{name}")  # [N, C]
   if len(x) != len(targets):
     raise ValueError(f"x_{name} and y_{name} must have equal lengths. "
                      f"Received: {len(x)} and {len(targets)}")
@@ -349,7 +337,7 @@ class _TrainingRun:
                test_set: Optional[Tuple[np.ndarray, np.ndarray]]):
     self.model, self.recipe, self.seed, self.workdir = model, recipe, seed, workdir
     self.checkpoint_epochs = checkpoint_epochs
-    self.train_set, self.test_set = train_set, test_set  # (x [N, ...], targets [N, 1])
+    self.train_set, self.test_set = train_set, test_set  # (x [N, ...], targets [N, C])
     self.dtype = tf.as_dtype(model.compute_dtype)
     x_train = train_set[0]
     num_train = len(x_train)
@@ -361,7 +349,7 @@ class _TrainingRun:
     example_bytes = int(np.prod(x_train.shape[1:])) * self.dtype.size
     self.steps_per_call = max(1, min(self.steps_per_epoch,
                                      _SLAB_BYTES // max(1, self.batch * example_bytes)))
-    self.eval_step = _make_eval_step(model)
+    self.eval_step = train_step_lib.make_eval_step(model)
     self.meta = {"recipe": recipe.to_dict(), "seed": seed, "num_train": num_train,
                  "num_weights": len(model.weights)}
     self.work = pathlib.Path(workdir) if workdir is not None else None
@@ -458,15 +446,15 @@ def train(model: keras.Model, x_train: Array, y_train: Array, *,
           primal_cache: bool = True) -> TrainResult:
   """Trains `model` in place with `recipe` and returns its per-epoch metrics.
 
-      theta_{k+1} = optimizer step on mean_{i in batch_k} BCE(f(x_i; theta_k), y_i)
+      theta_{k+1} = optimizer step on mean_{i in batch_k} loss(f(x_i; theta_k), y_i)
 
   Works identically for a network and its `ntk_tf.linearize`d model.
 
   Args:
-    model: a built Keras model, `[N, ...] -> [N, 1]` logits.
+    model: a built Keras model, `[N, ...] -> [N, C]` logits (C = 1: the paper's).
     x_train: `[N, ...]` inputs (cast to the model's compute dtype).
-    y_train: `[N]` labels in {-1, +1}.
-    x_test, y_test: optional test set, `[M, ...]` and `[M]` in {-1, +1}.
+    y_train: `[N]` labels in {-1, +1} (C = 1), or classes in {0, ..., C - 1}.
+    x_test, y_test: optional test set, `[M, ...]` and `[M]` labels likewise.
     recipe: hyperparameters (`ntk_tf.recipe.PAPER_SGD` by default).
     seed: shuffling seed.
     workdir: folder for metrics.csv, tensorboard/, checkpoints/ and the
@@ -485,12 +473,14 @@ def train(model: keras.Model, x_train: Array, y_train: Array, *,
   """
   checkpoint_epochs = _check_settings(recipe, seed, checkpoint_epochs, workdir)
   check_finite_weights(model)
-  train_set = _checked_examples(x_train, y_train, "train")
-  test_set = None if x_test is None else _checked_examples(x_test, y_test, "test")
+  x_train = np.asarray(x_train)
+  num_outputs = train_step_lib.num_logits(model, x_train)
+  train_set = _checked_examples(x_train, y_train, "train", num_outputs)
+  test_set = None if x_test is None else _checked_examples(x_test, y_test, "test", num_outputs)
   run = _TrainingRun(model, recipe, seed, workdir, checkpoint_epochs, train_set, test_set)
   # After a resume's set_weights; theta_star is frozen, so the cache holds for the whole run.
   cache = primal_cache_lib.for_training(model, train_set[0]) if primal_cache else None
-  train_loop = make_train_loop(model, run.optimizer, run.batch, primal_cache=cache)
+  train_loop = train_step_lib.make_train_loop(model, run.optimizer, run.batch, primal_cache=cache)
   if not run.history:
     run.record(0, math.nan, 0.0)
   for epoch in range(run.history[-1]["epoch"] + 1, recipe.epochs + 1):
