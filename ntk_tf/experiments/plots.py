@@ -140,6 +140,37 @@ def plot_sample_size(summary: List[Dict[str, Any]], path: os.PathLike,
   return _save(fig, path)
 
 
+_MULTICLASS_STYLE = {
+    **_STYLE,
+    "ntk_trace": dict(color="tab:green", marker="^", linestyle="--", label="NTK regression, trace"),
+    "ntk_pseudo": dict(color="tab:purple", marker="v", linestyle="--",
+                       label="NTK regression, pseudo"),
+    "ntk_full": dict(color="tab:red", marker="D", linestyle="--", label="NTK regression, full"),
+}
+
+
+def plot_multiclass(rows: List[Dict[str, Any]], path: os.PathLike,
+                    dataset: str = "cifar10") -> pathlib.Path:
+  """Ten-class test accuracy against n, a line per kind (mean over seeds), a panel per model."""
+  model_names = list(dict.fromkeys(r["model"] for r in rows)) or ["(no runs)"]
+  fig, axes = _figure(1, len(model_names), (4.5 * len(model_names), 3.5))
+  for col, name in enumerate(model_names):
+    ax = axes[0][col]
+    for kind, style in _MULTICLASS_STYLE.items():
+      by_n: Dict[int, List[float]] = {}
+      for r in rows:
+        if r["model"] == name and r["kind"] == kind:
+          by_n.setdefault(int(r["num_train"]), []).append(float(r["test_acc"]))
+      if by_n:
+        n = sorted(by_n)
+        ax.plot(n, [np.mean(by_n[k]) for k in n], **style)
+    ax.set(xscale="log", xlabel="Training set size", ylabel="Test accuracy (10 classes)",
+           title=f"{name} ({dataset.upper()}, 10 logits)")
+    ax.grid(alpha=0.3)
+  axes[0][0].legend(fontsize=7)
+  return _save(fig, path)
+
+
 # ----------------------------------------------------------------------------
 # Kernel rotation (Sec. 4.2): Figs. 6, 7, 15, 16.
 
