@@ -31,7 +31,7 @@ Task keys: `<model>_phi<j:04d>_<kind>` and `<model>_<baseline>_<kind>`
 import dataclasses
 import math
 import pathlib
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from absl import logging
 
@@ -103,11 +103,7 @@ def settings_from_config(config: Mapping[str, Any]) -> Settings:
   return fields.read(Settings, config)
 
 
-def describe_outputs(workdir: pathlib.Path, results: Dict[str, Any]) -> List[str]:
-  """What the binary prints: the tables and figures `run` wrote."""
-  del workdir  # The paths are in `results`.
-  return ([f"Results ({len(results['rows'])} tasks): {results['csv']} and {results['json']}"]
-          + [f"Figure: {figure}" for figure in results["figures"]])
+describe_outputs = pipeline.describe_rows  # What the binary prints.
 
 
 def task_key(model: str, target: str, kind: str) -> str:

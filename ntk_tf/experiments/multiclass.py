@@ -78,11 +78,7 @@ def settings_from_config(config: Mapping[str, Any]) -> Settings:
   return fields.read(Settings, config)
 
 
-def describe_outputs(workdir: pathlib.Path, results: Dict[str, Any]) -> List[str]:
-  """What the binary prints: the tables and the figure `run` wrote."""
-  del workdir  # The paths are in `results`.
-  return ([f"Results ({len(results['rows'])} tasks): {results['csv']} and {results['json']}"]
-          + [f"Figure: {figure}" for figure in results["figures"]])
+describe_outputs = pipeline.describe_rows  # What the binary prints.
 
 
 def task_key(model: str, train_size: int, seed: int, kind: str) -> str:

@@ -356,6 +356,13 @@ def describe_outputs(workdir: pathlib.Path, results: Any) -> List[str]:
   return [f"Results: {workdir / 'results.csv'}; figures: {workdir}/*.png"]
 
 
+def describe_rows(workdir: pathlib.Path, results: Mapping[str, Any]) -> List[str]:
+  """What a binary prints for `results` with "rows", "csv", "json" and "figures"."""
+  del workdir  # The paths are in `results`.
+  return ([f"Results ({len(results['rows'])} tasks): {results['csv']} and {results['json']}"]
+          + [f"Figure: {figure}" for figure in results["figures"]])
+
+
 def write_table(path: os.PathLike, rows: Sequence[Mapping[str, Any]],
                 columns: Optional[Sequence[str]] = None,
                 int_columns: Sequence[str] = ()) -> pathlib.Path:
