@@ -149,8 +149,9 @@ class OutputContraction(Contraction):
                       + G_i,o . G_j,r
 
   Returns `[Na, Nb, O, O]` ("full") or its o = r entries `[Na, Nb, O]`
-  ("diagonal"; the same GEMMs); diagonal blocks are symmetrized,
-  Theta[j, i, r, o] = Theta[i, j, o, r].
+  ("diagonal": O batched [Na, Nb] cotangent GEMMs per layer instead of one
+  [Na O, Nb O], so 1/O of the full kernel's cotangent FLOPs, `_diagonal`);
+  diagonal blocks are symmetrized, Theta[j, i, r, o] = Theta[i, j, o, r].
   """
 
   on_host = True
@@ -161,6 +162,8 @@ class OutputContraction(Contraction):
     self.diagonal_only = bool(diagonal_only)
 
   def __call__(self, a: BlockFeatures, b: BlockFeatures, diagonal: bool) -> np.ndarray:
+    if self.diagonal_only:
+      return self._diagonal(a, b, diagonal)
     (n_a, o, _), n_b = a.gradient.shape, b.gradient.shape[0]
     pairs = lambda u, v: (u.reshape(n_a * o, -1) @ v.reshape(n_b * o, -1).T).reshape(
         n_a, o, n_b, o)  # [Na, O, Nb, O]: rows (i, o) against rows (j, r)
@@ -172,18 +175,44 @@ class OutputContraction(Contraction):
     if a.gradient.shape[2]:
       theta += pairs(a.gradient, b.gradient)
     for (patches_a, cot_a), (patches_b, cot_b) in zip(a.positional, b.positional):
-      (p, k), c = patches_a.shape[1:], cot_a.shape[-1]
-      patch_gram = (patches_a.reshape(n_a * p, k) @ patches_b.reshape(n_b * p, k).T).reshape(
-          n_a, p, n_b, p)  # [Na, P, Nb, P]
+      p, c = patches_a.shape[1], cot_a.shape[-1]
+      patch_gram = _patch_gram(patches_a, patches_b)  # [Na, P, Nb, P]
       cot_gram = (cot_a.reshape(n_a * o * p, c) @ cot_b.reshape(n_b * o * p, c).T).reshape(
           n_a, o, p, n_b, o, p)  # [Na, O, P, Nb, O, P]
       theta += np.einsum("ipjq,iopjrq->iojr", patch_gram, cot_gram)  # [Na, O, Nb, O]
     theta = theta.transpose(0, 2, 1, 3)  # [Na, Nb, O, O]
     if diagonal:
       theta = 0.5 * (theta + theta.transpose(1, 0, 3, 2))  # Theta[j, i, r, o] = Theta[i, j, o, r]
-    if self.diagonal_only:
-      return np.ascontiguousarray(np.diagonal(theta, axis1=2, axis2=3))  # [Na, Nb, O]
     return np.ascontiguousarray(theta)  # [Na, Nb, O, O]
+
+  def _diagonal(self, a: BlockFeatures, b: BlockFeatures, diagonal: bool) -> np.ndarray:
+    """The o = r entries `[Na, Nb, O]` only: per logit o, the terms above with r = o."""
+    (n_a, o, _), n_b = a.gradient.shape, b.gradient.shape[0]
+    per_logit = lambda u, v: np.matmul(u.transpose(1, 0, 2), v.transpose(1, 2, 0))  # [O, Na, Nb]
+    theta = np.zeros((o, n_a, n_b), self.accumulate_dtype)  # [O, Na, Nb]
+    for (left_a, right_a), (left_b, right_b), offset in zip(a.products, b.products,
+                                                            self.product_offsets):
+      inputs_gram = left_a @ left_b.T + offset  # [Na, Nb]
+      theta += inputs_gram[None] * per_logit(right_a, right_b)
+    if a.gradient.shape[2]:
+      theta += per_logit(a.gradient, b.gradient)
+    for (patches_a, cot_a), (patches_b, cot_b) in zip(a.positional, b.positional):
+      p, c = patches_a.shape[1], cot_a.shape[-1]
+      patch_gram = _patch_gram(patches_a, patches_b)  # [Na, P, Nb, P]
+      cot_gram = np.matmul(cot_a.transpose(1, 0, 2, 3).reshape(o, n_a * p, c),
+                           cot_b.transpose(1, 3, 0, 2).reshape(o, c, n_b * p)).reshape(
+                               o, n_a, p, n_b, p)  # [O, Na, P, Nb, P]
+      theta += np.einsum("ipjq,oipjq->oij", patch_gram, cot_gram)  # [O, Na, Nb]
+    theta = theta.transpose(1, 2, 0)  # [Na, Nb, O]
+    if diagonal:
+      theta = 0.5 * (theta + theta.transpose(1, 0, 2))  # Theta[j, i, o] = Theta[i, j, o]
+    return np.ascontiguousarray(theta)
+
+
+def _patch_gram(patches_a: np.ndarray, patches_b: np.ndarray) -> np.ndarray:
+  """X_a[i, p] . X_b[j, q] for patches [Na, P, K], [Nb, P, K] -> `[Na, P, Nb, P]`."""
+  (n_a, p, k), n_b = patches_a.shape, patches_b.shape[0]
+  return (patches_a.reshape(n_a * p, k) @ patches_b.reshape(n_b * p, k).T).reshape(n_a, p, n_b, p)
 
 
 def make_contraction(engine: implementation_lib.MatmulEngine, product_offsets: Sequence[float],
