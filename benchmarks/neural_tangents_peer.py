@@ -9,6 +9,14 @@ JAX 0.4.25 (never a dependency of ntk_tf; see benchmarks/README.md):
         --data_dir=../shared/data
     /tmp/peer/bin/python benchmarks/neural_tangents_peer.py /tmp/peer.npz
 
+With `--output_kernels` it reads instead the `.npz` of `benchmarks/output_kernels.py --export`
+(K-logit models, ntk_tf's "full", "diagonal", "trace" and "pseudo" Grams) and times
+neural-tangents' counterparts: `trace_axes=()` (full [N, N, K, K]), `trace_axes=(),
+diagonal_axes=(-1,)` (diagonal), its default `trace_axes=(-1,)` (the trace; neural-tangents
+averages over the traced axis, so its Gram is ntk_tf's "trace" / K, which the check accounts
+for), and the default on the model (1/sqrt K) sum_a f_a (pseudo), with the peak resident
+memory of each (VmHWM, reset before each kernel).
+
 It reads the `.npz` of `benchmarks/peer_export.py` (ntk_tf's weights, inputs
 and Grams), builds the same MLP (2 x 100 ReLU, 1 logit) and LeNet ('same'
 5x5 convs, 2x2 average pooling) in `neural_tangents.stax` with the 'standard'
@@ -31,20 +39,20 @@ import numpy as np
 from neural_tangents import stax
 
 
-def mlp():
+def mlp(outputs=1):
   return stax.serial(stax.Flatten(),
                      stax.Dense(100, parameterization="standard"), stax.Relu(),
                      stax.Dense(100, parameterization="standard"), stax.Relu(),
-                     stax.Dense(1, parameterization="standard"))
+                     stax.Dense(outputs, parameterization="standard"))
 
 
-def lenet():
+def lenet(outputs=1):
   conv = lambda c: stax.Conv(c, (5, 5), padding="SAME", parameterization="standard",
                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
   pool = stax.AvgPool((2, 2), strides=(2, 2), padding="VALID")
   dense = lambda c: stax.Dense(c, parameterization="standard")
   return stax.serial(conv(6), stax.Relu(), pool, conv(16), stax.Relu(), pool, stax.Flatten(),
-                     dense(120), stax.Relu(), dense(84), stax.Relu(), dense(1))
+                     dense(120), stax.Relu(), dense(84), stax.Relu(), dense(outputs))
 
 
 ARCHITECTURES = {"mlp": mlp, "lenet": lenet}
@@ -117,14 +125,68 @@ def step_ms(step, params, x, y01, steps, repeats):
   return 1e3 * best_seconds(run, repeats) / steps
 
 
+def _peak_kib():
+  with open("/proc/self/status") as f:
+    return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+def _rss_kib():
+  with open("/proc/self/status") as f:
+    return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def _reset_peak():
+  with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+
+
+def output_kernels(data, repeats):
+  """Times neural-tangents' output kernels on the export of benchmarks/output_kernels.py."""
+  print(f"{'model':<7}{'N':>6}{'K':>4} {'kernel':<10}{'NT s':>9}{'peak MiB':>10}"
+        f"{'max|dG|/max|G|':>16}")
+  for name in ARCHITECTURES:
+    if f"x_{name}" not in data:
+      continue
+    x = jax.device_put(data[f"x_{name}"])
+    k = data[f"gram_{name}_full"].shape[-1]  # [N, N, K, K]
+    _, apply_fn, _ = ARCHITECTURES[name](k)
+    params = params_from(data, name)
+    summed = lambda p, inputs: jnp.sum(apply_fn(p, inputs), -1, keepdims=True) / np.sqrt(k)
+    cases = {"full": (apply_fn, dict(trace_axes=()), 1.0),
+             "diagonal": (apply_fn, dict(trace_axes=(), diagonal_axes=(-1,)), 1.0),
+             "trace": (apply_fn, dict(), 1.0 / k),  # NT averages over the traced axis.
+             "pseudo": (summed, dict(), 1.0)}
+    for kernel, (fn, axes, scale) in cases.items():
+      kernel_fn = jax.jit(nt.empirical_ntk_fn(
+          fn, vmap_axes=0, implementation=nt.NtkImplementation.STRUCTURED_DERIVATIVES, **axes))
+      theta = np.asarray(kernel_fn(x, None, params))
+      reference = scale * data[f"gram_{name}_{kernel}"]
+      error = float(np.max(np.abs(theta - reference)) / np.max(np.abs(reference)))
+      del theta
+      before = _rss_kib()
+      _reset_peak()
+      seconds = best_seconds(lambda: kernel_fn(x, None, params), repeats)
+      peak = (_peak_kib() - before) / 1024
+      print(f"{name:<7}{len(x):>6}{k:>4} {kernel:<10}{seconds:>9.3f}{peak:>10.0f}{error:>16.2e}")
+      if error > 1e-4:
+        raise SystemExit(f"{name} {kernel}: the NT Gram differs from ntk_tf's beyond float32 "
+                         f"rounding (max|dG|/max|G| = {error:.3g})")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("export", help=".npz written by benchmarks/peer_export.py")
+  parser.add_argument("export", help=".npz written by benchmarks/peer_export.py (or by "
+                      "benchmarks/output_kernels.py with --output_kernels)")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--output_kernels", action="store_true",
+                      help="time the K-logit output kernels instead")
   args = parser.parse_args()
   data = np.load(args.export)
   print(f"jax {jax.__version__}, neural-tangents {nt.__version__}, devices {jax.devices()}")
+  if args.output_kernels:
+    output_kernels(data, args.repeats)
+    return
   print(f"{'model':<7}{'N':>6}{'NT Gram s':>11}{'max|dG|/max|G|':>16}"
         f"{'net step ms':>13}{'lin step ms':>13}{'lin/net':>9}")
   for name in ARCHITECTURES:
