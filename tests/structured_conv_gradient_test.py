@@ -22,6 +22,7 @@ import tensorflow as tf
 from tests import test_util  # pylint: disable=unused-import
 from tests import ntk_reference as brute
 import ntk_tf
+from ntk_tf import onednn
 from ntk_tf.ntk import structured
 from ntk_tf.ntk.structured import geometry
 
@@ -119,9 +120,18 @@ class ConvGradientTest(parameterized.TestCase):
 
   def test_gradient_on_host_for_small_kernels_only(self):
     small = _conv(5, 1, "same", 1, 6, 16, "float32")  # LeNet's conv_1: 256 * 150 * 16 MACs.
+    small64 = _conv(5, 1, "same", 1, 6, 16, "float64")
     large = _conv(3, 1, "same", 1, 64, 64, "float32")  # ResNet18's stage 0: 1024 * 576 * 64.
     projection = _conv(1, 2, "same", 1, 64, 128, "float32")
-    self.assertTrue(geometry.gradient_on_host(small, 256))
+    dilated = _conv(3, 1, "same", 2, 6, 16, "float32")
+    # With oneDNN on, float32 kernels > 1x1 take the grouped route in TF, whatever their size.
+    self.assertEqual(geometry.gradient_on_host(small, 256), not onednn.enabled())
+    self.assertEqual(geometry.grouped_route(small), onednn.enabled())
+    self.assertTrue(geometry.gradient_on_host(small64, 256))  # Eigen: no groups in float64.
+    self.assertFalse(geometry.grouped_route(small64))
+    self.assertFalse(geometry.grouped_route(dilated))
+    self.assertFalse(geometry.grouped_route(projection))
+    self.assertFalse(geometry.grouped_route(large))  # 64 x 64 channels: the per-example loop
     self.assertFalse(geometry.gradient_on_host(large, 1024))
     self.assertFalse(geometry.gradient_on_host(projection, 1))
 
@@ -164,9 +174,14 @@ class NumpyEngineGramTest(parameterized.TestCase):
     self.assertLess(brute.rel_error(gram, expected), 10 * _TOL["float32"])
 
   def test_engines_split_by_per_example_work(self):
-    """LeNet's convs (8x8 inputs) on the host by default, all in TF with no minimum."""
+    """LeNet's convs (8x8 inputs) on the host by default (in TF, grouped, with oneDNN on in
+    float32), all in TF with no minimum."""
     model = ntk_tf.models.get("lenet", input_shape=brute.SHAPE)
     block_fn = structured.StructuredNtk(model, choices="jacobian", matmul_engine="numpy")
+    self.assertEqual([p.name for p in block_fn.features.host_plans],
+                     [] if onednn.enabled() else ["conv_0", "conv_1"])
+    block_fn = structured.StructuredNtk(model, "float64", choices="jacobian",
+                                        matmul_engine="numpy")
     self.assertEqual([p.name for p in block_fn.features.host_plans], ["conv_0", "conv_1"])
     with mock.patch.object(geometry, "MIN_TF_GRADIENT_MACS", _ALL_TF):
       block_fn = structured.StructuredNtk(model, choices="jacobian", matmul_engine="numpy")
