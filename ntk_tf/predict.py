@@ -38,10 +38,52 @@ from typing import Any, Callable, Optional, Tuple, Union
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.lapack
 
 ArrayOrScalar = Union[None, float, np.ndarray]
 # (t, fx_train_0, fx_test_0, k_test_train) -> fx_train_t | fx_test_t | (fx_train_t, fx_test_t)
 PredictFn = Callable[..., Any]
+
+# Bytes of A above which `cholesky_upper` factors it in blocks whose updates are GEMMs. The
+# dsyrk of scipy-openblas 0.3.31 with its own kernels on an AVX-512 Sapphire Rapids Xeon
+# (OPENBLAS_CORETYPE unset) segfaults once its output passes 2 GiB (measured: N = 20,000,
+# float64, k >= 256), and LAPACK's potrf calls it on the trailing matrix.
+DIRECT_CHOLESKY_BYTES = 1 << 30
+_CHOLESKY_BLOCK = 4096
+
+
+def cholesky_upper(a: np.ndarray) -> np.ndarray:
+  """U upper triangular with A = U^T U, for A `[n, n]` symmetric positive definite.
+
+  LAPACK's potrf up to DIRECT_CHOLESKY_BYTES; above, the right-looking blocked form: per
+  block row k, U_kk = potrf(A_kk), U_k,>k = U_kk^-T A_k,>k, then A_>k,>k -= U_k,>k^T U_k,>k
+  in row slabs (GEMMs, no dsyrk). A is not modified.
+  Raises np.linalg.LinAlgError if A is not positive definite.
+  """
+  if a.nbytes <= DIRECT_CHOLESKY_BYTES:
+    return scipy.linalg.cholesky(a, lower=False, check_finite=False)
+  n, bs = len(a), _CHOLESKY_BLOCK
+  u = np.array(a, order="C")  # [n, n]; its upper triangle becomes U
+  for k in range(0, n, bs):
+    e = min(k + bs, n)
+    block, info = scipy.linalg.lapack.get_lapack_funcs("potrf", (u,))(
+        np.asfortranarray(u[k:e, k:e]), lower=0, clean=1)
+    if info != 0:
+      raise np.linalg.LinAlgError(f"the leading minor of order {k + info} is not positive")
+    u[k:e, k:e] = block
+    if e < n:
+      row = scipy.linalg.solve_triangular(block, u[k:e, e:], trans="T", lower=False,
+                                          check_finite=False)  # [bs, n - e]
+      u[k:e, e:] = row
+      column = np.ascontiguousarray(row.T)  # [n - e, bs]
+      for s in range(e, n, bs):  # rows s.., columns s..: the upper part and its diagonal block
+        u[s:s + bs, s:] -= column[s - e:s - e + bs] @ row[:, s - e:]
+  for s in range(0, n, bs):  # Zero the lower triangle in place, a slab of rows at a time.
+    rows = u[s:s + bs]
+    rows[:, :s] = 0.0
+    rows[:, s:s + bs] = np.triu(rows[:, s:s + bs])
+  return u
+
 
 # Relative asymmetry max|K - K^T| / max|K| above which a Gram is refused.
 SYMMETRY_TOL = {np.dtype("float32"): 1e-5, np.dtype("float64"): 1e-10}
@@ -174,12 +216,13 @@ class _Predictor:
       return fx_train
     if self._cho is None:
       try:
-        self._cho = scipy.linalg.cho_factor(self.a, lower=False, check_finite=False)
+        self._cho = cholesky_upper(self.a)  # [N K', N K'], A = U^T U
       except np.linalg.LinAlgError as e:
         raise ValueError("k_train_train + diag_reg I is not positive definite; pass "
                          "diag_reg > 0 for t=None.") from e
     rhs = self._to_columns(self.y - (0.0 if fx_train_0 is None else fx_train_0))
-    delta = scipy.linalg.cho_solve(self._cho, rhs, check_finite=False)[None]  # [1, N K', R]
+    half = scipy.linalg.solve_triangular(self._cho, rhs, trans="T", check_finite=False)
+    delta = scipy.linalg.solve_triangular(self._cho, half, check_finite=False)[None]  # [1, N K', R]
     fx_test = fx_test_0 + self._test_apply(k_test_train, delta)[0]
     return fx_test if fx_train_0 is None else (fx_train, fx_test)
 

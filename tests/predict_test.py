@@ -150,6 +150,44 @@ class GradientDescentMseTest(parameterized.TestCase):
       predict_fn(1.0, f0, f0_test, x_test @ x_test.T)
 
 
+class BlockedCholeskyTest(parameterized.TestCase):
+  """`cholesky_upper` above its direct size: the blocked form, on small blocks."""
+
+  def setUp(self):
+    super().setUp()
+    for name, value in (("DIRECT_CHOLESKY_BYTES", 0), ("_CHOLESKY_BLOCK", 3)):
+      patcher = absltest.mock.patch.object(predict, name, value)
+      patcher.start()
+      self.addCleanup(patcher.stop)
+
+  @parameterized.parameters(1, 3, 10, 11)
+  def test_matches_numpy_cholesky(self, n):
+    rng = np.random.default_rng(n)
+    b = rng.normal(size=(n, n + 2))
+    a = b @ b.T + 0.1 * np.eye(n)
+    kept = a.copy()
+    u = predict.cholesky_upper(a)
+    np.testing.assert_array_equal(a, kept)  # A is not modified.
+    np.testing.assert_array_equal(np.tril(u, -1), 0.0)
+    np.testing.assert_allclose(u, np.linalg.cholesky(a).T, rtol=1e-10, atol=1e-12)
+
+  def test_not_positive_definite_is_refused_for_t_none(self):
+    a = np.diag([1.0, 2.0, 3.0, 4.0, -1.0])
+    with self.assertRaises(np.linalg.LinAlgError):
+      predict.cholesky_upper(a)
+    predict_fn = predict.gradient_descent_mse(a, np.ones(5))
+    with self.assertRaisesRegex(ValueError, "not positive definite"):
+      predict_fn(None, 0.0, np.zeros(1), np.ones((1, 5)))
+
+  def test_infinite_time_prediction_matches_a_dense_solve(self):
+    x, x_test, y, f0, f0_test = _linear_problem(n=10, outputs=2)
+    k, k_test = x @ x.T, x_test @ x.T
+    fx_test = predict.gradient_descent_mse(k, y, diag_reg=1e-3)(None, f0, f0_test, k_test)[1]
+    ridge = 1e-3 * np.trace(k) / len(k)
+    expected = f0_test + k_test @ np.linalg.solve(k + ridge * np.eye(len(k)), y - f0)
+    np.testing.assert_allclose(fx_test, expected, rtol=1e-9, atol=1e-12)
+
+
 class GramStoreTest(absltest.TestCase):
 
   def test_a_store_stands_for_its_matrix(self):
