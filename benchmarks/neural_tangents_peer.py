@@ -130,11 +130,6 @@ def _peak_kib():
     return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 
 
-def _rss_kib():
-  with open("/proc/self/status") as f:
-    return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-
-
 def _reset_peak():
   with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
@@ -163,8 +158,8 @@ def output_kernels(data, repeats):
       reference = scale * data[f"gram_{name}_{kernel}"]
       error = float(np.max(np.abs(theta - reference)) / np.max(np.abs(reference)))
       del theta
-      before = _rss_kib()
       _reset_peak()
+      before = _peak_kib()  # The resident size at the reset.
       seconds = best_seconds(lambda: kernel_fn(x, None, params), repeats)
       peak = (_peak_kib() - before) / 1024
       print(f"{name:<7}{len(x):>6}{k:>4} {kernel:<10}{seconds:>9.3f}{peak:>10.0f}{error:>16.2e}")

@@ -5,7 +5,7 @@ For the MLP and LeNet with K logits (default 10) on N CIFAR-10 images, per outpu
 and "pseudo" [N, N]) and for the one-logit model's Gram ("one_logit", the same architecture
 with K = 1): the best wall time of `--repeats` after a warm-up, the peak resident memory
 while computing it (the process's VmHWM, reset through /proc/self/clear_refs before each
-kernel, minus the resident memory before it), the result's bytes, and
+kernel, minus its value at the reset), the result's bytes, and
 
     vs_one_logit = time / time(one_logit),
     vs_k2_grams  = time / (K^2 time(one_logit))   (for "full": what K^2 separate
@@ -48,11 +48,6 @@ _CSV = flags.DEFINE_string("csv", None, "Append the rows to this CSV.")
 _EXPORT = flags.DEFINE_string("export", None, "Write the neural-tangents peer's .npz here.")
 
 
-def _rss_kib() -> int:
-  with open("/proc/self/status") as f:
-    return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-
-
 def _peak_kib() -> int:
   with open("/proc/self/status") as f:
     return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
@@ -77,8 +72,8 @@ def measure(model_name: str, n: int, num_outputs: int, x: np.ndarray,
                    output_kernel=None if kernel == "one_logit" else kernel)
     grams[kernel] = gram.ntk_gram(model, x, **options)  # Warm-up (traces, engine choice).
     best = float("inf")
-    before = _rss_kib()
     _reset_peak()
+    before = _peak_kib()  # The resident size at the reset: VmHWM only grows from it.
     for _ in range(repeats):
       start = time.perf_counter()
       result = gram.ntk_gram(model, x, **options)
