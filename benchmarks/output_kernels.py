@@ -37,7 +37,8 @@ from ntk_tf.ntk import gram
 
 KERNELS = ("one_logit", "full", "diagonal", "trace", "pseudo")
 COLUMNS = ("commit", "model", "n", "num_outputs", "output_kernel", "seconds", "peak_mib",
-           "result_mib", "vs_one_logit", "vs_k2_grams", "features")
+           "result_mib", "vs_one_logit", "vs_k2_grams", "cpu", "avx512", "onednn", "blas",
+           "openblas_coretype")
 
 _MODELS = flags.DEFINE_list("models", ["mlp", "lenet"], "Models (mlp, lenet).")
 _N = flags.DEFINE_integer("n", 1000, "Examples N of each Gram.")
@@ -99,8 +100,11 @@ def export(path: str, arrays: Dict[str, np.ndarray]) -> str:
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  features = machine.format_features(machine.features())
-  print(f"machine: {features}")
+  values = machine.features()
+  print(machine.format_features(values))
+  columns = {"cpu": values["CPU"], "avx512": values["AVX-512"],
+             "onednn": values["TF oneDNN"].split()[0], "blas": values["NumPy BLAS"],
+             "openblas_coretype": values["OPENBLAS_CORETYPE"]}
   print(f"{'model':<7}{'N':>6}{'K':>4} {'kernel':<10}{'s':>9}{'peak MiB':>10}{'result MiB':>11}"
         f"{'/one-logit':>11}{'/K^2 grams':>11}")
   all_rows: List[dict] = []
@@ -121,8 +125,8 @@ def main(argv: Sequence[str]) -> None:
         arrays[f"w_{name}_{i}"] = np.asarray(weight.numpy(), np.float32)
   if _CSV.value:
     commit = rows_lib.commit()
-    rows_lib.append_rows(_CSV.value, [{**r, "commit": commit, "features": features}
-                                      for r in all_rows], COLUMNS)
+    rows_lib.append_rows(_CSV.value, [{**r, "commit": commit, **columns} for r in all_rows],
+                         COLUMNS)
   if _EXPORT.value:
     print(f"exported: {export(_EXPORT.value, arrays)}")
 
