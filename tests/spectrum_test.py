@@ -1,7 +1,9 @@
 """Tests of the spectrum and eigenfunction tasks (ntk_tf/experiments/spectrum.py) and Theta_0 cache."""
 
+import fcntl
 import os
 import pathlib
+import threading
 from unittest import mock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -84,6 +86,32 @@ class SpectrumTest(absltest.TestCase):
                                   self.gram)
       self.assertFalse(np.allclose(first.eigvals, changed.eigvals))
     self.assertLen(os.listdir(self.cache), 4)
+
+  def test_a_second_process_waits_for_the_eigenpairs_being_computed(self):
+    dataset = _dataset(8, 4)
+    spec = self._spec(seed=0, width=4)
+    first = spectrum.spectrum(spec.build((4, 4, 1)), spec, dataset, 3, self.gram)
+    (cache,) = pathlib.Path(self.cache).glob("*/eigen_k3_*.npz")
+    saved = cache.read_bytes()
+    cache.unlink()  # As if another process were still computing them, holding the lock:
+    fd = os.open(cache.with_suffix(".lock"), os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    result = {}
+
+    def second():
+      with mock.patch.object(ntk_tf, "eigen", side_effect=AssertionError("recomputed")):
+        result["basis"] = spectrum.spectrum(spec.build((4, 4, 1)), spec, dataset, 3, self.gram)
+
+    waiter = threading.Thread(target=second)
+    waiter.start()
+    waiter.join(timeout=3.0)
+    self.assertTrue(waiter.is_alive())  # Blocked on the lock, not computing.
+    cache.write_bytes(saved)  # The holder finishes: its file, then its lock released.
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+    waiter.join(timeout=60.0)
+    self.assertFalse(waiter.is_alive())
+    np.testing.assert_array_equal(result["basis"].eigvecs, first.eigvecs)
 
   def test_bad_indices_are_named(self):
     dataset = _dataset(4, 2)

@@ -12,11 +12,17 @@ Shapes: X `[N, H, W, C]` with N = N_train + N_test (train rows first,
 
 Cache: the Gram is the shared content-addressed store of `theta0.store`;
 the eigenpairs sit beside it in that folder as `eigen_k<k>_<method>_s<seed>.npz`,
-so they too are computed once per (model, seed, data, dtype, k, method, seed).
+so they too are computed once per (model, seed, data, dtype, k, method, seed): a process
+that needs them while another computes them waits on `eigen_....lock` (an exclusive flock),
+then reads the other's file.
 """
 
+import contextlib
 import dataclasses
-from typing import Sequence
+import fcntl
+import os
+import pathlib
+from typing import Iterator, Sequence
 
 from absl import logging
 import keras
@@ -89,14 +95,35 @@ def spectrum(model: keras.Model, spec: pipeline.ModelSpec, dataset: data_lib.Dat
     raise ValueError(f"k must be an int in [1, N={n}] (N = train + test samples). Received: k={k!r}")
   store = theta0_lib.store(model, spec, x_all, gram, progress=progress)
   cache = store.path / f"eigen_k{k}_{method}_s{seed}.npz"
-  if cache.is_file():
-    logging.info("%s: reusing the eigenpairs in %s", spec.name, cache)
-    with np.load(cache) as saved:
-      return Spectrum(saved["eigvals"], saved["eigvecs"], dataset.is_train)
-  logging.info("%s: top %d eigenpairs of the [%d, %d] Gram (%s)", spec.name, k, n, n, method)
-  eigvals, eigvecs = ntk_tf.eigen(store, k, method=method, seed=seed)
-  atomic.write_numpy(cache, np.savez, eigvals=eigvals, eigvecs=eigvecs)
+  # One process computes them; another that needs the same eigenpairs meanwhile waits for
+  # its cache file instead of running the same eigensolve beside it.
+  with _computing(cache, spec.name):
+    if cache.is_file():
+      logging.info("%s: reusing the eigenpairs in %s", spec.name, cache)
+      with np.load(cache) as saved:
+        return Spectrum(saved["eigvals"], saved["eigvecs"], dataset.is_train)
+    logging.info("%s: top %d eigenpairs of the [%d, %d] Gram (%s)", spec.name, k, n, n, method)
+    eigvals, eigvecs = ntk_tf.eigen(store, k, method=method, seed=seed)
+    atomic.write_numpy(cache, np.savez, eigvals=eigvals, eigvecs=eigvecs)
   return Spectrum(np.asarray(eigvals), np.asarray(eigvecs), dataset.is_train)
+
+
+@contextlib.contextmanager
+def _computing(cache: pathlib.Path, name: str) -> Iterator[None]:
+  """Holds an exclusive `fcntl.flock` on `<cache>.lock` inside the block (waits, logging so)."""
+  fd = os.open(cache.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o666)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      logging.info("%s: another process is computing %s; waiting for it.", name, cache.name)
+      fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(fd, fcntl.LOCK_UN)
+  finally:
+    os.close(fd)
 
 
 def eigenfunction_task(basis: Spectrum, j: int) -> EigenfunctionTask:
