@@ -51,30 +51,37 @@ def softmax_cross_entropy(one_hot: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
   return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=one_hot, logits=logits))
 
 
-def loss_of(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-  """The training loss for targets `[B, C]`: `bce_with_logits` for C = 1, else
-  `softmax_cross_entropy`. C is static; logits must have the same shape `[B, C]`."""
+def per_example_losses(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+  """The loss of each example for targets `[B, C]`: BCE `[B, 1]` for C = 1, else the softmax
+  cross-entropy `[B]`. C is static; logits must have the same shape `[B, C]`."""
   if targets.shape[-1] == 1:
-    return bce_with_logits(targets, logits)
-  return softmax_cross_entropy(targets, logits)
+    return tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits)
+  return tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+
+
+def loss_of(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+  """The training loss, the mean of `per_example_losses`: `bce_with_logits` for C = 1, else
+  `softmax_cross_entropy`."""
+  return tf.reduce_mean(per_example_losses(targets, logits))
 
 
 def targets_of(labels, num_outputs: int, name: str = "y") -> np.ndarray:
   """The targets of `loss_of` for labels `[N]`: `[N, C]` float32.
 
-  C = num_outputs = 1: labels in {-1, +1}, targets (1 + y) / 2 in {0, 1}.
+  C = num_outputs = 1: labels in {-1, +1} (any shape of N of them), targets (1 + y) / 2.
   C > 1: class labels c in {0, ..., C - 1} (ints, or floats with integer values),
   targets the one-hot rows e_c. Raises ValueError naming `name` and a bad label.
   """
   y = np.asarray(labels)
-  if y.ndim != 1:
-    raise ValueError(f"{name} must be [N] labels. Received: {name}.shape={y.shape}")
-  if num_outputs == 1:
+  if num_outputs == 1:  # Any shape, read as [N] (as `train` always took +-1 labels).
+    y = y.reshape(-1)
     bad = ~np.isin(y, (-1, 1))
     if bad.any():
       raise ValueError(f"{name} must hold labels in {{-1, +1}} for a model with one logit. "
                        f"Received: {name} containing {np.unique(y[bad])[:5].tolist()}")
     return (y > 0).astype(np.float32).reshape(-1, 1)  # [N, 1]
+  if y.ndim != 1:
+    raise ValueError(f"{name} must be [N] labels. Received: {name}.shape={y.shape}")
   classes = np.arange(num_outputs)
   bad = ~np.isin(y, classes)
   if bad.any():
@@ -104,12 +111,11 @@ def make_eval_step(model: keras.Model) -> Callable:
   def eval_step(x, targets):
     logits = model(x, training=False)  # [B, C]
     if targets.shape[-1] == 1:
-      losses = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits)
       hits = tf.equal(tf.cast(logits > 0, targets.dtype), targets)
     else:
-      losses = tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
       hits = tf.equal(tf.argmax(logits, -1), tf.argmax(targets, -1))
-    return tf.reduce_sum(losses), tf.reduce_sum(tf.cast(hits, tf.float64))
+    return (tf.reduce_sum(per_example_losses(targets, logits)),
+            tf.reduce_sum(tf.cast(hits, tf.float64)))
 
   return eval_step
 
