@@ -148,13 +148,14 @@ def _mse(outputs: np.ndarray, targets: np.ndarray) -> float:
   return float(0.5 * np.mean(np.sum((outputs - targets) ** 2, axis=1)))
 
 
-def _regression_row(spec: pipeline.ModelSpec, network: keras.Model, kind: str,
-                    dataset, settings: Settings) -> Dict[str, Any]:
+def _regression_row(network: keras.Model, kind: str, dataset,
+                    settings: Settings) -> Dict[str, Any]:
   output_kernel = kind[len("ntk_"):]
   y_train = centred_one_hot(dataset.y_train, NUM_CLASSES)  # [n, C]
   y_test = centred_one_hot(dataset.y_test, NUM_CLASSES)  # [M, C]
   if output_kernel == "full":
-    need, have = full_solve_bytes(dataset.num_train, NUM_CLASSES), block_size_lib.physical_memory_bytes()
+    need = full_solve_bytes(dataset.num_train, NUM_CLASSES)
+    have = block_size_lib.physical_memory_bytes()
     if need > have:
       raise MemoryError(f"A full output kernel on {dataset.num_train} images needs about "
                         f"{need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB here; "
@@ -211,23 +212,21 @@ def run(settings: Settings, workdir: pathlib.Path) -> Dict[str, Any]:
   work, store = pipeline.prepare(workdir, settings)
   tasks = planned_tasks(settings)
   keys = [task_key(spec.name, size, seed, kind) for spec, size, seed, kind in tasks]
-  loaded: Dict[Tuple[int, int], Any] = {}
+  loaded, dataset = None, None  # One subsample in memory at a time: (n, seed) and its data.
   for (spec, size, seed, kind), key in zip(tasks, keys):
     fp = _fingerprint(settings, spec, kind, size, seed)
     if store.get(key, fp) is not None:
       logging.info("%s: done already, skipping.", key)
       continue
-    if (size, seed) not in loaded:
-      loaded.clear()  # One subsample in memory at a time.
-      loaded[(size, seed)] = settings.data.load(train_size=size, seed=seed)
-    dataset = loaded[(size, seed)]
+    if loaded != (size, seed):
+      loaded, dataset = (size, seed), settings.data.load(train_size=size, seed=seed)
     timer = pipeline.Timer()
     spec_c = dataclasses.replace(spec, kwargs={**spec.kwargs, "outputs": NUM_CLASSES})
     network = spec_c.build(dataset.input_shape, seed=seed)
     if kind in pipeline.KINDS:
       measured = _training_row(network, kind, dataset, settings, key, work, fp, seed)
     else:
-      measured = _regression_row(spec, network, kind, dataset, settings)
+      measured = _regression_row(network, kind, dataset, settings)
     row = {"model": spec.name, "kind": kind, "dataset": settings.data.dataset,
            "num_train": size, "num_test": dataset.num_test, "num_classes": NUM_CLASSES,
            "seed": seed, **measured, "seconds": timer.seconds}
