@@ -64,10 +64,10 @@ def cholesky_upper(a: np.ndarray) -> np.ndarray:
     return scipy.linalg.cholesky(a, lower=False, check_finite=False)
   n, bs = len(a), _CHOLESKY_BLOCK
   u = np.array(a, order="C")  # [n, n]; its upper triangle becomes U
+  potrf = scipy.linalg.lapack.get_lapack_funcs("potrf", (u,))
   for k in range(0, n, bs):
     e = min(k + bs, n)
-    block, info = scipy.linalg.lapack.get_lapack_funcs("potrf", (u,))(
-        np.asfortranarray(u[k:e, k:e]), lower=0, clean=1)
+    block, info = potrf(np.asfortranarray(u[k:e, k:e]), lower=0, clean=1)
     if info != 0:
       raise np.linalg.LinAlgError(f"the leading minor of order {k + info} is not positive")
     u[k:e, k:e] = block
@@ -216,13 +216,12 @@ class _Predictor:
       return fx_train
     if self._cho is None:
       try:
-        self._cho = cholesky_upper(self.a)  # [N K', N K'], A = U^T U
+        self._cho = (cholesky_upper(self.a), False)  # (U [N K', N K'], lower=False), A = U^T U
       except np.linalg.LinAlgError as e:
         raise ValueError("k_train_train + diag_reg I is not positive definite; pass "
                          "diag_reg > 0 for t=None.") from e
     rhs = self._to_columns(self.y - (0.0 if fx_train_0 is None else fx_train_0))
-    half = scipy.linalg.solve_triangular(self._cho, rhs, trans="T", check_finite=False)
-    delta = scipy.linalg.solve_triangular(self._cho, half, check_finite=False)[None]  # [1, N K', R]
+    delta = scipy.linalg.cho_solve(self._cho, rhs, check_finite=False)[None]  # [1, N K', R]
     fx_test = fx_test_0 + self._test_apply(k_test_train, delta)[0]
     return fx_test if fx_train_0 is None else (fx_train, fx_test)
 
