@@ -28,7 +28,8 @@ Inputs are checked before any method runs (arrays and memory maps, in row
 tiles): non-finite entries are refused, naming their count; a matrix whose
 max|K - K^T| / max|K| exceeds `symmetry_tol` (default 8 eps of its dtype, at
 least 1e-12: ~1e-6 for float32) is refused, naming that value; below it, the
-dense path uses (K + K^T) / 2 and the top-k paths use K as given.
+dense path uses (K + K^T) / 2 and the top-k paths read K from its diagonal
+blocks rightwards (its upper triangle, `_upper_strips_product`).
 
 Memory of the dense path: the float64 copy of K is symmetrized in place, then
 numpy.linalg.eigh (LAPACK syevd) copies it and needs a 2 N^2 workspace and the
@@ -115,25 +116,50 @@ class _Operator:
     return self._cache if self._cache is not None else self.dense
 
   def matmat(self, v: np.ndarray) -> np.ndarray:
-    """Returns Theta V, `[N, N] x [N, m] -> [N, m]`, in float64."""
+    """Returns Theta V, `[N, N] x [N, m] -> [N, m]`, in float64.
+
+    A dense Theta is read once per product, as strips of its upper triangle
+    (symmetry gives the rest, see `_upper_strips_product`).
+    """
     if self.dense is not None:
-      source = self._float64_source()
-      out = np.empty((self.n, v.shape[1]), dtype=np.float64)
-      rows_buffer = None
-      for r0 in range(0, self.n, _ROW_CHUNK):  # Row chunks keep a memmap's pages streaming.
-        rows = source[r0:r0 + _ROW_CHUNK]  # [R, N]
-        if rows.dtype != np.float64:  # Upcast into one reused buffer (no page faults per pass).
-          if rows_buffer is None:
-            rows_buffer = np.empty((min(_ROW_CHUNK, self.n), self.n), dtype=np.float64)
-          np.copyto(rows_buffer[:rows.shape[0]], rows)
-          rows = rows_buffer[:rows.shape[0]]
-        out[r0:r0 + rows.shape[0]] = rows @ v  # [R, m]
-      return out
+      return _upper_strips_product(self._float64_source(), v)
     matmat = getattr(self.linear_operator, "matmat", None)
     if matmat is not None:
       return np.asarray(matmat(v), dtype=np.float64).reshape(self.n, v.shape[1])
     return np.stack([np.asarray(self.linear_operator.matvec(v[:, c]), dtype=np.float64)
                      .reshape(self.n) for c in range(v.shape[1])], axis=1)  # [N, m]
+
+
+def _upper_strips_product(matrix: np.ndarray, v: np.ndarray) -> np.ndarray:
+  """Returns K V for a symmetric K `[N, N]` read from its diagonal blocks rightwards, V `[N, m]`.
+
+      S_i = K[r_i, r_i.start:]   (strip i: rows r_i, columns from r_i.start on)
+      (K V)[r_i]          += S_i V[r_i.start:]
+      (K V)[r_i.stop:]    += S_i[:, len(r_i):]^T V[r_i]
+
+  Each strip of a float32 (or memory-mapped) K is upcast once into one reused
+  float64 buffer, so a product reads and converts N (N + R) / 2 entries
+  instead of N^2, with float64 accumulation. Both GEMMs run as V^T-on-the-left
+  products [m, .] x [., .]: OpenBLAS runs them 1.3-1.4x faster than
+  [R, N] x [N, m] for m <= 256 (benchmarks/speed_notes.md).
+  """
+  n, width = matrix.shape[0], v.shape[1]
+  v_t = np.ascontiguousarray(v.T, dtype=np.float64)  # [m, N]
+  out_t = np.zeros((width, n), dtype=np.float64)  # [m, N]: (K V)^T
+  buffer = None
+  for r0 in range(0, n, _ROW_CHUNK):
+    r1 = min(n, r0 + _ROW_CHUNK)
+    strip = matrix[r0:r1, r0:]  # [R, N - r0]
+    if strip.dtype != np.float64:  # Upcast into one reused buffer (no page faults per pass).
+      if buffer is None:
+        buffer = np.empty(min(_ROW_CHUNK, n) * n, dtype=np.float64)
+      converted = buffer[:strip.size].reshape(strip.shape)
+      np.copyto(converted, strip)
+      strip = converted
+    out_t[:, r0:r1] += v_t[:, r0:] @ strip.T  # [m, R]
+    if r1 < n:
+      out_t[:, r1:] += v_t[:, r0:r1] @ strip[:, r1 - r0:]  # [m, N - r1]
+  return np.ascontiguousarray(out_t.T)  # [N, m]
 
 
 def _tiles(n: int):
