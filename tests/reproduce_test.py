@@ -237,6 +237,17 @@ class PlanTest(absltest.TestCase):
     self.assertEqual(list(markdown.ranks([3.0, float("nan"), 3.0, 1.0])), [2.5, 4.0, 2.5, 1.0])
 
 
+  def test_figure_time_counts_each_task_once(self):
+    # Two tasks with wall time (100 s, 20 s), one adopted row with only its training's
+    # 500 s, one without either, and an extra row that is no task: 100 + 20 + 500.
+    rows = [{"kind": "network", "seconds": "90", "wall_seconds": "100"},
+            {"kind": "linearized", "seconds": "15", "wall_seconds": "20"},
+            {"kind": "network", "seconds": "500", "wall_seconds": ""},
+            {"kind": "network", "seconds": "", "wall_seconds": ""},
+            {"kind": next(iter(tables.EXTRA_KINDS)), "seconds": "7", "wall_seconds": "7"}]
+    self.assertEqual(pages.figure_seconds(rows), (605.0, 120.0, 620.0, 2, 4))
+    self.assertIn("the 2 of 4 tasks that record it", pages._time_text(rows))
+
 class EndToEndTest(absltest.TestCase):
   """--figure=all at the smoke scale, killed, resumed, rerun, rendered, committed, adopted."""
 

@@ -63,20 +63,23 @@ def _settings_rows(data: Mapping[str, Sequence[md.Row]]) -> List[List[str]]:
   return table
 
 
-def figure_seconds(rows: Sequence[md.Row]) -> Tuple[float, float]:
-  """(sum of `seconds`, sum of `wall_seconds`) over a CSV's task rows."""
+def figure_seconds(rows: Sequence[md.Row]) -> Tuple[float, float, float, int, int]:
+  """Times over a CSV's task rows: (sum of `seconds`, sum of `wall_seconds`, sum per row of
+  `wall_seconds` where recorded else `seconds`, rows with `wall_seconds`, task rows)."""
   task_rows = [r for r in rows if r.get("kind") not in tables.EXTRA_KINDS]
-  seconds = [tables.number(r, "seconds") for r in task_rows]
-  wall = [tables.number(r, "wall_seconds") for r in task_rows]
-  return (float(np.nansum(seconds)) if seconds else 0.0,
-          float(np.nansum(wall)) if wall else 0.0)
+  seconds = np.array([tables.number(r, "seconds") for r in task_rows], dtype=float)
+  wall = np.array([tables.number(r, "wall_seconds") for r in task_rows], dtype=float)
+  either = np.where(np.isnan(wall), seconds, wall)
+  return (float(np.nansum(seconds)), float(np.nansum(wall)), float(np.nansum(either)),
+          int(np.count_nonzero(~np.isnan(wall))), len(task_rows))
 
 
 def _time_text(rows: Sequence[md.Row]) -> str:
-  seconds, wall = figure_seconds(rows)
+  seconds, wall, _, timed, tasks = figure_seconds(rows)
   parts = []
   if wall > 0:
-    parts.append(f"{plan_lib.format_seconds(wall)} of wall time (all steps)")
+    scope = "all steps" if timed == tasks else f"all steps of the {timed} of {tasks} tasks that record it"
+    parts.append(f"{plan_lib.format_seconds(wall)} of wall time ({scope})")
   if seconds > 0:
     parts.append(f"{plan_lib.format_seconds(seconds)} of training (the tasks' `seconds`)")
   return "; ".join(parts) or "not recorded"
@@ -174,15 +177,15 @@ def render_index(pages: Mapping[str, Mapping[str, Sequence[md.Row]]]) -> str:
     status = _status(data)
     text = "; ".join(f"{md.model_name(m)} {status[m][0]}/{status[m][1]} ({_scale(data[m])})"
                      for m in models) or "not started"
-    wall = sum(figure_seconds(data[m])[1] or figure_seconds(data[m])[0] for m in models)
+    wall = sum(figure_seconds(data[m])[2] for m in models)
     defaults = [m for m in figures_lib.DEFAULT_MODELS if m in spec.models]
     scale = _scale(data[models[0]]) if models else "paper"
     table.append([f"[{name}]({name}.md)", f"{spec.title} ({spec.section})", text,
                   plan_lib.format_seconds(wall) if wall else "—",
                   f"`{md.page_command(spec, models or defaults, scale)}`"])
   lines += md.table(["figure", "what", "tasks done (scale)", "time", "command"], table)
-  lines += ["", "Time: wall time of the rows where recorded, else the trainings' `seconds`; "
-            "a page gives both.", ""]
+  lines += ["", "Time: the sum over tasks of each task's wall time where recorded, else its "
+            "training's `seconds`; a page gives both.", ""]
   return "\n".join(lines)
 
 
