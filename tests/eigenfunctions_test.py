@@ -149,6 +149,19 @@ class EigenfunctionsSmokeTest(absltest.TestCase):
     self.assertEqual(int(history["epoch"].max()), 3)
 
 
+  def test_baseline_only_run_needs_no_eigenvectors(self):
+    config = test_util.smoke_config(self, eigenfunctions_config, train_size=24, test_size=8,
+                                    num_eigenvectors=8, indices=(), epochs=1,
+                                    kinds=("network",))
+    config.model_kwargs.mlp.width = 8
+    out = pathlib.Path(self.create_tempdir().full_path)
+    with mock.patch.object(eigenfunctions.spectrum_lib, "spectrum",
+                           side_effect=AssertionError("spectrum called")):
+      eigenfunctions.run(eigenfunctions.settings_from_config(config), out)
+    table = pd.read_csv(out / "results.csv")
+    self.assertEqual(list(table["target"]), ["cifar2"])
+    self.assertEqual(sorted(p.name for p in (out / "train").iterdir()), ["mlp_cifar2_network"])
+
 class EigenfunctionsConfigTest(absltest.TestCase):
 
   def test_every_variant_is_valid(self):
@@ -197,7 +210,11 @@ class EigenfunctionsConfigTest(absltest.TestCase):
                           indices=(1, 17))
 
   def test_empty_index_list(self):
-    self._assert_rejected(r"config.indices must be a non-empty list", indices=())
+    self._assert_rejected(r"config.indices may be empty only with baseline=True.*indices=\(\)",
+                          indices=(), baseline=False)
+    config = eigenfunctions_config.get_config("smoke")
+    config.indices = ()
+    self.assertEqual(eigenfunctions.settings_from_config(config).indices, ())
 
   def test_more_eigenvectors_than_samples(self):
     self._assert_rejected(r"config.num_eigenvectors.*N = 64.*num_eigenvectors=65",

@@ -172,6 +172,19 @@ class PlanTest(absltest.TestCase):
     self.assertIn(2, [j for s in selections for j in s["indices"]])
     self.assertFalse(any(s["baseline"] for s in selections))
 
+  def test_a_baseline_left_alone_is_run_without_an_index(self):
+    (run,) = _plan(["fig2"], "paper", ["mlp"], self.workdir, self.out).runs
+    rows = [{"task": t.name, "model": "mlp", "kind": "network", "settings_id": run.settings_id}
+            for t in run.tasks if t.name != "mlp_cifar2_network"]
+    tables.write_csv(self.out / "fig2_mlp.csv", rows)
+    (run,) = _plan(["fig2"], "paper", ["mlp"], self.workdir, self.out).runs
+    (part,) = run.parts
+    self.assertEqual([t.name for t in part.tasks], ["mlp_cifar2_network"])
+    selection = dict(part.overrides)
+    self.assertEqual(selection["indices"], ())  # No eigenfunction task retrained.
+    self.assertTrue(selection["baseline"])
+    self.assertIn("--config.indices=()", plan_lib.command(run, part))
+
   def test_committed_rows_without_what_the_figure_plots_are_todo(self):
     (run,) = _plan(["fig7"], "paper", ["mlp"], self.workdir, self.out).runs
     keys = run.tasks[0].keys

@@ -64,7 +64,13 @@ def _num_eigenvectors(k: Any, label: str, n: int) -> int:
   return k
 
 
-def _indices(value: Any, label: str, k: int) -> Tuple[int, ...]:
+def _indices(value: Any, label: str, k: int, baseline: bool) -> Tuple[int, ...]:
+  """The 1-based j of the sign(phi_j) tasks; none (`()`) only beside the baseline."""
+  if baseline and isinstance(value, (list, tuple)) and not value:
+    return ()  # Only the CIFAR2 / MNIST2 reference line: no eigenfunction task.
+  if isinstance(value, (list, tuple)) and not value:
+    raise ValueError(f"{label} may be empty only with baseline=True (then only the reference "
+                     f"line is trained). Received: indices={value!r}, baseline=False")
   indices = fields.int_set(value, label, low=1)
   if max(indices) > k:
     raise ValueError(f"{label} must be <= num_eigenvectors={k} (1-based). "
@@ -82,9 +88,10 @@ class Settings:
   num_eigenvectors: int = fields.setting(_num_eigenvectors,
                                          n=lambda s: s.data.num_train + s.data.num_test)
   eigen_method: str = fields.setting(validation.check_choice, choices=EIGEN_METHODS)
-  indices: Tuple[int, ...] = fields.setting(_indices, k=lambda s: s.num_eigenvectors)
-  kinds: Tuple[str, ...] = fields.setting(fields.names, allowed=pipeline.KINDS)
   baseline: bool = fields.setting(fields.flag)
+  indices: Tuple[int, ...] = fields.setting(_indices, k=lambda s: s.num_eigenvectors,
+                                            baseline=lambda s: s.baseline)
+  kinds: Tuple[str, ...] = fields.setting(fields.names, allowed=pipeline.KINDS)
   baseline_kinds: Tuple[str, ...] = fields.setting(fields.names, allowed=pipeline.KINDS)
   # None: the recipe's epochs.
   baseline_epochs: Optional[int] = fields.setting(fields.optional(validation.check_positive_int))
@@ -126,12 +133,14 @@ def run(settings: Settings, workdir: pathlib.Path) -> Dict[str, Any]:
   baseline_y = data_lib.binarize(dataset.all_y())  # [N] in {-1, +1}, classes 0-4 -> +1
   keys = []
   for spec in settings.models:
-    theta0 = spec.build(dataset.input_shape)
-    basis = spectrum_lib.spectrum(theta0, spec, dataset, settings.num_eigenvectors, settings.gram,
-                                  method=settings.eigen_method, seed=spec.seed,
-                                  progress=True)
-    targets = [(f"phi{j:04d}", spectrum_lib.eigenfunction_task(basis, j))
-               for j in settings.indices]
+    targets = []
+    if settings.indices:  # A baseline-only run needs neither Theta_0 nor its eigenvectors.
+      theta0 = spec.build(dataset.input_shape)
+      basis = spectrum_lib.spectrum(theta0, spec, dataset, settings.num_eigenvectors,
+                                    settings.gram, method=settings.eigen_method, seed=spec.seed,
+                                    progress=True)
+      targets = [(f"phi{j:04d}", spectrum_lib.eigenfunction_task(basis, j))
+                 for j in settings.indices]
     if settings.baseline:
       targets.append((baseline, None))
     for target, task in targets:

@@ -63,10 +63,10 @@ def _kind(task: Task) -> str:
 
 
 def _eigen_select(c: Any, tasks: Sequence[Task]) -> Overrides:
-  """indices, kinds and baseline of these tasks (the experiment needs one index at least)."""
+  """indices, kinds and baseline of these tasks; no index where only the baseline is left."""
   indexed = [t for t in tasks if t.unit != "baseline"]
   baseline = [t for t in tasks if t.unit == "baseline"]
-  indices = tuple(sorted({t.unit for t in indexed})) or (min(c.indices),)
+  indices = tuple(sorted({t.unit for t in indexed}))
   kinds = _ordered([_kind(t) for t in indexed], c.kinds) or (c.kinds[0],)
   selected = [("indices", indices), ("kinds", kinds), ("baseline", bool(baseline))]
   if baseline:
