@@ -259,7 +259,7 @@ class PlanTest(absltest.TestCase):
             {"kind": "network", "seconds": "", "wall_seconds": ""},
             {"kind": next(iter(tables.EXTRA_KINDS)), "seconds": "7", "wall_seconds": "7"}]
     self.assertEqual(pages.figure_seconds(rows), (605.0, 120.0, 620.0, 2, 4))
-    self.assertIn("the 2 of 4 tasks that record it", pages._time_text(rows))
+    self.assertIn("the 2 of 4 rows that record it", pages._time_text(rows))
 
 class EndToEndTest(absltest.TestCase):
   """--figure=all at the smoke scale, killed, resumed, rerun, rendered, committed, adopted."""
@@ -398,6 +398,26 @@ class EndToEndTest(absltest.TestCase):
     self.assertIn("matches no figure's plan", lines[0])
     with self.assertRaisesRegex(ValueError, "--adopt must be an experiment workdir"):
       _in_process([f"--adopt={self.workdir / 'gram_cache'}", f"--out={out}"], [])
+
+  def test_adopt_takes_all_rows_of_a_task_from_one_source(self):
+    # Committed rows of one Fig. 15 task: epoch rows without what the figure plots (as
+    # imported legacy rows were) beside a summary row that has it. Adopting a workdir
+    # that holds the whole task replaces all of them, not only the epoch rows.
+    part = self.workdir / "kernel_rotation" / "smoke_eigenfunction" / "mlp" / "part0"
+    out = pathlib.Path(self.create_tempdir().full_path)
+    committed = tables.read_csv(self.out / "fig15_mlp.csv")
+    task = committed[0]["plan_task"]
+    for row in committed:
+      if row["plan_task"] == task:
+        row["source"] = "legacy"
+        if row["kind"] == "epoch":
+          row["alpha"] = ""
+    tables.write_csv(out / "fig15_mlp.csv", committed)
+    self.assertEqual(_in_process([f"--adopt={part}", f"--out={out}"], []), 0)
+    adopted = [r for r in tables.read_csv(out / "fig15_mlp.csv") if r["plan_task"] == task]
+    self.assertGreater(len(adopted), 1)
+    self.assertEqual({r["source"] for r in adopted}, {"adopted"})
+    self.assertEqual({r["task_done"] for r in adopted}, {"1"})
 
   def test_bad_flag_values_are_one_line_errors(self):
     result = _reproduce("--figure=fig99", "--workdir=runs/x", "--out=" + str(self.out))

@@ -78,7 +78,8 @@ def _time_text(rows: Sequence[md.Row]) -> str:
   seconds, wall, _, timed, tasks = figure_seconds(rows)
   parts = []
   if wall > 0:
-    scope = "all steps" if timed == tasks else f"all steps of the {timed} of {tasks} tasks that record it"
+    scope = ("all steps" if timed == tasks
+             else f"all steps of the {timed} of {tasks} rows that record it")
     parts.append(f"{plan_lib.format_seconds(wall)} of wall time ({scope})")
   if seconds > 0:
     parts.append(f"{plan_lib.format_seconds(seconds)} of training (the tasks' `seconds`)")

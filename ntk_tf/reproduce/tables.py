@@ -261,17 +261,33 @@ def _context(run: runs_lib.Run, source: pathlib.Path, root: Optional[pathlib.Pat
           "wall_seconds": _wall_seconds(source), "source": label, "part": part}
 
 
+def _whole_task_rows(run: runs_lib.Run, config: Any, task: Any, kept: Mapping[str, Row],
+                     contexts: Sequence[Tuple[pathlib.Path, Mapping[str, Any]]]) -> List[Row]:
+  """A task's rows from one source folder, where the committed rows lack any (else [])."""
+  if all(kept.get(key) is not None and runs_lib.has_required(run, config, kept[key], key, kind)
+         for key, kind in task.rows):
+    return []
+  for source, context in contexts:
+    rows = [workdir_row(run, source, key, kind, context) for key, kind in task.rows]
+    if all(r is not None and runs_lib.has_required(run, config, r, key, kind)
+           for (key, kind), r in zip(task.rows, rows)):
+      return rows
+  return []
+
+
 def merge_figure(figure: str, run: runs_lib.Run, task_names: Sequence[str],
                  sources: Sequence[pathlib.Path], out: pathlib.Path,
                  root: Optional[pathlib.Path], machine_: str, label: str = "run"
                  ) -> Tuple[Optional[pathlib.Path], str]:
   """Writes <out>/<figure>_<model>.csv from the committed rows and the rows in `sources`.
 
-  Per task of the figure: a committed row with the run's settings_id and the columns
-  the figure plots is kept as it is; a missing one comes from the first source folder
-  (made with the run's settings_id) that has it. A task is written when all its rows
-  are there; `task_done` is 1 when they also hold what the figure plots (a legacy row
-  without it is kept with 0 until a run replaces it). Rows of another settings_id are
+  Per task of the figure: committed rows with the run's settings_id and the columns
+  the figure plots are kept as they are; where one is missing or lacks them, the first
+  source folder (made with the run's settings_id) that has every row of the task, with
+  those columns, gives them all (one source per task), else each missing row comes from
+  the first source that has it. A task is written when all its rows are there;
+  `task_done` is 1 when they also hold what the figure plots (a legacy row without it
+  is kept with 0 until a run replaces it). Rows of another settings_id are
   replaced, unless they are of a larger scale (then nothing is written).
 
   Returns:
@@ -292,23 +308,27 @@ def merge_figure(figure: str, run: runs_lib.Run, task_names: Sequence[str],
   for task in run.tasks:
     if task.name not in names:
       continue
-    found, ok, fresh_count = [], True, 0
-    for key, kind in task.rows:
-      row = kept.get(key)
-      if row is None or not runs_lib.has_required(run, config, row, key, kind):
-        fresh = next((r for r in (workdir_row(run, s, key, kind, c) for s, c in contexts)
-                      if r is not None), None)
-        if fresh is not None:
-          row, fresh_count = fresh, fresh_count + 1
-      if row is None:
-        break
-      ok = ok and runs_lib.has_required(run, config, row, key, kind)
-      found.append(row)
-    else:
-      for row in found:
-        row.update(plan_task=task.name, task_done="1" if ok else "0")
-      rows += found
-      new += fresh_count
+    found = _whole_task_rows(run, config, task, kept, contexts)
+    fresh_count = len(found)
+    if not found:
+      for key, kind in task.rows:
+        row = kept.get(key)
+        if row is None or not runs_lib.has_required(run, config, row, key, kind):
+          fresh = next((r for r in (workdir_row(run, s, key, kind, c) for s, c in contexts)
+                        if r is not None), None)
+          if fresh is not None:
+            row, fresh_count = fresh, fresh_count + 1
+        if row is None:
+          break
+        found.append(row)
+      if len(found) < len(task.rows):
+        continue
+    ok = all(runs_lib.has_required(run, config, row, key, kind)
+             for (key, kind), row in zip(task.rows, found))
+    for row in found:
+      row.update(plan_task=task.name, task_done="1" if ok else "0")
+    rows += found
+    new += fresh_count
   page = figures_lib.FIGURES[figure].page
   extras = next((e for e in (nad_rows(run, s, page, c) for s, c in contexts) if e), [])
   if not extras:
