@@ -11,6 +11,7 @@ import pathlib
 from typing import Callable, Optional
 
 from ntk_tf.reproduce import figures as figures_lib
+from ntk_tf.reproduce import legacy
 from ntk_tf.reproduce import pages
 from ntk_tf.reproduce import plan as plan_lib
 from ntk_tf.reproduce import runner
@@ -68,7 +69,7 @@ def reproduce(*, figures: Optional[str] = None, models: Optional[str] = None,
     pages.render(out_dir)
     return 0 if any("matched" in line for line in lines) else 1
   if import_legacy:
-    for line in tables.import_legacy(resolve(import_legacy), out_dir):
+    for line in legacy.import_legacy(resolve(import_legacy), out_dir):
       log(line)
     pages.render(out_dir)
     return 0

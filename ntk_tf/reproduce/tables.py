@@ -261,18 +261,30 @@ def _context(run: runs_lib.Run, source: pathlib.Path, root: Optional[pathlib.Pat
           "wall_seconds": _wall_seconds(source), "source": label, "part": part}
 
 
-def _whole_task_rows(run: runs_lib.Run, config: Any, task: Any, kept: Mapping[str, Row],
-                     contexts: Sequence[Tuple[pathlib.Path, Mapping[str, Any]]]) -> List[Row]:
-  """A task's rows from one source folder, where the committed rows lack any (else [])."""
-  if all(kept.get(key) is not None and runs_lib.has_required(run, config, kept[key], key, kind)
-         for key, kind in task.rows):
-    return []
-  for source, context in contexts:
-    rows = [workdir_row(run, source, key, kind, context) for key, kind in task.rows]
-    if all(r is not None and runs_lib.has_required(run, config, r, key, kind)
-           for (key, kind), r in zip(task.rows, rows)):
-      return rows
-  return []
+def _task_rows(run: runs_lib.Run, config: Any, task: Any, kept: Mapping[str, Row],
+               contexts: Sequence[Tuple[pathlib.Path, Mapping[str, Any]]]
+               ) -> Tuple[Optional[List[Row]], int]:
+  """A task's rows (None while one is missing) and how many come from `contexts`."""
+  def good(row, key, kind):
+    return row is not None and runs_lib.has_required(run, config, row, key, kind)
+  if all(good(kept.get(key), key, kind) for key, kind in task.rows):
+    return [kept[key] for key, _ in task.rows], 0
+  for source, context in contexts:  # One source per task where one holds it all.
+    whole = [workdir_row(run, source, key, kind, context) for key, kind in task.rows]
+    if all(good(r, key, kind) for (key, kind), r in zip(task.rows, whole)):
+      return whole, len(whole)
+  rows, fresh_count = [], 0
+  for key, kind in task.rows:
+    row = kept.get(key)
+    if not good(row, key, kind):
+      fresh = next((r for r in (workdir_row(run, s, key, kind, c) for s, c in contexts)
+                    if r is not None), None)
+      if fresh is not None:
+        row, fresh_count = fresh, fresh_count + 1
+    if row is None:
+      return None, 0
+    rows.append(row)
+  return rows, fresh_count
 
 
 def merge_figure(figure: str, run: runs_lib.Run, task_names: Sequence[str],
@@ -308,21 +320,9 @@ def merge_figure(figure: str, run: runs_lib.Run, task_names: Sequence[str],
   for task in run.tasks:
     if task.name not in names:
       continue
-    found = _whole_task_rows(run, config, task, kept, contexts)
-    fresh_count = len(found)
-    if not found:
-      for key, kind in task.rows:
-        row = kept.get(key)
-        if row is None or not runs_lib.has_required(run, config, row, key, kind):
-          fresh = next((r for r in (workdir_row(run, s, key, kind, c) for s, c in contexts)
-                        if r is not None), None)
-          if fresh is not None:
-            row, fresh_count = fresh, fresh_count + 1
-        if row is None:
-          break
-        found.append(row)
-      if len(found) < len(task.rows):
-        continue
+    found, fresh_count = _task_rows(run, config, task, kept, contexts)
+    if found is None:
+      continue
     ok = all(runs_lib.has_required(run, config, row, key, kind)
              for (key, kind), row in zip(task.rows, found))
     for row in found:
@@ -437,68 +437,6 @@ def adopt(source: pathlib.Path, out: pathlib.Path, machine_: Optional[str] = Non
   if not lines:
     return [f"--adopt: {source.name} (settings_id {wanted}) matches no figure's plan; the "
             f"plans of {experiment}: {', '.join(tried)}."]
-  write_rates(out)
-  return lines
-
-
-# The paper-scale results made by hand before this tool, on a 2-core x86_64 CPU with
-# AVX-512 (oneDNN on): file -> the figures it serves, with the model.
-LEGACY_FILES = {
-    "fig2_fig3_mlp_results.csv": (("fig2", "fig3", "fig13"), "mlp"),
-    "fig2_fig3_lenet_results.csv": (("fig2", "fig3", "fig14"), "lenet"),
-    "fig7_mlp_results.csv": (("fig7",), "mlp"),
-    "fig7_lenet_results.csv": (("fig7",), "lenet"),
-    "fig15_mlp_results.csv": (("fig15",), "mlp"),
-    "fig16_lenet_results.csv": (("fig16",), "lenet"),
-}
-LEGACY_MACHINE = "x86_64 2 cores avx2 avx512 oneDNN on"
-# Their settings (configs/eigenfunctions.py:paper, configs/kernel_rotation.py:
-# paper_eigenfunction): all CIFAR-10, 100 epochs of SGD (the CIFAR2 line 200).
-LEGACY_SETTINGS = {"dataset": "cifar10", "num_train": 50_000, "num_test": 10_000,
-                   "optimizer": "sgd", "seed": 0}
-
-
-def import_legacy(folder: pathlib.Path, out: pathlib.Path) -> List[str]:
-  """Converts the hand-joined CSVs of docs/paper_scale into <out>/<figure>_<model>.csv.
-
-  Each row gets the settings_id of the paper plan of its figure and model, the legacy
-  machine, source "legacy" and no fingerprint or wall time (not recorded). The 1,000
-  alphas of Figs. 7, 15, 16 were not kept: those rows lack `alpha`, so their tasks stay
-  to do.
-  """
-  lines = []
-  for filename, (names, model) in LEGACY_FILES.items():
-    legacy = read_csv(folder / filename)
-    if not legacy:
-      lines.append(f"{filename}: absent or empty; skipped.")
-      continue
-    by_task = {r["task"]: r for r in legacy}
-    for name in names:
-      run, tasks = runs_lib.run_for(figures_lib.FIGURES[name], "paper", model, out, None)
-      rows = []
-      for task in tasks:
-        for key, kind in task.rows:
-          if key not in by_task:
-            continue
-          raw = {k: v for k, v in by_task[key].items() if v != ""}
-          epochs = raw.get("epochs") or (200 if key.endswith("_cifar2_network") else 100)
-          row = {**{k: cell(v) for k, v in LEGACY_SETTINGS.items()}, **raw,
-                 "kind": raw.get("kind", kind), "model": model, "epochs": str(epochs),
-                 "experiment": run.experiment, "scale": "paper",
-                 "settings_id": run.settings_id, "config": run.settings,
-                 "machine": LEGACY_MACHINE, "source": f"legacy {filename}",
-                 "fingerprint": raw.get("fingerprint", ""), "plan_task": task.name,
-                 "plan_tasks": str(len(tasks))}
-          rows.append(row)
-      config = run.config()
-      for task in tasks:
-        mine = [r for r in rows if r["plan_task"] == task.name]
-        ok = len(mine) == len(task.rows) and all(
-            runs_lib.has_required(run, config, r, r["task"], r["kind"]) for r in mine)
-        for row in mine:
-          row["task_done"] = "1" if ok else "0"
-      write_csv(csv_path(out, name, model), rows)
-      lines.append(f"{filename} -> {name}_{model}.csv: {len(rows)} rows.")
   write_rates(out)
   return lines
 
