@@ -132,7 +132,8 @@ def _orth_block(block: np.ndarray, rng: np.random.Generator, basis: Optional[np.
 
 def _grow(matmat: Callable[[np.ndarray], np.ndarray], basis: np.ndarray, projected: np.ndarray,
           filled: int, passes: int, *, b: int, m: int, keep: int, max_passes: int,
-          rng: np.random.Generator) -> Tuple[int, int, np.ndarray, np.ndarray]:
+          rng: np.random.Generator, progress: Callable[[int, int], None]
+          ) -> Tuple[int, int, np.ndarray, np.ndarray]:
   """Grows Q = basis[:, :filled] and T = projected to m columns, one product K Q_i per block.
 
   Stops when one more block would pass m columns (or max_passes are spent and
@@ -143,6 +144,7 @@ def _grow(matmat: Callable[[np.ndarray], np.ndarray], basis: np.ndarray, project
     lo = filled - b
     product = np.asarray(matmat(basis[:, lo:filled]), dtype=np.float64)  # [N, b]: K Q_i
     passes += 1
+    progress(passes, filled)
     if not np.all(np.isfinite(product)):
       raise ValueError(f"block_lanczos: the product K Q_{passes} has "
                        f"{int(np.count_nonzero(~np.isfinite(product)))} non-finite entries "
@@ -237,21 +239,31 @@ def block_lanczos(matmat: Callable[[np.ndarray], np.ndarray], n: int, k: int, *,
   basis = np.empty((n, m), dtype=np.float64)  # [N, m]: Q
   projected = np.zeros((m, m), dtype=np.float64)  # [m, m]: T = Q^T K Q
   basis[:, :b], _ = _orth_block(rng.standard_normal((n, b)), rng, None, 1.0)
-  filled, passes, restarts, last_log = b, 0, 0, start_time
+  filled, passes, restarts, last_log = b, 0, 0, [start_time]
+
+  def progress(passes: int, filled: int) -> None:  # A line every _LOG_EVERY_S within a fill.
+    now = time.monotonic()
+    if now - last_log[0] >= _LOG_EVERY_S:
+      logging.info("eigen(method='block_lanczos'): pass %d, restart %d, basis %d of %d "
+                   "columns, %.0f s elapsed (%.1f s/pass)", passes, restarts, filled, m,
+                   now - start_time, (now - start_time) / passes)
+      last_log[0] = now
+
   while True:
     filled, passes, next_block, coupling = _grow(matmat, basis, projected, filled, passes, b=b,
-                                                 m=m, keep=keep, max_passes=max_passes, rng=rng)
+                                                 m=m, keep=keep, max_passes=max_passes, rng=rng,
+                                                 progress=progress)
     ritz_vals, ritz_vecs, converged, max_residual = _ritz_pairs(projected, coupling, filled, b,
                                                                 keep, k, tol, vector_tol)
     now = time.monotonic()
     done = bool(np.all(converged)) or passes >= max_passes
-    if now - last_log >= _LOG_EVERY_S or done:
+    if now - last_log[0] >= _LOG_EVERY_S or done:
       rate = (now - start_time) / passes
       logging.info("eigen(method='block_lanczos'): pass %d, restart %d, %d/%d converged, "
                    "max residual %.2e of lambda_1, %.0f s elapsed (%.1f s/pass)%s",
                    passes, restarts, int(converged.sum()), k, max_residual, now - start_time,
                    rate, "" if done else f", ETA ~{rate * (m - keep) / b:.0f} s per restart")
-      last_log = now
+      last_log[0] = now
     if done:
       if not np.all(converged):
         logging.warning("eigen(method='block_lanczos'): %d of the top %d pairs not converged "

@@ -5,6 +5,8 @@ Each matrix is Q diag(lambda) Q^T with a random orthogonal Q and chosen lambda
 are known by construction, not computed by another eigensolver.
 """
 
+from unittest import mock
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
@@ -72,6 +74,17 @@ class BlockLanczosTest(parameterized.TestCase):
       topk_eigen.block_lanczos(lambda v: matrix @ v, 200, 5, block_size=4)
     self.assertRegex("\n".join(logs.output),
                      r"pass \d+, restart \d+, 5/5 converged, max residual .* of lambda_1")
+
+  def test_progress_lines_within_a_basis_fill(self):
+    # Every product may log (interval 0): the lines count the passes and the basis fill
+    # before the first restart's Rayleigh-Ritz step, which alone logged before.
+    matrix, _, _ = _known(200, 0.9**np.arange(200), seed=4)
+    with mock.patch.object(topk_eigen, "_LOG_EVERY_S", 0.0):
+      with self.assertLogs("absl", level="INFO") as logs:
+        _, _, info = topk_eigen.block_lanczos(lambda v: matrix @ v, 200, 5, block_size=4)
+    fills = [line for line in logs.output if "columns" in line]
+    self.assertLen(fills, info.passes)
+    self.assertRegex(fills[0], r"pass 1, restart 0, basis 4 of \d+ columns, \d+ s elapsed")
 
   def test_max_passes_warns(self):
     matrix, _, _ = _known(300, 0.999**np.arange(300), seed=5)  # gaps too small for 2 passes
