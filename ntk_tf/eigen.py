@@ -274,7 +274,8 @@ def _randomized(op: _Operator, k: int, seed: int, oversample: Optional[int], max
 def eigen(matrix_or_store: Any, k: Optional[int] = None, *, method: str = "auto",
           seed: int = 0, oversample: Optional[int] = None, max_iter: int = 100,
           tol: float = 1e-10, block_size: Optional[int] = None,
-          symmetry_tol: Optional[float] = None) -> Tuple[np.ndarray, np.ndarray]:
+          symmetry_tol: Optional[float] = None,
+          checkpoint: Optional[Any] = None) -> Tuple[np.ndarray, np.ndarray]:
   """Returns the top-k eigenvalues (descending) and unit eigenvectors of a Gram.
 
       Theta phi_j = lambda_j phi_j,  lambda_1 >= ... >= lambda_k,  ||phi_j||_2 = 1,
@@ -298,6 +299,9 @@ def eigen(matrix_or_store: Any, k: Optional[int] = None, *, method: str = "auto"
     block_size: block_lanczos only, columns per product (default max(32, k/16)).
     symmetry_tol: largest accepted max|K - K^T| / max|K| (default ~8 eps of
       the dtype); arrays and memory maps only.
+    checkpoint: block_lanczos only (other methods finish in one go and ignore it), a
+      folder where the solver keeps its state so that a killed solve resumes
+      (`topk_eigen.block_lanczos`); remove it after storing the result.
 
   Returns:
     (eigvals `[k]` float64 descending, eigvecs `[N, k]` float64, orthonormal columns).
@@ -325,5 +329,5 @@ def eigen(matrix_or_store: Any, k: Optional[int] = None, *, method: str = "auto"
     eigvals, eigvecs = _dense(op, k)
   else:
     eigvals, eigvecs, _ = topk_eigen.block_lanczos(op.matmat, op.n, k, block_size=block_size,
-                                                   seed=seed, tol=tol)
+                                                   seed=seed, tol=tol, checkpoint=checkpoint)
   return np.asarray(eigvals, dtype=np.float64), apply_sign_convention(eigvecs)

@@ -45,16 +45,28 @@ residual floor near 1e-7 * lambda_1, above the smallest eigengaps among the top
 1,000 of an NTK Gram (benchmarks/speed_notes.md), so some phi_j would not be
 resolved (an estimate; float32 products were not measured).
 
+Checkpoint (`checkpoint=` a folder): a solve on a Gram that does not fit in
+memory takes an hour or more (each product reads the whole Gram), so the state
+(Q, T, the counters and the random generator) is saved every
+`checkpoint_every_s` and at every restart, and a rerun with the same folder and
+settings continues from it, bit for bit the same as a solve never stopped (see
+`_Checkpoint`).
+
 Paper: App. B ("Eigendecompositions": top eigenvectors of the 60,000-sample
 Gram), Sec. 3.1 (sign(phi_j) as tasks).
 """
 
+import json
+import os
+import pathlib
 import time
-from typing import Callable, NamedTuple, Optional, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple, Union
 
 from absl import logging
 import numpy as np
 from scipy import linalg as scipy_linalg
+
+from ntk_tf import atomic
 
 # Seconds between progress lines on long solves.
 _LOG_EVERY_S = 30.0
@@ -68,6 +80,77 @@ class TopKInfo(NamedTuple):
   restarts: int
   max_residual: float
   seconds: float
+
+
+class _Checkpoint:
+  """The solver's state in a folder: Q `[N, filled]`, T `[filled, filled]`, counters, generator.
+
+      basis_<g>.npy  `[m, N]` float64, row i = column i of Q (a new file g at each restart)
+      state.npz      filled, passes, restarts, g, T[:filled, :filled], elapsed, settings, rng
+
+  A save writes the new rows of Q (rows of basis_<g>.npy past those the last
+  state named) and fsyncs them before `state.npz` is replaced atomically, and a
+  restart writes basis_<g+1>.npy whole before the state names it: a kill at
+  any point leaves a state and the rows it names. Float64 bits are stored as
+  they are, so a resumed solve continues exactly where the saved one stood.
+  """
+
+  def __init__(self, folder: Union[str, os.PathLike], settings: dict, every_s: float):
+    self.folder = pathlib.Path(folder)
+    self.settings = json.dumps(settings, sort_keys=True)
+    self.every_s = float(every_s)
+    self.generation, self.rows, self.last = -1, 0, time.monotonic()
+
+  def _basis_path(self, generation: int) -> pathlib.Path:
+    return self.folder / f"basis_{generation}.npy"
+
+  def load(self, basis: np.ndarray, projected: np.ndarray, rng: np.random.Generator):
+    """Fills basis/projected/rng from a saved state; returns (filled, passes, restarts, elapsed) or None."""
+    state_path = self.folder / "state.npz"
+    if not state_path.is_file():
+      return None
+    with np.load(state_path) as state:
+      if str(state["settings"]) != self.settings:
+        logging.warning("block_lanczos: the checkpoint in %s has other settings (%s, not %s); "
+                        "starting afresh", self.folder, state["settings"], self.settings)
+        return None
+      filled, generation = int(state["filled"]), int(state["generation"])
+      saved = np.load(self._basis_path(generation), mmap_mode="r")  # [m, N]
+      basis[:, :filled] = saved[:filled].T
+      del saved
+      projected[:filled, :filled] = state["projected"]
+      rng.bit_generator.state = json.loads(str(state["rng"]))
+      self.generation, self.rows = generation, filled
+      logging.info("block_lanczos: resuming from %s at pass %d, restart %d, basis %d columns",
+                   self.folder, int(state["passes"]), int(state["restarts"]), filled)
+      return filled, int(state["passes"]), int(state["restarts"]), float(state["elapsed"])
+
+  def save(self, basis: np.ndarray, projected: np.ndarray, rng: np.random.Generator,
+           filled: int, passes: int, restarts: int, elapsed: float, *,
+           restarted: bool = False, force: bool = False) -> None:
+    """Saves the state with Q = basis[:, :filled] when forced, restarted or every `every_s`."""
+    if not (force or restarted or time.monotonic() - self.last >= self.every_s):
+      return
+    self.folder.mkdir(parents=True, exist_ok=True)
+    old = self.generation
+    if restarted or self.generation < 0:
+      self.generation, self.rows = self.generation + 1, 0
+      rows = np.lib.format.open_memmap(self._basis_path(self.generation), mode="w+",
+                                       dtype=np.float64, shape=(basis.shape[1], basis.shape[0]))
+    else:
+      rows = np.load(self._basis_path(self.generation), mmap_mode="r+")  # [m, N]
+    rows[self.rows:filled] = basis[:, self.rows:filled].T
+    rows.flush()
+    del rows
+    with open(self._basis_path(self.generation), "rb") as f:
+      os.fsync(f.fileno())
+    atomic.write_numpy(self.folder / "state.npz", np.savez, filled=filled, passes=passes,
+                       restarts=restarts, generation=self.generation, elapsed=elapsed,
+                       projected=projected[:filled, :filled], settings=self.settings,
+                       rng=json.dumps(rng.bit_generator.state))
+    if old >= 0 and old != self.generation:
+      self._basis_path(old).unlink(missing_ok=True)
+    self.rows, self.last = filled, time.monotonic()
 
 
 def _orthonormalize_against(basis: np.ndarray, block: np.ndarray
@@ -132,13 +215,15 @@ def _orth_block(block: np.ndarray, rng: np.random.Generator, basis: Optional[np.
 
 def _grow(matmat: Callable[[np.ndarray], np.ndarray], basis: np.ndarray, projected: np.ndarray,
           filled: int, passes: int, *, b: int, m: int, keep: int, max_passes: int,
-          rng: np.random.Generator, progress: Callable[[int, int], None]
+          rng: np.random.Generator, progress: Callable[[int, int], None],
+          grown: Callable[[int, int], None] = lambda filled, passes: None
           ) -> Tuple[int, int, np.ndarray, np.ndarray]:
   """Grows Q = basis[:, :filled] and T = projected to m columns, one product K Q_i per block.
 
   Stops when one more block would pass m columns (or max_passes are spent and
   Q holds `keep` columns). Returns (filled, passes, Q_next `[N, b]`, R `[b, b]`):
   the last product's residual block, not in Q, with K Q_m = Q_m T_m + Q_next R E_last^T.
+  `grown(filled, passes)` is called after each block joins Q (the checkpoint).
   """
   while True:
     lo = filled - b
@@ -163,6 +248,7 @@ def _grow(matmat: Callable[[np.ndarray], np.ndarray], basis: np.ndarray, project
     projected[filled:filled + b, lo:filled] = coupling
     projected[lo:filled, filled:filled + b] = coupling.T
     filled += b
+    grown(filled, passes)
 
 
 def _ritz_pairs(projected: np.ndarray, coupling: np.ndarray, filled: int, b: int, keep: int,
@@ -206,7 +292,9 @@ def _restart(basis: np.ndarray, projected: np.ndarray, filled: int, keep: int, b
 def block_lanczos(matmat: Callable[[np.ndarray], np.ndarray], n: int, k: int, *,
                   block_size: Optional[int] = None, basis_size: Optional[int] = None,
                   seed: int = 0, tol: float = 1e-10, vector_tol: float = 1e-4,
-                  max_passes: int = 1000) -> Tuple[np.ndarray, np.ndarray, TopKInfo]:
+                  max_passes: int = 1000,
+                  checkpoint: Optional[Union[str, os.PathLike]] = None,
+                  checkpoint_every_s: float = 120.0) -> Tuple[np.ndarray, np.ndarray, TopKInfo]:
   """Returns the top-k eigenpairs of a symmetric K given by `matmat(V) = K V`.
 
       K x_j = theta_j x_j + residual_j,  theta_1 >= ... >= theta_k,  X^T X = I
@@ -217,29 +305,54 @@ def block_lanczos(matmat: Callable[[np.ndarray], np.ndarray], n: int, k: int, *,
     k: number of eigenpairs, 1 <= k < N.
     block_size: b, columns per product (default min(N, max(32, k // 16))).
     basis_size: m, Krylov basis size before a restart (default k + max(1.5 k, 4 b),
-      at most N); memory N * m * 8 bytes.
+      at most N - b); memory N * m * 8 bytes.
     seed: seed of the random start block.
     tol: eigenvalue residual bound, relative to theta_1 (see the module docstring).
     vector_tol: eigenvector residual bound, relative to the eigengap.
     max_passes: at most this many products K Q_i (but at least the (k + b) / b
       that span k + b columns); a warning if not converged.
+    checkpoint: a folder for the solver's state (None: none kept). A state saved
+      there with the same N, k, b, m, seed, tol, vector_tol and max_passes is
+      resumed; one with other settings is replaced (a warning). The caller
+      removes the folder once it has stored the result. Disk: N * m * 8 bytes
+      (twice, briefly, at a restart).
+    checkpoint_every_s: seconds between saves (also saved at every restart).
 
   Returns:
-    (eigvals `[k]` descending, eigvecs `[N, k]` orthonormal, `TopKInfo`).
+    (eigvals `[k]` descending, eigvecs `[N, k]` orthonormal, `TopKInfo`;
+    `seconds` counts the time of the runs a resumed solve continues).
   """
   start_time = time.monotonic()
   b = int(block_size) if block_size is not None else min(n, max(32, k // 16))
   m = int(basis_size) if basis_size is not None else k + max(3 * k // 2, 4 * b)
-  m = min(n, max(m, k + 2 * b))
+  # At most N - b: the residual block of the last product must fit beside the basis, and
+  # so must the random directions that replace its dependent columns.
+  m = min(n - b, max(m, k + 2 * b))
   keep = min(k + b, m - b)  # Ritz vectors kept on restart.
   if keep < k:
-    raise ValueError(f"block_lanczos needs basis_size >= k + 2 * block_size. Received: "
+    raise ValueError(f"block_lanczos needs basis_size >= k + 2 * block_size and "
+                     f"N >= k + 2 * block_size. Received: "
                      f"k={k}, block_size={b}, basis_size={m}, N={n}")
   rng = np.random.default_rng(seed)
   basis = np.empty((n, m), dtype=np.float64)  # [N, m]: Q
   projected = np.zeros((m, m), dtype=np.float64)  # [m, m]: T = Q^T K Q
-  basis[:, :b], _ = _orth_block(rng.standard_normal((n, b)), rng, None, 1.0)
-  filled, passes, restarts, last_log = b, 0, 0, [start_time]
+  saver = None if checkpoint is None else _Checkpoint(
+      checkpoint, dict(n=int(n), k=int(k), b=b, m=m, seed=int(seed), tol=float(tol),
+                       vector_tol=float(vector_tol), max_passes=int(max_passes)),
+      checkpoint_every_s)
+  resumed = None if saver is None else saver.load(basis, projected, rng)
+  if resumed is None:
+    basis[:, :b], _ = _orth_block(rng.standard_normal((n, b)), rng, None, 1.0)
+    filled, passes, restarts = b, 0, 0
+  else:
+    filled, passes, restarts, elapsed = resumed
+    start_time -= elapsed
+  last_log = [time.monotonic()]
+
+  def grown(filled: int, passes: int) -> None:  # Saves the state every checkpoint_every_s.
+    if saver is not None:
+      saver.save(basis, projected, rng, filled, passes, restarts,
+                 time.monotonic() - start_time)
 
   def progress(passes: int, filled: int) -> None:  # A line every _LOG_EVERY_S within a fill.
     now = time.monotonic()
@@ -252,7 +365,7 @@ def block_lanczos(matmat: Callable[[np.ndarray], np.ndarray], n: int, k: int, *,
   while True:
     filled, passes, next_block, coupling = _grow(matmat, basis, projected, filled, passes, b=b,
                                                  m=m, keep=keep, max_passes=max_passes, rng=rng,
-                                                 progress=progress)
+                                                 progress=progress, grown=grown)
     ritz_vals, ritz_vecs, converged, max_residual = _ritz_pairs(projected, coupling, filled, b,
                                                                 keep, k, tol, vector_tol)
     now = time.monotonic()
@@ -275,3 +388,6 @@ def block_lanczos(matmat: Callable[[np.ndarray], np.ndarray], n: int, k: int, *,
     restarts += 1
     filled = _restart(basis, projected, filled, keep, b, ritz_vals, ritz_vecs, next_block,
                       coupling)
+    if saver is not None:
+      saver.save(basis, projected, rng, filled, passes, restarts,
+                 time.monotonic() - start_time, restarted=True)

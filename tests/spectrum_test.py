@@ -3,6 +3,7 @@
 import fcntl
 import os
 import pathlib
+import sys
 import threading
 from unittest import mock
 
@@ -17,6 +18,8 @@ from ntk_tf import data as data_lib
 from ntk_tf.experiments import pipeline
 from ntk_tf.experiments import spectrum
 from ntk_tf.ntk import gram as gram_lib
+
+eigen_lib = sys.modules["ntk_tf.eigen"]  # ntk_tf.eigen the attribute is the function.
 
 
 def _dataset(n_train: int, n_test: int) -> data_lib.Dataset:
@@ -112,6 +115,40 @@ class SpectrumTest(absltest.TestCase):
     waiter.join(timeout=60.0)
     self.assertFalse(waiter.is_alive())
     np.testing.assert_array_equal(result["basis"].eigvecs, first.eigvecs)
+
+  def test_a_killed_eigensolve_resumes_and_its_state_is_removed(self):
+    # N = 80, k = 4, b = 32: the basis (N - b = 48 columns) fills in one product, then a
+    # thick restart saves the solver's state; the 4th product is killed, and the rerun
+    # starts from the state of pass 3.
+    dataset = _dataset(60, 20)
+    spec = self._spec(seed=0, width=4)
+    products = [0]
+    real_product = eigen_lib._upper_strips_product
+
+    def product(matrix, v):
+      products[0] += 1
+      if products[0] == 4:
+        raise KeyboardInterrupt  # As a kill would.
+      return real_product(matrix, v)
+    with mock.patch.object(eigen_lib, "_upper_strips_product", side_effect=product):
+      with self.assertRaises(KeyboardInterrupt):
+        spectrum.spectrum(spec.build((4, 4, 1)), spec, dataset, 4, self.gram,
+                          method="block_lanczos")
+      (partial,) = pathlib.Path(self.cache).glob("*/eigen_k4_block_lanczos_s0.partial")
+      self.assertTrue((partial / "state.npz").is_file())
+      with self.assertLogs("absl", level="INFO") as logs:
+        resumed = spectrum.spectrum(spec.build((4, 4, 1)), spec, dataset, 4, self.gram,
+                                    method="block_lanczos")
+    self.assertRegex("\n".join(logs.output), "resuming from .* at pass 3, restart 3")
+    self.assertFalse(partial.exists())
+    self.assertTrue(partial.with_suffix(".npz").is_file())
+    # The same bits as a solve never stopped, in another cache.
+    fresh = spectrum.spectrum(spec.build((4, 4, 1)), spec, dataset, 4,
+                              pipeline.GramSpec(8, "auto", "float32",
+                                                self.create_tempdir().full_path),
+                              method="block_lanczos")
+    np.testing.assert_array_equal(resumed.eigvals, fresh.eigvals)
+    np.testing.assert_array_equal(resumed.eigvecs, fresh.eigvecs)
 
   def test_bad_indices_are_named(self):
     dataset = _dataset(4, 2)

@@ -14,7 +14,8 @@ Cache: the Gram is the shared content-addressed store of `theta0.store`;
 the eigenpairs sit beside it in that folder as `eigen_k<k>_<method>_s<seed>.npz`,
 so they too are computed once per (model, seed, data, dtype, k, method, seed): a process
 that needs them while another computes them waits on `eigen_....lock` (an exclusive flock),
-then reads the other's file.
+then reads the other's file. A top-k solve keeps its state in `eigen_....partial/` while
+it runs, so a killed one resumes where it stopped (`ntk_tf.topk_eigen`).
 """
 
 import contextlib
@@ -22,6 +23,7 @@ import dataclasses
 import fcntl
 import os
 import pathlib
+import shutil
 from typing import Iterator, Sequence
 
 from absl import logging
@@ -103,8 +105,10 @@ def spectrum(model: keras.Model, spec: pipeline.ModelSpec, dataset: data_lib.Dat
       with np.load(cache) as saved:
         return Spectrum(saved["eigvals"], saved["eigvecs"], dataset.is_train)
     logging.info("%s: top %d eigenpairs of the [%d, %d] Gram (%s)", spec.name, k, n, n, method)
-    eigvals, eigvecs = ntk_tf.eigen(store, k, method=method, seed=seed)
+    partial = cache.with_suffix(".partial")  # The solver's state: a killed solve resumes.
+    eigvals, eigvecs = ntk_tf.eigen(store, k, method=method, seed=seed, checkpoint=partial)
     atomic.write_numpy(cache, np.savez, eigvals=eigvals, eigvecs=eigvecs)
+    shutil.rmtree(partial, ignore_errors=True)
   return Spectrum(np.asarray(eigvals), np.asarray(eigvecs), dataset.is_train)
 
 
