@@ -289,6 +289,39 @@ def _restart(basis: np.ndarray, projected: np.ndarray, filled: int, keep: int, b
   return keep + b
 
 
+def _start(n: int, b: int, m: int, seed: int, saver: Optional[_Checkpoint]):
+  """(rng, Q `[N, m]`, T `[m, m]`, filled, passes, restarts, elapsed): saved, or a random block."""
+  rng = np.random.default_rng(seed)
+  basis = np.empty((n, m), dtype=np.float64)  # [N, m]: Q
+  projected = np.zeros((m, m), dtype=np.float64)  # [m, m]: T = Q^T K Q
+  resumed = None if saver is None else saver.load(basis, projected, rng)
+  if resumed is not None:
+    return (rng, basis, projected) + tuple(resumed)
+  basis[:, :b], _ = _orth_block(rng.standard_normal((n, b)), rng, None, 1.0)
+  return rng, basis, projected, b, 0, 0, 0.0
+
+
+def _finish(basis: np.ndarray, ritz_vals: np.ndarray, ritz_vecs: np.ndarray,
+            converged: np.ndarray, max_passes: int, info: TopKInfo):
+  """(theta `[k]`, X = Q Y_k `[N, k]`, info), warning when some of the top k are not converged."""
+  k = converged.shape[0]
+  if not np.all(converged):
+    logging.warning("eigen(method='block_lanczos'): %d of the top %d pairs not converged "
+                    "after max_passes=%d (max residual %.2e of lambda_1)",
+                    int(k - converged.sum()), k, max_passes, info.max_residual)
+  return ritz_vals[:k].copy(), basis @ ritz_vecs[:, :k], info
+
+
+def _log_ritz(passes: int, restarts: int, converged: np.ndarray, max_residual: float,
+              elapsed: float, passes_per_restart: Optional[float]) -> None:
+  """The progress line after a Rayleigh-Ritz step (with an ETA unless done)."""
+  rate = elapsed / passes
+  eta = "" if passes_per_restart is None else f", ETA ~{rate * passes_per_restart:.0f} s per restart"
+  logging.info("eigen(method='block_lanczos'): pass %d, restart %d, %d/%d converged, "
+               "max residual %.2e of lambda_1, %.0f s elapsed (%.1f s/pass)%s", passes, restarts,
+               int(converged.sum()), converged.shape[0], max_residual, elapsed, rate, eta)
+
+
 def block_lanczos(matmat: Callable[[np.ndarray], np.ndarray], n: int, k: int, *,
                   block_size: Optional[int] = None, basis_size: Optional[int] = None,
                   seed: int = 0, tol: float = 1e-10, vector_tol: float = 1e-4,
@@ -311,16 +344,12 @@ def block_lanczos(matmat: Callable[[np.ndarray], np.ndarray], n: int, k: int, *,
     vector_tol: eigenvector residual bound, relative to the eigengap.
     max_passes: at most this many products K Q_i (but at least the (k + b) / b
       that span k + b columns); a warning if not converged.
-    checkpoint: a folder for the solver's state (None: none kept). A state saved
-      there with the same N, k, b, m, seed, tol, vector_tol and max_passes is
-      resumed; one with other settings is replaced (a warning). The caller
-      removes the folder once it has stored the result. Disk: N * m * 8 bytes
-      (twice, briefly, at a restart).
-    checkpoint_every_s: seconds between saves (also saved at every restart).
+    checkpoint: a folder for the solver's state (None: none kept); one saved with the
+      same settings is resumed, one with others replaced (a warning). The caller
+      removes it after storing the result. Disk: N m 8 bytes (2x at a restart).
+    checkpoint_every_s: seconds between saves (and at every restart).
 
-  Returns:
-    (eigvals `[k]` descending, eigvecs `[N, k]` orthonormal, `TopKInfo`;
-    `seconds` counts the time of the runs a resumed solve continues).
+  Returns: (eigvals `[k]` descending, eigvecs `[N, k]` orthonormal, `TopKInfo`).
   """
   start_time = time.monotonic()
   b = int(block_size) if block_size is not None else min(n, max(32, k // 16))
@@ -333,26 +362,18 @@ def block_lanczos(matmat: Callable[[np.ndarray], np.ndarray], n: int, k: int, *,
     raise ValueError(f"block_lanczos needs basis_size >= k + 2 * block_size and "
                      f"N >= k + 2 * block_size. Received: "
                      f"k={k}, block_size={b}, basis_size={m}, N={n}")
-  rng = np.random.default_rng(seed)
-  basis = np.empty((n, m), dtype=np.float64)  # [N, m]: Q
-  projected = np.zeros((m, m), dtype=np.float64)  # [m, m]: T = Q^T K Q
   saver = None if checkpoint is None else _Checkpoint(
       checkpoint, dict(n=int(n), k=int(k), b=b, m=m, seed=int(seed), tol=float(tol),
                        vector_tol=float(vector_tol), max_passes=int(max_passes)),
       checkpoint_every_s)
-  resumed = None if saver is None else saver.load(basis, projected, rng)
-  if resumed is None:
-    basis[:, :b], _ = _orth_block(rng.standard_normal((n, b)), rng, None, 1.0)
-    filled, passes, restarts = b, 0, 0
-  else:
-    filled, passes, restarts, elapsed = resumed
-    start_time -= elapsed
+  rng, basis, projected, filled, passes, restarts, elapsed = _start(n, b, m, seed, saver)
+  start_time -= elapsed
   last_log = [time.monotonic()]
 
-  def grown(filled: int, passes: int) -> None:  # Saves the state every checkpoint_every_s.
+  def grown(filled: int, passes: int, restarted: bool = False) -> None:  # The checkpoint.
     if saver is not None:
       saver.save(basis, projected, rng, filled, passes, restarts,
-                 time.monotonic() - start_time)
+                 time.monotonic() - start_time, restarted=restarted)
 
   def progress(passes: int, filled: int) -> None:  # A line every _LOG_EVERY_S within a fill.
     now = time.monotonic()
@@ -371,23 +392,13 @@ def block_lanczos(matmat: Callable[[np.ndarray], np.ndarray], n: int, k: int, *,
     now = time.monotonic()
     done = bool(np.all(converged)) or passes >= max_passes
     if now - last_log[0] >= _LOG_EVERY_S or done:
-      rate = (now - start_time) / passes
-      logging.info("eigen(method='block_lanczos'): pass %d, restart %d, %d/%d converged, "
-                   "max residual %.2e of lambda_1, %.0f s elapsed (%.1f s/pass)%s",
-                   passes, restarts, int(converged.sum()), k, max_residual, now - start_time,
-                   rate, "" if done else f", ETA ~{rate * (m - keep) / b:.0f} s per restart")
+      _log_ritz(passes, restarts, converged, max_residual, now - start_time,
+                None if done else (m - keep) / b)
       last_log[0] = now
     if done:
-      if not np.all(converged):
-        logging.warning("eigen(method='block_lanczos'): %d of the top %d pairs not converged "
-                        "after max_passes=%d (max residual %.2e of lambda_1)",
-                        int(k - converged.sum()), k, max_passes, max_residual)
-      eigvecs = basis[:, :filled] @ ritz_vecs[:, :k]  # [N, k]
-      info = TopKInfo(passes, restarts, max_residual, time.monotonic() - start_time)
-      return ritz_vals[:k].copy(), eigvecs, info
+      return _finish(basis[:, :filled], ritz_vals, ritz_vecs, converged, max_passes,
+                     TopKInfo(passes, restarts, max_residual, time.monotonic() - start_time))
     restarts += 1
     filled = _restart(basis, projected, filled, keep, b, ritz_vals, ritz_vecs, next_block,
                       coupling)
-    if saver is not None:
-      saver.save(basis, projected, rng, filled, passes, restarts,
-                 time.monotonic() - start_time, restarted=True)
+    grown(filled, passes, restarted=True)
