@@ -127,9 +127,9 @@ class _Checkpoint:
 
   def save(self, basis: np.ndarray, projected: np.ndarray, rng: np.random.Generator,
            filled: int, passes: int, restarts: int, elapsed: float, *,
-           restarted: bool = False, force: bool = False) -> None:
-    """Saves the state with Q = basis[:, :filled] when forced, restarted or every `every_s`."""
-    if not (force or restarted or time.monotonic() - self.last >= self.every_s):
+           restarted: bool = False) -> None:
+    """Saves the state with Q = basis[:, :filled] at a restart, else every `every_s`."""
+    if not (restarted or time.monotonic() - self.last >= self.every_s):
       return
     self.folder.mkdir(parents=True, exist_ok=True)
     old = self.generation
@@ -216,8 +216,7 @@ def _orth_block(block: np.ndarray, rng: np.random.Generator, basis: Optional[np.
 def _grow(matmat: Callable[[np.ndarray], np.ndarray], basis: np.ndarray, projected: np.ndarray,
           filled: int, passes: int, *, b: int, m: int, keep: int, max_passes: int,
           rng: np.random.Generator, progress: Callable[[int, int], None],
-          grown: Callable[[int, int], None] = lambda filled, passes: None
-          ) -> Tuple[int, int, np.ndarray, np.ndarray]:
+          grown: Callable[[int, int], None]) -> Tuple[int, int, np.ndarray, np.ndarray]:
   """Grows Q = basis[:, :filled] and T = projected to m columns, one product K Q_i per block.
 
   Stops when one more block would pass m columns (or max_passes are spent and
