@@ -29,7 +29,7 @@ tiles): non-finite entries are refused, naming their count; a matrix whose
 max|K - K^T| / max|K| exceeds `symmetry_tol` (default 8 eps of its dtype, at
 least 1e-12: ~1e-6 for float32) is refused, naming that value; below it, the
 dense path uses (K + K^T) / 2 and the top-k paths read K from its diagonal
-blocks rightwards (its upper triangle, `_upper_strips_product`).
+blocks rightwards (its upper triangle, `_upper_tiles_product`).
 
 Memory of the dense path: the float64 copy of K is symmetrized in place, then
 numpy.linalg.eigh (LAPACK syevd) copies it and needs a 2 N^2 workspace and the
@@ -58,8 +58,10 @@ from ntk_tf import validation
 DENSE_MAX_N = 32_767
 # `auto` uses dense eigh up to this size, a top-k method above.
 _AUTO_DENSE_MAX_N = 4_096
-# Rows of a memory-mapped matrix read at once in a matrix product.
+# Rows of a matrix upcast at once (the float64 copy of a float32 matrix).
 _ROW_CHUNK = 2_048
+# Side of the square tiles of K read at once in a top-k product (`_upper_tiles_product`).
+_TILE = 2_048
 # Bound on the dense path's peak above its input, in N^2 float64 units (eigen_test checks it).
 DENSE_PEAK_FACTOR = 4.8
 # Largest float64 copy of a non-float64 matrix kept for top-k products (N <= 16,384).
@@ -118,11 +120,11 @@ class _Operator:
   def matmat(self, v: np.ndarray) -> np.ndarray:
     """Returns Theta V, `[N, N] x [N, m] -> [N, m]`, in float64.
 
-    A dense Theta is read once per product, as strips of its upper triangle
-    (symmetry gives the rest, see `_upper_strips_product`).
+    A dense Theta is read once per product, as tiles of its upper triangle
+    (symmetry gives the rest, see `_upper_tiles_product`).
     """
     if self.dense is not None:
-      return _upper_strips_product(self._float64_source(), v)
+      return _upper_tiles_product(self._float64_source(), v)
     matmat = getattr(self.linear_operator, "matmat", None)
     if matmat is not None:
       return np.asarray(matmat(v), dtype=np.float64).reshape(self.n, v.shape[1])
@@ -130,35 +132,37 @@ class _Operator:
                      .reshape(self.n) for c in range(v.shape[1])], axis=1)  # [N, m]
 
 
-def _upper_strips_product(matrix: np.ndarray, v: np.ndarray) -> np.ndarray:
-  """Returns K V for a symmetric K `[N, N]` read from its diagonal blocks rightwards, V `[N, m]`.
+def _upper_tiles_product(matrix: np.ndarray, v: np.ndarray) -> np.ndarray:
+  """Returns K V for a symmetric K `[N, N]` read as tiles of its upper triangle, V `[N, m]`.
 
-      S_i = K[r_i, r_i.start:]   (strip i: rows r_i, columns from r_i.start on)
-      (K V)[r_i]          += S_i V[r_i.start:]
-      (K V)[r_i.stop:]    += S_i[:, len(r_i):]^T V[r_i]
+      T_ij = K[r_i, r_j]   (R x R tiles, j >= i)
+      (K V)[r_i] += T_ij V[r_j]                 (every tile)
+      (K V)[r_j] += T_ij^T V[r_i]               (j > i: the tile below, by symmetry)
 
-  Each strip of a float32 (or memory-mapped) K is upcast once into one reused
-  float64 buffer, so a product reads and converts N (N + R) / 2 entries
-  instead of N^2, with float64 accumulation. Both GEMMs run as V^T-on-the-left
-  products [m, .] x [., .]: OpenBLAS runs them 1.3-1.4x faster than
-  [R, N] x [N, m] for m <= 256 (benchmarks/speed_notes.md).
+  A product reads N (N + R) / 2 entries instead of N^2. Each tile of a float32
+  (or memory-mapped) K is upcast into one reused float64 buffer of R^2 entries
+  (32 MiB at R = 2,048), small enough that the GEMMs after it read it from
+  cache, not memory; accumulation is float64. The GEMMs run as V^T-on-the-left
+  products [m, R] x [R, R]: OpenBLAS runs those 1.3-1.4x faster than
+  [R, R] x [R, m] for m <= 256 (benchmarks/speed_notes.md).
   """
   n, width = matrix.shape[0], v.shape[1]
   v_t = np.ascontiguousarray(v.T, dtype=np.float64)  # [m, N]
   out_t = np.zeros((width, n), dtype=np.float64)  # [m, N]: (K V)^T
-  buffer = None
-  for r0 in range(0, n, _ROW_CHUNK):
-    r1 = min(n, r0 + _ROW_CHUNK)
-    strip = matrix[r0:r1, r0:]  # [R, N - r0]
-    if strip.dtype != np.float64:  # Upcast into one reused buffer (no page faults per pass).
-      if buffer is None:
-        buffer = np.empty(min(_ROW_CHUNK, n) * n, dtype=np.float64)
-      converted = buffer[:strip.size].reshape(strip.shape)
-      np.copyto(converted, strip)
-      strip = converted
-    out_t[:, r0:r1] += v_t[:, r0:] @ strip.T  # [m, R]
-    if r1 < n:
-      out_t[:, r1:] += v_t[:, r0:r1] @ strip[:, r1 - r0:]  # [m, N - r1]
+  size = min(_TILE, n)
+  buffer = None if matrix.dtype == np.float64 else np.empty(size * size, dtype=np.float64)
+  for r0 in range(0, n, _TILE):
+    r1 = min(n, r0 + _TILE)
+    for c0 in range(r0, n, _TILE):
+      c1 = min(n, c0 + _TILE)
+      tile = matrix[r0:r1, c0:c1]  # [R, C]
+      if buffer is not None:
+        converted = buffer[:tile.size].reshape(tile.shape)
+        np.copyto(converted, tile)
+        tile = converted
+      out_t[:, r0:r1] += v_t[:, c0:c1] @ tile.T  # [m, R]
+      if c0 > r0:
+        out_t[:, c0:c1] += v_t[:, r0:r1] @ tile  # [m, C]
   return np.ascontiguousarray(out_t.T)  # [N, m]
 
 

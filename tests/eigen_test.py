@@ -120,8 +120,8 @@ class EigenTest(parameterized.TestCase):
       eigvals, _ = ntk_tf.eigen(source, 5, method="randomized")
       np.testing.assert_allclose(eigvals, ref_vals, rtol=1e-5)
 
-  def test_products_read_upper_strips(self):
-    # Strips of 64 rows over N = 203 (a short last strip): K V from the upper
+  def test_products_read_upper_tiles(self):
+    # Tiles of 64 x 64 over N = 203 (short last tiles): K V from the upper
     # triangle only, against a float64 GEMM of the whole matrix.
     rng = np.random.default_rng(6)
     half = rng.standard_normal((203, 203))
@@ -130,15 +130,15 @@ class EigenTest(parameterized.TestCase):
     np.save(path, matrix)
     v = rng.standard_normal((203, 5))
     expected = matrix.astype(np.float64) @ v
-    with absltest.mock.patch.object(eigen_module, "_ROW_CHUNK", 64):
+    with absltest.mock.patch.object(eigen_module, "_TILE", 64):
       for source in (matrix, matrix.astype(np.float64), np.load(path, mmap_mode="r")):
         got = eigen_module._Operator(source).matmat(v)
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
-      # Left of the diagonal blocks nothing is read: garbage there changes nothing.
+      # Left of the diagonal tiles nothing is read: garbage there changes nothing.
       corrupted = matrix.copy()
       rows, cols = np.indices(corrupted.shape)
       corrupted[cols < rows // 64 * 64] = np.nan
-      np.testing.assert_allclose(eigen_module._upper_strips_product(corrupted, v), expected,
+      np.testing.assert_allclose(eigen_module._upper_tiles_product(corrupted, v), expected,
                                  rtol=0, atol=1e-12 * np.abs(expected).max())
 
   def test_matvec_only_object(self):

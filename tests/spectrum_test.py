@@ -123,14 +123,14 @@ class SpectrumTest(absltest.TestCase):
     dataset = _dataset(60, 20)
     spec = self._spec(seed=0, width=4)
     products = [0]
-    real_product = eigen_lib._upper_strips_product
+    real_product = eigen_lib._upper_tiles_product
 
     def product(matrix, v):
       products[0] += 1
       if products[0] == 4:
         raise KeyboardInterrupt  # As a kill would.
       return real_product(matrix, v)
-    with mock.patch.object(eigen_lib, "_upper_strips_product", side_effect=product):
+    with mock.patch.object(eigen_lib, "_upper_tiles_product", side_effect=product):
       with self.assertRaises(KeyboardInterrupt):
         spectrum.spectrum(spec.build((4, 4, 1)), spec, dataset, 4, self.gram,
                           method="block_lanczos")
