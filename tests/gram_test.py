@@ -221,6 +221,28 @@ class SweepTest(parameterized.TestCase):
     self.assertLess(expected, _lru_misses(blocks, range(len(blocks)), 4, True))
 
 
+  def test_each_row_block_is_hashed_once_per_call(self):
+    # 10 row blocks, 55 blocks of the triangle: without the per-call memo each of
+    # the 100 block-features lookups hashes its inputs.
+    model, twin = ntk_reference.model_and_twin("mlp", "relu", seed=2)
+    x = ntk_reference.inputs(40, seed=5)
+    fn = structured.make_block_fn(model, "float64")
+    hashed = []
+    real_key = structured.features.FeatureCache.key
+    with mock.patch.object(gram_lib, "_reusable_block_fn", return_value=fn), \
+         mock.patch.object(structured.features.FeatureCache, "key",
+                           side_effect=lambda a: hashed.append(a.shape) or real_key(a)):
+      theta = gram_lib.ntk_gram(model, x, block_size=4, dtype="float64",
+                                implementation="structured", progress=False)
+      self.assertLen(hashed, 10)
+      x[:4] += 1.0  # a new call hashes afresh: changed inputs give their own Gram
+      changed = gram_lib.ntk_gram(model, x, block_size=4, dtype="float64",
+                                  implementation="structured", progress=False)
+    self.assertLen(hashed, 20)
+    np.testing.assert_allclose(changed, ntk_reference.brute_force_gram(twin, x), rtol=1e-10,
+                               atol=1e-12)
+    self.assertGreater(np.abs(changed - theta).max(), 1e-3)
+
 class BadInputTest(parameterized.TestCase):
 
   def setUp(self):

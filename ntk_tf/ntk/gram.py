@@ -36,6 +36,7 @@ from ntk_tf.ntk import ntk_vector_products
 from ntk_tf.ntk import output_kernel as output_kernel_lib
 from ntk_tf.ntk import progress as progress_lib
 from ntk_tf.ntk import structured
+from ntk_tf.ntk.structured import features as features_lib
 from ntk_tf.ntk.implementation import BlockFn
 from ntk_tf.ntk.implementation import NtkImplementation
 
@@ -145,23 +146,28 @@ def _pad_rows(x: np.ndarray, block_size: int) -> np.ndarray:
 
 
 def compute_block(fn: BlockFn, x1: np.ndarray, x2: Optional[np.ndarray], block: Block,
-                  block_size: int) -> np.ndarray:
+                  block_size: int, key_memo: Optional[dict] = None) -> np.ndarray:
   """Returns Theta(x1[i0:i1], x2[j0:j1]) `[i1 - i0, j1 - j0, ...]` for one block.
 
   `x2=None` means the symmetric Gram of x1; its diagonal blocks are made exactly
   symmetric ((G + G^T) / 2, G^T by `output_kernel.transpose_block`), so the
   whole matrix is, unless `fn` says its diagonal blocks already are (attribute
   `exactly_symmetric`). Output-kernel blocks carry their K axes after the two
-  example axes.
+  example axes. `key_memo`, one dict per job (x1, x2 and block_size fixed),
+  lets a feature cache hash each row block once (`features.KeyedRows`).
   """
   i0, i1, j0, j1 = block
   x_a = _pad_rows(x1[i0:i1], block_size)  # [B, ...]
+  if key_memo is not None:
+    x_a = features_lib.keyed_rows(x_a, key_memo, ("x1", i0))
   if x2 is None and i0 == j0:
     theta = np.asarray(fn(x_a, None))  # [B, B, ...]
     if not getattr(fn, "exactly_symmetric", False):
       theta = 0.5 * (theta + output_kernel_lib.transpose_block(theta))
   else:
     x_b = _pad_rows((x1 if x2 is None else x2)[j0:j1], block_size)  # [B, ...]
+    if key_memo is not None:
+      x_b = features_lib.keyed_rows(x_b, key_memo, ("x1" if x2 is None else "x2", j0))
     theta = fn(x_a, x_b)  # [B, B]
   theta = np.asarray(theta)[:i1 - i0, :j1 - j0]  # [i1-i0, j1-j0]
   check_finite_block(theta, block)
@@ -385,12 +391,13 @@ def _fill_gram(fn: BlockFn, x1: np.ndarray, x2: Optional[np.ndarray], block_size
   n1, n2 = shape[:2]
   blocks = iter_blocks(n1, n2, block_size, symmetric=x2 is None)
   theta = np.empty(shape, dtype=dtype)  # [N1, N2, ...]
+  key_memo = {}  # Content keys of the row blocks, for this call only.
   with progress_lib.Progress(len(blocks), desc="ntk_gram", unit="blocks",
                              enabled=progress) as bar:
     for position in sweep(fn, blocks, block_size):
       block = blocks[position]
       i0, i1, j0, j1 = block
-      theta_block = compute_block(fn, x1, x2, block, block_size)  # [i1-i0, j1-j0, ...]
+      theta_block = compute_block(fn, x1, x2, block, block_size, key_memo)
       theta[i0:i1, j0:j1] = theta_block
       if x2 is None and i0 != j0:
         theta[j0:j1, i0:i1] = output_kernel_lib.transpose_block(theta_block)

@@ -354,9 +354,10 @@ class GramStore:
                                 self.block_size, output_kernel=self._kernel, **self._options)
     missing = [index for index in range(len(self._blocks)) if index not in self._done]
     blocks = [self._blocks[index] for index in missing]
+    key_memo = {}  # Content keys of the row blocks, for this pass only.
     for position in gram_lib.sweep(fn, blocks, self.block_size):  # reuses cached features
       yield missing[position], gram_lib.compute_block(fn, self._x, None, blocks[position],
-                                                      self.block_size)
+                                                      self.block_size, key_memo)
 
   def _compute_missing(self, progress: bool) -> None:
     matrix = fmt.open_matrix(self.path, "r+")  # [N, N]
