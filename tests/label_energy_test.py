@@ -1,5 +1,7 @@
 """Table 1's convention variants: the NTK parameterization and Flax's initializers by hand."""
 
+import pathlib
+
 import keras
 import numpy as np
 from absl.testing import absltest
@@ -8,6 +10,8 @@ from tests import ntk_reference
 from tests import test_util
 import ntk_tf
 from ntk_tf.experiments import label_energy
+from ntk_tf.reproduce import program
+from ntk_tf.reproduce import tables
 
 
 def _ntk_param_twin(model: keras.Model, x_shape) -> keras.Model:
@@ -68,6 +72,48 @@ class LabelEnergyTest(absltest.TestCase):
   def test_unknown_variant(self):
     with self.assertRaisesRegex(ValueError, "typo"):
       label_energy.energy_variants("mlp", variants=("typo",))
+
+
+
+class TablePageTest(absltest.TestCase):
+  """`binaries.label_energy`'s library call: rows into table1_<model>.csv and its page."""
+
+  def test_rows_join_table1_and_its_page(self):
+    data_dir = test_util.smoke_data_dir(self)
+    out = self.create_tempdir().full_path
+    summary = {"task": "mlp_cifar2_summary", "model": "mlp", "kind": "summary",
+               "experiment": "kernel_rotation", "scale": "smoke", "settings_id": "abc123",
+               "plan_task": "mlp_cifar2", "plan_tasks": "1", "task_done": "1",
+               "energy_init": "0.1", "energy_end": "0.5", "test_acc": "0.6"}
+    tables.write_csv(tables.csv_path(pathlib.Path(out), "table1", "mlp"),
+                     [summary])
+    lines = []
+    program.energy_variants(models="mlp", out=out, data_dir=data_dir, variants="pm1,01",
+                            train_size=80, top_k=5, log=lines.append)
+    want = label_energy.energy_variants("mlp", data_dir, train_size=80, k=5,
+                                        variants=("pm1", "01"))
+    rows = tables.read_csv(tables.csv_path(pathlib.Path(out), "table1", "mlp"))
+    variants = [r for r in rows if r["kind"] == "energy_variant"]
+    self.assertEqual([r["variant"] for r in variants], ["pm1", "01"])
+    for row, expected in zip(variants, want):
+      self.assertAlmostEqual(float(row["energy_init"]), expected["energy_init"], places=12)
+      self.assertEqual(row["settings_id"], "abc123")  # filed under Table 1's run
+    page = (pathlib.Path(out) / "table1.md").read_text()
+    self.assertIn(f"| `01` | labels in {{0, 1}} | {100 * want[1]['energy_init']:.1f}% |", page)
+    self.assertRegex(page, r"None of these reproduces the paper's 26.0%: the nearest, `(pm1|01)`"
+                           r" \([0-9.]+%\), is [0-9.]+ points (below|above) it.")
+    # A second run replaces the rows instead of adding to them.
+    program.energy_variants(models="mlp", out=out, data_dir=data_dir, variants="pm1",
+                            train_size=80, top_k=5, log=lines.append)
+    rows = tables.read_csv(tables.csv_path(pathlib.Path(out), "table1", "mlp"))
+    self.assertEqual([r["variant"] for r in rows if r["kind"] == "energy_variant"], ["pm1"])
+    self.assertLen([r for r in rows if r["kind"] == "summary"], 1)
+
+  def test_refused_without_table1_rows(self):
+    out = self.create_tempdir().full_path
+    with self.assertRaisesRegex(ValueError, r"table1_mlp.csv has no summary row"):
+      program.energy_variants(models="mlp", out=out, data_dir=test_util.smoke_data_dir(self),
+                              variants="pm1", train_size=80, top_k=5)
 
 
 if __name__ == "__main__":

@@ -22,14 +22,26 @@ training samples, ntk_tf's Glorot-initialized standard parameterization):
                 them (needs that Gram's top eigenvectors, `eigvecs_60k`)
 """
 
+import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from absl import logging
 import keras
 import numpy as np
 
 import ntk_tf
 
 VARIANTS = ("pm1", "01", "centered", "raw_inputs", "flax_init", "ntk_param", "theta0_60k")
+# What each variant changes, in the words of Table 1's page.
+CONVENTIONS = {
+    "pm1": "baseline: y in {-1, 1}, standardized inputs, Glorot init, Gram of the 12,000",
+    "01": "labels in {0, 1}",
+    "centered": "labels y - mean(y)",
+    "raw_inputs": "inputs x / 255, not standardized",
+    "flax_init": "Flax's default init (LeCun-normal kernels, zero biases)",
+    "ntk_param": "NTK parameterization",
+    "theta0_60k": "Gram of all 60,000 CIFAR-10 images, their +-1 labels",
+}
 PAPER_ENERGY_INIT = {"mlp": 0.260, "lenet": 0.258, "resnet18": 0.227}
 
 
@@ -91,7 +103,8 @@ def energy_variants(model_name: str, data_dir: Optional[str] = None, *, train_si
                     k: int = 50, seed: int = 0, variants: Sequence[str] = VARIANTS,
                     eigvecs_60k: Optional[np.ndarray] = None,
                     labels_60k: Optional[np.ndarray] = None) -> List[Dict[str, Any]]:
-  """One row per variant: {"model", "variant", "energy_init", "num_train", "top_k", "paper"}.
+  """One row per variant: {"model", "variant", "energy_init", "num_train", "top_k", "paper",
+  "seconds"} (`seconds`: since the previous row, so a shared Gram counts once).
 
   The 12,000 samples are Table 1's: `ntk_tf.data.load("cifar2", train_size, seed)` as in
   configs/kernel_rotation.py:paper. `theta0_60k` needs `eigvecs_60k` `[60000, >= k]` and
@@ -105,10 +118,16 @@ def energy_variants(model_name: str, data_dir: Optional[str] = None, *, train_si
   y = data.y_train.astype(np.float64)  # [N] in {-1, +1}
   rows = []
 
+  started = [time.monotonic()]
+
   def add(variant: str, eigvecs: np.ndarray, labels: np.ndarray) -> None:
+    now = time.monotonic()
     rows.append({"model": model_name, "variant": variant, "num_train": len(labels), "top_k": k,
                  "energy_init": float(ntk_tf.energy_concentration(eigvecs, labels, k)),
-                 "paper": PAPER_ENERGY_INIT.get(model_name)})
+                 "paper": PAPER_ENERGY_INIT.get(model_name), "seconds": now - started[0]})
+    logging.info("label_energy %s %s: %.1f%% (%.0f s)", model_name, variant,
+                 100 * rows[-1]["energy_init"], now - started[0])
+    started[0] = now
 
   def build() -> keras.Model:
     return ntk_tf.models.get(model_name, input_shape=data.x_train.shape[1:], seed=seed)
@@ -144,3 +163,13 @@ def summary(rows: Sequence[Mapping[str, Any]]) -> str:
     paper = "" if r.get("paper") is None else f"{100 * r['paper']:.1f}%"
     lines.append(f"| {r['model']} | {r['variant']} | {100 * r['energy_init']:.1f}% | {paper} |")
   return "\n".join(lines) + "\n"
+
+
+def csv_rows(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+  """`energy_variants` rows as rows of Table 1's CSV (kind "energy_variant", see
+  `ntk_tf.reproduce.tables.add_extra_rows`), with each variant's `convention`."""
+  return [{"task": f"energy_variant_{r['variant']}", "model": r["model"], "dataset": "cifar2",
+           "num_train": r["num_train"], "variant": r["variant"],
+           "convention": CONVENTIONS[r["variant"]], "top_k": r["top_k"],
+           "energy_init": r["energy_init"], "paper_energy_init": r["paper"],
+           "variant_seconds": r["seconds"]} for r in rows]

@@ -106,3 +106,42 @@ def reproduce(*, figures: Optional[str] = None, models: Optional[str] = None,
   pages.render(out_dir)
   log(f"reproduce: pages in {out}")
   return code
+
+
+def energy_variants(*, models: str = "mlp,lenet", out: str = DEFAULT_OUT,
+                    data_dir: Optional[str] = None, variants: Optional[str] = None,
+                    eigvecs_60k: Optional[str] = None, train_size: int = 12_000,
+                    top_k: int = 50, log: Callable[[str], None] = print) -> None:
+  """Table 1's energy at init under each convention (`experiments.label_energy`), per model.
+
+  Files the rows into <out>/table1_<model>.csv (`tables.add_extra_rows`) and renders
+  the pages. `eigvecs_60k` is a comma list of `model=path` (a saved eigendecomposition
+  of that model's 60,000-sample CIFAR-10 Gram, key `eigvecs`) for the `theta0_60k`
+  variant, skipped for a model without one.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from ntk_tf import data as data_lib  # pylint: disable=g-import-not-at-top
+  from ntk_tf.experiments import label_energy  # pylint: disable=g-import-not-at-top
+  out_path = resolve(out)
+  names = [m for m in models.split(",") if m]
+  unknown = sorted(set(names) - {"mlp", "lenet", "resnet18"})
+  if unknown or not names:
+    raise ValueError(f"models must be a comma list of mlp, lenet, resnet18. Received: "
+                     f"models={models!r}")
+  chosen = tuple(label_energy.VARIANTS if not variants else variants.split(","))
+  paths = dict(item.split("=", 1) for item in (eigvecs_60k or "").split(",") if item)
+  for model in names:
+    tables.csv_path(out_path, "table1", model)  # fails early on a bad model name
+    extra = {}
+    if model in paths and "theta0_60k" in chosen:
+      full = data_lib.load("cifar2", data_dir=data_dir)
+      with np.load(resolve(paths[model])) as saved:
+        extra = dict(eigvecs_60k=saved["eigvecs"][:, :top_k],
+                     labels_60k=np.concatenate([full.y_train, full.y_test]))
+    rows = label_energy.energy_variants(model, data_dir, train_size=train_size, k=top_k,
+                                        variants=chosen, **extra)
+    path = tables.add_extra_rows(out_path, "table1", model, "energy_variant",
+                                 label_energy.csv_rows(rows))
+    log(f"{path}: " + ", ".join(f"{r['variant']} {100 * r['energy_init']:.1f}%" for r in rows))
+  pages.render(out_path)
+  log(f"pages in {out}")

@@ -12,6 +12,7 @@ CSVs alone:
   late_linearization                `history_epoch`, `history_train_loss`, `history_test_acc`
   nads (Fig. 4)                     a row `nad_curve` with `curve_alignment` = s_j^2, j = 1..d
   nads (Fig. 10)                    rows `nad_image<j>` with `direction` (flattened) and `shape`
+  Table 1, conventions at init      rows `energy_variant_<variant>` (`add_extra_rows`)
 
 `wall_seconds` is the wall time from the previous row of the same part (or the part's
 start) to this row, from the result files' times and the starts the runner records in
@@ -44,7 +45,8 @@ RATES_COLUMNS = ("experiment", "model", "kind", "scale", "seconds_per_epoch", "r
 RUNNER_FILE = "reproduce.json"  # <part>/reproduce.json: {"starts": [unix seconds, ...]}
 NAD_IMAGE_DIGITS = 6  # significant digits of the NAD image pixels (Fig. 10)
 SCALE_ORDER = {scale: i for i, scale in enumerate(figures_lib.SCALES)}
-EXTRA_KINDS = ("curve", "image")  # rows of a run, not of a task (NAD curve, NAD images)
+# Rows of a run, not of a task: NAD curve, NAD images, Table 1's conventions at init.
+EXTRA_KINDS = ("curve", "image", "energy_variant")
 
 Row = Dict[str, str]
 
@@ -125,6 +127,31 @@ def committed_rows(out: pathlib.Path) -> Dict[Tuple[str, str], Row]:
       rows.setdefault((row.get("settings_id", ""), f"{row.get('model')}/{row.get('task')}"), row)
   return rows
 
+
+
+def add_extra_rows(out: pathlib.Path, figure: str, model: str, kind: str,
+                   rows: Sequence[Mapping[str, Any]]) -> pathlib.Path:
+  """Writes `rows` (of `kind`, one of EXTRA_KINDS) into <out>/<figure>_<model>.csv.
+
+  They join the figure's task rows under the settings_id of its summary row (so a
+  later merge keeps them), replacing the rows of that kind already there.
+
+  Raises:
+    ValueError: naming the CSV when it has no summary row yet (run the figure first).
+  """
+  if kind not in EXTRA_KINDS:
+    raise ValueError(f"kind must be one of {EXTRA_KINDS}. Received: kind={kind!r}")
+  path = csv_path(out, figure, model)
+  existing = read_csv(path)
+  summary = next((r for r in existing if r.get("kind") == "summary"), None)
+  if summary is None:
+    raise ValueError(f"{path} has no summary row: run --figure={figure} --models={model} "
+                     "first (its rows name the settings these rows are filed under).")
+  shared = {c: summary[c] for c in ("experiment", "scale", "settings_id", "plan_tasks")
+            if c in summary}
+  added = [{**shared, **{c: cell(v) for c, v in r.items()}, "kind": kind} for r in rows]
+  write_csv(path, [r for r in existing if r.get("kind") != kind] + added)
+  return path
 
 # ----------------------------------------------------------------------------
 # The machine and the rows of a workdir.
