@@ -123,6 +123,28 @@ class PlanTest(absltest.TestCase):
       loads = [p.estimate_s for p in run.parts]
       self.assertLessEqual(max(loads) - min(loads), max(loads) / 2)
 
+  def test_sample_size_tasks_are_estimated_per_sample_from_another_run(self):
+    # Fig. 5 has no rate of its own: each task is the eigenfunction run's seconds per
+    # sample-epoch (written by tables.rates) times its n and its 200 epochs.
+    rows = [{"task": "mlp_phi0001_network", "model": "mlp", "kind": "network",
+             "experiment": "eigenfunctions", "scale": "paper", "settings_id": "x",
+             "num_train": "50000", "epochs": "100", "seconds": "1000"}]
+    tables.write_csv(tables.csv_path(self.out, "fig2", "mlp"), rows)
+    tables.write_rates(self.out)
+    self.assertEqual(tables.read_csv(self.out / "rates.csv")[0]["seconds_per_sample_epoch"],
+                     "0.0002")  # 1000 s / (100 epochs x 50,000 samples)
+    plan = _plan(["fig5"], "paper", ["mlp"], self.workdir, self.out, jobs=1)
+    (run,) = plan.runs
+    network = [t for t in run.tasks if t.rows[0][1] == "network"]
+    for task in network:
+      seconds, note = plan.rates.task_seconds(run, task)
+      self.assertAlmostEqual(seconds, 0.0002 * task.samples * 200)
+      self.assertEqual(note, "scaled per sample from the eigenfunctions network rate")
+    linearized = next(t for t in run.tasks if t.rows[0][1] == "linearized")
+    self.assertEqual(plan.rates.task_seconds(run, linearized)[1], "a guess: no measured rate")
+    self.assertIn("(scaled per sample from the eigenfunctions network rate)",
+                  plan_lib.describe(plan))
+
   def test_smoke_runs_are_one_part(self):
     (run,) = _plan(["fig2"], "smoke", ["mlp"], self.workdir, self.out, jobs=2).runs
     self.assertLen(run.parts, 1)

@@ -237,9 +237,9 @@ def describe(plan: runs_lib.Plan, relative_to: Optional[pathlib.Path] = None) ->
       lines.append(f"  part{part.index} ({show(part.dir)}), about "
                    f"{format_seconds(part.estimate_s)}:")
       for task in part.tasks:
-        seconds, measured = plan.rates.task_seconds(run, task)
+        seconds, note = plan.rates.task_seconds(run, task)
         lines.append(f"    {task.name}: todo, about {format_seconds(seconds)}"
-                     f"{'' if measured else ' (a guess: no measured rate)'}")
+                     f"{'' if note is None else f' ({note})'}")
       total_left += part.estimate_s
   done, total = plan.tasks_done()
   lines.append(f"{done} of {total} tasks done; about {format_seconds(total_left / plan.jobs)} "

@@ -205,19 +205,38 @@ def run_for(figure: figures_lib.FigureSpec, scale: str, model: str, workdir: pat
 
 @dataclasses.dataclass(frozen=True)
 class Rates:
-  """Measured seconds per epoch by (experiment, model, row kind, scale) (`tables.rates`)."""
-  seconds_per_epoch: Mapping[Tuple[str, str, str, str], float]
+  """Measured seconds per epoch by (experiment, model, row kind, scale) (`tables.rates`).
 
-  def task_seconds(self, run: Run, task: tasks_lib.Task) -> Tuple[float, bool]:
-    """(estimated seconds of `task`, whether every row's rate was measured)."""
-    total, measured = 0.0, True
+  `seconds_per_sample_epoch` (same keys) estimates a task that sets its samples
+  (`tasks.Task.samples`) where its own experiment has no rate: the same model, kind
+  and scale measured in another experiment, times samples x epochs.
+  """
+  seconds_per_epoch: Mapping[Tuple[str, str, str, str], float]
+  seconds_per_sample_epoch: Mapping[Tuple[str, str, str, str], float] = (
+      dataclasses.field(default_factory=dict))
+
+  def _scaled(self, run: Run, kind: str) -> Optional[Tuple[str, float]]:
+    """(experiment, seconds per sample-epoch) of `kind` rows of this model elsewhere."""
+    for (experiment, model, row_kind, scale), rate in sorted(
+        self.seconds_per_sample_epoch.items()):
+      if (model, row_kind, scale) == (run.model, kind, run.scale):
+        return experiment, rate
+    return None
+
+  def task_seconds(self, run: Run, task: tasks_lib.Task) -> Tuple[float, Optional[str]]:
+    """(estimated seconds of `task`, None if every row's rate was measured, else a note)."""
+    total, notes = 0.0, []
     for _, kind in task.rows:
       rate = self.seconds_per_epoch.get((run.experiment, run.model, kind, run.scale))
-      if rate is None:
+      scaled = None if rate is not None or not task.samples else self._scaled(run, kind)
+      if scaled is not None:
+        rate = scaled[1] * task.samples
+        notes.append(f"scaled per sample from the {scaled[0]} {kind} rate")
+      elif rate is None:
         rate = GUESS_SECONDS_PER_EPOCH[run.scale] / len(task.rows)
-        measured = False
+        notes.append("a guess: no measured rate")
       total += rate * task.epochs
-    return total, measured
+    return total, ("; ".join(dict.fromkeys(notes)) or None)
 
 
 def workdir_rows(run: Run) -> Dict[str, pathlib.Path]:

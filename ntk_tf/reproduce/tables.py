@@ -41,7 +41,8 @@ LEAD_COLUMNS = ("task", "model", "kind", "dataset", "num_train", "num_test", "ep
                 "plan_tasks", "task_done")
 LAST_COLUMNS = ("config",)
 RATES_FILE = "rates.csv"
-RATES_COLUMNS = ("experiment", "model", "kind", "scale", "seconds_per_epoch", "rows", "machines")
+RATES_COLUMNS = ("experiment", "model", "kind", "scale", "seconds_per_epoch",
+                 "seconds_per_sample_epoch", "rows", "machines")
 RUNNER_FILE = "reproduce.json"  # <part>/reproduce.json: {"starts": [unix seconds, ...]}
 NAD_IMAGE_DIGITS = 6  # significant digits of the NAD image pixels (Fig. 10)
 SCALE_ORDER = {scale: i for i, scale in enumerate(figures_lib.SCALES)}
@@ -397,14 +398,19 @@ def rates(out: pathlib.Path) -> List[Row]:
         continue
       seen.add(ident)
       key = (row["experiment"], row["model"], row["kind"], row["scale"])
-      total = groups.setdefault(key, [0.0, 0.0, 0, set()])
+      total = groups.setdefault(key, [0.0, 0.0, 0, set(), 0.0, 0.0])
       total[0] += seconds
       total[1] += epochs
       total[2] += 1
       total[3].add(row.get("machine", ""))
+      samples = number(row, "num_train")
+      if samples > 0:  # Rows that record their samples: seconds per sample-epoch.
+        total[4] += seconds
+        total[5] += epochs * samples
   return [{"experiment": e, "model": m, "kind": k, "scale": s,
-           "seconds_per_epoch": f"{t[0] / t[1]:.4g}", "rows": str(t[2]),
-           "machines": "; ".join(sorted(x for x in t[3] if x))}
+           "seconds_per_epoch": f"{t[0] / t[1]:.4g}",
+           "seconds_per_sample_epoch": f"{t[4] / t[5]:.4g}" if t[5] else "",
+           "rows": str(t[2]), "machines": "; ".join(sorted(x for x in t[3] if x))}
           for (e, m, k, s), t in sorted(groups.items())]
 
 
@@ -415,11 +421,13 @@ def write_rates(out: pathlib.Path) -> pathlib.Path:
 
 
 def read_rates(out: pathlib.Path) -> runs_lib.Rates:
-  table = {}
+  table, per_sample = {}, {}
   for row in read_csv(out / RATES_FILE):
-    table[(row["experiment"], row["model"], row["kind"], row["scale"])] = float(
-        row["seconds_per_epoch"])
-  return runs_lib.Rates(table)
+    key = (row["experiment"], row["model"], row["kind"], row["scale"])
+    table[key] = float(row["seconds_per_epoch"])
+    if row.get("seconds_per_sample_epoch"):
+      per_sample[key] = float(row["seconds_per_sample_epoch"])
+  return runs_lib.Rates(table, per_sample)
 
 
 # ----------------------------------------------------------------------------

@@ -22,11 +22,14 @@ class Task:
     unit: its value of the run's task-selecting field (j, n, ...): tasks of one unit
       run in one part.
     epochs: its training epochs.
+    samples: training samples per epoch where the task sets them (Fig. 5's n), else None;
+      a run with no measured rate of its own is estimated from another's per sample.
   """
   name: str
   rows: Tuple[Tuple[str, str], ...]
   unit: Any
   epochs: int
+  samples: Optional[int] = None
 
   @property
   def keys(self) -> Tuple[str, ...]:
@@ -78,7 +81,7 @@ def _eigen_select(c: Any, tasks: Sequence[Task]) -> Overrides:
 def _sample_size_tasks(c: Any, model: str) -> List[Task]:
   epochs = _recipe_epochs(c)
   return [Task(f"{model}_n{n:06d}_s{s}_{kind}", ((f"{model}_n{n:06d}_s{s}_{kind}", kind),),
-               n, epochs)
+               n, epochs, samples=int(n))
           for n in sorted(c.train_sizes) for s in sorted(c.seeds) for kind in c.kinds]
 
 
