@@ -329,7 +329,7 @@ def eigen(matrix_or_store: Any, k: Optional[int] = None, *, method: str = "auto"
     eigvals, eigvecs = _lanczos(op, k, seed)
   elif method == "randomized":
     eigvals, eigvecs = _randomized(op, k, seed, oversample, max_iter, tol)
-  elif k + 2 * (block_size or max(32, k // 16)) > op.n:  # No room for a Krylov basis: dense.
+  elif k + 2 * (block_size or topk_eigen.default_block_size(op.n, k)) > op.n:  # No basis room.
     eigvals, eigvecs = _dense(op, k)
   else:
     eigvals, eigvecs, _ = topk_eigen.block_lanczos(op.matmat, op.n, k, block_size=block_size,

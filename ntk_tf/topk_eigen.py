@@ -321,6 +321,17 @@ def _log_ritz(passes: int, restarts: int, converged: np.ndarray, max_residual: f
                int(converged.sum()), converged.shape[0], max_residual, elapsed, rate, eta)
 
 
+def default_block_size(n: int, k: int) -> int:
+  """b = min(N, max(32, 32 round(k / 256))): about k / 8 in multiples of 32, 128 for k = 1,000.
+
+  Fewer, wider products: per pass the GEMM rate rises with b (OpenBLAS float64,
+  b = 62 / 128: 82 / 114 GFLOP/s) and the Gram is read once per pass. The top
+  1,000 of LeNet's 60,000-sample Gram took 573 s at b = 128 against 670 s at
+  b = 62 (benchmarks/speed_notes.md), with the same eigenpairs to 5e-16 lambda_1.
+  """
+  return min(int(n), max(32, 32 * round(int(k) / 256)))
+
+
 def block_lanczos(matmat: Callable[[np.ndarray], np.ndarray], n: int, k: int, *,
                   block_size: Optional[int] = None, basis_size: Optional[int] = None,
                   seed: int = 0, tol: float = 1e-10, vector_tol: float = 1e-4,
@@ -335,7 +346,7 @@ def block_lanczos(matmat: Callable[[np.ndarray], np.ndarray], n: int, k: int, *,
     matmat: `[N, b] float64 -> [N, b] float64`, the product with K.
     n: N.
     k: number of eigenpairs, 1 <= k < N.
-    block_size: b, columns per product (default min(N, max(32, k // 16))).
+    block_size: b, columns per product (default `default_block_size`).
     basis_size: m, Krylov basis size before a restart (default k + max(1.5 k, 4 b),
       at most N - b); memory N * m * 8 bytes.
     seed: seed of the random start block.
@@ -351,7 +362,7 @@ def block_lanczos(matmat: Callable[[np.ndarray], np.ndarray], n: int, k: int, *,
   Returns: (eigvals `[k]` descending, eigvecs `[N, k]` orthonormal, `TopKInfo`).
   """
   start_time = time.monotonic()
-  b = int(block_size) if block_size is not None else min(n, max(32, k // 16))
+  b = int(block_size) if block_size is not None else default_block_size(n, k)
   m = int(basis_size) if basis_size is not None else k + max(3 * k // 2, 4 * b)
   # At most N - b: the residual block of the last product must fit beside the basis, and
   # so must the random directions that replace its dependent columns.

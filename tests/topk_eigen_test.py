@@ -84,6 +84,20 @@ class BlockLanczosTest(parameterized.TestCase):
     np.testing.assert_allclose(np.abs(np.sum(vecs * ref_vecs[:, :k], 0)), 1.0, atol=1e-9)
     self.assertLess(info.passes, 50)
 
+  def test_default_block_for_many_eigenpairs(self):
+    # k = 400 of N = 1,500: the default block is 64 columns per product (k // 16 was 25,
+    # raised to 32); every pair against the known spectrum, with fewer products.
+    n, k = 1500, 400
+    eigvals = 1.0 / np.arange(1, n + 1)**1.2
+    matrix, _, ref_vecs = _known(n, eigvals, seed=8)
+    widths = []
+    vals, vecs, info = topk_eigen.block_lanczos(
+        lambda v: widths.append(v.shape[1]) or matrix @ v, n, k)
+    self.assertEqual(set(widths), {64})
+    np.testing.assert_allclose(vals, eigvals[:k], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(np.abs(np.sum(vecs * ref_vecs[:, :k], 0)), 1.0, atol=1e-6)
+    self.assertEqual(info.passes, len(widths))
+
   def test_progress_line(self):
     matrix, _, _ = _known(200, 0.9**np.arange(200), seed=4)
     with self.assertLogs("absl", level="INFO") as logs:
