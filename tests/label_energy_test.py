@@ -109,6 +109,11 @@ class TablePageTest(absltest.TestCase):
     self.assertEqual([r["variant"] for r in rows if r["kind"] == "energy_variant"], ["pm1"])
     self.assertLen([r for r in rows if r["kind"] == "summary"], 1)
 
+  def test_eigvecs_60k_must_name_models(self):
+    with self.assertRaisesRegex(ValueError, r"eigvecs_60k='gram.npz'"):
+      program.energy_variants(models="mlp", out=self.create_tempdir().full_path,
+                              eigvecs_60k="gram.npz")
+
   def test_refused_without_table1_rows(self):
     out = self.create_tempdir().full_path
     with self.assertRaisesRegex(ValueError, r"table1_mlp.csv has no summary row"):

@@ -129,9 +129,12 @@ def energy_variants(*, models: str = "mlp,lenet", out: str = DEFAULT_OUT,
     raise ValueError(f"models must be a comma list of mlp, lenet, resnet18. Received: "
                      f"models={models!r}")
   chosen = tuple(label_energy.VARIANTS if not variants else variants.split(","))
-  paths = dict(item.split("=", 1) for item in (eigvecs_60k or "").split(",") if item)
+  items = [item for item in (eigvecs_60k or "").split(",") if item]
+  if any("=" not in item for item in items):
+    raise ValueError(f"eigvecs_60k must be a comma list of model=path. Received: "
+                     f"eigvecs_60k={eigvecs_60k!r}")
+  paths = dict(item.split("=", 1) for item in items)
   for model in names:
-    tables.csv_path(out_path, "table1", model)  # fails early on a bad model name
     extra = {}
     if model in paths and "theta0_60k" in chosen:
       full = data_lib.load("cifar2", data_dir=data_dir)

@@ -129,7 +129,6 @@ def committed_rows(out: pathlib.Path) -> Dict[Tuple[str, str], Row]:
   return rows
 
 
-
 def add_extra_rows(out: pathlib.Path, figure: str, model: str, kind: str,
                    rows: Sequence[Mapping[str, Any]]) -> pathlib.Path:
   """Writes `rows` (of `kind`, one of EXTRA_KINDS) into <out>/<figure>_<model>.csv.
@@ -153,6 +152,7 @@ def add_extra_rows(out: pathlib.Path, figure: str, model: str, kind: str,
   added = [{**shared, **{c: cell(v) for c, v in r.items()}, "kind": kind} for r in rows]
   write_csv(path, [r for r in existing if r.get("kind") != kind] + added)
   return path
+
 
 # ----------------------------------------------------------------------------
 # The machine and the rows of a workdir.
