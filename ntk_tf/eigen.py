@@ -141,8 +141,8 @@ def _upper_tiles_product(matrix: np.ndarray, v: np.ndarray) -> np.ndarray:
 
   A product reads N (N + R) / 2 entries instead of N^2. Each tile of a float32
   (or memory-mapped) K is upcast into one reused float64 buffer of R^2 entries
-  (32 MiB at R = 2,048), small enough that the GEMMs after it read it from
-  cache, not memory; accumulation is float64. The GEMMs run as V^T-on-the-left
+  (32 MiB at R = 2,048, where strips of R full rows needed R N); accumulation
+  is float64. The GEMMs run as V^T-on-the-left
   products [m, R] x [R, R]: OpenBLAS runs those 1.3-1.4x faster than
   [R, R] x [R, m] for m <= 256 (benchmarks/speed_notes.md).
   """

@@ -290,8 +290,8 @@ def _energy_variants(variants: Sequence[md.Row], paper: str) -> List[str]:
     return []
   energies = {r["variant"]: tables.number(r, "energy_init") for r in variants}
   target = tables.number(variants[0], "paper_energy_init")
-  closest = (min(energies, key=lambda v: abs(energies[v] - target))
-             if target is not None and not math.isnan(target) else None)
+  closest = (None if math.isnan(target)  # tables.number: NaN where the cell is empty
+             else min(energies, key=lambda v: abs(energies[v] - target)))
   lines = ["", f"Energy at init under each convention the paper leaves open (K = "
            f"{variants[0]['top_k']}; `bazel run //binaries:label_energy`); the paper: {paper}.",
            ""]
