@@ -145,6 +145,29 @@ class PlanTest(absltest.TestCase):
     self.assertIn("(scaled per sample from the eigenfunctions network rate)",
                   plan_lib.describe(plan))
 
+  def test_sample_size_tasks_use_their_own_per_sample_rate_first(self):
+    # Once Fig. 5 has rows of its own, their seconds per sample-epoch (2,000 s over
+    # 200 epochs x 10,000 samples + 2,000 s over 200 x 40,000 = 4000 / 1e7) set the
+    # estimate; their per-epoch rate (20 s, an average over n) and the eigenfunction
+    # run's per-sample rate (0.0002) do not.
+    eigen = [{"task": "mlp_phi0001_network", "model": "mlp", "kind": "network",
+              "experiment": "eigenfunctions", "scale": "paper", "settings_id": "x",
+              "num_train": "50000", "epochs": "100", "seconds": "1000"}]
+    own = [{"task": f"mlp_n{n}_network", "model": "mlp", "kind": "network",
+            "experiment": "cifar2_sample_size", "scale": "paper", "settings_id": "y",
+            "num_train": str(n), "epochs": "200", "seconds": "2000"} for n in (10000, 40000)]
+    tables.write_csv(tables.csv_path(self.out, "fig2", "mlp"), eigen)
+    tables.write_csv(tables.csv_path(self.out, "fig5", "mlp"), own)
+    tables.write_rates(self.out)
+    plan = _plan(["fig5"], "paper", ["mlp"], self.workdir, self.out, jobs=1)
+    (run,) = plan.runs
+    network = [t for t in run.tasks if t.rows[0][1] == "network"]
+    self.assertGreater(len({t.samples for t in network}), 1)
+    for task in network:
+      seconds, note = plan.rates.task_seconds(run, task)
+      self.assertAlmostEqual(seconds, 4000 / 1e7 * task.samples * 200)
+      self.assertIsNone(note)
+
   def test_smoke_runs_are_one_part(self):
     (run,) = _plan(["fig2"], "smoke", ["mlp"], self.workdir, self.out, jobs=2).runs
     self.assertLen(run.parts, 1)

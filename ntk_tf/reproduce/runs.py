@@ -208,15 +208,19 @@ class Rates:
   """Measured seconds per epoch by (experiment, model, row kind, scale) (`tables.rates`).
 
   `seconds_per_sample_epoch` (same keys) estimates a task that sets its samples
-  (`tasks.Task.samples`) where its own experiment has no rate: the same model, kind
-  and scale measured in another experiment, times samples x epochs.
+  (`tasks.Task.samples`): its own experiment's rate if measured, else the same model,
+  kind and scale measured in another experiment, times samples x epochs. A per-epoch
+  rate would average over the run's sample sizes, so it is never used for such a task.
   """
   seconds_per_epoch: Mapping[Tuple[str, str, str, str], float]
   seconds_per_sample_epoch: Mapping[Tuple[str, str, str, str], float] = (
       dataclasses.field(default_factory=dict))
 
-  def _scaled(self, run: Run, kind: str) -> Optional[Tuple[str, float]]:
-    """(experiment, seconds per sample-epoch) of `kind` rows of this model elsewhere."""
+  def _per_sample(self, run: Run, kind: str) -> Optional[Tuple[str, float]]:
+    """(experiment, seconds per sample-epoch) of `kind` rows: this run's, else another's."""
+    own = self.seconds_per_sample_epoch.get((run.experiment, run.model, kind, run.scale))
+    if own is not None:
+      return run.experiment, own
     for (experiment, model, row_kind, scale), rate in sorted(
         self.seconds_per_sample_epoch.items()):
       if (model, row_kind, scale) == (run.model, kind, run.scale):
@@ -227,12 +231,14 @@ class Rates:
     """(estimated seconds of `task`, None if every row's rate was measured, else a note)."""
     total, notes = 0.0, []
     for _, kind in task.rows:
-      rate = self.seconds_per_epoch.get((run.experiment, run.model, kind, run.scale))
-      scaled = None if rate is not None or not task.samples else self._scaled(run, kind)
-      if scaled is not None:
-        rate = scaled[1] * task.samples
-        notes.append(f"scaled per sample from the {scaled[0]} {kind} rate")
-      elif rate is None:
+      if task.samples:
+        measured = self._per_sample(run, kind)
+        rate = None if measured is None else measured[1] * task.samples
+        if measured is not None and measured[0] != run.experiment:
+          notes.append(f"scaled per sample from the {measured[0]} {kind} rate")
+      else:
+        rate = self.seconds_per_epoch.get((run.experiment, run.model, kind, run.scale))
+      if rate is None:
         rate = GUESS_SECONDS_PER_EPOCH[run.scale] / len(task.rows)
         notes.append("a guess: no measured rate")
       total += rate * task.epochs
