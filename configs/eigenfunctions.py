@@ -61,6 +61,9 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
   c.baseline_epochs = config_dict.placeholder(int)
   c.baseline_epochs = 200  # = ntk_tf.recipe.PAPER_CIFAR2.epochs (eigenfunctions_test checks)
   c.progress = False  # per-epoch progress bars (the log has one line per epoch anyway)
+  # True: compute Theta_0 and its eigenvectors into gram.cache_dir, then stop (no training).
+  # `reproduce` runs this on every free core before the parts that share them.
+  c.spectrum_only = False
 
   if variant == "smoke":
     common.smoke_model(c)

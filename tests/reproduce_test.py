@@ -12,6 +12,7 @@ docs/paper: rendered from its CSVs, it is what is committed.
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -305,6 +306,53 @@ class PlanTest(absltest.TestCase):
             {"kind": next(iter(tables.EXTRA_KINDS)), "seconds": "7", "wall_seconds": "7"}]
     self.assertEqual(pages.figure_seconds(rows), (605.0, 120.0, 620.0, 2, 4))
     self.assertIn("the 2 of 4 rows that record it", pages._time_text(rows))
+
+class ThetaZeroStepTest(absltest.TestCase):
+  """Two parts sharing a Theta_0: it is computed first, alone, on both slots."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    root = pathlib.Path(absltest.get_default_test_tmpdir()) / "theta0_step"
+    shutil.rmtree(root, ignore_errors=True)
+    data = test_util.write_synthetic_data(root / "data")
+    cls.plan = _plan(["fig2"], "smoke", ["mlp"], root / "runs", root / "pages", jobs=2,
+                     data_dir=str(data), min_part_seconds=0)
+    (cls.shared,) = cls.plan.runs
+    cls.lines = []
+    cls.code = runner.run_plan(cls.plan, log=cls.lines.append)
+
+  def test_the_step_runs_first_on_both_slots_then_the_parts(self):
+    self.assertEqual(self.code, 0, "\n".join(self.lines))
+    self.assertLen(self.shared.parts, 2)
+    step = f"{self.shared.name}/theta0"
+    started = [l for l in self.lines if l.startswith("reproduce: started")]
+    self.assertEqual(started[0], f"reproduce: started {step} (Theta_0 and its eigenvectors "
+                     "for 2 parts, on 2 core(s))")
+    finished = self.lines.index(f"reproduce: {step} finished")
+    self.assertTrue(all(self.lines.index(l) > finished for l in started[1:]), self.lines)
+    self.assertLen(started, 3)
+
+  def test_the_step_computes_the_spectrum_and_the_parts_read_it(self):
+    step_log = (self.shared.dir / "theta0" / "log.txt").read_text()
+    self.assertIn("Theta_0 and its top 16 eigenpairs of mlp are in", step_log)
+    self.assertFalse((self.shared.dir / "theta0" / "results").exists()
+                     and any((self.shared.dir / "theta0" / "results").iterdir()))
+    for part in self.shared.parts:
+      text = (part.dir / "log.txt").read_text()
+      cached = re.search(r"(\d+)/(\d+) blocks cached", text)
+      self.assertIsNotNone(cached, text[-2000:])
+      self.assertEqual(cached.group(1), cached.group(2))  # nothing left to compute
+      self.assertIn("mlp: reusing the eigenpairs in", text)
+      self.assertEqual({p.stem for p in (part.dir / "results").glob("*.json")},
+                       {k for t in part.tasks for k in t.keys})
+
+  def test_each_part_starts_when_the_step_starts(self):
+    starts = [json.loads((p.dir / tables.RUNNER_FILE).read_text())["starts"]
+              for p in self.shared.parts]
+    self.assertEqual([len(s) for s in starts], [1, 1])
+    self.assertEqual(starts[0], starts[1])
+
 
 class EndToEndTest(absltest.TestCase):
   """--figure=all at the smoke scale, killed, resumed, rerun, rendered, committed, adopted."""

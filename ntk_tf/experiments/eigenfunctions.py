@@ -16,6 +16,9 @@ For each model (MLP, LeNet, ResNet18) at its seeded initialization theta0:
      `baseline_epochs` epochs (App. A: "in the experiments involving CIFAR2, we
      train all models for 200 epochs"; None = the tasks' epochs).
 
+With `spectrum_only`, only steps 1 and 2 run (for every model, whatever the indices):
+the cache then holds what the training runs of the same settings read.
+
 Workdir layout (every step resumable; a rerun skips what is done):
   config.json, settings.json       the config and its validated settings
   train/<task>/                    metrics.csv (per epoch), result.json, TensorBoard logs
@@ -31,7 +34,7 @@ Task keys: `<model>_phi<j:04d>_<kind>` and `<model>_<baseline>_<kind>`
 import dataclasses
 import math
 import pathlib
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from absl import logging
 
@@ -96,6 +99,7 @@ class Settings:
   # None: the recipe's epochs.
   baseline_epochs: Optional[int] = fields.setting(fields.optional(validation.check_positive_int))
   train_seed: int = fields.setting(validation.check_non_negative_int)
+  spectrum_only: bool = fields.setting(fields.flag)
 
   @property
   def baseline_recipe(self) -> recipe_lib.Recipe:
@@ -110,11 +114,25 @@ def settings_from_config(config: Mapping[str, Any]) -> Settings:
   return fields.read(Settings, config)
 
 
-describe_outputs = pipeline.describe_rows  # What the binary prints.
+def describe_outputs(workdir: pathlib.Path, results: Mapping[str, Any]) -> List[str]:
+  """What the binary prints: the rows' files, or (`spectrum_only`) where the spectra are."""
+  if "spectra" in results:
+    return [f"Theta_0 and its top {k} eigenpairs of {name} are in {cache}"
+            for name, k, cache in results["spectra"]]
+  return pipeline.describe_rows(workdir, results)
 
 
 def task_key(model: str, target: str, kind: str) -> str:
   return f"{model}_{target}_{kind}"
+
+
+def _spectrum_only(spec: pipeline.ModelSpec, dataset: data_lib.Dataset,
+                   settings: Settings) -> Tuple[str, int, str]:
+  """Steps 1-2 for one model: (its name, k, the cache folder that now holds them)."""
+  spectrum_lib.spectrum(spec.build(dataset.input_shape), spec, dataset,
+                        settings.num_eigenvectors, settings.gram,
+                        method=settings.eigen_method, seed=spec.seed, progress=True)
+  return spec.name, settings.num_eigenvectors, str(settings.gram.cache_dir)
 
 
 def run(settings: Settings, workdir: pathlib.Path) -> Dict[str, Any]:
@@ -122,7 +140,8 @@ def run(settings: Settings, workdir: pathlib.Path) -> Dict[str, Any]:
 
   Returns:
     {"rows": list of task rows (keys `TABLE_FIELDS`), "csv": path, "json": path,
-     "figures": [fig2 path, fig3 path]}.
+     "figures": [fig2 path, fig3 path]}; with `spectrum_only`,
+    {"spectra": [(model name, k, cache folder), ...]}.
   """
   work, store = pipeline.prepare(workdir, settings)
   recipe = settings.common.recipe
@@ -131,6 +150,8 @@ def run(settings: Settings, workdir: pathlib.Path) -> Dict[str, Any]:
   is_train = dataset.is_train  # [N]
   baseline = BASELINE_OF[settings.data.dataset]
   baseline_y = data_lib.binarize(dataset.all_y())  # [N] in {-1, +1}, classes 0-4 -> +1
+  if settings.spectrum_only:
+    return {"spectra": [_spectrum_only(spec, dataset, settings) for spec in settings.models]}
   keys = []
   for spec in settings.models:
     targets = []

@@ -134,13 +134,16 @@ def energy_variants(*, models: str = "mlp,lenet", out: str = DEFAULT_OUT,
     raise ValueError(f"eigvecs_60k must be a comma list of model=path. Received: "
                      f"eigvecs_60k={eigvecs_60k!r}")
   paths = dict(item.split("=", 1) for item in items)
+  labels_60k = None  # The 60,000 CIFAR2 labels, loaded once for every model that needs them.
   for model in names:
     extra = {}
     if model in paths and "theta0_60k" in chosen:
-      full = data_lib.load("cifar2", data_dir=data_dir)
+      if labels_60k is None:
+        full = data_lib.load("cifar2", data_dir=data_dir)
+        labels_60k = np.concatenate([full.y_train, full.y_test])
+        del full
       with np.load(resolve(paths[model])) as saved:
-        extra = dict(eigvecs_60k=saved["eigvecs"][:, :top_k],
-                     labels_60k=np.concatenate([full.y_train, full.y_test]))
+        extra = dict(eigvecs_60k=saved["eigvecs"][:, :top_k], labels_60k=labels_60k)
     rows = label_energy.energy_variants(model, data_dir, train_size=train_size, k=top_k,
                                         variants=chosen, **extra)
     path = tables.add_extra_rows(out_path, "table1", model, "energy_variant",

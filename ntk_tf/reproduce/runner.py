@@ -7,7 +7,10 @@ that many). The experiments resume themselves, so a part killed and started agai
 continues where it stopped.
 
 Order: longest part first. A part whose Theta_0 another part of the same `gram_key` is
-computing waits until that part trains (its `ready_glob` exists) or ends.
+computing waits until that part trains (its `ready_glob` exists) or ends. Where several
+parts of a run would wait so and its binary can compute Theta_0 alone (the experiment's
+`prepare` overrides), that runs first, in <run>/theta0, on every free core that no other
+run's part can take; its time counts in each waiting part's first row (`wall_seconds`).
 
 Progress: every `progress_s` seconds one line, tasks done of all and the time left by
 the measured rates. SIGINT / SIGTERM stop every part (SIGTERM, then SIGKILL after
@@ -32,6 +35,7 @@ from ntk_tf.reproduce import runs as runs_lib
 from ntk_tf.reproduce import tables
 
 STOP_WAIT_S = 10.0
+PREPARE_DIR = "theta0"  # <run>/theta0: the workdir of a run's shared Theta_0 step
 _PR_SET_PDEATHSIG = 1
 
 
@@ -40,9 +44,9 @@ def repository_root() -> pathlib.Path:
   return pathlib.Path(__file__).absolute().parent.parent.parent
 
 
-def _child_setup(core: Optional[int]) -> Callable[[], None]:
+def _child_setup(cores: Optional[Set[int]]) -> Callable[[], None]:
   """In the child before exec: its own process group, die with the parent (Linux), pin to
-  `core` where given."""
+  `cores` where given."""
 
   def setup():
     os.setpgrp()
@@ -50,8 +54,8 @@ def _child_setup(core: Optional[int]) -> Callable[[], None]:
       ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
       pass
-    if core is not None and hasattr(os, "sched_setaffinity"):
-      os.sched_setaffinity(0, {core})
+    if cores is not None and hasattr(os, "sched_setaffinity"):
+      os.sched_setaffinity(0, cores)
 
   return setup
 
@@ -67,32 +71,59 @@ class _Job:
   run: runs_lib.Run
   part: runs_lib.Part
   process: Optional[subprocess.Popen] = None
-  slot: Optional[int] = None
+  slots: Tuple[int, ...] = ()
   log: Optional[object] = None
+  prepare: bool = False  # the run's Theta_0 step (`_prepare_job`), not a part
+
+  @property
+  def name(self) -> str:
+    return f"{self.run.name}/" + (PREPARE_DIR if self.prepare else f"part{self.part.index}")
 
 
-def _record_start(part_dir: pathlib.Path) -> None:
+def _prepare_job(job: _Job, queue: Sequence[_Job]) -> Optional[_Job]:
+  """The Theta_0 step of `job`'s run: its first part's selection plus the experiment's
+  `prepare` overrides, in <run>/theta0. None where the binary has no such mode or fewer
+  than two of the run's parts are queued (one part computes Theta_0 itself)."""
+  waiting = [j for j in queue if j.run is job.run]
+  if not job.run.spec.prepare or len(waiting) < 2:
+    return None
+  part = runs_lib.Part(index=job.part.index, dir=job.run.dir / PREPARE_DIR, tasks=(),
+                       overrides=job.part.overrides + job.run.spec.prepare, estimate_s=0.0)
+  return _Job(job.run, part, prepare=True)
+
+
+def _startable_elsewhere(queue: Sequence[_Job], key: str, ready: Set[str],
+                         busy_keys: Set[str]) -> int:
+  """Queued parts of other Theta_0s (or none) that could start now."""
+  return sum(1 for j in queue if j.run.gram_key != key and (
+      not j.run.gram_key or j.run.gram_key in ready or j.run.gram_key not in busy_keys))
+
+
+def _record_start(part_dir: pathlib.Path, when: Optional[float] = None) -> None:
   path = part_dir / tables.RUNNER_FILE
   record = tables._json(path)  # pylint: disable=protected-access
-  record.setdefault("starts", []).append(time.time())
+  record.setdefault("starts", []).append(time.time() if when is None else when)
   tmp = path.with_name(f".{path.name}.tmp")
   tmp.write_text(json.dumps(record, indent=1) + "\n")
   os.replace(tmp, path)
 
 
-def _start(job: _Job, slot: int, pin: bool, download: bool, start_over: bool) -> None:
+def _start(job: _Job, slots: Sequence[int], pin: bool, download: bool, start_over: bool,
+           record: bool = True) -> None:
+  """Starts `job` on `slots` (slot k -> core k); `record`: note its start in reproduce.json."""
   job.part.dir.mkdir(parents=True, exist_ok=True)
-  _record_start(job.part.dir)
+  if record:
+    _record_start(job.part.dir)
   args = [sys.executable, "-m"] + plan_lib.command(job.run, job.part, download, start_over)
   job.log = open(job.part.dir / "log.txt", "a")
   job.log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(args[1:])}\n")
   job.log.flush()
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   cores = _cores()
-  job.slot = slot
+  job.slots = tuple(slots)
   job.process = subprocess.Popen(
       args, cwd=repository_root(), stdout=job.log, stderr=subprocess.STDOUT, env=env,
-      preexec_fn=_child_setup(cores[slot] if pin else None))
+      preexec_fn=_child_setup({cores[s] for s in slots} if pin else None))
 
 
 def failure_line(code: int, log_path: pathlib.Path) -> str:
@@ -148,10 +179,83 @@ def progress_line(plan: runs_lib.Plan, running: Sequence[_Job]) -> str:
         done += 1
       else:
         left += plan.rates.task_seconds(run, task)[0]
-  names = ", ".join(f"{j.run.name}/part{j.part.index}" for j in running) or "none"
+  names = ", ".join(j.name for j in running) or "none"
   slots = max(1, min(plan.jobs, len(running) or 1))
   return (f"reproduce: {done} of {total} tasks done; about "
           f"{plan_lib.format_seconds(left / slots)} left; running: {names}")
+
+
+@dataclasses.dataclass
+class _Schedule:
+  """The runner's state: parts queued, running and finished, and which Theta_0s are ready."""
+  queue: List[_Job]
+  jobs: int
+  pin: bool
+  download: bool
+  start_over: bool
+  log: Callable[[str], None]
+  running: List[_Job] = dataclasses.field(default_factory=list)
+  finished: List[Tuple[_Job, int]] = dataclasses.field(default_factory=list)
+  ready: Set[str] = dataclasses.field(default_factory=set)
+  prepared: Set[str] = dataclasses.field(default_factory=set)  # keys with a Theta_0 step
+  started_early: Set[pathlib.Path] = dataclasses.field(default_factory=set)  # its parts
+
+  def reap(self) -> None:
+    """Notes the Theta_0s that became ready and the jobs that ended."""
+    for job in self.running:
+      if job.run.gram_key and _ready(job):
+        self.ready.add(job.run.gram_key)
+    for job in list(self.running):
+      code = job.process.poll()
+      if code is None:
+        continue
+      self.running.remove(job)
+      job.log.close()
+      self.finished.append((job, code))
+      if code == 0 and job.run.gram_key:
+        self.ready.add(job.run.gram_key)
+      self.log(f"reproduce: {job.name} " + (
+          "finished" if code == 0 else failure_line(code, job.part.dir / "log.txt")))
+
+  def launch(self) -> None:
+    """Starts queued parts (or a run's Theta_0 step) on the free slots, longest first."""
+    busy_keys = {j.run.gram_key for j in self.running if j.run.gram_key}
+    taken = {s for j in self.running for s in j.slots}
+    free = [s for s in range(self.jobs) if s not in taken]
+    for job in list(self.queue):
+      if not free:
+        break
+      key = job.run.gram_key
+      if key and key not in self.ready and key in busy_keys:
+        continue  # Its Theta_0 is being computed by another part.
+      if key:
+        busy_keys.add(key)
+      prepare = None
+      if key and key not in self.ready and key not in self.prepared:
+        prepare = _prepare_job(job, self.queue)
+      if prepare is None:
+        self.queue.remove(job)
+        self._start(job, (free.pop(0),), record=job.part.dir not in self.started_early)
+        self.log(f"reproduce: started {job.name} ({len(job.part.tasks)} tasks, about "
+                 f"{plan_lib.format_seconds(job.part.estimate_s)})")
+        continue
+      self.prepared.add(key)
+      others = _startable_elsewhere(self.queue, key, self.ready, busy_keys)
+      take = len(free) - min(len(free) - 1, others)
+      self._start(prepare, free[:take], record=False)
+      free = free[take:]
+      waiting = [j.part.dir for j in self.queue if j.run is job.run]
+      now = time.time()
+      for part_dir in waiting:  # Their time starts now (`tables._wall_seconds`).
+        part_dir.mkdir(parents=True, exist_ok=True)
+        _record_start(part_dir, now)
+      self.started_early.update(waiting)
+      self.log(f"reproduce: started {prepare.name} (Theta_0 and its eigenvectors for "
+               f"{len(waiting)} parts, on {take} core(s))")
+
+  def _start(self, job: _Job, slots: Sequence[int], record: bool) -> None:
+    _start(job, slots, self.pin, self.download, self.start_over, record=record)
+    self.running.append(job)
 
 
 def run_plan(plan: runs_lib.Plan, *, download: bool = False, start_over: bool = False,
@@ -163,11 +267,8 @@ def run_plan(plan: runs_lib.Plan, *, download: bool = False, start_over: bool = 
   """
   queue = sorted((_Job(r, p) for r in plan.runs for p in r.parts),
                  key=lambda j: (-j.part.estimate_s, j.run.name, j.part.index))
-  running: List[_Job] = []
-  finished: List[Tuple[_Job, int]] = []
-  ready: Set[str] = set()
+  schedule = _Schedule(queue, plan.jobs, plan.jobs <= len(_cores()), download, start_over, log)
   stopped: Dict[str, int] = {}
-  pin = plan.jobs <= len(_cores())
 
   def on_signal(signum, frame):
     del frame
@@ -176,44 +277,17 @@ def run_plan(plan: runs_lib.Plan, *, download: bool = False, start_over: bool = 
   previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
   last_progress = time.time()
   try:
-    while (queue or running) and not stopped:
-      for job in running:
-        if job.run.gram_key and _ready(job):
-          ready.add(job.run.gram_key)
-      for job in list(running):
-        code = job.process.poll()
-        if code is None:
-          continue
-        running.remove(job)
-        job.log.close()
-        finished.append((job, code))
-        if code == 0 and job.run.gram_key:
-          ready.add(job.run.gram_key)
-        log(f"reproduce: {job.run.name}/part{job.part.index} " + (
-            "finished" if code == 0 else failure_line(code, job.part.dir / "log.txt")))
-      busy_keys = {j.run.gram_key for j in running if j.run.gram_key}
-      free = [s for s in range(plan.jobs) if s not in {j.slot for j in running}]
-      for job in list(queue):
-        if not free:
-          break
-        key = job.run.gram_key
-        if key and key not in ready and key in busy_keys:
-          continue  # Its Theta_0 is being computed by another part.
-        queue.remove(job)
-        _start(job, free.pop(0), pin, download, start_over)
-        running.append(job)
-        if key:
-          busy_keys.add(key)
-        log(f"reproduce: started {job.run.name}/part{job.part.index} "
-            f"({len(job.part.tasks)} tasks, about {plan_lib.format_seconds(job.part.estimate_s)})")
+    while (schedule.queue or schedule.running) and not stopped:
+      schedule.reap()
+      schedule.launch()
       if time.time() - last_progress >= progress_s:
-        log(progress_line(plan, running))
+        log(progress_line(plan, schedule.running))
         last_progress = time.time()
       time.sleep(0.2)
   finally:
-    if stopped or running:
-      _stop(running)
-    for job in running:
+    if stopped or schedule.running:
+      _stop(schedule.running)
+    for job in schedule.running:
       if job.log:
         job.log.close()
     for signum, handler in previous.items():
@@ -224,4 +298,4 @@ def run_plan(plan: runs_lib.Plan, *, download: bool = False, start_over: bool = 
                      f"tasks are kept; to resume, run {resume_command}\n")
     sys.stderr.flush()
     return signals.exit_code(signum)
-  return 1 if any(code != 0 for _, code in finished) else 0
+  return 1 if any(code != 0 for _, code in schedule.finished) else 0

@@ -171,6 +171,9 @@ class Experiment:
     ready_glob: a path under a part that exists once Theta_0 and its eigenvectors are in
       the cache (its first training has begun); None: no shared Theta_0.
     required: (config, row key, row kind) -> columns a committed row must have to count.
+    prepare: overrides that make the binary compute only the shared Theta_0 and its
+      eigenvectors and stop, which the runner runs on every free core before the parts
+      that share them; () where the binary has no such mode.
   """
   model_field: str
   task_fields: Tuple[str, ...]
@@ -181,12 +184,14 @@ class Experiment:
   has_data: bool
   ready_glob: Optional[str]
   required: Callable[[Any, str, str], Tuple[str, ...]] = _nothing_required
+  prepare: Overrides = ()
 
 
 EXPERIMENTS = {
     "eigenfunctions": Experiment(
-        "models", ("models", "indices", "kinds", "baseline", "baseline_kinds"), _eigen_tasks,
-        _eigen_select, splits=True, has_gram=True, has_data=True, ready_glob="train/*"),
+        "models", ("models", "indices", "kinds", "baseline", "baseline_kinds", "spectrum_only"),
+        _eigen_tasks, _eigen_select, splits=True, has_gram=True, has_data=True,
+        ready_glob="train/*", prepare=(("spectrum_only", True),)),
     "cifar2_sample_size": Experiment(
         "models", ("models", "train_sizes", "seeds", "kinds"), _sample_size_tasks,
         _sample_size_select, splits=True, has_gram=False, has_data=True, ready_glob=None),
