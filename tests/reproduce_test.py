@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from unittest import mock
 
 from absl.testing import absltest
 
@@ -352,6 +353,35 @@ class ThetaZeroStepTest(absltest.TestCase):
               for p in self.shared.parts]
     self.assertEqual([len(s) for s in starts], [1, 1])
     self.assertEqual(starts[0], starts[1])
+
+
+class ScheduleTest(absltest.TestCase):
+  """Which parts the runner starts first (processes not started: `runner._start` recorded)."""
+
+  def _first_launch(self, names, jobs):
+    root = pathlib.Path(self.create_tempdir().full_path)
+    plan = _plan(names, "smoke", ["mlp"], root / "runs", root / "pages", jobs=jobs,
+                 min_part_seconds=0)
+    started = []
+
+    def fake_start(job, slots, *args, **kwargs):
+      del args, kwargs
+      job.slots = tuple(slots)
+      started.append(job)
+
+    with mock.patch.object(runner, "_start", fake_start):
+      queue = [runner._Job(r, p) for r in plan.runs for p in r.parts]
+      schedule = runner._Schedule(queue, jobs, True, False, False, lambda line: None)
+      schedule.launch()
+    return {(j.name.split("/")[0], j.prepare): j.slots for j in started}
+
+  def test_theta0_takes_only_the_cores_no_other_run_can_use(self):
+    # Fig. 2's parts share Theta_0; Fig. 4's NAD parts need none and take the second core.
+    started = self._first_launch(["fig2", "fig4"], jobs=2)
+    self.assertEqual(started, {("eigenfunctions", True): (0,), ("nads", False): (1,)})
+
+  def test_theta0_takes_every_core_when_nothing_else_can_start(self):
+    self.assertEqual(self._first_launch(["fig2"], jobs=3), {("eigenfunctions", True): (0, 1, 2)})
 
 
 class EndToEndTest(absltest.TestCase):
