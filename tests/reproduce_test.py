@@ -323,8 +323,15 @@ class ThetaZeroStepTest(absltest.TestCase):
     cls.lines = []
     cls.code = runner.run_plan(cls.plan, log=cls.lines.append)
 
+  def _logs(self):
+    """The runner's lines and the end of each log (the message of a failed check)."""
+    logs = [self.shared.dir / "theta0" / "log.txt"]
+    logs += [p.dir / "log.txt" for p in self.shared.parts]
+    return "\n".join(self.lines + [f"--- {p}:\n{p.read_text()[-3000:] if p.exists() else ''}"
+                                   for p in logs])
+
   def test_the_step_runs_first_on_both_slots_then_the_parts(self):
-    self.assertEqual(self.code, 0, "\n".join(self.lines))
+    self.assertEqual(self.code, 0, self._logs())
     self.assertLen(self.shared.parts, 2)
     step = f"{self.shared.name}/theta0"
     started = [l for l in self.lines if l.startswith("reproduce: started")]
@@ -342,9 +349,9 @@ class ThetaZeroStepTest(absltest.TestCase):
     for part in self.shared.parts:
       text = (part.dir / "log.txt").read_text()
       cached = re.search(r"(\d+)/(\d+) blocks cached", text)
-      self.assertIsNotNone(cached, text[-2000:])
+      self.assertIsNotNone(cached, self._logs())
       self.assertEqual(cached.group(1), cached.group(2))  # nothing left to compute
-      self.assertIn("mlp: reusing the eigenpairs in", text)
+      self.assertIn("mlp: reusing the eigenpairs in", text, self._logs())
       self.assertEqual({p.stem for p in (part.dir / "results").glob("*.json")},
                        {k for t in part.tasks for k in t.keys})
 
@@ -373,15 +380,23 @@ class ScheduleTest(absltest.TestCase):
       queue = [runner._Job(r, p) for r in plan.runs for p in r.parts]
       schedule = runner._Schedule(queue, jobs, True, False, False, lambda line: None)
       schedule.launch()
-    return {(j.name.split("/")[0], j.prepare): j.slots for j in started}
+    return [(j.name.split("/")[0], j.prepare, j.slots) for j in started]
 
   def test_theta0_takes_only_the_cores_no_other_run_can_use(self):
     # Fig. 2's parts share Theta_0; Fig. 4's NAD parts need none and take the second core.
     started = self._first_launch(["fig2", "fig4"], jobs=2)
-    self.assertEqual(started, {("eigenfunctions", True): (0,), ("nads", False): (1,)})
+    self.assertEqual(started, [("eigenfunctions", True, (0,)), ("nads", False, (1,))])
+
+  def test_the_last_part_takes_the_cores_left(self):
+    # Fig. 8's run is one part (its linearizations need the network's checkpoints).
+    self.assertEqual(self._first_launch(["fig8"], jobs=2),
+                     [("late_linearization", False, (0, 1))])
+    # Fig. 4's two parts: one core each.
+    self.assertEqual(self._first_launch(["fig4"], jobs=2),
+                     [("nads", False, (0,)), ("nads", False, (1,))])
 
   def test_theta0_takes_every_core_when_nothing_else_can_start(self):
-    self.assertEqual(self._first_launch(["fig2"], jobs=3), {("eigenfunctions", True): (0, 1, 2)})
+    self.assertEqual(self._first_launch(["fig2"], jobs=3), [("eigenfunctions", True, (0, 1, 2))])
 
 
 class EndToEndTest(absltest.TestCase):

@@ -6,8 +6,12 @@ appended to <part>/log.txt, pinned to one core (slot k -> core k, where the mach
 that many). The experiments resume themselves, so a part killed and started again
 continues where it stopped.
 
-Order: longest part first. A part whose Theta_0 another part of the same `gram_key` is
-computing waits until that part trains (its `ready_glob` exists) or ends. Where several
+Order: longest part first; the last part to start also takes every core left free
+(TensorFlow sizes its threads by the cores a process may use: two cores train LeNet
+about 1.4x faster than one, and a single-part run such as late_linearization would
+otherwise leave the second core idle throughout). A part whose Theta_0 another part of
+the same `gram_key` is computing waits until that part trains (its `ready_glob` exists)
+or ends. Where several
 parts of a run would wait so and its binary can compute Theta_0 alone (the experiment's
 `prepare` overrides), that runs first, in <run>/theta0, on every free core that no other
 run's part can take; its time counts in each waiting part's first row (`wall_seconds`).
@@ -235,9 +239,12 @@ class _Schedule:
         prepare = _prepare_job(job, self.queue)
       if prepare is None:
         self.queue.remove(job)
-        self._start(job, (free.pop(0),), record=job.part.dir not in self.started_early)
+        # The last queued part also takes the cores no part will ever need.
+        slots, free = (free, []) if not self.queue else ([free[0]], free[1:])
+        self._start(job, slots, record=job.part.dir not in self.started_early)
+        cores = f", on {len(slots)} cores" if len(slots) > 1 else ""
         self.log(f"reproduce: started {job.name} ({len(job.part.tasks)} tasks, about "
-                 f"{plan_lib.format_seconds(job.part.estimate_s)})")
+                 f"{plan_lib.format_seconds(job.part.estimate_s)}{cores})")
         continue
       self.prepared.add(key)
       others = _startable_elsewhere(self.queue, key, self.ready, busy_keys)
