@@ -208,6 +208,8 @@ def render_sample_size(spec: figures_lib.FigureSpec, model: str, rows: Sequence[
   body.append("\nMean ± standard deviation over seeds, at the saturation epoch.")
   if not sizes:
     return md.Section([image], body, "not yet measured")
+  if len(sizes) < 2:  # The claim compares small and large training sets.
+    return md.Section([image], body, f"not yet judged: only n = {sizes[0]:,} is measured")
   small, large = lead(sizes[0]), lead(sizes[-1])
   holds = large[0] > 0 and large[0] > small[0]
   verdict = (f"{md.verdict_word(holds, large[0], small[0])}: the network's lead is "
