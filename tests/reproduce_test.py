@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from unittest import mock
 
@@ -60,6 +61,13 @@ def _in_process(args, lines):
       scale=values.get("scale", "paper"), workdir=values.get("workdir"),
       jobs=int(values["jobs"]) if "jobs" in values else None, adopt=values.get("adopt"),
       out=values["out"], data_dir=values.get("data_dir"), log=lines.append)
+
+
+def _fresh_root(name):
+  """A new folder `name`<random> in the test's tmpdir (two runs of this module at once
+  do not share it) and synthetic data in it: (root, data)."""
+  root = pathlib.Path(tempfile.mkdtemp(prefix=f"{name}_", dir=absltest.get_default_test_tmpdir()))
+  return root, test_util.write_synthetic_data(root / "data")
 
 
 def _result_files(workdir):
@@ -308,15 +316,14 @@ class PlanTest(absltest.TestCase):
     self.assertEqual(pages.figure_seconds(rows), (605.0, 120.0, 620.0, 2, 4))
     self.assertIn("the 2 of 4 rows that record it", pages._time_text(rows))
 
+
 class ThetaZeroStepTest(absltest.TestCase):
   """Two parts sharing a Theta_0: it is computed first, alone, on both slots."""
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    root = pathlib.Path(absltest.get_default_test_tmpdir()) / "theta0_step"
-    shutil.rmtree(root, ignore_errors=True)
-    data = test_util.write_synthetic_data(root / "data")
+    root, data = _fresh_root("theta0_step")
     cls.plan = _plan(["fig2"], "smoke", ["mlp"], root / "runs", root / "pages", jobs=2,
                      data_dir=str(data), min_part_seconds=0)
     (cls.shared,) = cls.plan.runs
@@ -405,9 +412,7 @@ class EndToEndTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    root = pathlib.Path(absltest.get_default_test_tmpdir()) / "reproduce_e2e"
-    shutil.rmtree(root, ignore_errors=True)
-    cls.data = test_util.write_synthetic_data(root / "data")
+    root, cls.data = _fresh_root("reproduce_e2e")
     cls.workdir, cls.out = root / "runs", root / "pages"
     cls.args = ["--figure=all", "--scale=smoke", "--models=mlp", f"--workdir={cls.workdir}",
                 f"--out={cls.out}", f"--data_dir={cls.data}", "--jobs=2"]

@@ -126,13 +126,12 @@ def task_key(model: str, target: str, kind: str) -> str:
   return f"{model}_{target}_{kind}"
 
 
-def _spectrum_only(spec: pipeline.ModelSpec, dataset: data_lib.Dataset,
-                   settings: Settings) -> Tuple[str, int, str]:
-  """Steps 1-2 for one model: (its name, k, the cache folder that now holds them)."""
-  spectrum_lib.spectrum(spec.build(dataset.input_shape), spec, dataset,
-                        settings.num_eigenvectors, settings.gram,
-                        method=settings.eigen_method, seed=spec.seed, progress=True)
-  return spec.name, settings.num_eigenvectors, str(settings.gram.cache_dir)
+def _spectrum(spec: pipeline.ModelSpec, dataset: data_lib.Dataset,
+              settings: Settings) -> spectrum_lib.Spectrum:
+  """Steps 1-2 for one model: the top-k eigenpairs of its Theta_0 (cached)."""
+  return spectrum_lib.spectrum(spec.build(dataset.input_shape), spec, dataset,
+                               settings.num_eigenvectors, settings.gram,
+                               method=settings.eigen_method, seed=spec.seed, progress=True)
 
 
 def run(settings: Settings, workdir: pathlib.Path) -> Dict[str, Any]:
@@ -146,20 +145,20 @@ def run(settings: Settings, workdir: pathlib.Path) -> Dict[str, Any]:
   work, store = pipeline.prepare(workdir, settings)
   recipe = settings.common.recipe
   dataset = settings.data.load()
+  if settings.spectrum_only:
+    for spec in settings.models:
+      _spectrum(spec, dataset, settings)
+    return {"spectra": [(spec.name, settings.num_eigenvectors, str(settings.gram.cache_dir))
+                        for spec in settings.models]}
   x_all = dataset.all_x()  # [N, H, W, C], train rows first (App. B)
   is_train = dataset.is_train  # [N]
   baseline = BASELINE_OF[settings.data.dataset]
   baseline_y = data_lib.binarize(dataset.all_y())  # [N] in {-1, +1}, classes 0-4 -> +1
-  if settings.spectrum_only:
-    return {"spectra": [_spectrum_only(spec, dataset, settings) for spec in settings.models]}
   keys = []
   for spec in settings.models:
     targets = []
     if settings.indices:  # A baseline-only run needs neither Theta_0 nor its eigenvectors.
-      theta0 = spec.build(dataset.input_shape)
-      basis = spectrum_lib.spectrum(theta0, spec, dataset, settings.num_eigenvectors,
-                                    settings.gram, method=settings.eigen_method, seed=spec.seed,
-                                    progress=True)
+      basis = _spectrum(spec, dataset, settings)
       targets = [(f"phi{j:04d}", spectrum_lib.eigenfunction_task(basis, j))
                  for j in settings.indices]
     if settings.baseline:

@@ -11,10 +11,10 @@ Order: longest part first; the last part to start also takes every core left fre
 about 1.4x faster than one, and a single-part run such as late_linearization would
 otherwise leave the second core idle throughout). A part whose Theta_0 another part of
 the same `gram_key` is computing waits until that part trains (its `ready_glob` exists)
-or ends. Where several
-parts of a run would wait so and its binary can compute Theta_0 alone (the experiment's
-`prepare` overrides), that runs first, in <run>/theta0, on every free core that no other
-run's part can take; its time counts in each waiting part's first row (`wall_seconds`).
+or ends. Where several parts of a run would wait so and its binary can compute Theta_0
+alone (the experiment's `prepare` overrides), that runs first, in <run>/theta0, on every
+free core that no other run's part can take; its time counts in each waiting part's
+first row (`wall_seconds`).
 
 Progress: every `progress_s` seconds one line, tasks done of all and the time left by
 the measured rates. SIGINT / SIGTERM stop every part (SIGTERM, then SIGKILL after
